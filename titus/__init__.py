@@ -1,0 +1,1 @@
+"""titus: a TLS terminator with a jailed process per connection and a jailed key holder."""
