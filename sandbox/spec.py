@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import resource
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 
-class NetworkMode(str, Enum):
+class NetworkMode(StrEnum):
     """How the jail sees the network.
 
     SHARED_EMPTY joins one pre-made empty namespace (cheap: no teardown per

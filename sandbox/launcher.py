@@ -1,0 +1,354 @@
+"""Spawning jails: `spawn` runs a Python function inside one, `run` execs a program.
+
+The layers are applied in this order (privileged work first, untrusted code last):
+
+  parent: unshare(PID) + fork            the child is PID 1 of a new PID namespace
+  child:  setns(shared empty netns)      or a new netns, or the host's
+          unshare(mount [, net])         as real root: mounts need no locked-flag care
+          empty read-only root           tmpfs + pivot_root, binds, optional /proc
+          unshare(user, IPC, UTS)        the jail's own user namespace
+  parent: uid/gid maps                   jail root -> one unique unprivileged host uid
+  child:  setresuid/setresgid(0)         now host uid X, root only inside its namespace
+          hostname, fds renumbered, capabilities dropped, no_new_privs, rlimits,
+          not dumpable, parent-death signal, seccomp last.
+
+Any failing layer aborts the spawn with a JailError naming the layer and errno.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sandbox import fds as fdlayer
+from sandbox import libc, namespaces, privileges, rootfs
+from sandbox.errors import JailError
+from sandbox.spec import JailSpec, NetworkMode, UidRange
+from sandbox.uids import UidAllocator
+from sandbox.violations import ViolationLog
+
+# Exit code of a child whose jail could not be built (the parent raises JailError).
+LAYER_FAILED = 125
+SPAWN_TIMEOUT = 10.0
+
+
+@dataclass
+class Violation:
+    """The jail was killed by seccomp; the syscall is named when the kernel log says."""
+
+    syscall: str | None
+    number: int | None
+    arch: str | None
+
+    def __str__(self) -> str:
+        if self.syscall:
+            return f"seccomp violation: {self.syscall} (#{self.number}, {self.arch})"
+        return "seccomp violation (syscall unknown: kernel log unreadable)"
+
+
+@dataclass
+class JailProcess:
+    """The parent's handle on one jail: its PID 1 as seen from the host."""
+
+    pid: int
+    uid: int
+    name: str
+    launcher: Launcher = field(repr=False)
+    returncode: int | None = None  # exit code, or -signal as in subprocess
+    violation: Violation | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.launcher.reaped(pid, status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the jail to end; raises TimeoutError after `timeout` seconds."""
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.launcher.reaped(self.pid, status)
+        else:
+            pidfd = os.pidfd_open(self.pid)
+            try:
+                if not select.select([pidfd], [], [], timeout)[0]:
+                    raise TimeoutError(f"jail {self.name} pid {self.pid} still running")
+            finally:
+                os.close(pidfd)
+            self.poll()
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    @property
+    def exit_status(self) -> int | None:
+        """Shell convention: the exit code, or 128+signal."""
+        if self.returncode is None:
+            return None
+        return 128 - self.returncode if self.returncode < 0 else self.returncode
+
+
+class Launcher:
+    """Owns what jails share: the empty netns, the uid allocators, the violation log.
+
+    One per process that spawns jails.  The caller must be root (or hold
+    CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID in the initial namespaces).
+    """
+
+    def __init__(self) -> None:
+        self._netns: namespaces.SharedEmptyNetns | None = None
+        self._pidfork = namespaces.PidNamespaceFork()
+        self._allocators: dict[UidRange, UidAllocator] = {}
+        self._live: dict[int, tuple[JailProcess, UidAllocator]] = {}
+        self.violations = ViolationLog()
+
+    # -- public API ------------------------------------------------------------
+
+    def spawn(self, spec: JailSpec, target: Callable[..., object], args: Sequence[object] = (),
+              fds: Sequence[int] = ()) -> JailProcess:
+        """Run `target(*args)` in a new jail; `fds[i]` is fd i inside, all others are closed."""
+        return self._start(spec, list(fds), lambda: _call(target, args))
+
+    def run(self, spec: JailSpec, argv: Sequence[str], fds: Sequence[int] = (0, 1, 2)
+            ) -> JailProcess:
+        """Exec `argv` in a new jail; the exec's success is the spawn's success."""
+        if not argv:
+            raise ValueError("run needs a command")
+        env = dict(spec.env)
+        return self._start(spec, list(fds), lambda: _exec(list(argv), env, str(spec.cwd)))
+
+    def uids(self, uid_range: UidRange) -> UidAllocator:
+        if uid_range not in self._allocators:
+            self._allocators[uid_range] = UidAllocator(uid_range)
+        return self._allocators[uid_range]
+
+    def reaped(self, pid: int, status: int) -> JailProcess | None:
+        """Record a wait status for one of our jails (callers may waitpid(-1) themselves)."""
+        entry = self._live.pop(pid, None)
+        if entry is None:
+            return None
+        jail, allocator = entry
+        jail.returncode = os.waitstatus_to_exitcode(status)
+        allocator.release(jail.uid)
+        if jail.returncode == -signal.SIGSYS:
+            jail.violation = self._violation(pid)
+        return jail
+
+    @property
+    def live(self) -> list[JailProcess]:
+        return [jail for jail, _ in self._live.values()]
+
+    def close(self) -> None:
+        for jail in self.live:
+            jail.kill()
+            jail.wait()
+        if self._netns:
+            self._netns.close()
+        self._pidfork.close()
+        self.violations.close()
+
+    # -- internals -------------------------------------------------------------
+
+    def _violation(self, pid: int) -> Violation:
+        found = self.violations.lookup(pid)
+        if not found:
+            return Violation(None, None, None)
+        arch, number = found
+        try:
+            from sandbox.seccomp import syscall_name
+
+            name: str | None = syscall_name(number, arch)
+        except Exception:
+            name = None
+        return Violation(name, number, arch)
+
+    def _shared_netns_fd(self) -> int:
+        if self._netns is None:
+            self._netns = namespaces.SharedEmptyNetns()
+        return self._netns.fd
+
+    def _start(self, spec: JailSpec, fds: list[int], body: Callable[[], None]) -> JailProcess:
+        netns_fd = self._shared_netns_fd() if spec.network == NetworkMode.SHARED_EMPTY else -1
+        allocator = self.uids(spec.uid_range)
+        uid = allocator.allocate()
+        parent_end, child_end = socket.socketpair()
+        try:
+            pid = self._pidfork.fork()
+        except BaseException:
+            allocator.release(uid)
+            parent_end.close()
+            child_end.close()
+            raise
+        if pid == 0:  # pragma: no cover - runs in the child, reported through the socket
+            parent_end.close()
+            _child(spec, child_end.detach(), netns_fd, fds, body)
+        child_end.close()
+        jail = JailProcess(pid, uid, spec.name, self)
+        self._live[pid] = (jail, allocator)
+        try:
+            _parent_handshake(parent_end, pid, uid)
+        except BaseException:
+            jail.kill()
+            jail.wait()
+            raise
+        finally:
+            parent_end.close()
+        return jail
+
+
+def _parent_handshake(sock: socket.socket, pid: int, uid: int) -> None:
+    sock.settimeout(SPAWN_TIMEOUT)
+    try:
+        first = sock.recv(4096)
+        if first[:1] == b"U":
+            try:
+                namespaces.write_id_maps(pid, uid, uid)
+            except OSError as e:
+                raise JailError("id-map", e.errno or 0, str(e)) from None
+            sock.sendall(b"M")
+            rest = b""
+            while chunk := sock.recv(4096):
+                rest += chunk
+            first = rest
+    except TimeoutError:
+        raise JailError("spawn", errno.ETIMEDOUT, "the jail did not report in time") from None
+    if first.startswith(b"E"):
+        layer, err, message = first[1:].split(b"\0", 2)
+        raise JailError(layer.decode(), int(err), message.decode(errors="replace"))
+    if first:
+        raise JailError("spawn", errno.EPROTO, f"unexpected message {first[:20]!r}")
+    # EOF with no message: ready (the sync socket was closed or exec'd away).
+
+
+# -- the child ---------------------------------------------------------------------
+
+
+class _Layer:
+    """Names the layer being applied so a failure can say which one broke."""
+
+    name = "start"
+
+
+def _child(spec: JailSpec, sync: int, netns_fd: int, fds: list[int],
+           body: Callable[[], None]) -> None:
+    layer = _Layer()
+    try:
+        _build_jail(spec, sync, netns_fd, fds, layer)
+    except BaseException as e:
+        err = e.errno if isinstance(e, OSError) and e.errno else 0
+        msg = f"E{layer.name}\0{err}\0{e}".encode()
+        try:
+            os.write(sync, msg)
+        finally:
+            os._exit(LAYER_FAILED)
+    try:
+        body()
+    except SystemExit as e:
+        os._exit(e.code if isinstance(e.code, int) else 1)
+    except BaseException:
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+        finally:
+            os._exit(1)
+    os._exit(0)
+
+
+def _build_jail(spec: JailSpec, sync: int, netns_fd: int, fds: list[int], layer: _Layer) -> None:
+    layer.name = "signals"
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    privileges.set_parent_death_signal(spec.parent_death_signal)
+
+    layer.name = "network"
+    ns_flags = libc.CLONE_NEWNS
+    if spec.network == NetworkMode.SHARED_EMPTY:
+        libc.setns(netns_fd, libc.CLONE_NEWNET)
+    elif spec.network in (NetworkMode.NEW, NetworkMode.LOOPBACK):
+        ns_flags |= libc.CLONE_NEWNET
+
+    layer.name = "mount-namespace"
+    libc.unshare(ns_flags)
+    if spec.network == NetworkMode.LOOPBACK:
+        layer.name = "network"
+        from sandbox.network import bring_up_loopback
+
+        bring_up_loopback()
+    if spec.empty_root:
+        layer.name = "rootfs"
+        rootfs.build_root(spec)
+
+    layer.name = "user-namespace"
+    libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS)
+    layer.name = "id-map"
+    os.write(sync, b"U")
+    if os.read(sync, 1) != b"M":
+        raise OSError(errno.EPIPE, "the parent went away before writing the id maps")
+    layer.name = "credentials"
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    layer.name = "uts"
+    libc.sethostname(spec.hostname)
+
+    layer.name = "fds"
+    kept, sync_moved = fdlayer.renumber(fds, sync)
+    assert sync_moved is not None
+    sync = sync_moved
+    if spec.drop_capabilities:
+        layer.name = "capabilities"
+        privileges.drop_capabilities()
+    if spec.no_new_privs:
+        layer.name = "no-new-privs"
+        privileges.set_no_new_privs()
+    layer.name = "rlimits"
+    privileges.apply_rlimits(spec.rlimit_values(len(kept)))
+    layer.name = "dumpable"
+    privileges.set_dumpable(spec.dumpable)
+    # Changing credentials cleared the parent-death signal: set it again, then
+    # make sure the parent did not die before that.
+    privileges.set_parent_death_signal(spec.parent_death_signal)
+    if select.select([sync], [], [], 0)[0]:
+        raise OSError(errno.EPIPE, "the parent went away")
+    if spec.seccomp_bpf is not None:
+        layer.name = "seccomp"
+        from sandbox.seccomp import load_bpf
+
+        load_bpf(spec.seccomp_bpf)
+    layer.name = "ready"
+    _SYNC_FD[0] = sync
+
+
+# The sync fd after renumbering: `_call` closes it (ready), `_exec` leaves it
+# close-on-exec so the parent sees EOF exactly when exec succeeded.
+_SYNC_FD = [-1]
+
+
+def _call(target: Callable[..., object], args: Sequence[object]) -> None:
+    os.close(_SYNC_FD[0])
+    target(*args)
+
+
+def _exec(argv: list[str], env: dict[str, str], cwd: str) -> None:
+    try:
+        os.chdir(cwd)
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        os.write(_SYNC_FD[0], f"Eexec\0{e.errno or 0}\0{argv[0]}: {e.strerror}".encode())
+        os._exit(127)

@@ -1,0 +1,60 @@
+"""The jail's filesystem: an empty, read-only tmpfs root with optional bind mounts.
+
+Done as real root in a fresh mount namespace owned by the host user namespace,
+before the jail's own user namespace exists: the jail then holds no
+capability over its mounts at all, and read-only remounts need no care for
+locked flags.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sandbox import libc
+from sandbox.spec import JailSpec
+
+# Any existing directory serves as the staging mount point: the mount is
+# private to the jail's namespace and vanishes with it.
+_STAGING = "/tmp"
+
+
+def _bind(source: Path, target_in_root: str, writable: bool) -> None:
+    if source.is_dir():
+        os.makedirs(target_in_root, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target_in_root), exist_ok=True)
+        if not os.path.exists(target_in_root):
+            os.close(os.open(target_in_root, os.O_CREAT | os.O_WRONLY, 0o444))
+    libc.mount(str(source), target_in_root, None, libc.MS_BIND | libc.MS_REC)
+    flags = libc.MS_REMOUNT | libc.MS_BIND | libc.MS_NOSUID | libc.MS_NODEV
+    if not writable:
+        flags |= libc.MS_RDONLY
+    libc.mount(None, target_in_root, None, flags)
+
+
+def build_root(spec: JailSpec) -> None:
+    """Replace the root of the calling process's (new) mount namespace."""
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    root = _STAGING
+    libc.mount("jail", root, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
+               "size=64k,nr_inodes=256,mode=0555")
+    for bind in spec.binds:
+        _bind(bind.source, root + str(bind.target), bind.writable)
+    if spec.writable_tmpfs is not None:
+        target = root + str(spec.writable_tmpfs)
+        os.makedirs(target, exist_ok=True)
+        libc.mount("jailtmp", target, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
+                   f"size={spec.writable_tmpfs_size},mode=1777")
+    if spec.mount_proc:
+        os.makedirs(root + "/proc", exist_ok=True)
+        libc.mount("proc", root + "/proc", "proc",
+                   libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+    # pivot_root(".", ".") stacks the old root under the new one; detaching it
+    # leaves only the new root.  No directory for the old root is needed.
+    os.chdir(root)
+    libc.pivot_root(".", ".")
+    libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+    libc.mount(None, "/", None,
+               libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
