@@ -9,7 +9,7 @@ locked flags.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import stat
 
 from sandbox import libc
 from sandbox.spec import JailSpec
@@ -19,14 +19,14 @@ from sandbox.spec import JailSpec
 _STAGING = "/tmp"
 
 
-def _bind(source: Path, target_in_root: str, writable: bool) -> None:
-    if source.is_dir():
+def _bind(fd: int, target_in_root: str, writable: bool) -> None:
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
         os.makedirs(target_in_root, exist_ok=True)
     else:
         os.makedirs(os.path.dirname(target_in_root), exist_ok=True)
         if not os.path.exists(target_in_root):
             os.close(os.open(target_in_root, os.O_CREAT | os.O_WRONLY, 0o444))
-    libc.mount(str(source), target_in_root, None, libc.MS_BIND | libc.MS_REC)
+    libc.mount(f"/proc/self/fd/{fd}", target_in_root, None, libc.MS_BIND | libc.MS_REC)
     flags = libc.MS_REMOUNT | libc.MS_BIND | libc.MS_NOSUID | libc.MS_NODEV
     if not writable:
         flags |= libc.MS_RDONLY
@@ -36,11 +36,14 @@ def _bind(source: Path, target_in_root: str, writable: bool) -> None:
 def build_root(spec: JailSpec) -> None:
     """Replace the root of the calling process's (new) mount namespace."""
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    # Sources are opened before the staging tmpfs goes up, which may hide them.
+    sources = [os.open(b.source, os.O_PATH | os.O_CLOEXEC) for b in spec.binds]
     root = _STAGING
     libc.mount("jail", root, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
                "size=64k,nr_inodes=256,mode=0555")
-    for bind in spec.binds:
-        _bind(bind.source, root + str(bind.target), bind.writable)
+    for bind, fd in zip(spec.binds, sources, strict=True):
+        _bind(fd, root + str(bind.target), bind.writable)
+        os.close(fd)
     if spec.writable_tmpfs is not None:
         target = root + str(spec.writable_tmpfs)
         os.makedirs(target, exist_ok=True)
