@@ -1,0 +1,166 @@
+"""Messages between the supervisor and a worker (sans-IO: bytes in, objects out).
+
+One message is one SOCK_SEQPACKET packet: a type byte and a JSON object, at
+most MAX_PACKET bytes; file descriptors travel beside it as SCM_RIGHTS.  The
+supervisor treats everything a worker sends as hostile: `decode_from_worker`
+accepts only the exact shapes below and raises ControlError on anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MAX_PACKET = 4096
+
+
+class ControlError(ValueError):
+    """A malformed or forged control message."""
+
+
+# -- supervisor -> worker -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A client connection handed to an idle worker (the client socket rides along)."""
+
+    conn_id: int
+    peer: tuple[str, int]
+    local: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class BackendReady:
+    """The broker connected the vhost's backend (the socket rides along)."""
+
+
+@dataclass(frozen=True)
+class BackendFailed:
+    reason: str
+
+
+# -- worker -> supervisor -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HandshakeDone:
+    """The worker asks for the backend of `vhost` and reports what it negotiated."""
+
+    vhost: int
+    sni: str | None
+    version: str
+    cipher: str
+    alpn: str | None
+    handshake_ms: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The worker's last word: what happened to the connection."""
+
+    outcome: str
+    bytes_in: int
+    bytes_out: int
+    detail: str | None = None
+
+
+_TO_WORKER = {"C": Connection, "B": BackendReady, "F": BackendFailed}
+_TO_SUPERVISOR = {"H": HandshakeDone, "D": Finished}
+_TYPE_OF = {cls: code for code, cls in (_TO_WORKER | _TO_SUPERVISOR).items()}
+
+OUTCOMES = frozenset(
+    {
+        "ok",
+        "handshake-failed",
+        "no-vhost",
+        "backend-failed",
+        "client-reset",
+        "backend-reset",
+        "timeout",
+        "error",
+    }
+)
+
+
+def encode(msg: object) -> bytes:
+    body = asdict(msg)  # type: ignore[call-overload]
+    data = _TYPE_OF[type(msg)].encode() + json.dumps(body, separators=(",", ":")).encode()
+    if len(data) > MAX_PACKET:
+        raise ControlError(f"{type(msg).__name__} message too large ({len(data)} bytes)")
+    return data
+
+
+def _body(packet: bytes, types: dict[str, type]) -> tuple[type, dict[str, Any]]:
+    if not packet or len(packet) > MAX_PACKET:
+        raise ControlError(f"bad packet length {len(packet)}")
+    code = chr(packet[0])
+    if code not in types:
+        raise ControlError(f"unknown message type {packet[:1]!r}")
+    try:
+        body = json.loads(packet[1:])
+    except (ValueError, RecursionError) as e:
+        raise ControlError(f"message body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ControlError("message body is not an object")
+    return types[code], body
+
+
+def _field(
+    body: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    optional: bool = False,
+    limit: int = 256,
+) -> Any:
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise ControlError(f"field {name!r} has the wrong type")
+    if isinstance(value, str) and len(value) > limit:
+        raise ControlError(f"field {name!r} is too long")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ControlError(f"field {name!r} is not finite")
+    if isinstance(value, int) and not 0 <= value < 2**63:
+        raise ControlError(f"field {name!r} is out of range")
+    return value
+
+
+def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
+    cls, body = _body(packet, _TO_SUPERVISOR)
+    if set(body) - {f for f in cls.__dataclass_fields__}:
+        raise ControlError("unexpected fields")
+    if cls is HandshakeDone:
+        return HandshakeDone(
+            vhost=_field(body, "vhost", int),
+            sni=_field(body, "sni", str, optional=True),
+            version=_field(body, "version", str, limit=32),
+            cipher=_field(body, "cipher", str, limit=64),
+            alpn=_field(body, "alpn", str, optional=True, limit=64),
+            handshake_ms=float(_field(body, "handshake_ms", (int, float))),
+        )
+    outcome = _field(body, "outcome", str, limit=32)
+    if outcome not in OUTCOMES:
+        raise ControlError(f"unknown outcome {outcome!r}")
+    return Finished(
+        outcome=outcome,
+        bytes_in=_field(body, "bytes_in", int),
+        bytes_out=_field(body, "bytes_out", int),
+        detail=_field(body, "detail", str, optional=True, limit=512),
+    )
+
+
+def decode_from_supervisor(packet: bytes) -> Connection | BackendReady | BackendFailed:
+    cls, body = _body(packet, _TO_WORKER)
+    if cls is Connection:
+        return Connection(
+            conn_id=body["conn_id"],
+            peer=tuple(body["peer"]),  # type: ignore[arg-type]
+            local=tuple(body["local"]),
+        )  # type: ignore[arg-type]
+    if cls is BackendFailed:
+        return BackendFailed(reason=str(body["reason"]))
+    return BackendReady()

@@ -1,0 +1,153 @@
+"""The per-connection worker: runs jailed, serves exactly one connection, exits.
+
+Inside the jail it has three fds and nothing else: 0 the control channel to
+the supervisor, 1 its channel to the key holder, 2 stderr.  It receives the
+client socket, reads the ClientHello to choose the vhost, does the TLS
+handshake (signatures by the key holder), asks the supervisor for the
+backend, pumps bytes both ways, reports, and leaves with os._exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from titus import control, remotekey, vhosts
+from titus.clienthello import NotTLS, parse_sni
+from titus.pump import Counters, Reset, TLSPump, handshake, relay
+
+CONTROL_FD = 0
+KEYHOLDER_FD = 1
+
+
+@dataclass
+class WorkerTable:
+    """What every worker inherits from the supervisor: built once, before forking."""
+
+    vhosts: Sequence[vhosts.VHostLike]
+    contexts: Sequence[ssl.SSLContext]
+    handshake_timeout: float
+
+
+class Finish(Exception):
+    def __init__(self, outcome: str, detail: str | None = None) -> None:
+        super().__init__(detail or outcome)
+        self.outcome = outcome
+        self.detail = detail
+
+
+def worker_main(table: WorkerTable) -> None:
+    """Entry point inside the jail."""
+    ctl = socket.socket(fileno=CONTROL_FD)
+    remotekey.set_channel(socket.socket(fileno=KEYHOLDER_FD))
+    data, fds, _flags, _addr = socket.recv_fds(ctl, control.MAX_PACKET, 1)
+    if not data or not fds:
+        return  # the supervisor retired this idle worker
+    conn = control.decode_from_supervisor(data)
+    if not isinstance(conn, control.Connection):
+        return
+    client = socket.socket(fileno=fds[0])
+    counters = Counters()
+    try:
+        serve(table, ctl, client, conn, counters)
+        result = control.Finished("ok", counters.bytes_in, counters.bytes_out)
+    except Finish as e:
+        result = control.Finished(e.outcome, counters.bytes_in, counters.bytes_out, e.detail)
+    except Reset as e:
+        result = control.Finished(f"{e.side}-reset", counters.bytes_in, counters.bytes_out)
+    except TimeoutError as e:
+        result = control.Finished("timeout", counters.bytes_in, counters.bytes_out, str(e))
+    ctl.send(control.encode(result))
+
+
+def read_client_hello(client: socket.socket, timeout: float) -> tuple[bytes, str | None]:
+    """Bytes of the ClientHello (to feed to TLS afterwards) and its server name."""
+    data = b""
+    poller = select.poll()
+    poller.register(client.fileno(), select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            complete, sni = parse_sni(data)
+        except NotTLS as e:
+            raise Finish("handshake-failed", str(e)) from None
+        if complete:
+            return data, sni
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            raise TimeoutError("no ClientHello in time")
+        try:
+            chunk = client.recv(16384)
+        except ConnectionResetError:
+            raise Reset("client") from None
+        except BlockingIOError:
+            continue
+        if not chunk:
+            raise Finish("handshake-failed", "client closed before its ClientHello")
+        data += chunk
+
+
+def serve(
+    table: WorkerTable,
+    ctl: socket.socket,
+    client: socket.socket,
+    conn: control.Connection,
+    counters: Counters,
+) -> None:
+    started = time.monotonic()
+    client.setblocking(False)
+    hello, sni = read_client_hello(client, table.handshake_timeout)
+    candidates = vhosts.for_local(table.vhosts, conn.local[0], conn.local[1])
+    index = vhosts.choose(table.vhosts, candidates, sni)
+    if index is None:
+        raise Finish("no-vhost", f"no vhost for {conn.local[0]}:{conn.local[1]} sni={sni}")
+
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = table.contexts[index].wrap_bio(incoming, outgoing, server_side=True)
+    incoming.write(hello)
+    pump = TLSPump(client, tls, incoming, outgoing)
+    left = max(0.001, table.handshake_timeout - (time.monotonic() - started))
+    try:
+        handshake(pump, left)
+    except ssl.SSLError as e:
+        raise Finish("handshake-failed", e.reason or str(e)) from None
+    cipher = tls.cipher()
+    ctl.send(
+        control.encode(
+            control.HandshakeDone(
+                vhost=index,
+                sni=sni,
+                version=tls.version() or "",
+                cipher=cipher[0] if cipher else "",
+                alpn=tls.selected_alpn_protocol(),
+                handshake_ms=round((time.monotonic() - started) * 1000, 3),
+            )
+        )
+    )
+
+    data, fds, _flags, _addr = socket.recv_fds(ctl, control.MAX_PACKET, 1)
+    reply = control.decode_from_supervisor(data) if data else control.BackendFailed("supervisor")
+    if not isinstance(reply, control.BackendReady) or not fds:
+        _goodbye(pump)
+        reason = reply.reason if isinstance(reply, control.BackendFailed) else "no backend"
+        raise Finish("backend-failed", reason)
+    backend = socket.socket(fileno=fds[0])
+    backend.setblocking(False)
+    try:
+        relay(pump, backend, counters)
+    finally:
+        backend.close()
+
+
+def _goodbye(pump: TLSPump) -> None:
+    """Close the TLS session cleanly (close_notify) when there is no backend."""
+    with contextlib.suppress(ssl.SSLError):
+        pump.tls.unwrap()
+    pump.collect_output()
+    with contextlib.suppress(Reset):
+        pump.flush()
