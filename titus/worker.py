@@ -17,8 +17,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from titus import control, remotekey, vhosts
+from titus import control, remotekey
 from titus.clienthello import NotTLS, parse_sni
+from titus.config_model import VHost
 from titus.pump import Counters, Reset, TLSPump, handshake, relay
 
 CONTROL_FD = 0
@@ -29,9 +30,10 @@ KEYHOLDER_FD = 1
 class WorkerTable:
     """What every worker inherits from the supervisor: built once, before forking."""
 
-    vhosts: Sequence[vhosts.VHostLike]
+    vhosts: Sequence[VHost]
     contexts: Sequence[ssl.SSLContext]
     handshake_timeout: float
+    keyholder_timeout: float = 2.0
 
 
 class Finish(Exception):
@@ -44,7 +46,7 @@ class Finish(Exception):
 def worker_main(table: WorkerTable) -> None:
     """Entry point inside the jail."""
     ctl = socket.socket(fileno=CONTROL_FD)
-    remotekey.set_channel(socket.socket(fileno=KEYHOLDER_FD))
+    remotekey.set_channel(socket.socket(fileno=KEYHOLDER_FD), table.keyholder_timeout)
     data, fds, _flags, _addr = socket.recv_fds(ctl, control.MAX_PACKET, 1)
     if not data or not fds:
         return  # the supervisor retired this idle worker
@@ -92,6 +94,15 @@ def read_client_hello(client: socket.socket, timeout: float) -> tuple[bytes, str
         data += chunk
 
 
+def choose_vhost(vhosts: Sequence[VHost], local: tuple[str, int], sni: str | None
+                 ) -> int | None:
+    """Local address and port first, then SNI; the first match wins (titus 0.4)."""
+    for i, vhost in enumerate(vhosts):
+        if vhost.matches_local(local[0], local[1]) and vhost.matches_sni(sni):
+            return i
+    return None
+
+
 def serve(
     table: WorkerTable,
     ctl: socket.socket,
@@ -102,8 +113,7 @@ def serve(
     started = time.monotonic()
     client.setblocking(False)
     hello, sni = read_client_hello(client, table.handshake_timeout)
-    candidates = vhosts.for_local(table.vhosts, conn.local[0], conn.local[1])
-    index = vhosts.choose(table.vhosts, candidates, sni)
+    index = choose_vhost(table.vhosts, conn.local, sni)
     if index is None:
         raise Finish("no-vhost", f"no vhost for {conn.local[0]}:{conn.local[1]} sni={sni}")
 

@@ -1,0 +1,133 @@
+"""The backend broker: the supervisor connects the backend for a worker.
+
+Workers have no network at all; the broker makes the connection (with a
+timeout, trying each resolved address in turn, optionally from the client's
+own address in transparent mode) and the connected socket is passed to the
+worker.  Anything the backend must be told about the client (PROXY
+protocol) is written here, so a worker cannot forge it.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable, Sequence
+
+from titus.loop import Loop, Timer
+
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+
+SockAddr = tuple  # (host, port) or (host, port, flowinfo, scope_id)
+
+
+class BackendConnect:
+    """One non-blocking connection attempt over a list of addresses.
+
+    `done(sock, None)` on success, `done(None, reason)` after every address
+    failed or the time ran out.  The header (e.g. PROXY protocol) is sent
+    before `done` is called.
+    """
+
+    def __init__(self, loop: Loop, addresses: Sequence[tuple[int, SockAddr]], timeout: float,
+                 done: Callable[[socket.socket | None, str | None], None],
+                 header: bytes = b"", source: SockAddr | None = None) -> None:
+        self.loop = loop
+        self.addresses = list(addresses)
+        self.timeout = timeout
+        self.done = done
+        self.header = header
+        self.source = source
+        self.sock: socket.socket | None = None
+        self.timer: Timer | None = None
+        self.errors: list[str] = []
+        self.finished = False
+        self._next()
+
+    def _next(self) -> None:
+        while self.addresses:
+            family, addr = self.addresses.pop(0)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as e:
+                self.errors.append(f"{addr[0]}: {e.strerror}")
+                continue
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.source is not None:
+                    self._bind_transparent(sock, family)
+                err = sock.connect_ex(addr)
+            except OSError as e:
+                sock.close()
+                self.errors.append(f"{addr[0]}: {e.strerror}")
+                continue
+            if err not in (0, errno.EINPROGRESS):
+                sock.close()
+                self.errors.append(f"{addr[0]}:{addr[1]}: {errno.errorcode.get(err, err)}")
+                continue
+            self.sock = sock
+            self.target = addr
+            self.timer = self.loop.call_later(self.timeout, self._timed_out)
+            self.loop.add_writer(sock.fileno(), self._writable)
+            return
+        self._finish(None, "; ".join(self.errors) or "no backend address")
+
+    def _bind_transparent(self, sock: socket.socket, family: int) -> None:
+        assert self.source is not None
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.SOL_IPV6, IPV6_TRANSPARENT, 1)
+        else:
+            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(self.source)
+
+    def _drop_current(self, reason: str) -> None:
+        assert self.sock is not None
+        self.loop.forget(self.sock.fileno())
+        self.sock.close()
+        self.sock = None
+        if self.timer:
+            self.timer.cancel()
+        self.errors.append(reason)
+
+    def _timed_out(self) -> None:
+        if self.sock is not None and not self.finished:
+            self._drop_current(f"{self.target[0]}:{self.target[1]}: timed out")
+            self._next()
+
+    def _writable(self) -> None:
+        assert self.sock is not None
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._drop_current(f"{self.target[0]}:{self.target[1]}: {errno.errorcode.get(err)}")
+            self._next()
+            return
+        sock = self.sock
+        self.loop.forget(sock.fileno())
+        if self.timer:
+            self.timer.cancel()
+        if self.header:
+            try:
+                sock.setblocking(True)
+                sock.settimeout(self.timeout)
+                sock.sendall(self.header)
+            except OSError as e:
+                sock.close()
+                self._finish(None, f"sending the PROXY header: {e}")
+                return
+        self.sock = None
+        self._finish(sock, None)
+
+    def cancel(self) -> None:
+        if self.sock is not None:
+            self._drop_current("cancelled")
+        self.finished = True
+
+    def _finish(self, sock: socket.socket | None, reason: str | None) -> None:
+        if self.finished:
+            if sock:
+                sock.close()
+            return
+        self.finished = True
+        self.done(sock, reason)

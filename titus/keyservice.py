@@ -1,0 +1,118 @@
+"""The supervisor's side of the key holder: start it jailed, check it, restart it.
+
+The supervisor opens each key file and passes the open fd: it never reads a
+byte of a private key.  Inside its jail the key holder reads the keys, checks
+each against its certificate, answers "ready" (or the one-line reason it
+cannot start) on its control socket, then serves signing channels.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.launcher import JailProcess, Launcher
+from sandbox.spec import JailSpec
+from titus import keyholder
+from titus.keyproto import Grant
+from titus.signer import KeyStore, KeyStoreError, Signer
+
+STARTUP_TIMEOUT = 10.0
+
+
+class KeyHolderError(RuntimeError):
+    """The key holder could not start (bad key, key/cert mismatch, jail failure)."""
+
+
+@dataclass(frozen=True)
+class KeySlot:
+    """One private key the key holder serves, with the certificate it must match."""
+
+    key_id: int
+    key_path: Path
+    cert_path: Path
+    cert_pem: bytes
+
+
+def _keyholder_main(slots: Sequence[KeySlot]) -> None:
+    """Runs inside the key holder's jail: fd 0 control, 1-2 stderr, 3.. key files."""
+    control = socket.socket(fileno=0)
+    try:
+        pems = keyholder.load_keys_from_fds(range(3, 3 + len(slots)))
+        store = KeyStore()
+        for slot, pem in zip(slots, pems, strict=True):
+            store.add(slot.key_id, pem, slot.cert_pem, key_name=str(slot.key_path),
+                      cert_name=str(slot.cert_path))
+        del pems
+    except (KeyStoreError, ValueError, OSError) as e:
+        control.send(b"E" + str(e).encode(errors="replace")[:3000])
+        return
+    control.send(b"R")
+    keyholder.serve(control, Signer(store))
+
+
+class KeyHolder:
+    """A running key holder jail and the supervisor's end of its control socket."""
+
+    def __init__(self, launcher: Launcher, spec: JailSpec, slots: Sequence[KeySlot]) -> None:
+        self.launcher = launcher
+        self.spec = spec
+        self.slots = list(slots)
+        self.jail: JailProcess | None = None
+        self.control: socket.socket | None = None
+        self._next_channel = 1
+
+    def start(self) -> None:
+        """Start and wait for "ready"; raises KeyHolderError with the reason otherwise."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        key_fds: list[int] = []
+        try:
+            for slot in self.slots:
+                try:
+                    key_fds.append(os.open(slot.key_path, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError as e:
+                    raise KeyHolderError(f"{slot.key_path}: {e.strerror}") from None
+            self.jail = self.launcher.spawn(self.spec, _keyholder_main, (self.slots,),
+                                            fds=[theirs.fileno(), 2, 2, *key_fds])
+        finally:
+            theirs.close()
+            for fd in key_fds:
+                os.close(fd)
+        ours.settimeout(STARTUP_TIMEOUT)
+        try:
+            answer = ours.recv(4096)
+        except TimeoutError:
+            answer = b"Edid not report ready in time"
+        if answer != b"R":
+            self.stop()
+            ours.close()
+            reason = answer[1:].decode(errors="replace") if answer else "exited at start-up"
+            raise KeyHolderError(f"key holder: {reason}")
+        ours.setblocking(False)
+        self.control = ours
+
+    def channel(self, budget: int) -> socket.socket:
+        """A new signing channel for one worker, allowed every key, `budget` signatures."""
+        assert self.control is not None
+        grant = Grant(self._next_channel, budget, tuple(s.key_id for s in self.slots))
+        self._next_channel = self._next_channel % 0xFFFFFFFF + 1
+        self.control.setblocking(True)
+        try:
+            return keyholder.new_channel(self.control, grant)
+        finally:
+            self.control.setblocking(False)
+
+    @property
+    def alive(self) -> bool:
+        return self.jail is not None and self.jail.returncode is None
+
+    def stop(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.jail is not None and self.jail.returncode is None:
+            self.jail.kill()
+            self.jail.wait()

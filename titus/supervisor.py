@@ -1,0 +1,535 @@
+"""The supervisor: listeners, the pool of pre-jailed workers, the backend broker.
+
+It runs as root, never reads a private key and never parses TLS.  Each
+client connection goes to an idle worker that was jailed in advance; the
+worker reports its handshake and asks for its vhost's backend, which the
+broker connects and passes back.  When the worker exits the supervisor logs
+one record for the connection and tops the pool up again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from sandbox.launcher import JailProcess, Launcher
+from sandbox.profile import load_profile
+from sandbox.spec import JailSpec, UidRange
+from titus import control, logs
+from titus.broker import BackendConnect
+from titus.config_model import Config, Listener, VHost
+from titus.keyservice import KeyHolder, KeyHolderError, KeySlot
+from titus.loop import Loop, Timer
+from titus.resolve import resolve_backend
+from titus.tlsconfig import build_contexts
+from titus.worker import WorkerTable, worker_main
+
+ACCEPT_BATCH = 32
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
+FAILURES_BEFORE_BACKOFF = 3
+DRAIN_TIMEOUT = 30.0
+
+
+class StartupError(RuntimeError):
+    """titus cannot start; the message is one line for the operator."""
+
+
+@dataclass
+class Conn:
+    conn_id: int
+    peer: tuple[str, int]
+    local: tuple[str, int]
+    accepted: float
+
+
+@dataclass
+class Worker:
+    jail: JailProcess
+    ctl: socket.socket
+    state: str = "idle"  # idle -> handshake -> backend -> relay -> done
+    conn: Conn | None = None
+    handshake: control.HandshakeDone | None = None
+    finished: control.Finished | None = None
+    timer: Timer | None = None
+    broker: BackendConnect | None = None
+    killed_for: str | None = None
+    vhost: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def open_listener(listener: Listener) -> socket.socket:
+    sock = socket.socket(listener.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if listener.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                            0 if listener.dual_stack else 1)
+        sock.bind(listener.sockaddr)
+        sock.listen(1024)
+    except OSError as e:
+        sock.close()
+        where = f" ({listener.source})" if listener.source else ""
+        raise StartupError(f"cannot listen on {listener}{where}: {e.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _sockaddr_pair(addr: tuple) -> tuple[str, int]:
+    return (str(addr[0]), int(addr[1]))
+
+
+def key_slots(config: Config) -> tuple[list[KeySlot], list[int]]:
+    """One key-holder slot per distinct (key, cert) pair; the slot of each vhost."""
+    slots: dict[tuple[str, str], KeySlot] = {}
+    of_vhost = []
+    for vhost in config.vhosts:
+        pair = (str(vhost.key), str(vhost.cert))
+        if pair not in slots:
+            slots[pair] = KeySlot(len(slots), vhost.key, vhost.cert, vhost.cert.read_bytes())
+        of_vhost.append(slots[pair].key_id)
+    return list(slots.values()), of_vhost
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = Loop()
+        self.launcher = Launcher()
+        uid_range = UidRange(config.uid_first, config.uid_count)
+        self.worker_spec: JailSpec = replace(load_profile("titus-worker").spec,
+                                             name="titus-worker", uid_range=uid_range)
+        self.keyholder_spec: JailSpec = replace(load_profile("titus-keyholder").spec,
+                                                name="titus-keyholder", uid_range=uid_range)
+        slots, self.key_of_vhost = key_slots(config)
+        self.keyholder = KeyHolder(self.launcher, self.keyholder_spec, slots)
+        self.table = WorkerTable(
+            vhosts=config.vhosts,
+            contexts=build_contexts(config.vhosts, self.key_of_vhost),
+            handshake_timeout=config.max_handshake_time,
+            keyholder_timeout=config.keyholder_timeout)
+        self.backends: dict[int, list[tuple[int, tuple]]] = {}
+        self.listeners: list[socket.socket] = []
+        self.workers: dict[int, Worker] = {}
+        self.idle: deque[Worker] = deque()
+        self.paused = False
+        self.stopping = False
+        self.failures = 0
+        self.backoff_until = 0.0
+        self.backoff = BACKOFF_MIN
+        self.next_conn_id = 1
+        self.refill_scheduled = False
+        self.keyholder_restarts = 0
+
+    # -- start-up ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.resolve_backends()
+        self.listeners = [open_listener(lst) for lst in self.config.listeners]
+        try:
+            self.keyholder.start()
+        except KeyHolderError as e:
+            raise StartupError(str(e)) from None
+        for notice in self.config.notices:
+            logs.event("config-notice", logging.WARNING, notice=str(notice))
+        self.loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.shutdown)
+        for sock in self.listeners:
+            self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
+        logs.event("started", listeners=[str(sock.getsockname()[:2]) for sock in self.listeners],
+                   vhosts=len(self.config.vhosts), min_spare=self.config.min_spare_children,
+                   max_children=self.config.max_children)
+        self.refill()
+
+    def resolve_backends(self) -> None:
+        """Resolve every backend name now: never on the connection path."""
+        for i, vhost in enumerate(self.config.vhosts):
+            if vhost.backend_host is None:
+                continue
+            try:
+                addrs = resolve_backend(vhost.backend_host, vhost.backend_port or 0,
+                                        self.config.dns_timeout)
+            except OSError as e:
+                raise StartupError(f"{vhost.source}: backend {vhost.backend_host}: {e}") from None
+            self.backends[i] = [(socket.AF_INET6 if len(a) == 4 else socket.AF_INET, a)
+                                for a in addrs]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [_sockaddr_pair(s.getsockname()) for s in self.listeners]
+
+    def serve_forever(self) -> None:
+        while not (self.stopping and not self.workers):
+            self.loop.run_once()
+        self.close()
+
+    # -- the pool ------------------------------------------------------------------
+
+    def spawn_worker(self) -> Worker | None:
+        if not self.keyholder.alive:
+            return None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            channel = self.keyholder.channel(self.config.keyholder_budget)
+        except OSError as e:
+            ours.close()
+            theirs.close()
+            logs.event("keyholder-channel-failed", logging.ERROR, error=str(e))
+            return None
+        try:
+            jail = self.launcher.spawn(self.worker_spec, worker_main, (self.table,),
+                                       fds=[theirs.fileno(), channel.fileno(), 2])
+        except Exception as e:
+            ours.close()
+            self.note_failure(f"spawn failed: {e}")
+            return None
+        finally:
+            theirs.close()
+            channel.close()
+        ours.setblocking(False)
+        worker = Worker(jail, ours)
+        self.workers[jail.pid] = worker
+        self.loop.add_reader(ours.fileno(), lambda: self.on_worker_message(worker))
+        return worker
+
+    def refill(self) -> None:
+        """Top up idle workers, one per loop turn so accepting is never starved."""
+        self.refill_scheduled = False
+        if self.stopping:
+            return
+        if time.monotonic() < self.backoff_until:
+            self.schedule_refill(self.backoff_until - time.monotonic())
+            return
+        if len(self.idle) < max(1, self.config.min_spare_children) and \
+                len(self.workers) < self.config.max_children:
+            worker = self.spawn_worker()
+            if worker is not None:
+                self.idle.append(worker)
+                self.resume()
+            self.schedule_refill(0)
+
+    def schedule_refill(self, delay: float) -> None:
+        if not self.refill_scheduled:
+            self.refill_scheduled = True
+            if delay > 0:
+                self.loop.call_later(delay, self.refill)
+            else:
+                self.loop.call_soon(self.refill)
+
+    def note_failure(self, what: str) -> None:
+        self.failures += 1
+        if self.failures >= FAILURES_BEFORE_BACKOFF:
+            self.backoff_until = time.monotonic() + self.backoff
+            logs.event("spawn-backoff", logging.ERROR, reason=what, seconds=self.backoff,
+                       failures=self.failures)
+            self.backoff = min(BACKOFF_MAX, self.backoff * 2)
+        else:
+            logs.event("spawn-failed", logging.WARNING, reason=what)
+
+    def note_success(self) -> None:
+        self.failures = 0
+        self.backoff = BACKOFF_MIN
+
+    def pause(self) -> None:
+        if not self.paused:
+            self.paused = True
+            for sock in self.listeners:
+                self.loop.remove_reader(sock.fileno())
+
+    def resume(self) -> None:
+        if self.paused and not self.stopping:
+            self.paused = False
+            for sock in self.listeners:
+                self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
+
+    # -- connections ----------------------------------------------------------------
+
+    def accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if not self.idle:
+                if len(self.workers) < self.config.max_children and \
+                        time.monotonic() >= self.backoff_until:
+                    worker = self.spawn_worker()
+                    if worker is not None:
+                        self.idle.append(worker)
+                if not self.idle:
+                    self.pause()  # connections wait in the kernel's backlog
+                    return
+            try:
+                client, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    logs.event("accept-failed", logging.ERROR, error=e.strerror)
+                    self.pause()
+                    self.loop.call_later(0.1, self.resume)
+                    return
+                continue
+            self.assign(self.idle.popleft(), client, peer)
+        self.schedule_refill(0)
+
+    def assign(self, worker: Worker, client: socket.socket, peer: tuple) -> None:
+        conn = Conn(self.next_conn_id, _sockaddr_pair(peer), _sockaddr_pair(client.getsockname()),
+                    time.monotonic())
+        self.next_conn_id += 1
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socket.send_fds(worker.ctl, [control.encode(control.Connection(
+                conn.conn_id, conn.peer, conn.local))], [client.fileno()])
+        except OSError as e:
+            worker.notes.append(f"hand-off failed: {e}")
+            self.kill(worker, "hand-off failed")
+        finally:
+            client.close()
+        worker.state, worker.conn = "handshake", conn
+        worker.timer = self.loop.call_later(self.config.max_handshake_time,
+                                            lambda: self.handshake_timeout(worker))
+        self.schedule_refill(0)
+
+    def handshake_timeout(self, worker: Worker) -> None:
+        if worker.state == "handshake":
+            self.kill(worker, "timeout")
+
+    def kill(self, worker: Worker, why: str) -> None:
+        if worker.killed_for is None:
+            worker.killed_for = why
+        worker.jail.kill()
+
+    def on_worker_message(self, worker: Worker) -> None:
+        try:
+            packet = worker.ctl.recv(control.MAX_PACKET + 1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            packet = b""
+        if not packet:
+            self.loop.forget(worker.ctl.fileno())
+            return
+        try:
+            msg = control.decode_from_worker(packet)
+        except control.ControlError as e:
+            logs.event("forged-control-message", logging.WARNING, pid=worker.jail.pid,
+                       error=str(e))
+            self.kill(worker, "forged control message")
+            return
+        if isinstance(msg, control.HandshakeDone) and worker.state == "handshake":
+            self.on_handshake(worker, msg)
+        elif isinstance(msg, control.Finished) and worker.state in ("handshake", "backend",
+                                                                    "relay"):
+            worker.finished = msg
+            worker.state = "done"
+        else:
+            logs.event("unexpected-control-message", logging.WARNING, pid=worker.jail.pid,
+                       state=worker.state, message=type(msg).__name__)
+            self.kill(worker, "unexpected control message")
+
+    def on_handshake(self, worker: Worker, msg: control.HandshakeDone) -> None:
+        assert worker.conn is not None
+        if worker.timer:
+            worker.timer.cancel()
+        vhosts = self.config.vhosts
+        local_ip, local_port = worker.conn.local
+        # The worker chose the vhost from SNI, which only it saw; the supervisor
+        # checks what it can: the vhost must be reachable from this local address.
+        if not (0 <= msg.vhost < len(vhosts) and vhosts[msg.vhost].matches_local(local_ip,
+                                                                                 local_port)):
+            logs.event("forbidden-backend-request", logging.WARNING, pid=worker.jail.pid,
+                       vhost=msg.vhost)
+            self.kill(worker, "asked for a backend it has no right to")
+            return
+        self.note_success()
+        worker.handshake, worker.vhost, worker.state = msg, msg.vhost, "backend"
+        vhost = vhosts[msg.vhost]
+        addresses = self.backend_addresses(msg.vhost, vhost, worker.conn)
+        source = None
+        if self.config.transparent in ("yes", "backend-only"):
+            source = worker.conn.peer
+        worker.broker = BackendConnect(
+            self.loop, addresses, self.config.backend_connect_timeout,
+            lambda sock, reason: self.on_backend(worker, sock, reason),
+            header=self.proxy_header(vhost, worker.conn, msg), source=source)
+
+    def backend_addresses(self, index: int, vhost: VHost, conn: Conn) -> list[tuple[int, tuple]]:
+        if vhost.backend_host is None or self.config.transparent == "yes":
+            port = vhost.backend_port or conn.local[1]
+            host = conn.local[0]
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            if host.startswith("::ffff:"):
+                host, family = host[7:], socket.AF_INET
+            addr: tuple = (host, port, 0, 0) if family == socket.AF_INET6 else (host, port)
+            return [(family, addr)]
+        return list(self.backends.get(index, []))
+
+    def proxy_header(self, vhost: VHost, conn: Conn, hs: control.HandshakeDone) -> bytes:
+        return b""
+
+    def on_backend(self, worker: Worker, sock: socket.socket | None, reason: str | None) -> None:
+        worker.broker = None
+        if worker.jail.returncode is not None or worker.state != "backend":
+            if sock:
+                sock.close()
+            return
+        try:
+            if sock is None:
+                worker.notes.append(f"backend: {reason}")
+                worker.ctl.send(control.encode(control.BackendFailed(reason or "failed")))
+            else:
+                socket.send_fds(worker.ctl, [control.encode(control.BackendReady())],
+                                [sock.fileno()])
+                worker.state = "relay"
+        except OSError:
+            pass  # the worker is gone; the reaper logs it
+        finally:
+            if sock:
+                sock.close()
+
+    # -- reaping ---------------------------------------------------------------------
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            jail = self.launcher.reaped(pid, status)
+            if jail is None:
+                continue
+            if pid in self.workers:
+                self.worker_ended(self.workers.pop(pid))
+            elif self.keyholder.jail is not None and pid == self.keyholder.jail.pid:
+                self.keyholder_ended()
+
+    def worker_ended(self, worker: Worker) -> None:
+        # Read what the worker said before it died (its last message may be
+        # queued behind the exit).
+        while worker.ctl.fileno() >= 0:
+            try:
+                packet = worker.ctl.recv(control.MAX_PACKET + 1, socket.MSG_DONTWAIT)
+            except OSError:
+                break
+            if not packet:
+                break
+            with contextlib.suppress(control.ControlError):
+                msg = control.decode_from_worker(packet)
+                if isinstance(msg, control.Finished):
+                    worker.finished = msg
+        self.loop.forget(worker.ctl.fileno())
+        worker.ctl.close()
+        if worker.timer:
+            worker.timer.cancel()
+        if worker.broker:
+            worker.broker.cancel()
+        if worker in self.idle:
+            self.idle.remove(worker)
+        if worker.conn is None:
+            if not self.stopping and worker.killed_for is None:
+                self.note_failure(f"idle worker exited ({worker.jail.returncode})")
+        else:
+            self.log_connection(worker)
+        if self.stopping and not self.workers:
+            self.loop.stop()
+        self.schedule_refill(0)
+
+    def log_connection(self, worker: Worker) -> None:
+        conn, hs, fin, jail = worker.conn, worker.handshake, worker.finished, worker.jail
+        assert conn is not None
+        if jail.violation is not None:
+            outcome = "policy-violation"
+        elif worker.killed_for == "timeout":
+            outcome = "timeout"
+        elif worker.killed_for:
+            outcome = "killed"
+        elif fin is not None:
+            outcome = fin.outcome
+        else:
+            outcome = "worker-died"
+        level = logging.WARNING if outcome in ("policy-violation", "killed") else logging.INFO
+        vhost = self.config.vhosts[worker.vhost].name if worker.vhost is not None else None
+        logs.event(
+            "connection", level,
+            conn_id=conn.conn_id, client=f"{conn.peer[0]}:{conn.peer[1]}",
+            local=f"{conn.local[0]}:{conn.local[1]}", sni=hs.sni if hs else None, vhost=vhost,
+            tls_version=hs.version if hs else None, cipher=hs.cipher if hs else None,
+            alpn=hs.alpn if hs else None,
+            bytes_in=fin.bytes_in if fin else 0, bytes_out=fin.bytes_out if fin else 0,
+            handshake_ms=hs.handshake_ms if hs else None,
+            duration_ms=round((time.monotonic() - conn.accepted) * 1000, 3),
+            outcome=outcome, detail=(fin.detail if fin else None) or worker.killed_for,
+            notes="; ".join(worker.notes) or None,
+            worker_pid=jail.pid, worker_uid=jail.uid, worker_exit=jail.exit_status,
+            violation=str(jail.violation) if jail.violation else None,
+            syscall=jail.violation.syscall if jail.violation else None)
+
+    def keyholder_ended(self) -> None:
+        jail = self.keyholder.jail
+        logs.event("keyholder-died", logging.ERROR, exit=jail.exit_status if jail else None,
+                   violation=str(jail.violation) if jail and jail.violation else None)
+        self.keyholder.stop()
+        # Idle workers hold channels to the dead key holder: replace them.
+        for worker in list(self.idle):
+            self.kill(worker, "key holder restarted")
+        self.idle.clear()
+        if not self.stopping:
+            self.restart_keyholder()
+
+    def restart_keyholder(self) -> None:
+        try:
+            self.keyholder.start()
+        except KeyHolderError as e:
+            self.keyholder_restarts += 1
+            delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** self.keyholder_restarts)
+            logs.event("keyholder-restart-failed", logging.ERROR, error=str(e), retry_in=delay)
+            self.loop.call_later(delay, self.restart_keyholder)
+            return
+        self.keyholder_restarts = 0
+        logs.event("keyholder-restarted", pid=self.keyholder.jail.pid if self.keyholder.jail
+                   else None)
+        self.schedule_refill(0)
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop accepting, let connections in flight finish (up to DRAIN_TIMEOUT)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        logs.event("stopping", busy=len(self.workers) - len(self.idle))
+        for sock in self.listeners:
+            self.loop.forget(sock.fileno())
+            sock.close()
+        self.listeners = []
+        for worker in list(self.idle):
+            self.kill(worker, "shutdown")
+        self.idle.clear()
+        self.loop.call_later(DRAIN_TIMEOUT, self.force_stop)
+        if not self.workers:
+            self.loop.stop()
+
+    def force_stop(self) -> None:
+        for worker in self.workers.values():
+            self.kill(worker, "shutdown")
+
+    def close(self) -> None:
+        for worker in list(self.workers.values()):
+            worker.jail.kill()
+        for worker in list(self.workers.values()):
+            with contextlib.suppress(ChildProcessError):
+                worker.jail.wait()
+            worker.ctl.close()
+        self.workers.clear()
+        self.keyholder.stop()
+        for sock in self.listeners:
+            sock.close()
+        self.launcher.close()
+        self.loop.close()
+        logs.event("stopped")

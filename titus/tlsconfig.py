@@ -1,0 +1,76 @@
+"""Building each vhost's SSLContext, with its private key held by the key holder.
+
+Built once in the supervisor, before any worker is forked: a worker inherits
+ready contexts and needs no file.  No session resumption at all: a session
+cache dies with its one-connection worker, and session tickets would need a
+ticket key in every worker's memory, so one compromised worker could decrypt
+the resumed sessions of all others.
+"""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+from collections.abc import Sequence
+
+from titus import remotekey
+from titus.config_model import TLSSettings, VHost
+
+_SSL_CTRL_SET_SESS_CACHE_MODE = 44
+_SSL_SESS_CACHE_OFF = 0
+_SSL_CTRL_SET_GROUPS_LIST = 92
+
+
+class TLSConfigError(ValueError):
+    pass
+
+
+def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
+    lib = remotekey.openssl()
+    ptr = remotekey.ssl_ctx_pointer(ctx)
+    ctx.minimum_version = tls.min_version
+    ctx.maximum_version = tls.max_version
+    try:
+        ctx.set_ciphers(tls.ciphers)
+    except ssl.SSLError:
+        raise TLSConfigError(f"{where}: no usable cipher in {tls.ciphers!r}") from None
+    if tls.ciphersuites is not None and \
+            lib.SSL_CTX_set_ciphersuites(ptr, tls.ciphersuites.encode()) != 1:
+        raise TLSConfigError(f"{where}: no usable TLS 1.3 cipher suite in {tls.ciphersuites!r}")
+    groups = ":".join(tls.curves).encode()
+    if lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups) != 1:
+        raise TLSConfigError(f"{where}: unknown curve in {':'.join(tls.curves)}")
+    options = ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
+    if not tls.honor_client_cipher_order:
+        options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= options
+    ctx.num_tickets = 0
+    lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_SESS_CACHE_MODE, _SSL_SESS_CACHE_OFF, None)
+    if tls.dhgroup is not None:
+        _load_dh(ctx, tls.dhgroup.pem)
+    if tls.alpn:
+        ctx.set_alpn_protocols(list(tls.alpn))
+
+
+def _load_dh(ctx: ssl.SSLContext, pem: bytes) -> None:
+    # load_dh_params takes only a path; the parameters are public.
+    with tempfile.NamedTemporaryFile(prefix="titus-dh-", suffix=".pem") as f:
+        f.write(pem)
+        f.flush()
+        ctx.load_dh_params(f.name)
+
+
+def build_context(vhost: VHost, key_id: int) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    where = f"{vhost.source} (vhost {vhost.name})"
+    _apply_settings(ctx, vhost.tls, where)
+    try:
+        remotekey.install(ctx, vhost.cert, key_id)
+    except (remotekey.RemoteKeyError, OSError, ValueError) as e:
+        raise TLSConfigError(f"{where}: {e}") from None
+    return ctx
+
+
+def build_contexts(vhosts: Sequence[VHost], key_ids: Sequence[int]) -> list[ssl.SSLContext]:
+    remotekey.check_runtime()
+    return [build_context(v, k) for v, k in zip(vhosts, key_ids, strict=True)]
