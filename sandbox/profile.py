@@ -1,0 +1,293 @@
+"""Jail profiles: one TOML file -> a `JailSpec` with its seccomp program compiled.
+
+A profile is the unit operators edit (``policies/titus-worker.toml``); the
+launcher only ever sees the resulting immutable `JailSpec`.  The format is
+documented in the header of ``policies/titus-worker.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import resource
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox.policy import (
+    PolicyError,
+    SeccompPolicy,
+    SourceFile,
+    check_keys,
+    parse_policy,
+    policy_search_path,
+)
+from sandbox.seccomp import compile_policy
+from sandbox.spec import NOFILE_KEPT, RLIMIT_NAMES, BindMount, JailSpec, NetworkMode, UidRange
+
+_TOP_KEYS = ("profile", "jail", "seccomp")
+_PROFILE_KEYS = ("description",)
+_JAIL_KEYS = (
+    "network",
+    "hostname",
+    "empty_root",
+    "mount_proc",
+    "writable_tmpfs",
+    "writable_tmpfs_size",
+    "binds",
+    "no_new_privs",
+    "dumpable",
+    "landlock",
+    "uid_first",
+    "uid_count",
+    "rlimits",
+    "cwd",
+    "env",
+)
+_BIND_KEYS = ("source", "target", "writable")
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A loaded profile: the jail to build and the policy it was compiled from."""
+
+    name: str
+    path: Path
+    description: str
+    spec: JailSpec
+    policy: SeccompPolicy | None
+
+    def with_jail(self, **changes: Any) -> Profile:
+        """A copy with JailSpec fields changed (e.g. network="host", extra binds)."""
+        return dataclasses.replace(self, spec=_replace_spec(self.spec, changes))
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a ``"16M"``-style string (K, M, G, T are powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size, not {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative: {value}")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(m.group(1)) * _UNITS[m.group(2).upper()]
+    raise ValueError(f"expected a size like 16M or a number of bytes, not {value!r}")
+
+
+def find_profile(name: str) -> Path:
+    """Resolve a bare profile name ("titus-worker", "examples/http-static").
+
+    Searched in order: $SANDBOX_POLICY_PATH (colon separated), the repo's
+    policies/, /etc/sandbox/policies.  Raises FileNotFoundError naming them.
+    """
+    filename = name if name.endswith(".toml") else f"{name}.toml"
+    dirs = policy_search_path()
+    for d in dirs:
+        candidate = d / filename
+        if candidate.is_file():
+            return candidate
+    known: set[str] = set()
+    for d in dirs:
+        if d.is_dir():
+            known.update(
+                str(p.relative_to(d).with_suffix(""))
+                for p in d.rglob("*.toml")
+                if "groups" not in p.relative_to(d).parts
+            )
+    close = difflib.get_close_matches(name.removesuffix(".toml"), sorted(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    searched = ", ".join(str(d) for d in dirs)
+    raise FileNotFoundError(f"no profile {name!r}{hint}; searched {searched}")
+
+
+def load_profile(path_or_name: str | Path, **jail_overrides: Any) -> Profile:
+    """Load, validate and compile a profile given as a path or a bare name.
+
+    `jail_overrides` replace JailSpec fields after loading (network="host",
+    binds=[...], ...), so callers need not edit a file for a one-off change.
+    Raises PolicyError (FILE:LINE: message) or FileNotFoundError.
+    """
+    text = str(path_or_name)
+    path = Path(path_or_name)
+    if not path.is_file():
+        if text.startswith(("/", ".")):
+            raise FileNotFoundError(f"no profile file {text}")
+        path = find_profile(text)
+    src = SourceFile.read(path)
+    check_keys(src, src.data, _TOP_KEYS, "")
+
+    description = ""
+    prof = src.data.get("profile", {})
+    if prof:
+        start = src.best(src.table_line("profile"))
+        if not isinstance(prof, dict):
+            raise src.error(start, "[profile] must be a table")
+        check_keys(src, prof, _PROFILE_KEYS, "profile", start)
+        description = prof.get("description", "")
+        if not isinstance(description, str):
+            raise src.error(src.best(src.key_line("description", start)), "must be a string")
+
+    name = path.stem
+    spec = _parse_jail(src, name)
+    policy = parse_policy(src)
+    if policy is not None:
+        try:
+            program = compile_policy(policy)
+        except OSError as exc:
+            raise src.error(src.best(src.table_line("seccomp")), str(exc)) from exc
+        spec = dataclasses.replace(spec, seccomp_bpf=program)
+    spec = _replace_spec(spec, jail_overrides)
+    return Profile(name, path.resolve(), description, spec, policy)
+
+
+def _replace_spec(spec: JailSpec, changes: dict[str, Any]) -> JailSpec:
+    """dataclasses.replace with the conveniences of the file format (str network, str binds)."""
+    changes = dict(changes)
+    if "network" in changes:
+        changes["network"] = NetworkMode(changes["network"])
+    if "binds" in changes:
+        changes["binds"] = tuple(
+            b if isinstance(b, BindMount) else BindMount(Path(b), Path(b)) for b in changes["binds"]
+        )
+    if "writable_tmpfs" in changes and changes["writable_tmpfs"] is not None:
+        changes["writable_tmpfs"] = Path(changes["writable_tmpfs"])
+    fields = {f.name for f in dataclasses.fields(JailSpec)}
+    for key in changes:
+        if key not in fields:
+            raise TypeError(f"JailSpec has no field {key!r}")
+    return dataclasses.replace(spec, **changes)
+
+
+def _parse_jail(src: SourceFile, name: str) -> JailSpec:
+    defaults = JailSpec()
+    jail = src.data.get("jail", {})
+    start = src.best(src.table_line("jail"))
+    if not isinstance(jail, dict):
+        raise src.error(start, "[jail] must be a table")
+    check_keys(src, jail, _JAIL_KEYS, "jail", start)
+
+    def line(key: str) -> int:
+        return src.best(src.key_line(key, start), start)
+
+    def typed(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        value = jail.get(key, default)
+        if key in jail and (
+            not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        ):
+            names = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
+            raise src.error(line(key), f"'{key}' must be {names}, not {value!r}")
+        return value
+
+    network_text = typed("network", str, defaults.network.value)
+    try:
+        network = NetworkMode(network_text)
+    except ValueError:
+        modes = [m.value for m in NetworkMode]
+        close = difflib.get_close_matches(network_text, modes, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise src.error(
+            line("network"), f"unknown network {network_text!r}{hint}; one of {', '.join(modes)}"
+        ) from None
+
+    tmpfs = typed("writable_tmpfs", str, None)
+    if tmpfs is not None and not tmpfs.startswith("/"):
+        raise src.error(line("writable_tmpfs"), "writable_tmpfs must be an absolute path")
+    try:
+        tmpfs_size = parse_size(jail.get("writable_tmpfs_size", defaults.writable_tmpfs_size))
+    except ValueError as exc:
+        raise src.error(line("writable_tmpfs_size"), str(exc)) from None
+
+    try:
+        uid_range = UidRange(
+            typed("uid_first", int, defaults.uid_range.first),
+            typed("uid_count", int, defaults.uid_range.count),
+        )
+    except ValueError as exc:
+        raise src.error(line("uid_first"), str(exc)) from None
+
+    env = typed("env", dict, None)
+    if env is not None:
+        if not all(isinstance(v, str) for v in env.values()):
+            raise src.error(line("env"), "env values must be strings")
+        env_items = tuple(env.items())
+    else:
+        env_items = defaults.env
+    cwd = typed("cwd", str, str(defaults.cwd))
+    if not cwd.startswith("/"):
+        raise src.error(line("cwd"), "cwd must be an absolute path")
+
+    return JailSpec(
+        name=name,
+        network=network,
+        hostname=typed("hostname", str, defaults.hostname),
+        uid_range=uid_range,
+        empty_root=typed("empty_root", bool, defaults.empty_root),
+        binds=_parse_binds(src, typed("binds", list, []), line("binds")),
+        writable_tmpfs=Path(tmpfs) if tmpfs else None,
+        writable_tmpfs_size=tmpfs_size,
+        mount_proc=typed("mount_proc", bool, defaults.mount_proc),
+        rlimits=_parse_rlimits(src, jail.get("rlimits", {}), defaults.rlimits),
+        no_new_privs=typed("no_new_privs", bool, defaults.no_new_privs),
+        dumpable=typed("dumpable", bool, defaults.dumpable),
+        landlock=typed("landlock", bool, defaults.landlock),
+        env=env_items,
+        cwd=Path(cwd),
+    )
+
+
+def _parse_binds(src: SourceFile, raw: list[Any], line: int) -> tuple[BindMount, ...]:
+    binds = []
+    for item in raw:
+        if isinstance(item, str):
+            item = {"source": item}
+        if not isinstance(item, dict):
+            raise src.error(line, f"a bind is a path or {{ source = ..., ... }}, not {item!r}")
+        here = src.best(src.quoted_line(str(item.get("source")), line), line)
+        check_keys(src, item, _BIND_KEYS, "jail.binds", here)
+        source = item.get("source")
+        target = item.get("target", source)
+        writable = item.get("writable", False)
+        if not isinstance(source, str) or not isinstance(target, str):
+            raise src.error(here, "bind source and target must be strings")
+        if not source.startswith("/") or not target.startswith("/"):
+            raise src.error(here, f"bind paths must be absolute: {source!r} -> {target!r}")
+        if not isinstance(writable, bool):
+            raise src.error(here, "bind 'writable' must be true or false")
+        binds.append(BindMount(Path(source), Path(target), writable))
+    return tuple(binds)
+
+
+def _parse_rlimits(
+    src: SourceFile, raw: object, defaults: Iterable[tuple[str, int]]
+) -> tuple[tuple[str, int], ...]:
+    start = src.best(src.table_line("jail.rlimits"), src.key_line("rlimits"))
+    if not isinstance(raw, dict):
+        raise src.error(start, "[jail.rlimits] must be a table")
+    check_keys(src, raw, RLIMIT_NAMES, "jail.rlimits", start)
+    merged = dict(defaults)
+    for key, value in raw.items():
+        line = src.best(src.key_line(key, start), start)
+        if value == "kept":
+            if key != "nofile":
+                raise src.error(line, "'kept' is only for nofile (the number of fds passed in)")
+            merged[key] = NOFILE_KEPT
+        elif value == "unlimited":
+            merged[key] = resource.RLIM_INFINITY
+        else:
+            try:
+                merged[key] = parse_size(value)
+            except ValueError as exc:
+                raise src.error(line, f"rlimit {key}: {exc}") from None
+    return tuple(merged.items())
+
+
+__all__ = ["PolicyError", "Profile", "find_profile", "load_profile", "parse_size"]
