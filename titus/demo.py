@@ -35,7 +35,7 @@ def make_demo_certificates(directory: Path) -> tuple[Path, Path, Path]:
     ca_path, cert_path, key_path = (directory / n for n in ("ca.pem", "cert.pem", "key.pem"))
     if ca_path.exists() and cert_path.exists() and key_path.exists():
         return ca_path, cert_path, key_path
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name("titus demo CA"))
           .issuer_name(_name("titus demo CA")).public_key(ca_key.public_key())

@@ -105,8 +105,11 @@ class Supervisor:
         uid_range = UidRange(config.uid_first, config.uid_count)
         self.worker_spec: JailSpec = replace(load_profile("titus-worker").spec,
                                              name="titus-worker", uid_range=uid_range)
-        self.keyholder_spec: JailSpec = replace(load_profile("titus-keyholder").spec,
-                                                name="titus-keyholder", uid_range=uid_range)
+        keyholder = load_profile("titus-keyholder").spec
+        rlimits = tuple((k, v) for k, v in keyholder.rlimits if k != "nofile")
+        self.keyholder_spec: JailSpec = replace(
+            keyholder, name="titus-keyholder", uid_range=uid_range,
+            rlimits=(*rlimits, ("nofile", config.max_children + 64)))
         slots, self.key_of_vhost = key_slots(config)
         self.keyholder = KeyHolder(self.launcher, self.keyholder_spec, slots)
         self.table = WorkerTable(

@@ -9,6 +9,7 @@ the resumed sessions of all others.
 
 from __future__ import annotations
 
+import ctypes
 import ssl
 import tempfile
 from collections.abc import Sequence
@@ -25,8 +26,16 @@ class TLSConfigError(ValueError):
     pass
 
 
+def _openssl() -> ctypes.CDLL:
+    """remotekey's handle on the OpenSSL that _ssl runs, plus the two calls we need."""
+    lib = remotekey._lib()
+    fn = lib.SSL_CTX_set_ciphersuites
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
+    return lib
+
+
 def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
-    lib = remotekey.openssl()
+    lib = _openssl()
     ptr = remotekey.ssl_ctx_pointer(ctx)
     ctx.minimum_version = tls.min_version
     ctx.maximum_version = tls.max_version
@@ -37,7 +46,7 @@ def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
     if tls.ciphersuites is not None and \
             lib.SSL_CTX_set_ciphersuites(ptr, tls.ciphersuites.encode()) != 1:
         raise TLSConfigError(f"{where}: no usable TLS 1.3 cipher suite in {tls.ciphersuites!r}")
-    groups = ":".join(tls.curves).encode()
+    groups = ctypes.create_string_buffer(":".join(tls.curves).encode())
     if lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups) != 1:
         raise TLSConfigError(f"{where}: unknown curve in {':'.join(tls.curves)}")
     options = ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
