@@ -1,0 +1,104 @@
+"""Checks on the certificate and key files a vhost names.
+
+The supervisor must never hold a byte of a private key (DESIGN §3.1), so the
+key file is only stat()ed and access()ed, never opened.  Certificates are
+public and are parsed; but a certificate file might hold a private key too
+(titus 0.4 refused such files), so it is read into a buffer we own, searched
+for a private-key PEM marker and wiped before anything copies it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from titus.config_values import BadValue
+
+MAX_CERT_FILE = 1024 * 1024
+MIN_RSA_BITS = 2048
+_SUPPORTED_EC = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+
+
+def _strerror(error: OSError | ValueError) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+def check_key_file(path: Path) -> None:
+    """The key must be a readable, non-empty regular file; its content is not touched."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as e:
+        raise BadValue(f"cannot use key file: {_strerror(e)}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BadValue("the key is not a regular file")
+    if info.st_size == 0:
+        raise BadValue("the key file is empty")
+    if not os.access(path, os.R_OK):
+        raise BadValue("the key file is not readable")
+
+
+def _read_wiped(path: Path) -> bytes:
+    """The file's bytes, refused (and the buffer zeroed) if they contain a private key.
+
+    Unbuffered ``readinto`` puts the bytes straight into our bytearray, and the
+    search runs in place, so a key that should not be there is never copied.
+    """
+    buffer = bytearray(MAX_CERT_FILE + 1)
+    size = 0
+    try:
+        with open(path, "rb", buffering=0) as f:
+            view = memoryview(buffer)
+            while size <= MAX_CERT_FILE:
+                count = f.readinto(view[size:])
+                if not count:
+                    break
+                size += count
+        if size > MAX_CERT_FILE:
+            raise BadValue("too large for a certificate file")
+        if buffer.find(b"PRIVATE KEY-----", 0, size) >= 0:
+            raise BadValue(
+                "the certificate file contains a private key; keep the key in its own file "
+                "(only the key holder may read it)"
+            )
+        return bytes(buffer[:size])
+    except (OSError, ValueError) as e:
+        raise BadValue(f"cannot read certificate: {_strerror(e)}") from None
+    finally:
+        buffer[:] = bytes(len(buffer))
+
+
+def check_cert_file(path: Path, key: Path | None = None) -> x509.Certificate:
+    """Parse a PEM chain (leaf first); return the leaf.  Refuses keys we cannot sign with."""
+    if key is not None:
+        try:
+            same = os.path.samefile(path, key)
+        except (OSError, ValueError):
+            same = False
+        if same:
+            raise BadValue("cert and key are the same file; keep the key in its own file")
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as e:
+        raise BadValue(f"cannot read certificate: {_strerror(e)}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BadValue("the certificate is not a regular file")
+    data = _read_wiped(path)
+    try:
+        chain = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise BadValue(f"{path.name}: not a PEM certificate") from None
+    leaf = chain[0]
+    public_key = leaf.public_key()
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < MIN_RSA_BITS:
+            raise BadValue(f"{public_key.key_size}-bit RSA is too weak; use at least 2048 bits")
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        if not isinstance(public_key.curve, _SUPPORTED_EC):
+            raise BadValue(f"EC curve {public_key.curve.name} is not supported for signing")
+    else:
+        raise BadValue("only RSA and EC (P-256/384/521) certificates are supported")
+    return leaf

@@ -1,0 +1,310 @@
+"""Reader for the native ``titus.toml`` format (see titus.toml.example).
+
+Layout: global keys at the top level (before any table), then the tables
+``[tls]`` (TLS defaults), ``[[listen]]``, ``[[vhost]]`` (with an optional
+``[vhost.tls]``), ``[log]``, ``[metrics]``, ``[jail]`` and ``[keyholder]``.
+Key names are titus.conf's option names where one exists, and every value is
+applied through the same option parsers, so both formats mean the same.
+
+Top-level keys are applied in file order (``config`` / ``config-directory``
+includes too), then the tables, then listeners, then vhosts: vhosts from an
+included file come before this file's own.  tomllib reports no line numbers
+for keys, so a small scan of the text finds the line of each key and table
+header for error messages.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from titus.config_model import ConfigError, Source
+from titus.config_options import OPTIONS, Draft, IncludeFn, VHostDraft, apply_option, unknown_option
+
+ROOT_KEYS = (
+    "config",
+    "config-directory",
+    "port",
+    "daemon",
+    "pid-file",
+    "transparent",
+    "min-spare-children",
+    "max-children",
+    "max-handshake-time",
+    "cert",
+    "key",
+    "backend",
+    "backend-port",
+    "proxy-protocol",
+    "backend-connect-timeout",
+    "dns-timeout",
+)
+# TOML key -> option name, per table.
+TLS_KEYS = {
+    "min-version": "min-tls-version",
+    "max-version": "max-tls-version",
+    "ciphers": "ciphers",
+    "ciphersuites": "ciphersuites",
+    "curves": "ecdhcurve",
+    "dhgroup": "dhgroup",
+    "honor-client-cipher-order": "honor-client-cipher-order",
+    "alpn": "alpn",
+}
+SECTIONS = {
+    "tls": TLS_KEYS,
+    "log": {"format": "log-format"},
+    "metrics": {"listen": "metrics-listen"},
+    "jail": {"uid-first": "uid-first", "uid-count": "uid-count"},
+    "keyholder": {"budget": "keyholder-budget", "timeout": "keyholder-timeout"},
+}
+ARRAYS = ("listen", "vhost")
+VHOST_KEYS = (
+    "name",
+    "local-address",
+    "local-port",
+    "sni-name",
+    "cert",
+    "key",
+    "backend",
+    "backend-port",
+    "proxy-protocol",
+)
+LISTEN_KEYS = ("address", "port")
+
+_LINE_NUMBER = re.compile(r"at line (\d+)")
+_ARRAY_HEADER = re.compile(r"\[\[\s*([^\]]*?)\s*\]\]")
+_TABLE_HEADER = re.compile(r"\[\s*([^\]]*?)\s*\]")
+_KEY_PART = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)"""
+_KEY = re.compile(rf"({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=(.*)")
+_DOTTED_PART = re.compile(rf"\s*({_KEY_PART})\s*(?:\.|$)")
+
+Table = tuple[Any, ...]
+
+
+def _dotted(text: str) -> tuple[str, ...]:
+    return tuple(part.strip("\"'") for part in _DOTTED_PART.findall(text))
+
+
+class KeyLines:
+    """Line numbers of keys and table headers, by a forgiving scan of the TOML text.
+
+    Tables are named as the reader walks them: () for the top level, ("tls",),
+    ("vhost", 0), ("vhost", 0, "tls"), ("listen", 2) ...  Only used for
+    messages: an unusual layout falls back to the enclosing table's line.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.keys: dict[tuple[Table, str], int] = {}
+        self.tables: dict[Table, int] = {(): 1}
+        counts: dict[str, int] = {}
+        current: Table = ()
+        multiline: str | None = None
+        for number, line in enumerate(text.split("\n"), 1):
+            if multiline is not None:
+                if line.count(multiline) % 2 == 1:
+                    multiline = None
+                continue
+            stripped = line.strip()
+            match = _ARRAY_HEADER.match(stripped)
+            if match:
+                path = _dotted(match.group(1))
+                if path:
+                    counts[path[0]] = index = counts.get(path[0], -1) + 1
+                    current = (path[0], index, *path[1:])
+                    self.tables.setdefault(current, number)
+                continue
+            match = _TABLE_HEADER.match(stripped)
+            if match:
+                path = _dotted(match.group(1))
+                if path and path[0] in counts and len(path) > 1:
+                    current = (path[0], counts[path[0]], *path[1:])
+                else:
+                    current = path
+                self.tables.setdefault(current, number)
+                continue
+            match = _KEY.match(stripped)
+            if match:
+                parts = _dotted(match.group(1))
+                if parts:
+                    table = current + parts[:-1]
+                    self.keys.setdefault((table, parts[-1]), number)
+                    for depth in range(len(parts) - 1):  # dotted keys open implicit tables
+                        self.tables.setdefault(current + parts[: depth + 1], number)
+                for quote in ('"""', "'''"):
+                    if match.group(2).count(quote) % 2 == 1:
+                        multiline = quote
+                        break
+
+    def line(self, table: Table, key: str | None = None) -> int:
+        while True:
+            if key is not None and (table, key) in self.keys:
+                return self.keys[(table, key)]
+            if key is not None and (*table, key) in self.tables:  # a key that is a [table]
+                return self.tables[(*table, key)]
+            if table in self.tables:
+                return self.tables[table]
+            if not table:
+                return 1
+            # an inline table: its key in the parent table
+            key = table[-1] if isinstance(table[-1], str) else None
+            table = table[:-1]
+
+
+def _syntax_line(message: str, text: str) -> int:
+    match = _LINE_NUMBER.search(message)
+    if match:
+        return int(match.group(1))
+    return text.count("\n") + 1  # "at end of document"
+
+
+def _texts(kind: str, separator: str, label: str, value: Any, src: Source) -> list[str]:
+    """The titus.conf text form(s) of a TOML value, after checking its TOML type."""
+
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(src, f"{label}: expected {expected}, got {type(value).__name__}")
+
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return ["yes" if value else "no"]
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return [str(value)]
+    if kind == "seconds":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong("a number of seconds")
+        if isinstance(value, float):
+            if not value == value or value in (float("inf"), float("-inf")):
+                raise ConfigError(src, f"{label}: expected a finite number of seconds")
+            return [f"{value:.9f}".rstrip("0").rstrip(".")]
+        return [str(value)]
+    if kind in ("port", "dh"):
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise wrong("an integer")
+        return [str(value)]
+    if kind == "str":
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return [value]
+    # "list" and "each": a string, or a non-empty list of strings
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise wrong("a string or a list of strings")
+    if not value:
+        raise ConfigError(src, f"{label}: empty list; leave the key out instead")
+    if kind == "each":
+        return list(value)
+    if any(separator in item for item in value):
+        raise ConfigError(src, f"{label}: an item contains '{separator}'")
+    return [separator.join(value)]
+
+
+class _Reader:
+    def __init__(self, draft: Draft, path: Path, text: str, include: IncludeFn) -> None:
+        self.draft, self.path, self.include = draft, path, include
+        self.base = path.parent
+        self.lines = KeyLines(text)
+
+    def src(self, table: Table, key: str | None = None) -> Source:
+        return Source(str(self.path), self.lines.line(table, key))
+
+    def apply(
+        self, table: Table, key: str, option: str, value: Any, vhost: VHostDraft | None
+    ) -> None:
+        src = self.src(table, key)
+        spec = OPTIONS[option]
+        assert spec.toml is not None, option
+        for text in _texts(spec.toml, spec.separator, key, value, src):
+            if option == "sni-name" and text == "":
+                text = '""'  # titus.conf's spelling of "a client that sends no SNI"
+            apply_option(
+                self.draft, option, text, src, self.base,
+                vhost=vhost, include=self.include, fmt="toml", label=key,
+            )
+
+    def table(self, table: Table, value: Any, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ConfigError(self.src(table), f"{what} must be a table")
+        return value
+
+    def array(self, name: str, value: Any) -> list[dict[str, Any]]:
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise ConfigError(self.src((name,), None), f"{name} must be written as [[{name}]]")
+        return value
+
+    def section(self, table: Table, data: dict[str, Any], keys: dict[str, str],
+                vhost: VHostDraft | None) -> None:
+        for key, value in data.items():
+            if key not in keys:
+                unknown_option(key, self.src(table, key), list(keys), f"key in [{table[-1]}]")
+            self.apply(table, key, keys[key], value, vhost)
+
+    def read(self, data: dict[str, Any]) -> None:
+        root_keys = {key: key for key in ROOT_KEYS}
+        for key, value in data.items():
+            if key in SECTIONS or key in ARRAYS:
+                continue
+            if key in root_keys:
+                self.apply((), key, key, value, None)
+                continue
+            where = next((name for name, keys in SECTIONS.items() if key in keys), None)
+            if where is not None:
+                raise ConfigError(self.src((), key), f"{key} belongs in the [{where}] table")
+            if key in VHOST_KEYS:
+                raise ConfigError(self.src((), key), f"{key} belongs in a [[vhost]] table")
+            unknown_option(key, self.src((), key), [*ROOT_KEYS, *SECTIONS, *ARRAYS], "key")
+        for name, keys in SECTIONS.items():
+            if name in data:
+                table = self.table((name,), data[name], f"[{name}]")
+                self.section((name,), table, keys, None)
+        for index, entry in enumerate(self.array("listen", data.get("listen", []))):
+            self.listen(("listen", index), entry)
+        for index, entry in enumerate(self.array("vhost", data.get("vhost", []))):
+            self.vhost(("vhost", index), entry)
+
+    def listen(self, table: Table, entry: dict[str, Any]) -> None:
+        for key in entry:
+            if key not in LISTEN_KEYS:
+                unknown_option(key, self.src(table, key), list(LISTEN_KEYS), "key in [[listen]]")
+        address = entry.get("address", "::")
+        if not isinstance(address, str):
+            raise ConfigError(self.src(table, "address"), "address: expected a string")
+        text = address
+        if "port" in entry:
+            port = entry["port"]
+            if isinstance(port, bool) or not isinstance(port, int | str):
+                raise ConfigError(self.src(table, "port"), "port: expected an integer")
+            bracketed = ":" in address and not address.startswith("[")
+            text = f"[{address}]:{port}" if bracketed else f"{address}:{port}"
+        src = self.src(table, "address" if "address" in entry else "port")
+        apply_option(self.draft, "listen", text, src, self.base, vhost=None, include=None)
+
+    def vhost(self, table: Table, entry: dict[str, Any]) -> None:
+        vhost = VHostDraft(source=self.src(table))
+        self.draft.vhosts.append(vhost)
+        for key, value in entry.items():
+            if key == "tls":
+                tls_table = (*table, "tls")
+                self.section(tls_table, self.table(tls_table, value, "[vhost.tls]"), TLS_KEYS,
+                             vhost)
+            elif key in VHOST_KEYS:
+                self.apply(table, key, key, value, vhost)
+            else:
+                unknown_option(key, self.src(table, key), [*VHOST_KEYS, "tls"],
+                               "key in [[vhost]]")
+
+
+def read_toml(draft: Draft, path: Path, text: str, include: IncludeFn) -> None:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(
+            Source(str(path), _syntax_line(str(e), text)), f"TOML syntax error: {e}"
+        ) from None
+    except RecursionError:
+        raise ConfigError(Source(str(path), 1), "TOML nested too deeply") from None
+    _Reader(draft, path, text, include).read(data)
