@@ -125,6 +125,9 @@ def relay(pump: TLSPump, backend: socket.socket, counters: Counters) -> None:
     notify_sent = False
     poller = select.poll()
     cfd, bfd = client.fileno(), backend.fileno()
+    # A TLS 1.3 client sends its first request with its Finished: those bytes
+    # are already in the BIO and will never make the socket readable again.
+    client_open = _decrypt(pump, to_backend, counters)
 
     while True:
         # Propagate half-closes once everything before them has been delivered.

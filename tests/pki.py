@@ -1,0 +1,73 @@
+"""Test certificates: a CA and leaf certificates with RSA or ECDSA keys, written as PEM."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+KINDS = ("rsa2048", "rsa4096", "p256", "p384")
+
+
+def new_key(kind: str):
+    if kind.startswith("rsa"):
+        return rsa.generate_private_key(65537, int(kind[3:]))
+    return ec.generate_private_key({"p256": ec.SECP256R1(), "p384": ec.SECP384R1()}[kind])
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+@dataclass
+class Leaf:
+    cert: Path
+    key: Path
+    private_key: object
+
+
+class CA:
+    def __init__(self, directory: Path, name: str = "titus test CA") -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name))
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - datetime.timedelta(hours=1))
+                     .not_valid_after(now + datetime.timedelta(days=30))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+                     .sign(self.key, hashes.SHA256()))
+        self.path = directory / "ca.pem"
+        self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, name: str, kind: str = "p256", extra_names: tuple[str, ...] = (),
+              filename: str | None = None) -> Leaf:
+        key = new_key(kind)
+        now = datetime.datetime.now(datetime.UTC)
+        sans: list[x509.GeneralName] = []
+        for n in (name, *extra_names):
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+            except ValueError:
+                sans.append(x509.DNSName(n))
+        cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(self.cert.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(hours=1))
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .add_extension(x509.SubjectAlternativeName(sans), False)
+                .sign(self.key, hashes.SHA256()))
+        stem = filename or f"{name}-{kind}"
+        cert_path, key_path = self.dir / f"{stem}.crt", self.dir / f"{stem}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        key_path.chmod(0o600)
+        return Leaf(cert_path, key_path, key)
