@@ -251,8 +251,9 @@ def test_worker_jail(worker: Profile) -> None:
     assert spec.network is NetworkMode.SHARED_EMPTY and spec.empty_root and not spec.binds
     assert spec.no_new_privs and not spec.dumpable
     limits = dict(spec.rlimits)
-    assert limits["nofile"] == NOFILE_KEPT
-    assert limits["core"] == limits["fsize"] == limits["nproc"] == 0
+    # Its 3 fds plus room for the client and backend sockets it is handed.
+    assert 5 <= limits["nofile"] <= 8
+    assert limits["core"] == limits["nproc"] == 0
     assert 0 < limits["as"] <= 1 << 30
 
 
