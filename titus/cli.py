@@ -8,10 +8,12 @@ without starting anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 from titus import logs
+from titus.config_model import Config
 from titus.config_options import OPTIONS
 
 USAGE = "titus --config FILE [--check] [--OPTION VALUE]..."
@@ -79,17 +81,64 @@ def main(argv: list[str] | None = None) -> int:
         print("titus: must run as root: it builds a jail (namespaces, seccomp) per connection",
               file=sys.stderr)
         return 1
+    if config.daemon:
+        return _run_daemon(config)
     logs.setup(config.log_format)
+    return _serve(config, ready=None)
+
+
+def _serve(config: Config, ready: int | None) -> int:
+    """Start, report readiness (or the one-line reason) on fd `ready`, serve until stopped."""
     from titus.supervisor import StartupError, Supervisor
 
     try:
         supervisor = Supervisor(config)
         supervisor.start()
-    except StartupError as e:
-        print(f"titus: {e}", file=sys.stderr)
+    except (StartupError, RuntimeError, OSError, ValueError) as e:
+        if ready is not None:
+            os.write(ready, f"{e}".encode(errors="replace"))
+        else:
+            print(f"titus: {e}", file=sys.stderr)
         return 1
-    supervisor.serve_forever()
+    if config.pid_file is not None:
+        config.pid_file.write_text(f"{os.getpid()}\n")
+    if ready is not None:
+        os.write(ready, b"ok")
+        os.close(ready)
+    try:
+        supervisor.serve_forever()
+    finally:
+        if config.pid_file is not None:
+            with contextlib.suppress(OSError):
+                config.pid_file.unlink()
     return 0
+
+
+def _run_daemon(config: Config) -> int:
+    """titus 0.4's `daemon yes`: detach, but only after start-up succeeded.
+
+    The parent waits for the daemon to say "ok" (listeners bound, key holder
+    up), so a start-up error still reaches the shell that ran titus.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            answer = f.read().decode(errors="replace")
+        if answer != "ok":
+            print(f"titus: {answer or 'the daemon died during start-up'}", file=sys.stderr)
+            return 1
+        return 0
+    os.close(r)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    logs.setup_daemon(config.log_format)
+    code = _serve(config, ready=w)
+    os._exit(code)
 
 
 if __name__ == "__main__":

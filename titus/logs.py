@@ -49,6 +49,23 @@ def setup(fmt: str = "auto", stream: Any = None, level: int = logging.INFO) -> N
     logger.propagate = False
 
 
+def setup_daemon(fmt: str = "auto") -> None:
+    """A daemon has no terminal: log to syslog when there is one, else keep stderr."""
+    import logging.handlers
+    import os
+
+    if not os.path.exists("/dev/log"):
+        setup("json" if fmt == "auto" else fmt)
+        return
+    handler = logging.handlers.SysLogHandler(address="/dev/log",
+                                             facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    handler.ident = "titus: "
+    handler.setFormatter(_TextFormatter() if fmt == "text" else _Json("%(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
     """A supervisor event: `name` is a short fixed string, details go in fields."""
     logger.log(level, name, extra={"fields": fields})
