@@ -1,0 +1,294 @@
+"""The key holder's serving loop, and the supervisor's side of handing it channels.
+
+The key holder runs in its own jail (set up by others); this loop only needs
+poll, recvmsg, sendmsg, getsockopt, write (the log on fd 2) and close once it
+runs: it creates no socket and opens no file.  Everything arriving on a worker
+channel is hostile; the worst a worker can get is its channel closed.
+
+Transport: every worker channel is an AF_UNIX SOCK_SEQPACKET socket, one
+keyproto frame per packet.  The supervisor creates the pair, keeps one end for
+the worker and sends the other here over the control socket (also AF_UNIX
+SOCK_SEQPACKET) as one packet: a keyproto grant (channel id, budget, key ids)
+with the fd as SCM_RIGHTS.  EOF on the control socket means the supervisor is
+gone, and the key holder exits.
+
+A channel is closed, with a log line, on any malformed frame, any refusal
+(wrong key, wrong shape, budget spent), a signing error, fds passed by the
+worker, or a worker that does not read its answers.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import selectors
+import socket
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from titus.keyproto import (
+    MAX_GRANT,
+    MAX_GRANT_KEYS,
+    MAX_REQUEST,
+    Grant,
+    ProtocolError,
+    Request,
+    Response,
+    Status,
+    decode_grant,
+    decode_request_packet,
+    encode_grant,
+    encode_response,
+)
+from titus.signer import Budget, Refused, Signer
+
+MAX_KEY_FILE = 1 << 20
+_FD_SIZE = array.array("i").itemsize
+_NONBLOCK = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+
+Log = Callable[[str], None]
+
+
+def log_stderr(line: str) -> None:
+    """One plain line on fd 2: the only output a jailed key holder has."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"keyholder: {line}\n".encode(errors="replace"))
+
+
+@dataclass
+class _Channel:
+    sock: socket.socket
+    grant: Grant
+    budget: Budget
+    signed: int = 0
+
+
+def _is_seqpacket(sock: socket.socket) -> bool:
+    return (
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_UNIX
+        and sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_SEQPACKET
+    )
+
+
+class _Server:
+    def __init__(self, control: socket.socket, signer: Signer, log: Log, max_channels: int):
+        self.control = control
+        self.signer = signer
+        self.log = log
+        self.max_channels = max_channels
+        self.known_keys = frozenset(signer.keys.ids())
+        self.sel = selectors.PollSelector()  # poll(2) only: no epoll fd to create
+        self.channels: dict[int, _Channel] = {}
+
+    def run(self) -> None:
+        self.sel.register(self.control, selectors.EVENT_READ, None)
+        try:
+            while True:
+                for key, _events in self.sel.select():
+                    if key.data is None:
+                        if not self._on_control():
+                            return
+                    else:
+                        self._on_channel(key.data)
+        finally:
+            for chan in list(self.channels.values()):
+                self._close(chan)
+            self.sel.close()
+
+    # --- control socket -----------------------------------------------------------------------
+
+    def _on_control(self) -> bool:
+        """Take one grant; False on EOF (the supervisor is gone)."""
+        try:
+            data, ancdata, flags, _ = self.control.recvmsg(
+                MAX_GRANT + 1, socket.CMSG_SPACE(4 * _FD_SIZE)
+            )
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as e:
+            self.log(f"control socket failed ({e}); exiting")
+            return False
+        fds = _fds_from(ancdata)
+        if not data and not fds:
+            return False
+        try:
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                raise ProtocolError("truncated grant")
+            if len(fds) != 1:
+                raise ProtocolError(f"a grant carries exactly one fd, not {len(fds)}")
+            grant = decode_grant(data)
+            unknown = set(grant.key_ids) - self.known_keys
+            if unknown:
+                raise ProtocolError(f"grant names unknown key(s) {sorted(unknown)}")
+            if len(self.channels) >= self.max_channels:
+                raise ProtocolError(f"already serving {len(self.channels)} channels")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fds[0])
+            try:
+                if not _is_seqpacket(sock):
+                    raise ProtocolError("channel is not an AF_UNIX SOCK_SEQPACKET socket")
+            except (OSError, ProtocolError):
+                sock.detach()  # the fd is closed below, with any others
+                raise
+            fds.clear()  # the socket owns it now
+        except (ProtocolError, OSError, ValueError) as e:
+            self.log(f"control: rejected grant: {e}")
+            for fd in fds:
+                _close_fd(fd)
+            return True
+        chan = _Channel(sock, grant, Budget(grant.budget))
+        self.channels[sock.fileno()] = chan
+        self.sel.register(sock, selectors.EVENT_READ, chan)
+        return True
+
+    # --- worker channels ----------------------------------------------------------------------
+
+    def _on_channel(self, chan: _Channel) -> None:
+        cid = chan.grant.channel_id
+        try:
+            data, _anc, flags, _ = chan.sock.recvmsg(MAX_REQUEST + 1, 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.log(f"channel {cid}: receive failed ({e}); closed")
+            self._close(chan)
+            return
+        if not data:
+            self._close(chan)  # the worker is done (or dead): nothing to report
+            return
+        if flags & socket.MSG_CTRUNC:
+            self._refuse(chan, None, f"protocol error: worker passed fds (flags {flags:#x})")
+            return
+        if flags & socket.MSG_TRUNC:
+            self._refuse(chan, None, "protocol error: oversize packet")
+            return
+        try:
+            req = decode_request_packet(data)
+        except ProtocolError as e:
+            self._refuse(chan, None, f"protocol error: {e}")
+            return
+        self._answer(chan, req)
+
+    def _answer(self, chan: _Channel, req: Request) -> None:
+        what = f"{req.op.name} key {req.key_id} request {req.request_id}"
+        if req.key_id not in chan.grant.key_ids:
+            self._refuse(
+                chan,
+                Response(Status.REFUSED_KEY, req.request_id),
+                f"refused REFUSED_KEY: key not granted ({what})",
+            )
+            return
+        try:
+            sig = self.signer.sign(req.key_id, req.op, req.payload, chan.budget)
+        except Refused as r:
+            self._refuse(
+                chan,
+                Response(r.status, req.request_id),
+                f"refused {r.status.name}: {r.reason} ({what})",
+            )
+            return
+        except Exception as e:  # SigningError, or a bug: never let a worker crash us
+            self._refuse(
+                chan,
+                Response(Status.ERROR, req.request_id),
+                f"error: {type(e).__name__}: {e} ({what})",
+            )
+            return
+        chan.signed += 1
+        if not self._send(chan, Response(Status.OK, req.request_id, sig)):
+            self.log(f"channel {chan.grant.channel_id}: could not answer ({what}); closed")
+            self._close(chan)
+
+    def _send(self, chan: _Channel, resp: Response) -> bool:
+        try:
+            frame = encode_response(resp)
+            return chan.sock.sendmsg([frame], [], _NONBLOCK) == len(frame)
+        except (OSError, ProtocolError):
+            return False  # includes EAGAIN: a worker that doesn't read gets closed
+
+    def _refuse(self, chan: _Channel, resp: Response | None, why: str) -> None:
+        self.log(f"channel {chan.grant.channel_id}: {why}; closed")
+        if resp is not None:
+            self._send(chan, resp)
+        self._close(chan)
+
+    def _close(self, chan: _Channel) -> None:
+        fd = chan.sock.fileno()
+        if self.channels.pop(fd, None) is not None:
+            self.sel.unregister(chan.sock)
+        chan.sock.close()
+
+
+def _fds_from(ancdata: Iterable[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(cdata) - len(cdata) % _FD_SIZE
+            fds.extend(array.array("i", cdata[:usable]))
+    return fds
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def serve(
+    control_sock: socket.socket,
+    signer: Signer,
+    *,
+    log: Log = log_stderr,
+    max_channels: int = 4096,
+) -> None:
+    """Serve grants and signing requests until the control socket reaches EOF."""
+    if not _is_seqpacket(control_sock):
+        raise ValueError("the control socket must be AF_UNIX SOCK_SEQPACKET")
+    _Server(control_sock, signer, log, max_channels).run()
+
+
+def load_keys_from_fds(fds: Sequence[int], *, max_size: int = MAX_KEY_FILE) -> list[bytes]:
+    """Read (and close) key files the supervisor opened for us, so it never reads them."""
+    out: list[bytes] = []
+    try:
+        for fd in fds:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                raise ValueError(f"key fd {fd} is not a regular file or a pipe")
+            buf = bytearray()
+            while chunk := os.read(fd, 65536):
+                buf += chunk
+                if len(buf) > max_size:
+                    raise ValueError(f"key fd {fd} holds more than {max_size} bytes")
+            out.append(bytes(buf))
+            buf[:] = bytes(len(buf))
+    finally:
+        for fd in fds:
+            _close_fd(fd)
+    return out
+
+
+# --- the supervisor's side --------------------------------------------------------------------
+
+
+def send_grant(control_sock: socket.socket, channel_end: socket.socket, grant: Grant) -> None:
+    """Hand one channel end to the key holder (the caller closes its copy afterwards)."""
+    if len(grant.key_ids) > MAX_GRANT_KEYS:
+        raise ValueError(f"at most {MAX_GRANT_KEYS} keys per channel")
+    fds = array.array("i", [channel_end.fileno()])
+    control_sock.sendmsg(
+        [encode_grant(grant)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())]
+    )
+
+
+def new_channel(control_sock: socket.socket, grant: Grant) -> socket.socket:
+    """Create a worker channel, give the key holder its end, return the worker's end."""
+    worker_end, holder_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        send_grant(control_sock, holder_end, grant)
+    except BaseException:
+        worker_end.close()
+        raise
+    finally:
+        holder_end.close()
+    return worker_end

@@ -1,0 +1,383 @@
+"""The key holder's signing policy: which requests get a signature, independent of I/O.
+
+A worker is assumed compromised, so the key holder signs only what a TLS
+handshake legitimately needs and nothing that could turn it into an oracle:
+
+* SIGN_RSA_RAW: m^d mod n on a block that already is an EMSA-PSS encoding
+  (RFC 8017 §9.1.1) with MGF1 over SHA-256/384/512 and a salt as long as the
+  hash, which is what TLS 1.3 and TLS 1.2 rsa_pss_rsae_* use (RFC 8446 §4.2.3).
+  A ciphertext is not PSS-shaped, so no decryption can be smuggled through.
+* SIGN_RSA_PKCS1: PKCS#1 v1.5 type-1 padding over an exact DER DigestInfo of
+  SHA-256/384/512.  SHA-1 and MD5-SHA1 are refused: OpenSSL 3 at security
+  level >= 1 no longer negotiates them in TLS 1.2 (and TLS <= 1.1 is off), so
+  no handshake of ours asks for them and only an attacker would.
+* SIGN_ECDSA: a 32, 48 or 64 byte digest, EC keys only.
+* Never a decryption, and at most ``Budget`` signatures per channel.
+
+All signing goes through the system libcrypto (ctypes, EVP_PKEY_sign) because
+`cryptography` cannot do raw RSA; one code path for every operation.  A Signer
+is only ever constructed inside the key holder: it holds the private keys.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from titus.keyproto import EC_CURVES, RSA_MAX_BITS, RSA_MIN_BITS, Op, Status
+
+DEFAULT_BUDGET = 1  # one full TLS handshake needs exactly one server signature
+ECDSA_DIGEST_SIZES = frozenset({32, 48, 64})
+
+_RSA_PKCS1_PADDING = 1
+_RSA_NO_PADDING = 3
+
+# RFC 8017 §9.2 note 1: the DER DigestInfo prefixes (with the NULL parameters).
+DIGESTINFO_PREFIXES: dict[str, bytes] = {
+    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
+    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
+    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
+}
+PSS_HASHES: dict[str, int] = {"sha256": 32, "sha384": 48, "sha512": 64}
+
+
+class KeyStoreError(ValueError):
+    """A key or certificate cannot be used; the message names the file."""
+
+
+class SigningError(RuntimeError):
+    """libcrypto failed on a request that passed the policy (answered with ERROR)."""
+
+
+class Refused(Exception):
+    """The policy refuses the request; the channel that asked must be closed."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(f"{status.name}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+# --- libcrypto --------------------------------------------------------------------------------
+
+
+def _load_libcrypto() -> ctypes.CDLL:
+    """The libcrypto that Python's _ssl links, so the process holds one OpenSSL, not two."""
+    try:
+        import _ssl
+
+        lib = ctypes.CDLL(_ssl.__file__)
+        if not hasattr(lib, "OpenSSL_version_num"):  # OpenSSL linked statically into _ssl
+            lib = ctypes.CDLL("libcrypto.so.3")
+    except (ImportError, OSError):
+        lib = ctypes.CDLL("libcrypto.so.3")
+    c_int, c_void_p, c_size_t = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
+    c_ulong = ctypes.c_ulong
+    sigs: dict[str, tuple[list, object]] = {
+        "OpenSSL_version_num": ([], c_ulong),
+        "d2i_AutoPrivateKey": ([c_void_p, ctypes.POINTER(c_void_p), ctypes.c_long], c_void_p),
+        "EVP_PKEY_free": ([c_void_p], None),
+        "EVP_PKEY_get_size": ([c_void_p], c_int),
+        "EVP_PKEY_CTX_new": ([c_void_p, c_void_p], c_void_p),
+        "EVP_PKEY_CTX_free": ([c_void_p], None),
+        "EVP_PKEY_sign_init": ([c_void_p], c_int),
+        "EVP_PKEY_CTX_set_rsa_padding": ([c_void_p, c_int], c_int),
+        "EVP_PKEY_sign": (
+            [c_void_p, c_void_p, ctypes.POINTER(c_size_t), c_void_p, c_size_t],
+            c_int,
+        ),
+        "ERR_get_error": ([], c_ulong),
+        "ERR_error_string_n": ([c_ulong, c_void_p, c_size_t], None),
+        "ERR_clear_error": ([], None),
+    }
+    for name, (argtypes, restype) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = restype
+    if lib.OpenSSL_version_num() < 0x30000000:
+        # Before 3.0 EVP_PKEY_CTX_set_rsa_padding was a macro, and this code assumes 3.x.
+        raise ImportError("titus.signer needs OpenSSL 3")
+    return lib
+
+
+_lib = _load_libcrypto()
+
+
+def _openssl_error(what: str) -> str:
+    code = _lib.ERR_get_error()
+    buf = ctypes.create_string_buffer(256)
+    if code:
+        _lib.ERR_error_string_n(code, ctypes.cast(buf, ctypes.c_void_p), len(buf))
+    _lib.ERR_clear_error()
+    return f"{what}: {buf.value.decode(errors='replace') or 'unknown OpenSSL error'}"
+
+
+class _EvpKey:
+    """An EVP_PKEY in libcrypto, made from PKCS#8 DER; freed with this object."""
+
+    def __init__(self, der: bytes) -> None:
+        buf = ctypes.create_string_buffer(der, len(der))
+        p = ctypes.c_void_p(ctypes.addressof(buf))
+        try:
+            self.ptr = _lib.d2i_AutoPrivateKey(None, ctypes.byref(p), len(der))
+        finally:
+            ctypes.memset(buf, 0, len(der))
+        if not self.ptr:
+            raise KeyStoreError(_openssl_error("libcrypto cannot load the key"))
+        self.size = _lib.EVP_PKEY_get_size(self.ptr)
+
+    def sign(self, data: bytes, padding: int | None) -> bytes:
+        ctx = _lib.EVP_PKEY_CTX_new(self.ptr, None)
+        if not ctx:
+            raise SigningError(_openssl_error("EVP_PKEY_CTX_new"))
+        try:
+            if _lib.EVP_PKEY_sign_init(ctx) <= 0:
+                raise SigningError(_openssl_error("EVP_PKEY_sign_init"))
+            if padding is not None and _lib.EVP_PKEY_CTX_set_rsa_padding(ctx, padding) <= 0:
+                raise SigningError(_openssl_error("EVP_PKEY_CTX_set_rsa_padding"))
+            sig = ctypes.create_string_buffer(self.size)
+            siglen = ctypes.c_size_t(self.size)
+            tbs = ctypes.create_string_buffer(data, len(data))
+            ok = _lib.EVP_PKEY_sign(
+                ctx,
+                ctypes.cast(sig, ctypes.c_void_p),
+                ctypes.byref(siglen),
+                ctypes.cast(tbs, ctypes.c_void_p),
+                len(data),
+            )
+            if ok <= 0:
+                raise SigningError(_openssl_error("EVP_PKEY_sign"))
+            return sig.raw[: siglen.value]
+        finally:
+            _lib.EVP_PKEY_CTX_free(ctx)
+
+    def __del__(self) -> None:
+        ptr, self.ptr = getattr(self, "ptr", None), None
+        if ptr:
+            _lib.EVP_PKEY_free(ptr)
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """The public facts about a key, safe to log or hand to a worker."""
+
+    key_id: int
+    kind: str  # "rsa" or "ec"
+    bits: int  # RSA modulus bits, or the curve's field size
+    curve: str | None  # "secp256r1" / "secp384r1" for EC keys
+    signature_size: int  # RSA: the modulus length; EC: the longest DER signature
+    public_key_der: bytes = field(repr=False)  # SubjectPublicKeyInfo
+
+
+def _spki(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class KeyStore:
+    """Private keys by key id, each checked against its certificate before use."""
+
+    def __init__(self) -> None:
+        self._keys: dict[int, tuple[KeyInfo, _EvpKey]] = {}
+
+    def add(
+        self,
+        key_id: int,
+        key_pem: bytes,
+        cert_pem: bytes,
+        *,
+        key_name: str = "<private key>",
+        cert_name: str = "<certificate>",
+    ) -> KeyInfo:
+        """Load one key; ``cert_pem`` may be a chain, whose first certificate must match."""
+        if not 0 <= key_id <= 0xFFFF:
+            raise KeyStoreError(f"{key_name}: key id {key_id} is not a u16")
+        if key_id in self._keys:
+            raise KeyStoreError(f"{key_name}: key id {key_id} is already in use")
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError) as e:
+            raise KeyStoreError(
+                f"{key_name}: not a usable unencrypted PEM private key: {e}"
+            ) from None
+        try:
+            certs = x509.load_pem_x509_certificates(cert_pem)
+        except ValueError as e:
+            raise KeyStoreError(f"{cert_name}: not a PEM certificate: {e}") from None
+        if isinstance(key, rsa.RSAPrivateKey):
+            bits = key.key_size
+            if not RSA_MIN_BITS <= bits <= RSA_MAX_BITS:
+                raise KeyStoreError(
+                    f"{key_name}: RSA-{bits} is not supported "
+                    f"(RSA keys must have {RSA_MIN_BITS} to {RSA_MAX_BITS} bits)"
+                )
+            kind, curve, sigsize = "rsa", None, (bits + 7) // 8
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            curve = key.curve.name
+            if curve not in EC_CURVES:
+                raise KeyStoreError(
+                    f"{key_name}: EC curve {curve} is not supported (use P-256 or P-384)"
+                )
+            kind, bits = "ec", EC_CURVES[curve]
+            sigsize = 0  # set from libcrypto below
+        else:
+            raise KeyStoreError(
+                f"{key_name}: {type(key).__name__} keys are not supported "
+                "(use RSA 2048-4096 or ECDSA P-256/P-384)"
+            )
+        pub = _spki(key.public_key())
+        if _spki(certs[0].public_key()) != pub:  # type: ignore[arg-type]
+            raise KeyStoreError(f"{cert_name}: certificate does not match private key {key_name}")
+        der = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        evp = _EvpKey(der)
+        del der, key
+        info = KeyInfo(key_id, kind, bits, curve, sigsize or evp.size, pub)
+        self._keys[key_id] = (info, evp)
+        return info
+
+    def info(self, key_id: int) -> KeyInfo | None:
+        entry = self._keys.get(key_id)
+        return entry[0] if entry else None
+
+    def ids(self) -> list[int]:
+        return sorted(self._keys)
+
+    def _get(self, key_id: int) -> tuple[KeyInfo, _EvpKey] | None:
+        return self._keys.get(key_id)
+
+
+# --- policy -----------------------------------------------------------------------------------
+
+
+class Budget:
+    """How many signatures one channel may still get: a handshake needs one."""
+
+    def __init__(self, limit: int = DEFAULT_BUDGET) -> None:
+        if limit < 0:
+            raise ValueError("a budget cannot be negative")
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.limit - self.used
+
+    @property
+    def exhausted(self) -> bool:
+        return self.used >= self.limit
+
+    def check(self) -> None:
+        if self.exhausted:
+            raise Refused(Status.REFUSED_BUDGET, f"budget of {self.limit} signature(s) spent")
+
+    def charge(self) -> None:
+        self.check()
+        self.used += 1
+
+
+def mgf1(seed: bytes, length: int, hash_name: str) -> bytes:
+    """MGF1 (RFC 8017 §B.2.1)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < length:
+        out += hashlib.new(hash_name, seed + counter.to_bytes(4, "big")).digest()
+        counter += 1
+    return bytes(out[:length])
+
+
+def pss_hash(block: bytes, mod_bits: int) -> str | None:
+    """The hash under which ``block`` is an EMSA-PSS encoding with sLen = hLen, else None.
+
+    This is EMSA-PSS-VERIFY (RFC 8017 §9.1.2) steps 3-10, everything but the
+    final hash comparison, which needs the message the key holder never sees.
+    """
+    k = (mod_bits + 7) // 8
+    if len(block) != k:
+        return None
+    em_bits = mod_bits - 1
+    em_len = (em_bits + 7) // 8
+    if em_len < k:  # modBits = 8j + 1: the block starts with a zero byte
+        if block[0] != 0:
+            return None
+        block = block[1:]
+    if block[-1] != 0xBC:
+        return None
+    zero_bits = 8 * em_len - em_bits
+    if block[0] & (0xFF << (8 - zero_bits)) & 0xFF:
+        return None
+    for name, h_len in PSS_HASHES.items():
+        s_len = h_len
+        if em_len < h_len + s_len + 2:
+            continue
+        db_len = em_len - h_len - 1
+        masked_db = block[:db_len]
+        h = block[db_len : db_len + h_len]
+        db = int.from_bytes(masked_db, "big") ^ int.from_bytes(mgf1(h, db_len, name), "big")
+        db &= (1 << (8 * db_len - zero_bits)) - 1
+        # DB = PS (zeros) || 0x01 || salt, so as an integer it is 1 << (8 * sLen) + salt.
+        if db >> (8 * s_len) == 1:
+            return name
+    return None
+
+
+def digestinfo_hash(payload: bytes) -> str | None:
+    """The hash of an exact DER DigestInfo of SHA-256/384/512, else None."""
+    for name, prefix in DIGESTINFO_PREFIXES.items():
+        if payload.startswith(prefix) and len(payload) == len(prefix) + PSS_HASHES[name]:
+            return name
+    return None
+
+
+class Signer:
+    """Applies the policy to one request at a time; built only inside the key holder."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self.keys = keys
+
+    def sign(self, key_id: int, op: Op, payload: bytes, budget: Budget | None = None) -> bytes:
+        """Sign ``payload`` or raise Refused (policy) / SigningError (libcrypto)."""
+        entry = self.keys._get(key_id)
+        if entry is None:
+            raise Refused(Status.REFUSED_KEY, f"no key {key_id}")
+        info, evp = entry
+        if budget is not None:
+            budget.check()
+        if op == Op.SIGN_RSA_RAW:
+            if info.kind != "rsa":
+                raise Refused(Status.REFUSED_KEY, f"key {key_id} is not RSA")
+            if pss_hash(payload, info.bits) is None:
+                raise Refused(Status.REFUSED_SHAPE, "raw RSA block is not EMSA-PSS shaped")
+            padding: int | None = _RSA_NO_PADDING
+        elif op == Op.SIGN_RSA_PKCS1:
+            if info.kind != "rsa":
+                raise Refused(Status.REFUSED_KEY, f"key {key_id} is not RSA")
+            if digestinfo_hash(payload) is None:
+                raise Refused(Status.REFUSED_SHAPE, "not a SHA-256/384/512 DigestInfo")
+            padding = _RSA_PKCS1_PADDING
+        elif op == Op.SIGN_ECDSA:
+            if info.kind != "ec":
+                raise Refused(Status.REFUSED_KEY, f"key {key_id} is not EC")
+            if len(payload) not in ECDSA_DIGEST_SIZES:
+                raise Refused(Status.REFUSED_SHAPE, f"{len(payload)}-byte digest")
+            padding = None
+        else:
+            raise Refused(Status.REFUSED_SHAPE, f"unknown op {op!r}")
+        if budget is not None:
+            budget.charge()
+        sig = evp.sign(payload, padding)
+        if info.kind == "rsa" and len(sig) != info.signature_size:
+            raise SigningError(f"libcrypto returned {len(sig)} bytes for key {key_id}")
+        return sig
