@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from sandbox.launcher import JailProcess, Launcher
 from sandbox.profile import load_profile
 from sandbox.spec import JailSpec, UidRange
-from titus import control, logs
+from titus import control, logs, proxyproto
 from titus.broker import BackendConnect
 from titus.config_model import Config, Listener, VHost
 from titus.keyservice import KeyHolder, KeyHolderError, KeySlot
@@ -372,6 +372,13 @@ class Supervisor:
         return list(self.backends.get(index, []))
 
     def proxy_header(self, vhost: VHost, conn: Conn, hs: control.HandshakeDone) -> bytes:
+        """The PROXY header for the backend: addresses from our own accept(), never the worker's."""
+        if vhost.proxy_protocol == "v1":
+            return proxyproto.v1(conn.peer, conn.local)
+        if vhost.proxy_protocol == "v2":
+            facts = proxyproto.TLSFacts(sni=hs.sni, version=hs.version, cipher=hs.cipher,
+                                        alpn=hs.alpn)
+            return proxyproto.v2(conn.peer, conn.local, facts)
         return b""
 
     def on_backend(self, worker: Worker, sock: socket.socket | None, reason: str | None) -> None:
