@@ -65,6 +65,8 @@ class Finished:
     bytes_in: int
     bytes_out: int
     detail: str | None = None
+    signatures: int = 0  # key-holder signatures that succeeded / failed (for metrics)
+    signature_failures: int = 0
 
 
 _TO_WORKER = {"C": Connection, "B": BackendReady, "F": BackendFailed}
@@ -150,6 +152,8 @@ def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
         bytes_in=_field(body, "bytes_in", int),
         bytes_out=_field(body, "bytes_out", int),
         detail=_field(body, "detail", str, optional=True, limit=512),
+        signatures=_field(body, "signatures", int, optional=True) or 0,
+        signature_failures=_field(body, "signature_failures", int, optional=True) or 0,
     )
 
 

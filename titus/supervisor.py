@@ -27,6 +27,7 @@ from titus.broker import BackendConnect
 from titus.config_model import Config, Listener, VHost
 from titus.keyservice import KeyHolder, KeyHolderError, KeySlot
 from titus.loop import Loop, Timer
+from titus.metrics import Metrics, MetricsEndpoint
 from titus.resolve import resolve_backend
 from titus.tlsconfig import build_contexts
 from titus.worker import WorkerTable, worker_main
@@ -129,12 +130,20 @@ class Supervisor:
         self.next_conn_id = 1
         self.refill_scheduled = False
         self.keyholder_restarts = 0
+        self.metrics = Metrics()
+        self.metrics.workers.labels("idle").set_function(lambda: len(self.idle))
+        self.metrics.workers.labels("busy").set_function(
+            lambda: len(self.workers) - len(self.idle))
+        self.metrics_endpoint: MetricsEndpoint | None = None
 
     # -- start-up ------------------------------------------------------------------
 
     def start(self) -> None:
         self.resolve_backends()
         self.listeners = [open_listener(lst) for lst in self.config.listeners]
+        if self.config.metrics_listen is not None:
+            self.metrics_endpoint = MetricsEndpoint(
+                self.loop, open_listener(self.config.metrics_listen), self.metrics)
         try:
             self.keyholder.start()
         except KeyHolderError as e:
@@ -147,6 +156,8 @@ class Supervisor:
         for sock in self.listeners:
             self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
         logs.event("started", listeners=[str(sock.getsockname()[:2]) for sock in self.listeners],
+                   metrics=(str(self.metrics_endpoint.sock.getsockname()[:2])
+                            if self.metrics_endpoint else None),
                    vhosts=len(self.config.vhosts), min_spare=self.config.min_spare_children,
                    max_children=self.config.max_children)
         self.refill()
@@ -186,16 +197,19 @@ class Supervisor:
             theirs.close()
             logs.event("keyholder-channel-failed", logging.ERROR, error=str(e))
             return None
+        started = time.perf_counter()
         try:
             jail = self.launcher.spawn(self.worker_spec, worker_main, (self.table,),
                                        fds=[theirs.fileno(), channel.fileno(), 2])
         except Exception as e:
             ours.close()
+            self.metrics.spawn_failures.inc()
             self.note_failure(f"spawn failed: {e}")
             return None
         finally:
             theirs.close()
             channel.close()
+        self.metrics.spawn.observe(time.perf_counter() - started)
         ours.setblocking(False)
         worker = Worker(jail, ours)
         self.workers[jail.pid] = worker
@@ -321,6 +335,7 @@ class Supervisor:
         except control.ControlError as e:
             logs.event("forged-control-message", logging.WARNING, pid=worker.jail.pid,
                        error=str(e))
+            self.metrics.forged.inc()
             self.kill(worker, "forged control message")
             return
         if isinstance(msg, control.HandshakeDone) and worker.state == "handshake":
@@ -346,6 +361,7 @@ class Supervisor:
                                                                                  local_port)):
             logs.event("forbidden-backend-request", logging.WARNING, pid=worker.jail.pid,
                        vhost=msg.vhost)
+            self.metrics.forged.inc()
             self.kill(worker, "asked for a backend it has no right to")
             return
         self.note_success()
@@ -465,6 +481,7 @@ class Supervisor:
             outcome = "worker-died"
         level = logging.WARNING if outcome in ("policy-violation", "killed") else logging.INFO
         vhost = self.config.vhosts[worker.vhost].name if worker.vhost is not None else None
+        self.count_connection(worker, outcome, vhost)
         logs.event(
             "connection", level,
             conn_id=conn.conn_id, client=f"{conn.peer[0]}:{conn.peer[1]}",
@@ -480,11 +497,27 @@ class Supervisor:
             violation=str(jail.violation) if jail.violation else None,
             syscall=jail.violation.syscall if jail.violation else None)
 
+    def count_connection(self, worker: Worker, outcome: str, vhost: str | None) -> None:
+        m, conn, hs, fin = self.metrics, worker.conn, worker.handshake, worker.finished
+        assert conn is not None
+        m.connections.labels(outcome, vhost or "").inc()
+        m.duration.observe(time.monotonic() - conn.accepted)
+        if hs is not None:
+            m.handshake.observe(hs.handshake_ms / 1000)
+        if fin is not None:
+            m.bytes.labels("in").inc(fin.bytes_in)
+            m.bytes.labels("out").inc(fin.bytes_out)
+            m.keyholder_ops.labels("ok").inc(fin.signatures)
+            m.keyholder_ops.labels("failed").inc(fin.signature_failures)
+        if worker.jail.violation is not None:
+            m.violations.labels(worker.jail.violation.syscall or "unknown").inc()
+
     def keyholder_ended(self) -> None:
         jail = self.keyholder.jail
         logs.event("keyholder-died", logging.ERROR, exit=jail.exit_status if jail else None,
                    violation=str(jail.violation) if jail and jail.violation else None)
         self.keyholder.stop()
+        self.metrics.keyholder_restarts.inc()
         # Idle workers hold channels to the dead key holder: replace them.
         for worker in list(self.idle):
             self.kill(worker, "key holder restarted")
@@ -540,6 +573,8 @@ class Supervisor:
         self.keyholder.stop()
         for sock in self.listeners:
             sock.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
         self.launcher.close()
         self.loop.close()
         logs.event("stopped")

@@ -55,15 +55,18 @@ def worker_main(table: WorkerTable) -> None:
         return
     client = socket.socket(fileno=fds[0])
     counters = Counters()
+    outcome, detail = "ok", None
     try:
         serve(table, ctl, client, conn, counters)
-        result = control.Finished("ok", counters.bytes_in, counters.bytes_out)
     except Finish as e:
-        result = control.Finished(e.outcome, counters.bytes_in, counters.bytes_out, e.detail)
+        outcome, detail = e.outcome, e.detail
     except Reset as e:
-        result = control.Finished(f"{e.side}-reset", counters.bytes_in, counters.bytes_out)
+        outcome = f"{e.side}-reset"
     except TimeoutError as e:
-        result = control.Finished("timeout", counters.bytes_in, counters.bytes_out, str(e))
+        outcome, detail = "timeout", str(e)
+    signs = remotekey.stats()
+    result = control.Finished(outcome, counters.bytes_in, counters.bytes_out, detail,
+                              sum(signs.ok.values()), sum(signs.failed.values()))
     ctl.send(control.encode(result))
 
 

@@ -1,0 +1,50 @@
+"""The Prometheus endpoint counts what really happened."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import ssl
+import urllib.request
+
+import pytest
+
+from tests.pki import CA
+from tests.titus_harness import HTTPBackend, Titus, _parse_addr
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="titus needs root")
+
+
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    assert m, f"{name} not in metrics"
+    return float(m.group(1))
+
+
+def test_metrics_endpoint(tmp_path):
+    ca = CA(tmp_path / "pki")
+    leaf = ca.issue("a.test")
+    with HTTPBackend() as backend:
+        config = (f"listen 127.0.0.1:0\ncert {leaf.cert}\nkey {leaf.key}\nbackend 127.0.0.1\n"
+                  f"backend-port {backend.port}\nmin-spare-children 2\n"
+                  "metrics-listen 127.0.0.1:0\n")
+        with Titus(tmp_path, config) as titus:
+            started = titus.wait_event(lambda r: r.get("event") == "started")
+            host, port = _parse_addr(started["metrics"])
+            ctx = ssl.create_default_context(cafile=str(ca.path))
+            for _ in range(3):
+                with socket.create_connection(("127.0.0.1", titus.port)) as raw, \
+                        ctx.wrap_socket(raw, server_hostname="a.test") as tls:
+                    tls.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                    while tls.recv(65536):
+                        pass
+            titus.wait_connections(3)
+            text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read()
+            text = text.decode()
+    assert metric(text, 'titus_connections_total{outcome="ok",vhost="default"}') == 3
+    assert metric(text, "titus_handshake_seconds_count") == 3
+    assert metric(text, 'titus_keyholder_operations_total{result="ok"}') == 3
+    assert metric(text, 'titus_bytes_total{direction="in"}') > 0
+    assert metric(text, "titus_jail_spawn_seconds_count") >= 5  # 2 spare + 3 replacements
+    assert metric(text, 'titus_workers{state="idle"}') >= 1

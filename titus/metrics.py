@@ -1,0 +1,116 @@
+"""Prometheus metrics (prometheus_client) and a tiny endpoint served by the supervisor's loop.
+
+The endpoint runs inside the event loop rather than prometheus_client's own
+HTTP thread: the supervisor forks a jail per connection, and a forked child
+must never inherit a lock held by another thread.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from titus.loop import Loop
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 3600)
+MAX_REQUEST = 8192
+CLIENT_TIMEOUT = 5.0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Counter("titus_connections", "Connections, by outcome and vhost",
+                                   ["outcome", "vhost"], registry=r)
+        self.handshake = Histogram("titus_handshake_seconds", "TLS handshake time in the worker",
+                                   buckets=_LATENCY_BUCKETS, registry=r)
+        self.duration = Histogram("titus_connection_seconds", "Accept to worker exit",
+                                  buckets=_DURATION_BUCKETS, registry=r)
+        self.bytes = Counter("titus_bytes", "Plaintext bytes relayed, by direction",
+                             ["direction"], registry=r)
+        self.workers = Gauge("titus_workers", "Worker processes, by state", ["state"],
+                             registry=r)
+        self.spawn = Histogram("titus_jail_spawn_seconds", "Time to build one worker jail",
+                               buckets=_LATENCY_BUCKETS, registry=r)
+        self.spawn_failures = Counter("titus_jail_spawn_failures", "Worker jails that failed",
+                                      registry=r)
+        self.violations = Counter("titus_seccomp_violations",
+                                  "Jails killed by seccomp, by syscall", ["syscall"], registry=r)
+        self.keyholder_restarts = Counter("titus_keyholder_restarts",
+                                          "Times the key holder was restarted", registry=r)
+        self.keyholder_ops = Counter("titus_keyholder_operations",
+                                     "Signatures asked of the key holder, as workers report "
+                                     "them, by result", ["result"], registry=r)
+        self.forged = Counter("titus_forged_control_messages",
+                              "Malformed or forbidden messages from workers", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsEndpoint:
+    """GET /metrics on a listening socket, answered from the event loop, one request each."""
+
+    def __init__(self, loop: Loop, sock: socket.socket, metrics: Metrics) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.metrics = metrics
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.setblocking(False)
+        state = {"buf": b"", "deadline": time.monotonic() + CLIENT_TIMEOUT}
+        timer = self.loop.call_later(CLIENT_TIMEOUT, lambda: self._close(conn))
+        state["timer"] = timer
+        self.loop.add_reader(conn.fileno(), lambda: self._read(conn, state))
+
+    def _read(self, conn: socket.socket, state: dict) -> None:
+        try:
+            data = conn.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        state["buf"] += data
+        if not data or len(state["buf"]) > MAX_REQUEST:
+            self._close(conn)
+            return
+        if b"\r\n\r\n" not in state["buf"]:
+            return
+        state["timer"].cancel()
+        line = state["buf"].split(b"\r\n", 1)[0].split()
+        if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] in (b"/metrics",
+                                                                                 b"/"):
+            body, status, ctype = self.metrics.render(), b"200 OK", CONTENT_TYPE_LATEST.encode()
+        else:
+            body, status, ctype = b"not found\n", b"404 Not Found", b"text/plain"
+        head = (b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype +
+                b"\r\nContent-Length: " + str(len(body)).encode() +
+                b"\r\nConnection: close\r\n\r\n")
+        self.loop.forget(conn.fileno())
+        try:
+            conn.setblocking(True)
+            conn.settimeout(1.0)
+            conn.sendall(head + body)
+        except OSError:
+            pass
+        conn.close()
+
+    def _close(self, conn: socket.socket) -> None:
+        if conn.fileno() >= 0:
+            self.loop.forget(conn.fileno())
+            conn.close()
+
+    def close(self) -> None:
+        self.loop.forget(self.sock.fileno())
+        self.sock.close()
