@@ -198,7 +198,10 @@ def _read_backend(backend: socket.socket, tls: ssl.SSLObject, counters: Counters
         raise Reset("backend") from None
     if not data:
         return False
-    tls.write(data)
+    try:
+        tls.write(data)
+    except ssl.SSLError:  # the client's TLS session failed (alert sent or received)
+        raise Reset("client") from None
     counters.bytes_out += len(data)
     return True
 

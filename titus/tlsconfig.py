@@ -49,7 +49,12 @@ def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
     groups = ctypes.create_string_buffer(":".join(tls.curves).encode())
     if lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups) != 1:
         raise TLSConfigError(f"{where}: unknown curve in {':'.join(tls.curves)}")
-    options = ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
+    # A TCP FIN without close_notify is a half-close for titus (pump.py), as it
+    # was for titus 0.4.  Without this option OpenSSL 3 turns it into a fatal
+    # error (a decode_error alert, and every later SSL_write fails), so the
+    # backend's answer could never reach the client.
+    options = (ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
+               | ssl.OP_IGNORE_UNEXPECTED_EOF)
     if not tls.honor_client_cipher_order:
         options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.options |= options
