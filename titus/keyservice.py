@@ -64,6 +64,7 @@ class KeyHolder:
         self.jail: JailProcess | None = None
         self.control: socket.socket | None = None
         self._next_channel = 1
+        self.stderr_fd = 2  # the supervisor points this at its jail-stderr pipe
 
     def start(self) -> None:
         """Start and wait for "ready"; raises KeyHolderError with the reason otherwise."""
@@ -76,7 +77,8 @@ class KeyHolder:
                 except OSError as e:
                     raise KeyHolderError(f"{slot.key_path}: {e.strerror}") from None
             self.jail = self.launcher.spawn(self.spec, _keyholder_main, (self.slots,),
-                                            fds=[theirs.fileno(), 2, 2, *key_fds])
+                                            fds=[theirs.fileno(), self.stderr_fd, self.stderr_fd,
+                                                  *key_fds])
         finally:
             theirs.close()
             for fd in key_fds:

@@ -25,6 +25,7 @@ from sandbox.spec import JailSpec, UidRange
 from titus import control, logs, proxyproto
 from titus.broker import BackendConnect
 from titus.config_model import Config, Listener, VHost
+from titus.jailstderr import JailStderr
 from titus.keyservice import KeyHolder, KeyHolderError, KeySlot
 from titus.loop import Loop, Timer
 from titus.metrics import Metrics, MetricsEndpoint
@@ -135,6 +136,8 @@ class Supervisor:
         self.metrics.workers.labels("busy").set_function(
             lambda: len(self.workers) - len(self.idle))
         self.metrics_endpoint: MetricsEndpoint | None = None
+        self.stderr = JailStderr(self.loop)
+        self.keyholder.stderr_fd = self.stderr.write_fd
 
     # -- start-up ------------------------------------------------------------------
 
@@ -199,8 +202,8 @@ class Supervisor:
             return None
         started = time.perf_counter()
         try:
-            jail = self.launcher.spawn(self.worker_spec, worker_main, (self.table,),
-                                       fds=[theirs.fileno(), channel.fileno(), 2])
+            fds = [theirs.fileno(), channel.fileno(), self.stderr.write_fd]
+            jail = self.launcher.spawn(self.worker_spec, worker_main, (self.table,), fds=fds)
         except Exception as e:
             ours.close()
             self.metrics.spawn_failures.inc()
@@ -575,6 +578,8 @@ class Supervisor:
             sock.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
+        self.stderr.drain()
+        self.stderr.close()
         self.launcher.close()
         self.loop.close()
         logs.event("stopped")
