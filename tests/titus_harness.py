@@ -153,7 +153,7 @@ class HTTPBackend:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 body = f"backend {backend_name} path {self.path}\n".encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -168,6 +168,7 @@ class HTTPBackend:
         class Server(ThreadingHTTPServer):
             address_family = family
             daemon_threads = True
+            request_queue_size = 1024  # bursts must not cost a 1 s SYN retransmit
 
         self.server = Server((host, 0), Handler)
         self.port = self.server.server_address[1]
@@ -246,3 +247,300 @@ class SinkBackend:
     def __exit__(self, *exc: object) -> None:
         self.closing = True
         self.srv.close()
+
+
+# -- helpers for the fault, pool and option tests ---------------------------------------
+#
+# What the tests see of titus from outside: its jailed children (uid != 0) as
+# /proc lists them, the sockets they hold, and its session (titus is started
+# with start_new_session, and jails never call setsid, so every process titus
+# ever started carries titus's pid as its session id, even after titus dies).
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat fields after the command name (index 0 = state), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def is_running(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie holds no fd, socket or memory)."""
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def start_time(pid: int) -> int:
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields else 0
+
+
+def open_fds(pid: int) -> dict[int, str]:
+    """fd -> link target (root can read them although jails are not dumpable)."""
+    out = {}
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                out[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+    return out
+
+
+def nofile_limit(pid: int) -> int | None:
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError), \
+            open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    return None
+
+
+def jailed_children(titus: Titus) -> list[int]:
+    """titus's live jailed children: the key holder and every worker, idle or busy."""
+    return [p for p in titus.worker_pids() if is_running(p)]
+
+
+def keyholder_pid(titus: Titus) -> int:
+    """The key holder's pid.
+
+    After a restart the log names it ("keyholder-restarted", pid).  Before any
+    restart it is the OLDEST jailed child: the supervisor starts it in
+    start(), before the pool spawns its first worker, and it lives as long as
+    titus.  Cross-check: its RLIMIT_NOFILE is max-children + 64 (one channel
+    per worker), a worker's is the profile's 6, and it holds one channel socket
+    per live worker besides its control socket.
+    """
+    restarted = [r for r in titus.records() if r.get("event") == "keyholder-restarted"]
+    if restarted and is_running(restarted[-1]["pid"]):
+        return int(restarted[-1]["pid"])
+    children = jailed_children(titus)
+    if not children:
+        raise RuntimeError(f"titus has no jailed child: {titus.log_tail()}")
+    return min(children, key=start_time)
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live (non-zombie) processes whose session id is `sid`, wherever they were reparented."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = proc_stat(int(name))
+            if fields and fields[0] not in ("Z", "X") and int(fields[3]) == sid:
+                out.append(int(name))
+    return out
+
+
+def _tcp_inodes(local: tuple[str, int], remote: tuple[str, int]) -> list[str]:
+    def hexaddr(addr: tuple[str, int]) -> str:
+        packed = socket.inet_aton(addr[0])
+        return f"{int.from_bytes(packed, 'little'):08X}:{addr[1]:04X}"
+
+    want_local, want_remote = hexaddr(local), hexaddr(remote)
+    inodes = []
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if parts[1] == want_local and parts[2] == want_remote:
+                inodes.append(parts[9])
+    return inodes
+
+
+def worker_of(titus: Titus, client: socket.socket) -> int | None:
+    """The pid of the worker serving `client` (an IPv4 socket connected to titus).
+
+    The supervisor closes its copy of an accepted socket once it has handed it
+    over, so the only process holding titus's end of the TCP connection is the
+    worker: find the socket's inode in /proc/net/tcp, then the child holding it.
+    """
+    inodes = {f"socket:[{i}]" for i in _tcp_inodes(client.getpeername()[:2],
+                                                  client.getsockname()[:2])}
+    for pid in jailed_children(titus):
+        if inodes & set(open_fds(pid).values()):
+            return pid
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (for configs that need a fixed port)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def client_hello(ctx: Any, server_hostname: str | None) -> bytes:
+    """The bytes of the ClientHello that `ctx` (an ssl.SSLContext) sends, built in memory."""
+    import ssl
+
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+class EchoBackend:
+    """Echoes every byte back; on EOF from the proxy, half-closes and closes."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.srv = socket.create_server((host, 0))
+        self.port = self.srv.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.accepted = 0
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _one(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            while data := conn.recv(65536):
+                conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+
+    def __enter__(self) -> EchoBackend:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.srv.close()
+
+
+# -- streaming backends (appended for tests/integration/test_titus_data.py) ---------------
+
+
+_LINGER_RESET = (1).to_bytes(4, sys.byteorder) + (0).to_bytes(4, sys.byteorder)  # linger {1, 0}
+
+
+def pattern_stream(n: int, seed: int = 7, piece: int = 1 << 20):
+    """`pattern(n, seed)` in pieces of `piece` bytes, never all of it in memory at once."""
+    if piece % 65536:
+        raise ValueError("piece must be a multiple of the 64 KiB pattern block")
+    block = pattern(piece, seed)
+    full, rest = divmod(n, piece)
+    for _ in range(full):
+        yield block
+    if rest:
+        yield block[:rest]
+
+
+class StreamBackend:
+    """Per connection, both directions at once.
+
+    A sender thread sends `pattern(reply_bytes, seed)` and then shuts down
+    writing, while the connection's own thread reads to EOF (sha256 + count),
+    so nothing waits for the other direction.  With `reset_after` it instead
+    sends that many bytes, reads nothing, and resets the connection
+    (SO_LINGER 1,0 + close): the backend-resets direction.
+
+    `conns` holds one dict per connection, updated live: `sent` (bytes whose
+    send completed), `bytes`/`sha256` (received), `recv_error`/`send_error`
+    (repr of the OSError, or None), `eof_at` (time.monotonic() when reading
+    ended, by EOF or error) and `done`.
+    """
+
+    def __init__(self, reply_bytes: int, seed: int = 7, reset_after: int | None = None) -> None:
+        self.reply_bytes = reply_bytes
+        self.seed = seed
+        self.reset_after = reset_after
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.conns: list[dict[str, Any]] = []
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.closing = False
+
+    def _serve(self) -> None:
+        while not self.closing:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _update(self, state: dict[str, Any], **changes: Any) -> None:
+        with self.cond:
+            state.update(changes)
+            self.cond.notify_all()
+
+    def _send(self, conn: socket.socket, state: dict[str, Any], total: int) -> None:
+        try:
+            for piece in pattern_stream(total, self.seed):
+                conn.sendall(piece)
+                self._update(state, sent=state["sent"] + len(piece))
+            if self.reset_after is None:
+                conn.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            self._update(state, send_error=repr(e))
+
+    def _one(self, conn: socket.socket) -> None:
+        state: dict[str, Any] = {"sent": 0, "bytes": 0, "sha256": None, "recv_error": None,
+                                 "send_error": None, "eof_at": None, "done": False}
+        with self.cond:
+            self.conns.append(state)
+            self.cond.notify_all()
+        if self.reset_after is not None:
+            self._send(conn, state, self.reset_after)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            conn.close()
+            self._update(state, done=True)
+            return
+        sender = threading.Thread(target=self._send, args=(conn, state, self.reply_bytes),
+                                  daemon=True)
+        sender.start()
+        digest, count, error = hashlib.sha256(), 0, None
+        try:
+            while data := conn.recv(1 << 20):
+                digest.update(data)
+                count += len(data)
+                self._update(state, bytes=count)
+        except OSError as e:
+            error = repr(e)
+        self._update(state, sha256=digest.hexdigest(), recv_error=error,
+                     eof_at=time.monotonic())
+        sender.join(60)
+        conn.close()
+        self._update(state, done=True)
+
+    def wait_conn(self, index: int, pred: Callable[[dict[str, Any]], bool] = lambda s: True,
+                  timeout: float = 10) -> dict[str, Any] | None:
+        """The `index`th connection's state once `pred` holds, or None after `timeout`."""
+        with self.cond:
+            ok = self.cond.wait_for(lambda: len(self.conns) > index and pred(self.conns[index]),
+                                    timeout)
+            return self.conns[index] if ok else None
+
+    def __enter__(self) -> StreamBackend:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closing = True
+        self.srv.close()
+
+
+def run_cli(config: Path, *args: str, timeout: float = 30) -> tuple[int, str, str]:
+    """`titus --config FILE ARGS` to completion, in its own session: (exit code, stdout,
+    stderr).  Fails if anything titus started is still running 2 s after it exited."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "titus.cli", "--config", str(config), "--log-format", "json",
+         *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    deadline = time.monotonic() + 2
+    while (left := session_processes(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not left, f"still running after titus exited ({proc.returncode}): {left}"
+    return proc.returncode, out, err

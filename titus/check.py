@@ -25,9 +25,13 @@ def check_keys(config: Config) -> str | None:
         try:
             store = KeyStore()
             for slot in slots:
-                with open(slot.key_path, "rb") as f:
-                    store.add(slot.key_id, f.read(), slot.cert_pem, key_name=str(slot.key_path),
-                              cert_name=str(slot.cert_path))
+                try:
+                    with open(slot.key_path, "rb") as f:
+                        store.add(slot.key_id, f.read(), slot.cert_pem,
+                                  key_name=str(slot.key_path), cert_name=str(slot.cert_path))
+                except (KeyStoreError, OSError) as e:
+                    raise KeyStoreError(f"{slot.source}: {e}" if slot.source else str(e)) \
+                        from None
         except (KeyStoreError, OSError) as e:
             message = str(e).encode(errors="replace")
         finally:

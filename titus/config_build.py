@@ -251,6 +251,7 @@ class _Builder:
             sni_names=sni_names,
             proxy_protocol=proxy.value if proxy else None,
             source=own.source,
+            key_source=key.source,
         )
 
     def vhosts(self) -> tuple[VHost, ...]:

@@ -204,6 +204,7 @@ class VHost:
     sni_names: tuple[str, ...] = ()
     proxy_protocol: ProxyProtocol | None = None
     source: Source = field(default=Source("<built-in>", 0), compare=False)
+    key_source: Source = field(default=Source("<built-in>", 0), compare=False)
 
     def matches_local(self, address: IPAddress | str, port: int) -> bool:
         if (

@@ -35,6 +35,7 @@ class KeySlot:
     key_path: Path
     cert_path: Path
     cert_pem: bytes
+    source: str = ""  # "FILE:LINE" of the `key` setting, for error messages
 
 
 def _keyholder_main(slots: Sequence[KeySlot]) -> None:
@@ -44,8 +45,11 @@ def _keyholder_main(slots: Sequence[KeySlot]) -> None:
         pems = keyholder.load_keys_from_fds(range(3, 3 + len(slots)))
         store = KeyStore()
         for slot, pem in zip(slots, pems, strict=True):
-            store.add(slot.key_id, pem, slot.cert_pem, key_name=str(slot.key_path),
-                      cert_name=str(slot.cert_path))
+            try:
+                store.add(slot.key_id, pem, slot.cert_pem, key_name=str(slot.key_path),
+                          cert_name=str(slot.cert_path))
+            except (KeyStoreError, ValueError) as e:
+                raise KeyStoreError(f"{slot.source}: {e}" if slot.source else str(e)) from None
         del pems
     except (KeyStoreError, ValueError, OSError) as e:
         control.send(b"E" + str(e).encode(errors="replace")[:3000])

@@ -540,13 +540,16 @@ def _read_chain(chain: bytes | str | os.PathLike[str]) -> tuple[list[x509.Certif
     return certs, name
 
 
-def restrict_to_ecdhe(ctx: ssl.SSLContext) -> list[str]:
-    """Keep only ECDHE suites below TLS 1.3: RSA key exchange needs a decryption."""
+def restrict_to_ecdhe(ctx: ssl.SSLContext, allow_dhe: bool = False) -> list[str]:
+    """Keep only ECDHE suites below TLS 1.3 (and DHE ones with `allow_dhe`, for a
+    context given DH parameters): RSA key exchange needs a decryption, an
+    ephemeral key exchange only a signature."""
+    kx = ("kx-ecdhe", "kx-dhe") if allow_dhe else ("kx-ecdhe",)
     keep = [
         c["name"]
         for c in ctx.get_ciphers()
         if c["protocol"] != "TLSv1.3"
-        and c["kea"] == "kx-ecdhe"
+        and c["kea"] in kx
         and c["auth"] in ("auth-rsa", "auth-ecdsa")
     ]
     if keep:
@@ -556,17 +559,19 @@ def restrict_to_ecdhe(ctx: ssl.SSLContext) -> list[str]:
     left = [
         c["name"]
         for c in ctx.get_ciphers()
-        if c["protocol"] != "TLSv1.3" and c["kea"] != "kx-ecdhe"
+        if c["protocol"] != "TLSv1.3" and c["kea"] not in kx
     ]
     if left:
         raise RemoteKeyError(f"non-ECDHE suites still enabled: {left}")
     return keep
 
 
-def install(ctx: ssl.SSLContext, chain: bytes | str | os.PathLike[str], key_id: int) -> RemoteKey:
+def install(ctx: ssl.SSLContext, chain: bytes | str | os.PathLike[str], key_id: int,
+            *, allow_dhe: bool = False) -> RemoteKey:
     """Serve ``ctx``'s certificate ``chain`` (leaf first) with key ``key_id`` of the key holder.
 
     Call it before the jail: a path is read here, and libssl copies what it needs.
+    ``allow_dhe`` keeps DHE suites (only for a context that has DH parameters).
     """
     if not 0 <= key_id <= 0xFFFF:
         raise ValueError(f"key id {key_id} is not a u16")
@@ -612,5 +617,5 @@ def install(ctx: ssl.SSLContext, chain: bytes | str | os.PathLike[str], key_id: 
     if lib.SSL_CTX_check_private_key(ctx_ptr) != 1:
         raise RemoteKeyError(f"{name}: the installed key does not match the certificate")
     lib.ERR_clear_error()
-    restrict_to_ecdhe(ctx)
+    restrict_to_ecdhe(ctx, allow_dhe)
     return key

@@ -94,7 +94,8 @@ def key_slots(config: Config) -> tuple[list[KeySlot], list[int]]:
     for vhost in config.vhosts:
         pair = (str(vhost.key), str(vhost.cert))
         if pair not in slots:
-            slots[pair] = KeySlot(len(slots), vhost.key, vhost.cert, vhost.cert.read_bytes())
+            slots[pair] = KeySlot(len(slots), vhost.key, vhost.cert, vhost.cert.read_bytes(),
+                                  str(vhost.key_source))
         of_vhost.append(slots[pair].key_id)
     return list(slots.values()), of_vhost
 

@@ -55,9 +55,13 @@ def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
     # backend's answer could never reach the client.
     options = (ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
                | ssl.OP_IGNORE_UNEXPECTED_EOF)
-    if not tls.honor_client_cipher_order:
-        options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.options |= options
+    # Python's SSLContext starts with OP_CIPHER_SERVER_PREFERENCE set, so
+    # "honor-client-cipher-order yes" must clear it, not just leave it alone.
+    if tls.honor_client_cipher_order:
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.num_tickets = 0
     lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_SESS_CACHE_MODE, _SSL_SESS_CACHE_OFF, None)
     if tls.dhgroup is not None:
@@ -79,7 +83,7 @@ def build_context(vhost: VHost, key_id: int) -> ssl.SSLContext:
     where = f"{vhost.source} (vhost {vhost.name})"
     _apply_settings(ctx, vhost.tls, where)
     try:
-        remotekey.install(ctx, vhost.cert, key_id)
+        remotekey.install(ctx, vhost.cert, key_id, allow_dhe=vhost.tls.dhgroup is not None)
     except (remotekey.RemoteKeyError, OSError, ValueError) as e:
         raise TLSConfigError(f"{where}: {e}") from None
     return ctx

@@ -1,0 +1,165 @@
+"""The pool of pre-jailed workers, seen from outside with real connections.
+
+A worker is a jailed child of titus (uid != 0) other than the key holder
+(see titus_harness.keyholder_pid).  An idle worker holds exactly its three
+fds: 0 the control channel, 1 its key-holder channel, 2 stderr; a busy one
+holds its client's socket too (and later the backend's).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import time
+
+import pytest
+
+from tests.pki import CA
+from tests.titus_harness import (
+    EchoBackend,
+    Titus,
+    jailed_children,
+    keyholder_pid,
+    open_fds,
+    worker_of,
+)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="titus needs root")
+
+SNI = "pool.test"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    ca = CA(tmp_path_factory.mktemp("pool-pki"))
+    ca.issue(SNI, "p256", filename="leaf")
+    return ca
+
+
+def config(ca: CA, backend_port: int, pool: str) -> str:
+    return f"""listen 127.0.0.1:0
+{pool}
+key {ca.dir / "leaf.key"}
+cert {ca.dir / "leaf.crt"}
+backend 127.0.0.1
+backend-port {backend_port}
+"""
+
+
+def workers(titus: Titus) -> list[int]:
+    keyholder = keyholder_pid(titus)
+    return [p for p in jailed_children(titus) if p != keyholder]
+
+
+def idle_workers(titus: Titus) -> list[int]:
+    return [p for p in workers(titus) if sorted(open_fds(p)) == [0, 1, 2]]
+
+
+def settle(read, want, timeout: float = 10, stable: float = 0.5):
+    """Wait until read() == want and stays so for `stable` seconds; the last value."""
+    deadline = time.monotonic() + timeout
+    since = None
+    value = read()
+    while time.monotonic() < deadline:
+        value = read()
+        if value == want:
+            since = since or time.monotonic()
+            if time.monotonic() - since >= stable:
+                return value
+        else:
+            since = None
+        time.sleep(0.02)
+    return value
+
+
+def connect(ca: CA, port: int) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(ca.path))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return ctx.wrap_socket(raw, server_hostname=SNI)
+
+
+def echo(tls: ssl.SSLSocket, data: bytes) -> bytes:
+    tls.sendall(data)
+    got = b""
+    for _ in range(1000):
+        if len(got) >= len(data):
+            break
+        more = tls.recv(len(data) - len(got))
+        if not more:
+            break
+        got += more
+    return got
+
+
+def test_min_spare_children_are_kept(tmp_path, ca):
+    with EchoBackend() as backend, Titus(tmp_path, config(ca, backend.port, """
+min-spare-children 3
+max-children 10
+""")) as titus:
+        # No traffic: exactly min-spare idle workers, and no other worker.
+        assert settle(lambda: len(idle_workers(titus)), 3) == 3
+        assert len(workers(titus)) == 3
+
+        # With a connection open, the pool still has 3 spares beside it.
+        with connect(ca, titus.port) as tls:
+            assert echo(tls, b"ping" * 100) == b"ping" * 100
+            busy = worker_of(titus, tls)
+            assert busy is not None and busy in workers(titus)
+            assert settle(lambda: len(idle_workers(titus)), 3) == 3
+            assert len(workers(titus)) == 4
+            tls.unwrap()
+        titus.wait_connections(1)
+
+        # Served and gone: back to exactly 3, all idle, the busy one reaped.
+        assert settle(lambda: len(workers(titus)), 3) == 3
+        assert len(idle_workers(titus)) == 3 and busy not in workers(titus)
+        assert titus.connections()[0]["outcome"] == "ok"
+
+
+def test_max_children_holds_the_next_connection_in_the_backlog(tmp_path, ca):
+    n = 3
+    with EchoBackend() as backend, Titus(tmp_path, config(ca, backend.port, f"""
+min-spare-children 1
+max-children {n}
+max-handshake-time 10
+""")) as titus:
+        held = [connect(ca, titus.port) for _ in range(n)]
+        try:
+            for tls in held:
+                assert echo(tls, b"held") == b"held"
+            assert len(workers(titus)) == n
+
+            ctx = ssl.create_default_context(cafile=str(ca.path))
+            raw = socket.create_connection(("127.0.0.1", titus.port), timeout=5)  # TCP: ok
+            extra = ctx.wrap_socket(raw, server_hostname=SNI, do_handshake_on_connect=False)
+            try:
+                extra.settimeout(1.0)
+                started = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    extra.do_handshake()  # ClientHello sent; nobody answers
+                assert time.monotonic() - started >= 0.9
+                assert worker_of(titus, extra) is None, "accepted beyond max-children"
+                assert len(workers(titus)) == n
+
+                # One of the N ends: the waiting connection is served right away.
+                held[0].unwrap()
+                held[0].close()
+                extra.settimeout(5.0)
+                started = time.monotonic()
+                extra.do_handshake()
+                assert time.monotonic() - started < 3.0
+                assert echo(extra, b"finally") == b"finally"
+                assert worker_of(titus, extra) is not None
+                assert len(workers(titus)) <= n
+                extra.unwrap()
+            finally:
+                extra.close()
+            for tls in held[1:]:
+                assert echo(tls, b"still here") == b"still here"
+                tls.unwrap()
+        finally:
+            for tls in held:
+                tls.close()
+        records = titus.wait_connections(n + 1)
+        assert [r["outcome"] for r in records] == ["ok"] * (n + 1), records
