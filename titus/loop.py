@@ -141,6 +141,11 @@ class Loop:
             callback()
 
     def close(self) -> None:
+        if self._signal_handlers:
+            signal.set_wakeup_fd(-1)
+            for sig in self._signal_handlers:
+                signal.signal(sig, signal.SIG_DFL)
+            self._signal_handlers.clear()
         self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
