@@ -39,6 +39,7 @@ class Loop:
         self._seq = itertools.count()
         self._soon: list[Callback] = []
         self._signal_handlers: dict[int, Callback] = {}
+        self._previous_handlers: dict[int, Any] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, (self._on_signal, None))
         self.running = False
@@ -89,7 +90,8 @@ class Loop:
 
     def add_signal_handler(self, sig: int, callback: Callback) -> None:
         self._signal_handlers[sig] = callback
-        signal.signal(sig, lambda *_: None)
+        previous = signal.signal(sig, lambda *_: None)
+        self._previous_handlers.setdefault(sig, previous)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.siginterrupt(sig, False)
 
@@ -143,8 +145,8 @@ class Loop:
     def close(self) -> None:
         if self._signal_handlers:
             signal.set_wakeup_fd(-1)
-            for sig in self._signal_handlers:
-                signal.signal(sig, signal.SIG_DFL)
+            for sig, previous in self._previous_handlers.items():
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
             self._signal_handlers.clear()
         self._selector.close()
         os.close(self._wake_r)
