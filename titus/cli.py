@@ -13,22 +13,23 @@ import os
 import sys
 
 from titus import logs
+from titus.config_help import options_text
 from titus.config_model import Config
-from titus.config_options import OPTIONS
 
 USAGE = "titus --config FILE [--check] [--OPTION VALUE]..."
 
 
 def _parser() -> argparse.ArgumentParser:
-    options = ", ".join(sorted(name for name, o in OPTIONS.items()
-                               if o.conf and name not in ("config", "config-directory")))
     parser = argparse.ArgumentParser(
-        prog="titus", usage=USAGE,
+        prog="titus", usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="TLS terminating proxy: a fresh jailed process per connection, private "
                     "keys in a separately jailed key holder.",
-        epilog="Every titus.conf option can be given on the command line as --OPTION VALUE "
-               f"(later ones win over the file): {options}. "
-               "See titus.toml.example for the native TOML format.")
+        epilog="titus.conf options (in the file as `option value`, or on the command line as\n"
+               "--option value, where later ones win over the file):\n\n"
+               f"{options_text()}\n\n"
+               "vhost blocks: a line `vhost [NAME]`, then indented options; the first vhost\n"
+               "matching the local address/port and then the SNI wins. See titus.toml.example\n"
+               "for the native TOML format.")
     parser.add_argument("--config", required=True, metavar="FILE",
                         help="configuration file: titus.conf format, or TOML if it ends in .toml")
     parser.add_argument("--check", action="store_true",

@@ -430,3 +430,16 @@ def test_local_port_and_address_not_listened_on_are_reported(tmp_path: Path) -> 
     found = notices(load_config(conf))
     assert any("local-port 8443 is not a port titus listens on" in n for n in found)
     assert any("local-address ::1 is not an address titus listens on" in n for n in found)
+
+
+def test_every_option_has_help_in_titus_help():
+    import subprocess
+    import sys
+
+    from titus.config_help import HELP
+
+    out = subprocess.run([sys.executable, "-m", "titus.cli", "--help"], capture_output=True,
+                         text=True, timeout=30).stdout
+    for name, option in OPTIONS.items():
+        if option.conf:
+            assert f"--{name} " in out and HELP[name][:30] in out, name
