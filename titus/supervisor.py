@@ -19,8 +19,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from sandbox.launcher import JailProcess, Launcher
+from sandbox.launcher import JailProcess, Launcher, Violation
 from sandbox.profile import load_profile
+from sandbox.seccomp import syscall_name
 from sandbox.spec import JailSpec, UidRange
 from titus import control, logs, proxyproto
 from titus.broker import BackendConnect
@@ -37,6 +38,7 @@ ACCEPT_BATCH = 32
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
 FAILURES_BEFORE_BACKOFF = 3
 DRAIN_TIMEOUT = 30.0
+VIOLATION_NAME_WAIT = 2.0  # how long a policy-violation record waits for the kernel's name
 
 
 class StartupError(RuntimeError):
@@ -464,11 +466,31 @@ class Supervisor:
         if worker.conn is None:
             if not self.stopping and worker.killed_for is None:
                 self.note_failure(f"idle worker exited ({worker.jail.returncode})")
+        elif self.needs_syscall_name(worker.jail):
+            self.name_violation_later(worker, time.monotonic() + VIOLATION_NAME_WAIT)
         else:
             self.log_connection(worker)
         if self.stopping and not self.workers:
             self.loop.stop()
         self.schedule_refill(0)
+
+    def needs_syscall_name(self, jail: JailProcess) -> bool:
+        return (jail.violation is not None and jail.violation.syscall is None
+                and self.launcher.violations.available)
+
+    def name_violation_later(self, worker: Worker, deadline: float) -> None:
+        """The kernel's audit record may trail the death by a moment: wait for it in
+        the loop (never blocking it), then log the connection either way."""
+        jail = worker.jail
+        found = self.launcher.violations.lookup(jail.pid, wait=0)
+        if found is not None:
+            arch, number = found
+            with contextlib.suppress(ValueError):
+                jail.violation = Violation(syscall_name(number, arch), number, arch)
+        if found is None and time.monotonic() < deadline:
+            self.loop.call_later(0.02, lambda: self.name_violation_later(worker, deadline))
+            return
+        self.log_connection(worker)
 
     def log_connection(self, worker: Worker) -> None:
         conn, hs, fin, jail = worker.conn, worker.handshake, worker.finished, worker.jail

@@ -257,8 +257,10 @@ class Held:
             assert chunk, "titus closed a connection that should stay open"
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
+        lengths = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")]
+        assert lengths, f"no Content-Length in {head!r}"
+        length = lengths[0]
         while len(body) < length:
             chunk = self.tls.recv(65536)
             assert chunk
