@@ -51,8 +51,13 @@ _NETWORK_WORDS = {
     NetworkMode.SHARED_EMPTY: "the one shared, empty network namespace (no interfaces at all)",
     NetworkMode.NEW: "a new, empty network namespace (no interfaces at all)",
     NetworkMode.LOOPBACK: "a new network namespace with only the loopback interface",
+    NetworkMode.NETNS: "the existing network namespace {path} (whatever interfaces it has)",
     NetworkMode.HOST: "the HOST's network namespace (no network isolation)",
 }
+
+
+def _network_words(spec: JailSpec) -> str:
+    return _NETWORK_WORDS[spec.network].format(path=spec.netns_path)
 
 
 # ---------------------------------------------------------------------------
@@ -216,7 +221,7 @@ def summary(profile: Profile) -> str:
     )
     lines += [
         "jail:",
-        f"  network: {spec.network.value}; hostname: {spec.hostname}",
+        f"  network: {spec.network_label}; hostname: {spec.hostname}",
         f"  root: {'empty, read-only' if spec.empty_root else 'the host root'}; "
         f"/proc: {'mounted' if spec.mount_proc else 'not mounted'}",
         f"  binds: {_binds(spec)}",
@@ -303,7 +308,7 @@ def _files(view: _View, spec: JailSpec) -> str:
 
 def _network(view: _View, spec: JailSpec) -> str:
     _, conditional, forbidden = view.split(["socket", "socketpair"])
-    net = f"Its network is {_NETWORK_WORDS[spec.network]}."
+    net = f"Its network is {_network_words(spec)}."
     if "socket" in forbidden:
         client = view.split(["connect", "bind", "listen", "accept", "accept4"])
         extra = f" ({_not_allowed(client[2])} either)" if client[2] else ""
@@ -476,7 +481,7 @@ def explain(profile: Profile) -> str:
         paras.append(
             "It has NO seccomp filter: every system call is allowed; only the namespaces, "
             f"mounts and limits confine it. {_filesystem(spec).capitalize()}. "
-            f"Its network is {_NETWORK_WORDS[spec.network]}."
+            f"Its network is {_network_words(spec)}."
         )
         return "\n\n".join(paras) + "\n"
     view = _View(policy)
@@ -504,7 +509,7 @@ def _toml_str(value: str) -> str:
 def _jail_toml(spec: JailSpec) -> list[str]:
     lines = [
         "[jail]",
-        f"network = {_toml_str(spec.network.value)}",
+        f"network = {_toml_str(spec.network_label)}",
         f"hostname = {_toml_str(spec.hostname)}",
         f"empty_root = {str(spec.empty_root).lower()}",
         f"mount_proc = {str(spec.mount_proc).lower()}",
@@ -541,11 +546,38 @@ def _jail_toml(spec: JailSpec) -> list[str]:
     return lines
 
 
-def learned_policy_toml(syscalls: Iterable[str], based_on: Profile | None = None) -> str:
+def _arg_toml(cond: ArgCond) -> str:
+    """One argument filter as an inline table; values as strings keep their constants
+    (and 64-bit values that a TOML integer cannot hold)."""
+    parts = [f"arg = {cond.arg}", f"op = {_toml_str(cond.op)}"]
+    if cond.mask is not None:
+        parts.append(f"mask = {_toml_str(cond.mask_text or hex(cond.mask))}")
+    parts.append(f"value = {_toml_str(cond.value_text or hex(cond.value))}")
+    return "{ " + ", ".join(parts) + " }"
+
+
+def _kept_rules(policy: SeccompPolicy, names: set[str]) -> tuple[list[str], list[Rule]]:
+    """The base policy's deny list and its rules that are not plain allows, minus `names`."""
+    deny = [r.syscall for r in policy.rules if r.action == "deny" and r.syscall not in names]
+    rules = [
+        r
+        for r in policy.rules
+        if r.syscall not in names and r.action != "deny" and (r.args or r.action != "allow")
+    ]
+    return deny, rules
+
+
+def learned_policy_toml(
+    syscalls: Iterable[str], based_on: Profile | None = None, *, keep_rules: bool = False
+) -> str:
     """A profile that allows exactly `syscalls` (what `sandbox learn` observed).
 
-    The [profile] and [jail] parts are copied from `based_on`; argument rules
-    are not carried over: review the list and add them by hand.
+    The [profile] and [jail] parts are copied from `based_on`.  Without
+    `keep_rules`, argument rules are not carried over: review the list and
+    add them by hand.  With it, the base policy's argument rules, other
+    actions (e.g. clone3 -> errno:ENOSYS) and deny list are kept for every
+    syscall not in `syscalls` (one in `syscalls` is allowed outright: it was
+    called in a way the rules did not allow).
     """
     names = sorted(set(syscalls))
     unknown = [n for n in names if n not in known_syscalls()]
@@ -553,9 +585,16 @@ def learned_policy_toml(syscalls: Iterable[str], based_on: Profile | None = None
         raise ValueError(f"unknown syscall names: {', '.join(unknown)}")
     source = f" from {based_on.name}" if based_on else ""
     description = f"learned{source}" + (f": {based_on.description}" if based_on else "")
+    kept = keep_rules and based_on is not None and based_on.policy is not None
+    what = "allowed by it or observed" if kept else "that were observed"
+    review = "# Review before use: every entry is allowed without argument filters"
+    if kept and based_on is not None:
+        review += f";\n# the deny list and the rules at the end are kept from {based_on.name}."
+    else:
+        review += "."
     lines = [
-        f"# Learned by `sandbox learn`{source}: the {len(names)} syscalls that were observed.",
-        "# Review before use: every entry is allowed without argument filters.",
+        f"# Learned by `sandbox learn`{source}: the {len(names)} syscalls {what}.",
+        review,
         "",
         "[profile]",
         f"description = {_toml_str(description)}",
@@ -569,6 +608,15 @@ def learned_policy_toml(syscalls: Iterable[str], based_on: Profile | None = None
     lines += ["[seccomp]", f"default = {_toml_str(action_label(default))}", "allow = ["]
     lines += [f"    {_toml_str(n)}," for n in names]
     lines.append("]")
+    if keep_rules and based_on is not None and based_on.policy is not None:
+        deny, rules = _kept_rules(based_on.policy, set(names))
+        if deny:
+            lines.append("deny = [" + ", ".join(_toml_str(n) for n in deny) + "]")
+        for rule in rules:
+            lines += ["", "[[seccomp.rules]]", f"syscall = {_toml_str(rule.syscall)}"]
+            lines.append(f"action = {_toml_str(action_label(rule.action))}")
+            if rule.args:
+                lines.append("args = [" + ", ".join(_arg_toml(c) for c in rule.args) + "]")
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,7 @@
 The layers are applied in this order (privileged work first, untrusted code last):
 
   parent: unshare(PID) + fork            the child is PID 1 of a new PID namespace
-  child:  setns(shared empty netns)      or a new netns, or the host's
+  child:  setns(shared empty netns)      or a named one, a new netns, or the host's
           unshare(mount [, net])         as real root: mounts need no locked-flag care
           empty read-only root           tmpfs + pivot_root, binds, optional /proc
           unshare(user, IPC, UTS)        the jail's own user namespace
@@ -130,7 +130,8 @@ class Launcher:
         if not argv:
             raise ValueError("run needs a command")
         env = dict(spec.env)
-        return self._start(spec, list(fds), lambda: _exec(list(argv), env, str(spec.cwd)))
+        return self._start(spec, list(fds), lambda: _exec(list(argv), env, str(spec.cwd)),
+                           restore_signals=True)
 
     def uids(self, uid_range: UidRange) -> UidAllocator:
         if uid_range not in self._allocators:
@@ -182,21 +183,42 @@ class Launcher:
             self._netns = namespaces.SharedEmptyNetns()
         return self._netns.fd
 
-    def _start(self, spec: JailSpec, fds: list[int], body: Callable[[], None]) -> JailProcess:
-        netns_fd = self._shared_netns_fd() if spec.network == NetworkMode.SHARED_EMPTY else -1
-        allocator = self.uids(spec.uid_range)
-        uid = allocator.allocate()
-        parent_end, child_end = socket.socketpair()
+    def _open_netns(self, spec: JailSpec) -> tuple[int, int]:
+        """(fd the child joins or -1, fd the parent must close after the fork or -1)."""
+        if spec.network == NetworkMode.SHARED_EMPTY:
+            return self._shared_netns_fd(), -1
+        if spec.network == NetworkMode.NETNS:
+            assert spec.netns_path is not None
+            try:
+                fd = os.open(spec.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise JailError(
+                    "network", e.errno or 0,
+                    f"cannot open network namespace {spec.netns_path}: {e.strerror}",
+                ) from None
+            return fd, fd
+        return -1, -1
+
+    def _start(self, spec: JailSpec, fds: list[int], body: Callable[[], None],
+               restore_signals: bool = False) -> JailProcess:
+        netns_fd, own_netns_fd = self._open_netns(spec)
         try:
-            pid = self._pidfork.fork()
-        except BaseException:
-            allocator.release(uid)
-            parent_end.close()
-            child_end.close()
-            raise
-        if pid == 0:  # pragma: no cover - runs in the child, reported through the socket
-            parent_end.close()
-            _child(spec, child_end.detach(), netns_fd, fds, body)
+            allocator = self.uids(spec.uid_range)
+            uid = allocator.allocate()
+            parent_end, child_end = socket.socketpair()
+            try:
+                pid = self._pidfork.fork()
+            except BaseException:
+                allocator.release(uid)
+                parent_end.close()
+                child_end.close()
+                raise
+            if pid == 0:  # pragma: no cover - runs in the child, reported through the socket
+                parent_end.close()
+                _child(spec, child_end.detach(), netns_fd, fds, body, restore_signals)
+        finally:  # (never reached in the child: _child ends in os._exit)
+            if own_netns_fd >= 0:
+                os.close(own_netns_fd)
         child_end.close()
         jail = JailProcess(pid, uid, spec.name, self)
         self._live[pid] = (jail, allocator)
@@ -245,10 +267,10 @@ class _Layer:
 
 
 def _child(spec: JailSpec, sync: int, netns_fd: int, fds: list[int],
-           body: Callable[[], None]) -> None:
+           body: Callable[[], None], restore_signals: bool = False) -> None:
     layer = _Layer()
     try:
-        _build_jail(spec, sync, netns_fd, fds, layer)
+        _build_jail(spec, sync, netns_fd, fds, layer, restore_signals)
     except BaseException as e:
         err = e.errno if isinstance(e, OSError) and e.errno else 0
         msg = f"E{layer.name}\0{err}\0{e}".encode()
@@ -260,26 +282,46 @@ def _child(spec: JailSpec, sync: int, netns_fd: int, fds: list[int],
         body()
     except SystemExit as e:
         os._exit(e.code if isinstance(e.code, int) else 1)
-    except BaseException:
+    except BaseException as e:
         try:
-            traceback.print_exc()
             sys.stderr.flush()
+            _print_exception(e)
         finally:
             os._exit(1)
     os._exit(0)
 
 
-def _build_jail(spec: JailSpec, sync: int, netns_fd: int, fds: list[int], layer: _Layer) -> None:
+def _print_exception(exc: BaseException) -> None:
+    """A traceback without source lines: traceback.print_exc() stats and opens the
+    source files (linecache), which a jail's seccomp policy may forbid (SIGSYS)."""
+    lines = ["Traceback (most recent call last):\n"]
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        code = frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n')
+    lines += traceback.format_exception_only(type(exc), exc)
+    os.write(2, "".join(lines).encode(errors="replace"))
+
+
+def _build_jail(spec: JailSpec, sync: int, netns_fd: int, fds: list[int], layer: _Layer,
+                restore_signals: bool = False) -> None:
     layer.name = "signals"
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1,
                 signal.SIGUSR2, signal.SIGALRM):
         signal.signal(sig, signal.SIG_DFL)
+    # The mask survives fork and exec: a caller that blocks signals to wait for
+    # them (sandbox run does) must not hand a jail with SIGTERM blocked.
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    if restore_signals:
+        # CPython ignores SIGPIPE and SIGXFSZ, and exec keeps "ignored": an exec'd
+        # program must start with the defaults, as subprocess's restore_signals does.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
     privileges.set_parent_death_signal(spec.parent_death_signal)
 
     layer.name = "network"
     ns_flags = libc.CLONE_NEWNS
-    if spec.network == NetworkMode.SHARED_EMPTY:
+    if spec.network in (NetworkMode.SHARED_EMPTY, NetworkMode.NETNS):
         libc.setns(netns_fd, libc.CLONE_NEWNET)
     elif spec.network in (NetworkMode.NEW, NetworkMode.LOOPBACK):
         ns_flags |= libc.CLONE_NEWNET

@@ -25,7 +25,15 @@ from sandbox.policy import (
     policy_search_path,
 )
 from sandbox.seccomp import compile_policy
-from sandbox.spec import NOFILE_KEPT, RLIMIT_NAMES, BindMount, JailSpec, NetworkMode, UidRange
+from sandbox.spec import (
+    NOFILE_KEPT,
+    RLIMIT_NAMES,
+    BindMount,
+    JailSpec,
+    NetworkMode,
+    UidRange,
+    parse_network,
+)
 
 _TOP_KEYS = ("profile", "jail", "seccomp")
 _PROFILE_KEYS = ("description",)
@@ -151,7 +159,12 @@ def _replace_spec(spec: JailSpec, changes: dict[str, Any]) -> JailSpec:
     """dataclasses.replace with the conveniences of the file format (str network, str binds)."""
     changes = dict(changes)
     if "network" in changes:
-        changes["network"] = NetworkMode(changes["network"])
+        net = changes["network"]
+        if net == NetworkMode.NETNS and changes.get("netns_path") is not None:
+            changes["network"] = NetworkMode.NETNS
+            changes["netns_path"] = Path(changes["netns_path"])
+        else:  # "netns:NAME" strings carry their path; other modes have none
+            changes["network"], changes["netns_path"] = parse_network(str(net))
     if "binds" in changes:
         changes["binds"] = tuple(
             b if isinstance(b, BindMount) else BindMount(Path(b), Path(b)) for b in changes["binds"]
@@ -189,13 +202,16 @@ def _parse_jail(src: SourceFile, name: str) -> JailSpec:
 
     network_text = typed("network", str, defaults.network.value)
     try:
-        network = NetworkMode(network_text)
-    except ValueError:
-        modes = [m.value for m in NetworkMode]
+        network, netns_path = parse_network(network_text)
+    except ValueError as exc:
+        if network_text.startswith("netns"):
+            raise src.error(line("network"), str(exc)) from None
+        modes = [m.value for m in NetworkMode if m != NetworkMode.NETNS]
         close = difflib.get_close_matches(network_text, modes, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise src.error(
-            line("network"), f"unknown network {network_text!r}{hint}; one of {', '.join(modes)}"
+            line("network"),
+            f"unknown network {network_text!r}{hint}; one of {', '.join(modes)}, netns:NAME",
         ) from None
 
     tmpfs = typed("writable_tmpfs", str, None)
@@ -228,6 +244,7 @@ def _parse_jail(src: SourceFile, name: str) -> JailSpec:
     return JailSpec(
         name=name,
         network=network,
+        netns_path=netns_path,
         hostname=typed("hostname", str, defaults.hostname),
         uid_range=uid_range,
         empty_root=typed("empty_root", bool, defaults.empty_root),

@@ -18,13 +18,41 @@ class NetworkMode(StrEnum):
 
     SHARED_EMPTY joins one pre-made empty namespace (cheap: no teardown per
     jail); NEW makes a fresh empty one; LOOPBACK a fresh one with `lo` up;
-    HOST keeps the host's network (an explicit opt-out).
+    NETNS joins an existing namespace named by `JailSpec.netns_path` (written
+    "netns:/run/netns/NAME" in profiles, so an operator can put a daemon in a
+    namespace they set up with veths and routes); HOST keeps the host's
+    network (an explicit opt-out).
     """
 
     SHARED_EMPTY = "shared-empty"
     NEW = "new"
     LOOPBACK = "loopback"
+    NETNS = "netns"
     HOST = "host"
+
+
+# Where `ip netns add NAME` (and pyroute2.netns) pin named network namespaces.
+NETNS_RUN_DIR = Path("/run/netns")
+
+
+def parse_network(text: str) -> tuple[NetworkMode, Path | None]:
+    """A network setting as written in a profile or on the command line.
+
+    "netns:NAME" means /run/netns/NAME; "netns:/path" any nsfs file (e.g.
+    /proc/PID/ns/net).  Raises ValueError for anything else unknown.
+    """
+    if text.startswith("netns:"):
+        target = text.removeprefix("netns:")
+        if not target:
+            raise ValueError("netns: needs a name or a path, e.g. netns:/run/netns/web")
+        if "/" not in target:
+            return NetworkMode.NETNS, NETNS_RUN_DIR / target
+        if not target.startswith("/"):
+            raise ValueError(f"netns path must be absolute: {target!r}")
+        return NetworkMode.NETNS, Path(target)
+    if text == NetworkMode.NETNS.value:
+        raise ValueError("netns needs a namespace: netns:NAME or netns:/path")
+    return NetworkMode(text), None
 
 
 @dataclass(frozen=True)
@@ -78,6 +106,8 @@ class JailSpec:
 
     name: str = "jail"
     network: NetworkMode = NetworkMode.SHARED_EMPTY
+    # The namespace file to join when network is NETNS (and only then).
+    netns_path: Path | None = None
     hostname: str = "jail"
     uid_range: UidRange = field(default_factory=UidRange)
     # Filesystem: an empty read-only tmpfs root, plus these bind mounts.
@@ -100,6 +130,17 @@ class JailSpec:
     # Environment for `run` (exec); spawn keeps the Python process as it is.
     env: tuple[tuple[str, str], ...] = (("PATH", "/usr/bin:/bin"),)
     cwd: Path = Path("/")
+
+    def __post_init__(self) -> None:
+        if (self.network == NetworkMode.NETNS) != (self.netns_path is not None):
+            raise ValueError("netns_path is set exactly when network is NETNS")
+
+    @property
+    def network_label(self) -> str:
+        """The network setting as a profile writes it ("loopback", "netns:/run/netns/x")."""
+        if self.network == NetworkMode.NETNS:
+            return f"netns:{self.netns_path}"
+        return self.network.value
 
     def rlimit_values(self, kept_fds: int) -> list[tuple[int, int]]:
         """(resource, limit) pairs, with NOFILE_KEPT resolved to the passed fd count."""

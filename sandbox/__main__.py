@@ -1,0 +1,7 @@
+"""`python -m sandbox`: the same as the `sandbox` console script."""
+
+import sys
+
+from sandbox.cli import main
+
+sys.exit(main())
