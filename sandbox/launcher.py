@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sandbox import fds as fdlayer
-from sandbox import libc, namespaces, privileges, rootfs
+from sandbox import landlock, libc, namespaces, privileges, rootfs
 from sandbox.errors import JailError
 from sandbox.spec import JailSpec, NetworkMode, UidRange
 from sandbox.uids import UidAllocator
@@ -261,9 +261,11 @@ def _parent_handshake(sock: socket.socket, pid: int, uid: int) -> None:
 
 
 class _Layer:
-    """Names the layer being applied so a failure can say which one broke."""
+    """Names the layer being applied so a failure can say which one broke, and
+    where the sync socket is now (the fds layer renumbers it)."""
 
     name = "start"
+    sync = -1
 
 
 def _child(spec: JailSpec, sync: int, netns_fd: int, fds: list[int],
@@ -275,7 +277,7 @@ def _child(spec: JailSpec, sync: int, netns_fd: int, fds: list[int],
         err = e.errno if isinstance(e, OSError) and e.errno else 0
         msg = f"E{layer.name}\0{err}\0{e}".encode()
         try:
-            os.write(sync, msg)
+            os.write(layer.sync if layer.sync >= 0 else sync, msg)
         finally:
             os._exit(LAYER_FAILED)
     try:
@@ -352,13 +354,19 @@ def _build_jail(spec: JailSpec, sync: int, netns_fd: int, fds: list[int], layer:
     layer.name = "fds"
     kept, sync_moved = fdlayer.renumber(fds, sync)
     assert sync_moved is not None
-    sync = sync_moved
+    sync = layer.sync = sync_moved
     if spec.drop_capabilities:
         layer.name = "capabilities"
         privileges.drop_capabilities()
     if spec.no_new_privs:
         layer.name = "no-new-privs"
         privileges.set_no_new_privs()
+    if spec.landlock:
+        layer.name = "landlock"
+        landlock.restrict(
+            [b.target for b in spec.binds if not b.writable],
+            [b.target for b in spec.binds if b.writable]
+            + ([spec.writable_tmpfs] if spec.writable_tmpfs is not None else []))
     layer.name = "rlimits"
     privileges.apply_rlimits(spec.rlimit_values(len(kept)))
     layer.name = "dumpable"

@@ -41,14 +41,17 @@ def build_root(spec: JailSpec) -> None:
     root = _STAGING
     libc.mount("jail", root, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
                "size=64k,nr_inodes=256,mode=0555")
-    for bind, fd in zip(spec.binds, sources, strict=True):
-        _bind(fd, root + str(bind.target), bind.writable)
-        os.close(fd)
+    # The writable tmpfs first: a bind beneath it must land on it, not under it.
     if spec.writable_tmpfs is not None:
         target = root + str(spec.writable_tmpfs)
         os.makedirs(target, exist_ok=True)
         libc.mount("jailtmp", target, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
                    f"size={spec.writable_tmpfs_size},mode=1777")
+    # Parents before children, whatever order the profile lists them in.
+    ordered = sorted(zip(spec.binds, sources, strict=True), key=lambda b: len(b[0].target.parts))
+    for bind, fd in ordered:
+        _bind(fd, root + str(bind.target), bind.writable)
+        os.close(fd)
     if spec.mount_proc:
         os.makedirs(root + "/proc", exist_ok=True)
         libc.mount("proc", root + "/proc", "proc",

@@ -259,3 +259,26 @@ def test_failed_layer_is_named(launcher):
         launcher.spawn(bad, lambda: None)
     assert info.value.layer == "rootfs"
     assert not launcher.live
+
+
+def test_landlock_confines_to_binds(launcher, tmp_path):
+    from sandbox import landlock
+
+    if landlock.abi_version() < 1:
+        pytest.skip("no Landlock on this kernel")
+    tmp_path.chmod(0o755)
+    (tmp_path / "data").write_text("abc")
+    # The jail's root is writable only where a writable tmpfs is; with Landlock
+    # even the tmpfs is reachable only because the profile names it.
+    spec = replace(BASE, binds=(BindMount(tmp_path, tmp_path),), writable_tmpfs="/tmp",
+                   landlock=True)
+    assert run_probe(launcher, spec, read_host_file, (str(tmp_path / "data"),)).value == 3
+    assert run_probe(launcher, spec, write_file, ("/tmp/x",)).value == "written"
+    # Control: without Landlock the (empty, read-only) root itself is listable...
+    assert run_probe(launcher, replace(spec, landlock=False), list_root).value == ["tmp"]
+    # ...with it, nothing outside the named trees is reachable, not even "/".
+    assert run_probe(launcher, spec, list_root).value == {"error": "EACCES"}
+
+
+def list_root() -> object:
+    return sorted(os.listdir("/"))
