@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,22 +190,15 @@ def pattern(n: int, seed: int = 7) -> bytes:
     return block * reps + block[:rest]
 
 
-class SinkBackend:
-    """Per connection: read to EOF (sha256 + count), then send `reply_bytes` and close.
+class TCPBackend:
+    """A loopback listener whose every connection gets a thread running `_one`."""
 
-    With `reply_first` it sends its reply before reading, then reads to EOF:
-    the backend-closes-first direction of a half-close.
-    """
-
-    def __init__(self, reply_bytes: int = 0, reply_first: bool = False) -> None:
-        self.reply_bytes = reply_bytes
-        self.reply_first = reply_first
-        self.srv = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.srv = socket.create_server((host, 0), backlog=1024)
         self.port = self.srv.getsockname()[1]
-        self.results: list[dict[str, Any]] = []
-        self.done = threading.Condition()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.closing = False
+        self.accepted = 0
 
     def _serve(self) -> None:
         while not self.closing:
@@ -213,7 +206,34 @@ class SinkBackend:
                 conn, _ = self.srv.accept()
             except OSError:
                 return
+            self.accepted += 1
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        conn.close()
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closing = True
+        self.srv.close()
+
+
+class SinkBackend(TCPBackend):
+    """Per connection: read to EOF (sha256 + count), then send `reply_bytes` and close.
+
+    With `reply_first` it sends its reply before reading, then reads to EOF:
+    the backend-closes-first direction of a half-close.
+    """
+
+    def __init__(self, reply_bytes: int = 0, reply_first: bool = False) -> None:
+        super().__init__()
+        self.reply_bytes = reply_bytes
+        self.reply_first = reply_first
+        self.results: list[dict[str, Any]] = []
+        self.done = threading.Condition()
 
     def _one(self, conn: socket.socket) -> None:
         digest, count, error = hashlib.sha256(), 0, None
@@ -240,13 +260,6 @@ class SinkBackend:
             self.done.wait_for(lambda: len(self.results) >= count, timeout)
         return self.results
 
-    def __enter__(self) -> SinkBackend:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.closing = True
-        self.srv.close()
 
 
 # -- helpers for the fault, pool and option tests ---------------------------------------
@@ -380,37 +393,15 @@ def client_hello(ctx: Any, server_hostname: str | None) -> bytes:
     return outgoing.read()
 
 
-class EchoBackend:
+class EchoBackend(TCPBackend):
     """Echoes every byte back; on EOF from the proxy, half-closes and closes."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.srv = socket.create_server((host, 0))
-        self.port = self.srv.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.accepted = 0
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.srv.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _one(conn: socket.socket) -> None:
+    def _one(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
             while data := conn.recv(65536):
                 conn.sendall(data)
             conn.shutdown(socket.SHUT_WR)
 
-    def __enter__(self) -> EchoBackend:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.srv.close()
 
 
 # -- streaming backends (appended for tests/integration/test_titus_data.py) ---------------
@@ -431,7 +422,7 @@ def pattern_stream(n: int, seed: int = 7, piece: int = 1 << 20):
         yield block[:rest]
 
 
-class StreamBackend:
+class StreamBackend(TCPBackend):
     """Per connection, both directions at once.
 
     A sender thread sends `pattern(reply_bytes, seed)` and then shuts down
@@ -447,23 +438,12 @@ class StreamBackend:
     """
 
     def __init__(self, reply_bytes: int, seed: int = 7, reset_after: int | None = None) -> None:
+        super().__init__()
         self.reply_bytes = reply_bytes
         self.seed = seed
         self.reset_after = reset_after
-        self.srv = socket.create_server(("127.0.0.1", 0))
-        self.port = self.srv.getsockname()[1]
         self.conns: list[dict[str, Any]] = []
         self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.closing = False
-
-    def _serve(self) -> None:
-        while not self.closing:
-            try:
-                conn, _ = self.srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
     def _update(self, state: dict[str, Any], **changes: Any) -> None:
         with self.cond:
@@ -517,13 +497,6 @@ class StreamBackend:
                                     timeout)
             return self.conns[index] if ok else None
 
-    def __enter__(self) -> StreamBackend:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.closing = True
-        self.srv.close()
 
 
 def run_cli(config: Path, *args: str, timeout: float = 30) -> tuple[int, str, str]:
