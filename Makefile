@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # Debian packages: libcap-dev builds python-prctl; the rest are real TLS clients for the tests.
 SYSTEM_PACKAGES := gcc libcap-dev libseccomp2 openssl curl iproute2
-BENCH_PACKAGES  := stunnel4 hitch nginx-light
+BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk
 
 .PHONY: run test lint deps bench clean
 
