@@ -300,7 +300,9 @@ def _print_exception(exc: BaseException) -> None:
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
         code = frame.f_code
         lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n')
-    lines += traceback.format_exception_only(type(exc), exc)
+    # Not traceback.format_exception_only: for a chained exception it builds the
+    # context's stack with source lines, which stats files.
+    lines.append(f"{type(exc).__qualname__}: {exc}\n")
     os.write(2, "".join(lines).encode(errors="replace"))
 
 

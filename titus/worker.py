@@ -128,7 +128,8 @@ def serve(
     try:
         handshake(pump, left)
     except ssl.SSLError as e:
-        raise Finish("handshake-failed", e.reason or str(e)) from None
+        # OpenSSL's errors carry .reason; one raised by titus itself may not.
+        raise Finish("handshake-failed", getattr(e, "reason", None) or str(e)) from None
     cipher = tls.cipher()
     ctl.send(
         control.encode(
