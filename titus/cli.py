@@ -16,7 +16,8 @@ from titus import logs
 from titus.config_help import options_text
 from titus.config_model import Config
 
-USAGE = "titus --config FILE [--check] [--OPTION VALUE]..."
+USAGE = ("titus --config FILE [--check] [--OPTION VALUE]...\n"
+         "       titus status --config FILE   (what the metrics endpoint says, for a person)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +59,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    status = bool(argv) and argv[0] == "status"
+    args, overrides = parse_args(argv[1:] if status else argv)
     from titus.config import ConfigError, load_config
 
     try:
@@ -66,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"titus: {e}", file=sys.stderr)
         return 2
+    if status:
+        from titus.status import StatusError, fetch, summarize
+
+        try:
+            print(summarize(fetch(config)))
+        except StatusError as e:
+            print(f"titus: {e}", file=sys.stderr)
+            return 1
+        return 0
     if args.check:
         from titus.check import check_keys
 

@@ -6,12 +6,14 @@ import os
 import re
 import socket
 import ssl
+import subprocess
+import sys
 import urllib.request
 
 import pytest
 
 from tests.pki import CA
-from tests.titus_harness import HTTPBackend, Titus, _parse_addr
+from tests.titus_harness import ROOT, HTTPBackend, Titus, _parse_addr
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="titus needs root")
 
@@ -20,6 +22,16 @@ def metric(text: str, name: str) -> float:
     m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
     assert m, f"{name} not in metrics"
     return float(m.group(1))
+
+
+def test_status_without_titus_running(tmp_path):
+    leaf = CA(tmp_path / "pki").issue("a.test")
+    conf = tmp_path / "t.conf"
+    conf.write_text(f"listen 127.0.0.1:0\ncert {leaf.cert}\nkey {leaf.key}\n"
+                    "backend 127.0.0.1\nbackend-port 9\nmetrics-listen 127.0.0.1:1\n")
+    out = subprocess.run([sys.executable, "-m", "titus.cli", "status", "--config", str(conf)],
+                         capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 1 and "not answering" in out.stderr
 
 
 def test_metrics_endpoint(tmp_path):
@@ -42,6 +54,14 @@ def test_metrics_endpoint(tmp_path):
             titus.wait_connections(3)
             text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read()
             text = text.decode()
+            status = subprocess.run(
+                [sys.executable, "-m", "titus.cli", "status", "--config",
+                 str(titus.config_path), "--metrics-listen", f"{host}:{port}"],
+                capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert status.returncode == 0, status.stderr
+    assert "titus is running" in status.stdout
+    assert "connections: 3 (ok 3)" in status.stdout
+    assert "3 signatures, 0 failed, 0 restarts" in status.stdout
     assert metric(text, 'titus_connections_total{outcome="ok",vhost="default"}') == 3
     assert metric(text, "titus_handshake_seconds_count") == 3
     assert metric(text, 'titus_keyholder_operations_total{result="ok"}') == 3
