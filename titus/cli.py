@@ -95,17 +95,18 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     if config.daemon:
-        return _run_daemon(config)
+        return _run_daemon(config, (args.config, overrides))
     logs.setup(config.log_format)
-    return _serve(config, ready=None)
+    return _serve(config, ready=None, source=(args.config, overrides))
 
 
-def _serve(config: Config, ready: int | None) -> int:
+def _serve(config: Config, ready: int | None,
+           source: tuple[str, list[tuple[str, str]]] | None = None) -> int:
     """Start, report readiness (or the one-line reason) on fd `ready`, serve until stopped."""
     from titus.supervisor import StartupError, Supervisor
 
     try:
-        supervisor = Supervisor(config)
+        supervisor = Supervisor(config, *(source or ()))
         supervisor.start()
     except (StartupError, RuntimeError, OSError, ValueError) as e:
         if ready is not None:
@@ -127,7 +128,7 @@ def _serve(config: Config, ready: int | None) -> int:
     return 0
 
 
-def _run_daemon(config: Config) -> int:
+def _run_daemon(config: Config, source: tuple[str, list[tuple[str, str]]]) -> int:
     """titus 0.4's `daemon yes`: detach, but only after start-up succeeded.
 
     The parent waits for the daemon to say "ok" (listeners bound, key holder
@@ -150,7 +151,7 @@ def _run_daemon(config: Config) -> int:
     os.dup2(devnull, 1)
     os.close(devnull)
     logs.setup_daemon(config.log_format)
-    code = _serve(config, ready=w)
+    code = _serve(config, ready=w, source=source)
     os._exit(code)
 
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from sandbox.launcher import JailProcess, Launcher, Violation
@@ -54,9 +55,21 @@ class Conn:
 
 
 @dataclass
+class Generation:
+    """Everything derived from one configuration: what a worker spawned under it uses
+    for its whole life, even after a reload (SIGHUP) has made a newer one current."""
+
+    config: Config
+    table: WorkerTable
+    keyholder: KeyHolder
+    backends: dict[int, list[tuple[int, tuple]]] = field(default_factory=dict)
+
+
+@dataclass
 class Worker:
     jail: JailProcess
     ctl: socket.socket
+    gen: Generation
     state: str = "idle"  # idle -> handshake -> backend -> relay -> done
     conn: Conn | None = None
     handshake: control.HandshakeDone | None = None
@@ -103,8 +116,10 @@ def key_slots(config: Config) -> tuple[list[KeySlot], list[int]]:
 
 
 class Supervisor:
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, config: Config, config_path: str | None = None,
+                 overrides: Sequence[tuple[str, str]] = ()) -> None:
+        self.config_path = config_path
+        self.overrides = list(overrides)
         self.loop = Loop()
         self.launcher = Launcher()
         uid_range = UidRange(config.uid_first, config.uid_count)
@@ -115,15 +130,11 @@ class Supervisor:
         self.keyholder_spec: JailSpec = replace(
             keyholder, name="titus-keyholder", uid_range=uid_range,
             rlimits=(*rlimits, ("nofile", config.max_children + 64)))
-        slots, self.key_of_vhost = key_slots(config)
-        self.keyholder = KeyHolder(self.launcher, self.keyholder_spec, slots)
-        self.table = WorkerTable(
-            vhosts=config.vhosts,
-            contexts=build_contexts(config.vhosts, self.key_of_vhost),
-            handshake_timeout=config.max_handshake_time,
-            keyholder_timeout=config.keyholder_timeout)
-        self.backends: dict[int, list[tuple[int, tuple]]] = {}
+        self.stderr_fd = 2
+        self.gen = self.build_generation(config)
+        self.old_gens: list[Generation] = []
         self.listeners: list[socket.socket] = []
+        self.listener_of: dict[Listener, socket.socket] = {}
         self.workers: dict[int, Worker] = {}
         self.idle: deque[Worker] = deque()
         self.paused = False
@@ -140,13 +151,32 @@ class Supervisor:
             lambda: len(self.workers) - len(self.idle))
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.stderr = JailStderr(self.loop)
-        self.keyholder.stderr_fd = self.stderr.write_fd
+        self.gen.keyholder.stderr_fd = self.stderr_fd = self.stderr.write_fd
+
+    def build_generation(self, config: Config) -> Generation:
+        slots, key_of_vhost = key_slots(config)
+        keyholder = KeyHolder(self.launcher, self.keyholder_spec, slots)
+        keyholder.stderr_fd = self.stderr_fd
+        table = WorkerTable(
+            vhosts=config.vhosts, contexts=build_contexts(config.vhosts, key_of_vhost),
+            handshake_timeout=config.max_handshake_time,
+            keyholder_timeout=config.keyholder_timeout)
+        return Generation(config, table, keyholder)
+
+    @property
+    def config(self) -> Config:
+        return self.gen.config
+
+    @property
+    def keyholder(self) -> KeyHolder:
+        return self.gen.keyholder
 
     # -- start-up ------------------------------------------------------------------
 
     def start(self) -> None:
         self.resolve_backends()
-        self.listeners = [open_listener(lst) for lst in self.config.listeners]
+        self.listener_of = {lst: open_listener(lst) for lst in self.config.listeners}
+        self.listeners = list(self.listener_of.values())
         if self.config.metrics_listen is not None:
             self.metrics_endpoint = MetricsEndpoint(
                 self.loop, open_listener(self.config.metrics_listen), self.metrics)
@@ -159,6 +189,8 @@ class Supervisor:
         self.loop.add_signal_handler(signal.SIGCHLD, self.reap)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.shutdown)
+        if self.config_path is not None:
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sock in self.listeners:
             self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
         logs.event("started", listeners=[str(sock.getsockname()[:2]) for sock in self.listeners],
@@ -168,18 +200,19 @@ class Supervisor:
                    max_children=self.config.max_children)
         self.refill()
 
-    def resolve_backends(self) -> None:
+    def resolve_backends(self, gen: Generation | None = None) -> None:
         """Resolve every backend name now: never on the connection path."""
-        for i, vhost in enumerate(self.config.vhosts):
+        gen = gen or self.gen
+        for i, vhost in enumerate(gen.config.vhosts):
             if vhost.backend_host is None:
                 continue
             try:
                 addrs = resolve_backend(vhost.backend_host, vhost.backend_port or 0,
-                                        self.config.dns_timeout)
+                                        gen.config.dns_timeout)
             except OSError as e:
                 raise StartupError(f"{vhost.source}: backend {vhost.backend_host}: {e}") from None
-            self.backends[i] = [(socket.AF_INET6 if len(a) == 4 else socket.AF_INET, a)
-                                for a in addrs]
+            gen.backends[i] = [(socket.AF_INET6 if len(a) == 4 else socket.AF_INET, a)
+                               for a in addrs]
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -206,7 +239,7 @@ class Supervisor:
         started = time.perf_counter()
         try:
             fds = [theirs.fileno(), channel.fileno(), self.stderr.write_fd]
-            jail = self.launcher.spawn(self.worker_spec, worker_main, (self.table,), fds=fds)
+            jail = self.launcher.spawn(self.worker_spec, worker_main, (self.gen.table,), fds=fds)
         except Exception as e:
             ours.close()
             self.metrics.spawn_failures.inc()
@@ -217,7 +250,7 @@ class Supervisor:
             channel.close()
         self.metrics.spawn.observe(time.perf_counter() - started)
         ours.setblocking(False)
-        worker = Worker(jail, ours)
+        worker = Worker(jail, ours, self.gen)
         self.workers[jail.pid] = worker
         self.loop.add_reader(ours.fileno(), lambda: self.on_worker_message(worker))
         return worker
@@ -313,7 +346,7 @@ class Supervisor:
         finally:
             client.close()
         worker.state, worker.conn = "handshake", conn
-        worker.timer = self.loop.call_later(self.config.max_handshake_time,
+        worker.timer = self.loop.call_later(worker.gen.config.max_handshake_time,
                                             lambda: self.handshake_timeout(worker))
         self.schedule_refill(0)
 
@@ -359,7 +392,8 @@ class Supervisor:
         assert worker.conn is not None
         if worker.timer:
             worker.timer.cancel()
-        vhosts = self.config.vhosts
+        config = worker.gen.config
+        vhosts = config.vhosts
         local_ip, local_port = worker.conn.local
         # The worker chose the vhost from SNI, which only it saw; the supervisor
         # checks what it can: the vhost must be reachable from this local address.
@@ -373,17 +407,18 @@ class Supervisor:
         self.note_success()
         worker.handshake, worker.vhost, worker.state = msg, msg.vhost, "backend"
         vhost = vhosts[msg.vhost]
-        addresses = self.backend_addresses(msg.vhost, vhost, worker.conn)
+        addresses = self.backend_addresses(worker.gen, msg.vhost, vhost, worker.conn)
         source = None
-        if self.config.transparent in ("yes", "backend-only"):
+        if config.transparent in ("yes", "backend-only"):
             source = worker.conn.peer
         worker.broker = BackendConnect(
-            self.loop, addresses, self.config.backend_connect_timeout,
+            self.loop, addresses, config.backend_connect_timeout,
             lambda sock, reason: self.on_backend(worker, sock, reason),
             header=self.proxy_header(vhost, worker.conn, msg), source=source)
 
-    def backend_addresses(self, index: int, vhost: VHost, conn: Conn) -> list[tuple[int, tuple]]:
-        if vhost.backend_host is None or self.config.transparent == "yes":
+    def backend_addresses(self, gen: Generation, index: int, vhost: VHost, conn: Conn
+                          ) -> list[tuple[int, tuple]]:
+        if vhost.backend_host is None or gen.config.transparent == "yes":
             port = vhost.backend_port or conn.local[1]
             host = conn.local[0]
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -391,7 +426,7 @@ class Supervisor:
                 host, family = host[7:], socket.AF_INET
             addr: tuple = (host, port, 0, 0) if family == socket.AF_INET6 else (host, port)
             return [(family, addr)]
-        return list(self.backends.get(index, []))
+        return list(gen.backends.get(index, []))
 
     def proxy_header(self, vhost: VHost, conn: Conn, hs: control.HandshakeDone) -> bytes:
         """The PROXY header for the backend: addresses from our own accept(), never the worker's."""
@@ -440,6 +475,10 @@ class Supervisor:
                 self.worker_ended(self.workers.pop(pid))
             elif self.keyholder.jail is not None and pid == self.keyholder.jail.pid:
                 self.keyholder_ended()
+            else:
+                for gen in self.old_gens:
+                    if gen.keyholder.jail is not None and pid == gen.keyholder.jail.pid:
+                        gen.keyholder.stop()
 
     def worker_ended(self, worker: Worker) -> None:
         # Read what the worker said before it died (its last message may be
@@ -470,6 +509,8 @@ class Supervisor:
             self.name_violation_later(worker, time.monotonic() + VIOLATION_NAME_WAIT)
         else:
             self.log_connection(worker)
+        if self.old_gens:
+            self.retire_generations()
         if self.stopping and not self.workers:
             self.loop.stop()
         self.schedule_refill(0)
@@ -506,7 +547,7 @@ class Supervisor:
         else:
             outcome = "worker-died"
         level = logging.WARNING if outcome in ("policy-violation", "killed") else logging.INFO
-        vhost = self.config.vhosts[worker.vhost].name if worker.vhost is not None else None
+        vhost = worker.gen.config.vhosts[worker.vhost].name if worker.vhost is not None else None
         self.count_connection(worker, outcome, vhost)
         logs.event(
             "connection", level,
@@ -565,6 +606,58 @@ class Supervisor:
                    else None)
         self.schedule_refill(0)
 
+    # -- reload ----------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: new connections get the new configuration and certificates, those in
+        flight finish with the old, and a bad new configuration changes nothing."""
+        if self.stopping or self.config_path is None:
+            return
+        from titus.config import ConfigError, load_config
+
+        opened: dict[Listener, socket.socket] = {}
+        try:
+            config = load_config(self.config_path, self.overrides)
+            gen = self.build_generation(config)
+            self.resolve_backends(gen)
+            for lst in config.listeners:
+                if lst not in self.listener_of:
+                    opened[lst] = open_listener(lst)
+            gen.keyholder.start()
+        except (ConfigError, StartupError, KeyHolderError, RuntimeError, OSError,
+                ValueError) as e:
+            for sock in opened.values():
+                sock.close()
+            logs.event("reload-refused", logging.ERROR, error=str(e))
+            return
+        for lst, sock in list(self.listener_of.items()):
+            if lst not in config.listeners:
+                self.loop.forget(sock.fileno())
+                sock.close()
+                del self.listener_of[lst]
+        self.listener_of.update(opened)
+        self.listeners = [self.listener_of[lst] for lst in config.listeners]
+        if not self.paused:
+            for sock in opened.values():
+                self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
+        self.old_gens.append(self.gen)
+        self.gen = gen
+        for worker in list(self.idle):  # they hold the old contexts and key holder
+            self.kill(worker, "reload")
+        self.idle.clear()
+        self.retire_generations()
+        logs.event("reloaded", vhosts=len(config.vhosts),
+                   listeners=[str(s.getsockname()[:2]) for s in self.listeners])
+        self.schedule_refill(0)
+
+    def retire_generations(self) -> None:
+        """Stop an old generation's key holder once none of its workers is left."""
+        in_use = {id(w.gen) for w in self.workers.values() if w.killed_for != "reload"}
+        for gen in list(self.old_gens):
+            if id(gen) not in in_use:
+                gen.keyholder.stop()
+                self.old_gens.remove(gen)
+
     # -- shutdown --------------------------------------------------------------------
 
     def shutdown(self) -> None:
@@ -597,6 +690,8 @@ class Supervisor:
             worker.ctl.close()
         self.workers.clear()
         self.keyholder.stop()
+        for gen in self.old_gens:
+            gen.keyholder.stop()
         for sock in self.listeners:
             sock.close()
         if self.metrics_endpoint is not None:
