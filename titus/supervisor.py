@@ -24,7 +24,7 @@ from sandbox.launcher import JailProcess, Launcher, Violation
 from sandbox.profile import load_profile
 from sandbox.seccomp import syscall_name
 from sandbox.spec import JailSpec, UidRange
-from titus import control, logs, proxyproto
+from titus import control, logs, proxyproto, sdnotify
 from titus.broker import BackendConnect
 from titus.config_model import Config, Listener, VHost
 from titus.jailstderr import JailStderr
@@ -193,6 +193,8 @@ class Supervisor:
             self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sock in self.listeners:
             self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
+        sdnotify.notify("READY=1", f"MAINPID={os.getpid()}",
+                        f"STATUS=serving {len(self.config.vhosts)} vhosts")
         logs.event("started", listeners=[str(sock.getsockname()[:2]) for sock in self.listeners],
                    metrics=(str(self.metrics_endpoint.sock.getsockname()[:2])
                             if self.metrics_endpoint else None),
@@ -613,6 +615,13 @@ class Supervisor:
         flight finish with the old, and a bad new configuration changes nothing."""
         if self.stopping or self.config_path is None:
             return
+        sdnotify.notify("RELOADING=1")
+        try:
+            self._reload()
+        finally:
+            sdnotify.notify("READY=1")
+
+    def _reload(self) -> None:
         from titus.config import ConfigError, load_config
 
         opened: dict[Listener, socket.socket] = {}
@@ -665,6 +674,7 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
+        sdnotify.notify("STOPPING=1")
         logs.event("stopping", busy=len(self.workers) - len(self.idle))
         for sock in self.listeners:
             self.loop.forget(sock.fileno())
