@@ -47,6 +47,9 @@ HELP: dict[str, str] = {
     "max-tls-version": "1.2 or 1.3",
     "ciphersuites": "TLS 1.3 cipher suites (OpenSSL syntax)",
     "alpn": "ALPN protocols offered, comma separated, e.g. h2,http/1.1",
+    "client-auth": "none | optional | required: ask clients for a certificate, verified "
+                   "against client-ca; the identity goes to the backend in PROXY v2",
+    "client-ca": "CA certificates (PEM) that client certificates must chain to",
     "proxy-protocol": "v1 | v2 | no: send a PROXY header to the backend (written by the "
                       "supervisor, never by a worker)",
     "backend-connect-timeout": "seconds to connect to a backend (default 10)",

@@ -146,12 +146,17 @@ class TLSSettings:
     dhgroup: DHGroup | None = None
     honor_client_cipher_order: bool = False
     alpn: tuple[str, ...] = ()
+    # Client certificates: "none", "optional" (verified when sent) or "required".
+    client_auth: Literal["none", "optional", "required"] = "none"
+    client_ca: Path | None = None
 
     def __post_init__(self) -> None:
         if self.min_version < ssl.TLSVersion.TLSv1_2:
             raise ValueError("TLS versions below 1.2 are not supported")
         if self.max_version < self.min_version:
             raise ValueError("max_version is below min_version")
+        if self.client_auth != "none" and self.client_ca is None:
+            raise ValueError("client-auth needs client-ca")
 
 
 def _unmap(address: IPAddress) -> IPAddress:

@@ -52,6 +52,8 @@ class TLSDraft:
     dhgroup: Sourced[tuple[str, Path | None]] | None = None
     honor_client_cipher_order: Sourced[bool] | None = None
     alpn: Sourced[tuple[str, ...]] | None = None
+    client_auth: Sourced[str] | None = None
+    client_ca: Sourced[Path] | None = None
 
 
 @dataclass
@@ -137,6 +139,13 @@ def _field(attr: str, parse: Callable[[str], Any]) -> Handler:
 def _path_field(attr: str) -> Handler:
     def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
         setattr(target, attr, Sourced(resolve_path(text, base), src))
+
+    return handler
+
+
+def _tls_path(attr: str) -> Handler:
+    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
+        setattr(target.tls, attr, Sourced(resolve_path(text, base), src))
 
     return handler
 
@@ -264,6 +273,8 @@ def _options() -> dict[str, Option]:
         Option("max-tls-version", "any", _tls("max_version", v.parse_tls_version), "str"),
         Option("ciphersuites", "any", _tls("ciphersuites", v.parse_ciphersuites), "list"),
         Option("alpn", "any", _tls("alpn", v.parse_alpn), "list", separator=","),
+        Option("client-auth", "any", _tls("client_auth", v.parse_client_auth), "str"),
+        Option("client-ca", "any", _tls_path("client_ca"), "str"),
         Option("proxy-protocol", "any", _field("proxy_protocol", v.parse_proxy_protocol), "str"),
         Option("backend-connect-timeout", "global",
                _setting("backend-connect-timeout", seconds(3600.0)), "seconds"),

@@ -50,6 +50,8 @@ TLS_KEYS = {
     "curves": "ecdhcurve",
     "dhgroup": "dhgroup",
     "honor-client-cipher-order": "honor-client-cipher-order",
+    "client-auth": "client-auth",
+    "client-ca": "client-ca",
     "alpn": "alpn",
 }
 SECTIONS = {

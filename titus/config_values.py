@@ -285,6 +285,13 @@ def parse_cipher_string(text: str) -> str:
     return text
 
 
+def parse_client_auth(text: str) -> str:
+    word = text.lower()
+    if word not in ("none", "optional", "required"):
+        raise BadValue("expected none, optional or required")
+    return word
+
+
 def parse_name(text: str) -> str:
     """A user, group or vhost name: printable, no whitespace."""
     if not text.isprintable() or any(ch.isspace() for ch in text) or len(text) > 255:

@@ -55,6 +55,7 @@ class HandshakeDone:
     cipher: str
     alpn: str | None
     handshake_ms: float
+    client_cn: str | None = None  # subject CN of a client certificate OpenSSL verified
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
             cipher=_field(body, "cipher", str, limit=64),
             alpn=_field(body, "alpn", str, optional=True, limit=64),
             handshake_ms=float(_field(body, "handshake_ms", (int, float))),
+            client_cn=_field(body, "client_cn", str, optional=True, limit=256),
         )
     outcome = _field(body, "outcome", str, limit=32)
     if outcome not in OUTCOMES:

@@ -436,7 +436,7 @@ class Supervisor:
             return proxyproto.v1(conn.peer, conn.local)
         if vhost.proxy_protocol == "v2":
             facts = proxyproto.TLSFacts(sni=hs.sni, version=hs.version, cipher=hs.cipher,
-                                        alpn=hs.alpn)
+                                        alpn=hs.alpn, client_cn=hs.client_cn)
             return proxyproto.v2(conn.peer, conn.local, facts)
         return b""
 
@@ -556,7 +556,7 @@ class Supervisor:
             conn_id=conn.conn_id, client=f"{conn.peer[0]}:{conn.peer[1]}",
             local=f"{conn.local[0]}:{conn.local[1]}", sni=hs.sni if hs else None, vhost=vhost,
             tls_version=hs.version if hs else None, cipher=hs.cipher if hs else None,
-            alpn=hs.alpn if hs else None,
+            alpn=hs.alpn if hs else None, client_cn=hs.client_cn if hs else None,
             bytes_in=fin.bytes_in if fin else 0, bytes_out=fin.bytes_out if fin else 0,
             handshake_ms=hs.handshake_ms if hs else None,
             duration_ms=round((time.monotonic() - conn.accepted) * 1000, 3),

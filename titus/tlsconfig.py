@@ -68,6 +68,10 @@ def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
         _load_dh(ctx, tls.dhgroup.pem)
     if tls.alpn:
         ctx.set_alpn_protocols(list(tls.alpn))
+    if tls.client_auth != "none" and tls.client_ca is not None:
+        ctx.load_verify_locations(cafile=str(tls.client_ca))
+        ctx.verify_mode = (ssl.CERT_REQUIRED if tls.client_auth == "required"
+                           else ssl.CERT_OPTIONAL)
 
 
 def _load_dh(ctx: ssl.SSLContext, pem: bytes) -> None:

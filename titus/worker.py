@@ -140,6 +140,7 @@ def serve(
                 cipher=cipher[0] if cipher else "",
                 alpn=tls.selected_alpn_protocol(),
                 handshake_ms=round((time.monotonic() - started) * 1000, 3),
+                client_cn=_client_cn(tls),
             )
         )
     )
@@ -156,6 +157,16 @@ def serve(
         relay(pump, backend, counters)
     finally:
         backend.close()
+
+
+def _client_cn(tls: ssl.SSLObject) -> str | None:
+    """The verified client certificate's subject CN (getpeercert is empty unless verified)."""
+    cert = tls.getpeercert()
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)[:256]
+    return None
 
 
 def _goodbye(pump: TLSPump) -> None:

@@ -37,12 +37,16 @@ class ProxyAwareBackend(TCPBackend):
                       "sni": parsed.tlvs.get(pp.PP2_TYPE_AUTHORITY, b"").decode(),
                       "alpn": parsed.tlvs.get(pp.PP2_TYPE_ALPN, b"").decode(),
                       "version": parsed.ssl_tlvs.get(pp.PP2_SUBTYPE_SSL_VERSION, b"").decode(),
-                      "cipher": parsed.ssl_tlvs.get(pp.PP2_SUBTYPE_SSL_CIPHER, b"").decode()}
+                      "cipher": parsed.ssl_tlvs.get(pp.PP2_SUBTYPE_SSL_CIPHER, b"").decode(),
+                      "cn": parsed.ssl_tlvs.get(pp.PP2_SUBTYPE_SSL_CN, b"").decode()}
             conn.sendall(json.dumps(answer).encode() + b"\n")
 
 
-def ask(ca: CA, port: int, sni: str, alpn: list[str] | None = None) -> tuple[dict, ssl.SSLSocket]:
+def ask(ca: CA, port: int, sni: str, alpn: list[str] | None = None,
+        client=None) -> tuple[dict, ssl.SSLSocket]:
     ctx = ssl.create_default_context(cafile=str(ca.path))
+    if client is not None:
+        ctx.load_cert_chain(client.cert, client.key)
     if alpn:
         ctx.set_alpn_protocols(alpn)
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -92,3 +96,34 @@ vhost
             answer, tls = ask(ca, titus.port, "two.test", ["http/1.1"])
             assert tls.selected_alpn_protocol() == "http/1.1" and answer["alpn"] == "http/1.1"
             tls.close()
+
+
+def test_client_certificates(tmp_path):
+    ca = CA(tmp_path / "pki")
+    other_ca = CA(tmp_path / "other", name="someone else")
+    server = ca.issue("mtls.test")
+    alice = ca.issue("alice", filename="alice")
+    mallory = other_ca.issue("mallory", filename="mallory")
+    with ProxyAwareBackend() as backend:
+        config = f"""listen 127.0.0.1:0
+min-spare-children 1
+backend 127.0.0.1
+backend-port {backend.port}
+cert {server.cert}
+key {server.key}
+proxy-protocol v2
+client-auth required
+client-ca {ca.path}
+"""
+        with Titus(tmp_path, config) as titus:
+            answer, tls = ask(ca, titus.port, "mtls.test", client=alice)
+            assert answer["cn"] == "alice"
+            tls.close()
+            for who in (None, mallory):  # no certificate; one from another CA
+                with pytest.raises((ssl.SSLError, ConnectionError, AssertionError)):
+                    ask(ca, titus.port, "mtls.test", client=who)
+            records = titus.wait_connections(3)
+    refused = [r for r in records if r["outcome"] == "handshake-failed"]
+    served = [r for r in records if r["outcome"] != "handshake-failed"]
+    assert len(refused) == 2 and all(r["client_cn"] is None for r in refused), records
+    assert [r["client_cn"] for r in served] == ["alice"]

@@ -443,3 +443,16 @@ def test_every_option_has_help_in_titus_help():
     for name, option in OPTIONS.items():
         if option.conf:
             assert f"--{name} " in out and HELP[name][:30] in out, name
+
+
+def test_client_auth_options(tmp_path):
+    conf = basic_conf(tmp_path, "client-auth required\nclient-ca certs/example.com.crt\n")
+    tls = load_config(conf).vhosts[0].tls
+    assert tls.client_auth == "required" and tls.client_ca == tmp_path / "certs/example.com.crt"
+    assert load_config(basic_conf(tmp_path, "")).vhosts[0].tls.client_auth == "none"
+    with pytest.raises(ConfigError, match=r"titus.conf:\d+: client-auth optional needs client-ca"):
+        load_config(basic_conf(tmp_path, "client-auth optional\n"))
+    with pytest.raises(ConfigError, match="none, optional or required"):
+        load_config(basic_conf(tmp_path, "client-auth maybe\nclient-ca certs/example.com.crt\n"))
+    with pytest.raises(ConfigError, match="client-ca"):
+        load_config(basic_conf(tmp_path, "client-auth required\nclient-ca nowhere.pem\n"))
