@@ -23,6 +23,7 @@ SCM_RIGHTS:
 
 from __future__ import annotations
 
+import abc
 import enum
 import struct
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ def encode_response(resp: Response, max_payload: int = MAX_PAYLOAD) -> bytes:
     return header + resp.payload
 
 
-class _Decoder:
+class _Decoder(abc.ABC):
     """Incremental frame decoder; poisoned by the first error, as the peer can't be trusted."""
 
     _header: struct.Struct
@@ -164,8 +165,9 @@ class _Decoder:
         if fields[0] != VERSION:
             raise ProtocolError(f"bad version {fields[0]}")
 
-    def _build(self, fields: tuple, payload: bytes):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _build(self, fields: tuple, payload: bytes) -> Request | Response:
+        """The message a complete frame's header fields and payload make."""
 
 
 class RequestDecoder(_Decoder):
