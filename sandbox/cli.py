@@ -399,8 +399,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         launcher.close()
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from sandbox.explain import summary
+def _print_profile(args: argparse.Namespace, render: Callable[[Any], str]) -> int:
+    """Load the profile (a bad one is a usage error) and print what `render` says of it."""
     from sandbox.profile import load_profile
 
     try:
@@ -408,21 +408,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     except (PolicyError, FileNotFoundError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    print(summary(profile), end="")
+    print(render(profile), end="")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from sandbox.explain import summary
+
+    return _print_profile(args, summary)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from sandbox.explain import explain
-    from sandbox.profile import load_profile
 
-    try:
-        profile = load_profile(args.profile)
-    except (PolicyError, FileNotFoundError) as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    print(explain(profile), end="")
-    return 0
+    return _print_profile(args, explain)
 
 
 _ACTIONS_LOGGED = Path("/proc/sys/kernel/seccomp/actions_logged")
