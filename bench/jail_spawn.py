@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sandbox import fds as fdlayer
 from sandbox import libc, namespaces, privileges, rootfs
+from sandbox.bpf import load_bpf
 from sandbox.launcher import Launcher
 from sandbox.profile import load_profile
-from sandbox.seccomp import load_bpf
 from sandbox.spec import JailSpec
 
 GOAL_MS = 2.5

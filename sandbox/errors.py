@@ -12,5 +12,6 @@ class JailError(RuntimeError):
         self.layer = layer
         self.errno = err
         self.message = message
+        self.pid: int | None = None  # set when the failed jail is another process's child
         code = _errno.errorcode.get(err, str(err)) if err else "-"
         super().__init__(f"jail layer '{layer}' failed ({code}): {message}")

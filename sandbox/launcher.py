@@ -3,9 +3,11 @@
 The layers are applied in this order (privileged work first, untrusted code last):
 
   parent: unshare(PID) + fork            the child is PID 1 of a new PID namespace
+          (or clone(NEWPID|PARENT)       in a fork server: the child is its caller's)
   child:  setns(shared empty netns)      or a named one, a new netns, or the host's
-          unshare(mount [, net])         as real root: mounts need no locked-flag care
-          empty read-only root           tmpfs + pivot_root, binds, optional /proc
+          setns(shared root)             a read-only root shared by the spec's jails
+          or unshare(mount [, net])      as real root: mounts need no locked-flag care
+             + empty read-only root      tmpfs + pivot_root, binds, optional /proc
           unshare(user, IPC, UTS)        the jail's own user namespace
   parent: uid/gid maps                   jail root -> one unique unprivileged host uid
   child:  setresuid/setresgid(0)         now host uid X, root only inside its namespace
@@ -28,8 +30,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sandbox import clone, landlock, libc, namespaces, privileges, rootfs
 from sandbox import fds as fdlayer
-from sandbox import landlock, libc, namespaces, privileges, rootfs
+from sandbox.bpf import load_bpf, prepare_bpf
 from sandbox.errors import JailError
 from sandbox.spec import JailSpec, NetworkMode, UidRange
 from sandbox.uids import UidAllocator
@@ -108,11 +111,17 @@ class Launcher:
 
     One per process that spawns jails.  The caller must be root (or hold
     CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID in the initial namespaces).
+
+    With `for_parent` the jails are cloned with CLONE_PARENT: they are children
+    of this process's parent, which reaps them (`adopt`) and owns their uids
+    (passed to `spawn`); this is how a fork server (forkserver.py) works.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, for_parent: bool = False) -> None:
         self._netns: namespaces.SharedEmptyNetns | None = None
+        self._roots: dict[tuple, rootfs.SharedRoot] = {}
         self._pidfork = namespaces.PidNamespaceFork()
+        self.for_parent = for_parent
         self._allocators: dict[UidRange, UidAllocator] = {}
         self._live: dict[int, tuple[JailProcess, UidAllocator]] = {}
         self.violations = ViolationLog()
@@ -120,9 +129,12 @@ class Launcher:
     # -- public API ------------------------------------------------------------
 
     def spawn(self, spec: JailSpec, target: Callable[..., object], args: Sequence[object] = (),
-              fds: Sequence[int] = ()) -> JailProcess:
-        """Run `target(*args)` in a new jail; `fds[i]` is fd i inside, all others are closed."""
-        return self._start(spec, list(fds), lambda: _call(target, args))
+              fds: Sequence[int] = (), uid: int | None = None) -> JailProcess:
+        """Run `target(*args)` in a new jail; `fds[i]` is fd i inside, all others are closed.
+
+        `uid` is the jail's host uid when the caller allocated it (a fork server's
+        caller does); by default it comes from this launcher's allocator."""
+        return self._start(spec, list(fds), lambda: _call(target, args), uid=uid)
 
     def run(self, spec: JailSpec, argv: Sequence[str], fds: Sequence[int] = (0, 1, 2)
             ) -> JailProcess:
@@ -137,6 +149,12 @@ class Launcher:
         if uid_range not in self._allocators:
             self._allocators[uid_range] = UidAllocator(uid_range)
         return self._allocators[uid_range]
+
+    def adopt(self, pid: int, uid: int, name: str, uid_range: UidRange) -> JailProcess:
+        """Track a jail a fork server cloned as our child, with a uid from `uids(uid_range)`."""
+        jail = JailProcess(pid, uid, name, self)
+        self._live[pid] = (jail, self.uids(uid_range))
+        return jail
 
     def reaped(self, pid: int, status: int) -> JailProcess | None:
         """Record a wait status for one of our jails (callers may waitpid(-1) themselves)."""
@@ -160,6 +178,9 @@ class Launcher:
             jail.wait()
         if self._netns:
             self._netns.close()
+        for root in self._roots.values():
+            root.close()
+        self._roots.clear()
         self._pidfork.close()
         self.violations.close()
 
@@ -183,6 +204,18 @@ class Launcher:
             self._netns = namespaces.SharedEmptyNetns()
         return self._netns.fd
 
+    def _shared_root_fd(self, spec: JailSpec) -> int:
+        """The mount namespace this spec's jails join, or -1: each builds its own."""
+        if not rootfs.shareable(spec):
+            return -1
+        key = spec.binds
+        if key not in self._roots:
+            try:
+                self._roots[key] = rootfs.SharedRoot(spec)
+            except OSError as e:
+                raise JailError("rootfs", e.errno or 0, str(e)) from None
+        return self._roots[key].fd
+
     def _open_netns(self, spec: JailSpec) -> tuple[int, int]:
         """(fd the child joins or -1, fd the parent must close after the fork or -1)."""
         if spec.network == NetworkMode.SHARED_EMPTY:
@@ -200,33 +233,48 @@ class Launcher:
         return -1, -1
 
     def _start(self, spec: JailSpec, fds: list[int], body: Callable[[], None],
-               restore_signals: bool = False) -> JailProcess:
+               restore_signals: bool = False, uid: int | None = None) -> JailProcess:
+        if spec.seccomp_bpf is not None:
+            prepare_bpf(spec.seccomp_bpf)  # in the parent: the child only loads it
+        root_fd = self._shared_root_fd(spec)
         netns_fd, own_netns_fd = self._open_netns(spec)
+        allocator = None if uid is not None else self.uids(spec.uid_range)
         try:
-            allocator = self.uids(spec.uid_range)
-            uid = allocator.allocate()
+            if allocator is not None:
+                uid = allocator.allocate()
+            assert uid is not None
             parent_end, child_end = socket.socketpair()
             try:
-                pid = self._pidfork.fork()
+                if self.for_parent:
+                    pid = clone.clone(clone.CLONE_PARENT | libc.CLONE_NEWPID)
+                else:
+                    pid = self._pidfork.fork()
             except BaseException:
-                allocator.release(uid)
+                if allocator is not None:
+                    allocator.release(uid)
                 parent_end.close()
                 child_end.close()
                 raise
             if pid == 0:  # pragma: no cover - runs in the child, reported through the socket
                 parent_end.close()
-                _child(spec, child_end.detach(), netns_fd, fds, body, restore_signals)
+                _child(spec, child_end.detach(), netns_fd, root_fd, fds, body,
+                       restore_signals)
         finally:  # (never reached in the child: _child ends in os._exit)
             if own_netns_fd >= 0:
                 os.close(own_netns_fd)
         child_end.close()
         jail = JailProcess(pid, uid, spec.name, self)
-        self._live[pid] = (jail, allocator)
+        if not self.for_parent:
+            self._live[pid] = (jail, allocator or self.uids(spec.uid_range))
         try:
             _parent_handshake(parent_end, pid, uid)
-        except BaseException:
+        except BaseException as e:
             jail.kill()
-            jail.wait()
+            if self.for_parent:  # our parent reaps it; it must know the pid
+                if isinstance(e, JailError):
+                    e.pid = pid
+            else:
+                jail.wait()
             raise
         finally:
             parent_end.close()
@@ -268,11 +316,11 @@ class _Layer:
     sync = -1
 
 
-def _child(spec: JailSpec, sync: int, netns_fd: int, fds: list[int],
+def _child(spec: JailSpec, sync: int, netns_fd: int, root_fd: int, fds: list[int],
            body: Callable[[], None], restore_signals: bool = False) -> None:
     layer = _Layer()
     try:
-        _build_jail(spec, sync, netns_fd, fds, layer, restore_signals)
+        _build_jail(spec, sync, netns_fd, root_fd, fds, layer, restore_signals)
     except BaseException as e:
         err = e.errno if isinstance(e, OSError) and e.errno else 0
         msg = f"E{layer.name}\0{err}\0{e}".encode()
@@ -306,8 +354,8 @@ def _print_exception(exc: BaseException) -> None:
     os.write(2, "".join(lines).encode(errors="replace"))
 
 
-def _build_jail(spec: JailSpec, sync: int, netns_fd: int, fds: list[int], layer: _Layer,
-                restore_signals: bool = False) -> None:
+def _build_jail(spec: JailSpec, sync: int, netns_fd: int, root_fd: int, fds: list[int],
+                layer: _Layer, restore_signals: bool = False) -> None:
     layer.name = "signals"
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1,
@@ -324,20 +372,24 @@ def _build_jail(spec: JailSpec, sync: int, netns_fd: int, fds: list[int], layer:
     privileges.set_parent_death_signal(spec.parent_death_signal)
 
     layer.name = "network"
-    ns_flags = libc.CLONE_NEWNS
+    ns_flags = libc.CLONE_NEWNS if root_fd < 0 else 0
     if spec.network in (NetworkMode.SHARED_EMPTY, NetworkMode.NETNS):
         libc.setns(netns_fd, libc.CLONE_NEWNET)
     elif spec.network in (NetworkMode.NEW, NetworkMode.LOOPBACK):
         ns_flags |= libc.CLONE_NEWNET
 
     layer.name = "mount-namespace"
-    libc.unshare(ns_flags)
+    if ns_flags:
+        libc.unshare(ns_flags)
     if spec.network == NetworkMode.LOOPBACK:
         layer.name = "network"
         from sandbox.network import bring_up_loopback
 
         bring_up_loopback()
-    if spec.empty_root:
+    if root_fd >= 0:
+        layer.name = "rootfs"
+        libc.setns(root_fd, libc.CLONE_NEWNS)  # also moves our root and cwd there
+    elif spec.empty_root:
         layer.name = "rootfs"
         rootfs.build_root(spec)
 
@@ -380,8 +432,6 @@ def _build_jail(spec: JailSpec, sync: int, netns_fd: int, fds: list[int], layer:
         raise OSError(errno.EPIPE, "the parent went away")
     if spec.seccomp_bpf is not None:
         layer.name = "seccomp"
-        from sandbox.seccomp import load_bpf
-
         load_bpf(spec.seccomp_bpf)
     layer.name = "ready"
     _SYNC_FD[0] = sync

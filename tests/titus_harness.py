@@ -65,6 +65,21 @@ class Titus:
             return []
         return [p for p in children if _cmd_uid(p) not in (None, 0)]
 
+    def zygote_pids(self) -> list[int]:
+        """titus's zygotes: the unjailed fork servers that clone its workers."""
+        assert self.proc is not None
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                children = [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            return []
+        out = []
+        for pid in (p for p in children if _cmd_uid(p) == 0):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"sandbox.forkserver" in f.read():
+                    out.append(pid)
+        return out
+
     @property
     def port(self) -> int:
         return self.addresses[0][1]

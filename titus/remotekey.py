@@ -31,10 +31,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from titus.keyproto import (
     EC_CURVES,
     MAX_RESPONSE,
@@ -451,6 +447,25 @@ def _ec_method() -> int:
 
 
 @dataclass(frozen=True)
+class CertChain:
+    """A certificate chain, parsed (with `cryptography`) by `read_chain`.
+
+    Picklable and free of `cryptography` objects, so a process that must stay
+    small (the zygote that forks workers) can install it without importing that
+    library: what OpenSSL needs is the DER of each certificate and the leaf's
+    public key."""
+
+    name: str  # file name, for messages
+    ders: tuple[bytes, ...]  # leaf first
+    subjects: tuple[str, ...]
+    kind: str  # "rsa" or "ec"
+    bits: int
+    curve: str | None
+    public: bytes  # RSA: the modulus, big-endian; EC: the X9.62 uncompressed point
+    exponent: int = 0  # RSA's public exponent
+
+
+@dataclass(frozen=True)
 class RemoteKey:
     """A certificate's public key, served by the key holder as ``key_id``."""
 
@@ -459,21 +474,22 @@ class RemoteKey:
     bits: int
     curve: str | None
     signature_size: int  # RSA_size, or ECDSA_size (the longest DER signature)
-    certificate: x509.Certificate = field(repr=False)
-    chain_length: int = 1
+    chain: CertChain = field(repr=False)
     _native: int = field(default=0, repr=False)  # RSA* / EC_KEY*, owned forever
     _pkey: int = field(default=0, repr=False)  # EVP_PKEY*, owned forever
+
+    @property
+    def chain_length(self) -> int:
+        return len(self.chain.ders)
 
 
 def _buf(data: bytes) -> ctypes.Array[ctypes.c_char]:
     return ctypes.create_string_buffer(data, len(data))
 
 
-def _foreign_rsa(pub: rsa.RSAPublicKey) -> tuple[int, int]:
+def _foreign_rsa(n: bytes, exponent: int) -> tuple[int, int]:
     lib = _lib()
-    numbers = pub.public_numbers()
-    n = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")
-    e = numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")
+    e = exponent.to_bytes((exponent.bit_length() + 7) // 8, "big")
     bn_n = lib.BN_bin2bn(_buf(n), len(n), None)
     bn_e = lib.BN_bin2bn(_buf(e), len(e), None)
     rsa_ptr = lib.RSA_new()
@@ -494,19 +510,16 @@ def _foreign_rsa(pub: rsa.RSAPublicKey) -> tuple[int, int]:
     return rsa_ptr, pkey
 
 
-def _foreign_ec(pub: ec.EllipticCurvePublicKey) -> tuple[int, int]:
+def _foreign_ec(curve: str, point: bytes) -> tuple[int, int]:
     lib = _lib()
-    sn = {"secp256r1": b"prime256v1\0", "secp384r1": b"secp384r1\0"}[pub.curve.name]
+    sn = {"secp256r1": b"prime256v1\0", "secp384r1": b"secp384r1\0"}[curve]
     nid = lib.OBJ_sn2nid(sn)
     eckey = lib.EC_KEY_new_by_curve_name(nid) if nid else None
     if not eckey:
-        raise RemoteKeyError(f"libcrypto does not know {pub.curve.name}")
+        raise RemoteKeyError(f"libcrypto does not know {curve}")
     if not lib.EC_KEY_set_method(eckey, _ec_method()):
         lib.EC_KEY_free(eckey)
         raise RemoteKeyError("EC_KEY_set_method failed")
-    point = pub.public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
     if not lib.EC_KEY_oct2key(eckey, _buf(point), len(point), None):
         lib.EC_KEY_free(eckey)
         raise RemoteKeyError("EC_KEY_oct2key rejected the certificate's public key")
@@ -516,19 +529,23 @@ def _foreign_ec(pub: ec.EllipticCurvePublicKey) -> tuple[int, int]:
     return eckey, pkey
 
 
-def _x509(cert: x509.Certificate) -> int:
-    der = cert.public_bytes(serialization.Encoding.DER)
+def _x509(der: bytes, subject: str) -> int:
     buf = _buf(der)
     p = ctypes.c_void_p(ctypes.addressof(buf))
     ptr = _lib().d2i_X509(None, ctypes.byref(p), len(der))
     if not ptr:
-        raise RemoteKeyError(f"libssl cannot parse certificate {cert.subject.rfc4514_string()}")
+        raise RemoteKeyError(f"libssl cannot parse certificate {subject}")
     return ptr
 
 
-def _read_chain(chain: bytes | str | os.PathLike[str]) -> tuple[list[x509.Certificate], str]:
+def read_chain(chain: bytes | str | os.PathLike[str], name: str | None = None) -> CertChain:
+    """Parse a PEM chain (leaf first) from bytes or a file; checks the leaf's key type."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if isinstance(chain, bytes):
-        pem, name = chain, "<certificate chain>"
+        pem, name = chain, name or "<certificate chain>"
     else:
         name = os.fspath(chain)
         with open(name, "rb") as f:
@@ -537,7 +554,23 @@ def _read_chain(chain: bytes | str | os.PathLike[str]) -> tuple[list[x509.Certif
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError as e:
         raise RemoteKeyError(f"{name}: not a PEM certificate chain: {e}") from None
-    return certs, name
+    ders = tuple(c.public_bytes(serialization.Encoding.DER) for c in certs)
+    subjects = tuple(c.subject.rfc4514_string() for c in certs)
+    pub = certs[0].public_key()
+    if isinstance(pub, rsa.RSAPublicKey):
+        if not RSA_MIN_BITS <= pub.key_size <= RSA_MAX_BITS:
+            raise RemoteKeyError(f"{name}: RSA-{pub.key_size} is outside 2048-4096 bits")
+        numbers = pub.public_numbers()
+        n = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")
+        return CertChain(name, ders, subjects, "rsa", pub.key_size, None, n, numbers.e)
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        if pub.curve.name not in EC_CURVES:
+            raise RemoteKeyError(f"{name}: curve {pub.curve.name} is not P-256 or P-384")
+        point = pub.public_bytes(serialization.Encoding.X962,
+                                 serialization.PublicFormat.UncompressedPoint)
+        return CertChain(name, ders, subjects, "ec", EC_CURVES[pub.curve.name], pub.curve.name,
+                         point)
+    raise RemoteKeyError(f"{name}: a {type(pub).__name__} is neither RSA nor ECDSA")
 
 
 def restrict_to_ecdhe(ctx: ssl.SSLContext, allow_dhe: bool = False) -> list[str]:
@@ -566,8 +599,8 @@ def restrict_to_ecdhe(ctx: ssl.SSLContext, allow_dhe: bool = False) -> list[str]
     return keep
 
 
-def install(ctx: ssl.SSLContext, chain: bytes | str | os.PathLike[str], key_id: int,
-            *, allow_dhe: bool = False) -> RemoteKey:
+def install(ctx: ssl.SSLContext, chain: CertChain | bytes | str | os.PathLike[str],
+            key_id: int, *, allow_dhe: bool = False) -> RemoteKey:
     """Serve ``ctx``'s certificate ``chain`` (leaf first) with key ``key_id`` of the key holder.
 
     Call it before the jail: a path is read here, and libssl copies what it needs.
@@ -575,30 +608,23 @@ def install(ctx: ssl.SSLContext, chain: bytes | str | os.PathLike[str], key_id: 
     """
     if not 0 <= key_id <= 0xFFFF:
         raise ValueError(f"key id {key_id} is not a u16")
+    if not isinstance(chain, CertChain):
+        chain = read_chain(chain)
     ctx_ptr = ssl_ctx_pointer(ctx)
     lib = _lib()
-    certs, name = _read_chain(chain)
-    leaf = certs[0]
-    pub = leaf.public_key()
-    if isinstance(pub, rsa.RSAPublicKey):
-        if not RSA_MIN_BITS <= pub.key_size <= RSA_MAX_BITS:
-            raise RemoteKeyError(f"{name}: RSA-{pub.key_size} is outside 2048-4096 bits")
-        native, pkey = _foreign_rsa(pub)
-        kind, bits, curve = "rsa", pub.key_size, None
+    name = chain.name
+    if chain.kind == "rsa":
+        native, pkey = _foreign_rsa(chain.public, chain.exponent)
         size = lib.RSA_size(native)
-    elif isinstance(pub, ec.EllipticCurvePublicKey):
-        if pub.curve.name not in EC_CURVES:
-            raise RemoteKeyError(f"{name}: curve {pub.curve.name} is not P-256 or P-384")
-        native, pkey = _foreign_ec(pub)
-        kind, bits, curve = "ec", EC_CURVES[pub.curve.name], pub.curve.name
-        size = lib.ECDSA_size(native)
     else:
-        raise RemoteKeyError(f"{name}: a {type(pub).__name__} is neither RSA nor ECDSA")
-    key = RemoteKey(key_id, kind, bits, curve, size, leaf, len(certs), native, pkey)
+        assert chain.curve is not None
+        native, pkey = _foreign_ec(chain.curve, chain.public)
+        size = lib.ECDSA_size(native)
+    key = RemoteKey(key_id, chain.kind, chain.bits, chain.curve, size, chain, native, pkey)
     _keys_by_native[native] = key  # before libssl may call us, and forever after
 
     lib.ERR_clear_error()
-    x_leaf = _x509(leaf)
+    x_leaf = _x509(chain.ders[0], chain.subjects[0])
     try:
         if lib.SSL_CTX_use_certificate(ctx_ptr, x_leaf) != 1:
             raise RemoteKeyError(f"{name}: SSL_CTX_use_certificate failed")
@@ -607,11 +633,11 @@ def install(ctx: ssl.SSLContext, chain: bytes | str | os.PathLike[str], key_id: 
     if lib.SSL_CTX_use_PrivateKey(ctx_ptr, pkey) != 1:
         raise RemoteKeyError(f"{name}: SSL_CTX_use_PrivateKey refused the remote key")
     lib.SSL_CTX_ctrl(ctx_ptr, _SSL_CTRL_CHAIN, 0, None)  # clear this slot's old chain
-    for cert in certs[1:]:
-        x = _x509(cert)
+    for der, subject in zip(chain.ders[1:], chain.subjects[1:], strict=True):
+        x = _x509(der, subject)
         try:
             if lib.SSL_CTX_ctrl(ctx_ptr, _SSL_CTRL_CHAIN_CERT, 1, x) != 1:
-                raise RemoteKeyError(f"{name}: cannot add {cert.subject.rfc4514_string()}")
+                raise RemoteKeyError(f"{name}: cannot add {subject}")
         finally:
             lib.X509_free(x)
     if lib.SSL_CTX_check_private_key(ctx_ptr) != 1:

@@ -5,6 +5,10 @@ client connection goes to an idle worker that was jailed in advance; the
 worker reports its handshake and asks for its vhost's backend, which the
 broker connects and passes back.  When the worker exits the supervisor logs
 one record for the connection and tops the pool up again.
+
+Workers are cloned by the generation's zygote (titus/zygote.py), asked
+without waiting: the supervisor never forks on the connection path, and the
+workers are still its children, which it reaps.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from sandbox.errors import JailError
+from sandbox.forkserver import ForkServer, ForkServerError
 from sandbox.launcher import JailProcess, Launcher, Violation
 from sandbox.profile import load_profile
 from sandbox.seccomp import syscall_name
 from sandbox.spec import JailSpec, UidRange
+from sandbox.uids import UidExhausted
 from titus import control, logs, proxyproto, sdnotify
 from titus.broker import BackendConnect
 from titus.config_model import Config, Listener, VHost
@@ -31,15 +38,18 @@ from titus.jailstderr import JailStderr
 from titus.keyservice import KeyHolder, KeyHolderError, KeySlot
 from titus.loop import Loop, Timer
 from titus.metrics import Metrics, MetricsEndpoint
+from titus.remotekey import CertChain, RemoteKeyError, read_chain
 from titus.resolve import resolve_backend
-from titus.tlsconfig import build_contexts
-from titus.worker import WorkerTable, worker_main
+from titus.zygote import WORKER, ZygoteSetup
 
 ACCEPT_BATCH = 32
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
 FAILURES_BEFORE_BACKOFF = 3
 DRAIN_TIMEOUT = 30.0
 VIOLATION_NAME_WAIT = 2.0  # how long a policy-violation record waits for the kernel's name
+MAX_PENDING_SPAWNS = 8  # worker requests queued at the zygote at once
+SPAWN_REPLY_TIMEOUT = 15.0  # a zygote that answers nothing for this long is replaced
+EARLY_EXIT_KEEP = 60.0  # how long the exit of a not-yet-reported worker is remembered
 
 
 class StartupError(RuntimeError):
@@ -60,9 +70,22 @@ class Generation:
     for its whole life, even after a reload (SIGHUP) has made a newer one current."""
 
     config: Config
-    table: WorkerTable
     keyholder: KeyHolder
+    key_ids: tuple[int, ...]
+    chains: tuple[CertChain, ...]  # by key id
     backends: dict[int, list[tuple[int, tuple]]] = field(default_factory=dict)
+    zygote: ForkServer | None = None
+    pending: dict[int, PendingSpawn] = field(default_factory=dict)  # by zygote request id
+
+
+@dataclass
+class PendingSpawn:
+    """A worker asked of the zygote: our end of its control channel, its uid."""
+
+    ctl: socket.socket
+    uid: int
+    keyholder_epoch: int
+    asked: float
 
 
 @dataclass
@@ -102,6 +125,26 @@ def _sockaddr_pair(addr: tuple) -> tuple[str, int]:
     return (str(addr[0]), int(addr[1]))
 
 
+def _children() -> list[int]:
+    """Our live child processes (the supervisor has one thread)."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            return [int(pid) for pid in f.read().split()]
+    except OSError:
+        return []
+
+
+def _real_uid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def key_slots(config: Config) -> tuple[list[KeySlot], list[int]]:
     """One key-holder slot per distinct (key, cert) pair; the slot of each vhost."""
     slots: dict[tuple[str, str], KeySlot] = {}
@@ -116,6 +159,9 @@ def key_slots(config: Config) -> tuple[list[KeySlot], list[int]]:
 
 
 class Supervisor:
+    # What the zygote runs to build its workers (module:function, see sandbox.forkserver).
+    zygote_setup = "titus.zygote:setup"
+
     def __init__(self, config: Config, config_path: str | None = None,
                  overrides: Sequence[tuple[str, str]] = ()) -> None:
         self.config_path = config_path
@@ -145,6 +191,8 @@ class Supervisor:
         self.next_conn_id = 1
         self.refill_scheduled = False
         self.keyholder_restarts = 0
+        self.keyholder_epoch = 0  # bumped when the key holder restarts
+        self.early_exits: dict[int, tuple[int, float]] = {}  # pid -> (wait status, when)
         self.metrics = Metrics()
         self.metrics.workers.labels("idle").set_function(lambda: len(self.idle))
         self.metrics.workers.labels("busy").set_function(
@@ -157,11 +205,25 @@ class Supervisor:
         slots, key_of_vhost = key_slots(config)
         keyholder = KeyHolder(self.launcher, self.keyholder_spec, slots)
         keyholder.stderr_fd = self.stderr_fd
-        table = WorkerTable(
-            vhosts=config.vhosts, contexts=build_contexts(config.vhosts, key_of_vhost),
-            handshake_timeout=config.max_handshake_time,
-            keyholder_timeout=config.keyholder_timeout)
-        return Generation(config, table, keyholder)
+        try:  # from the bytes the key holder checks its key against
+            chains = tuple(read_chain(slot.cert_pem, str(slot.cert_path)) for slot in slots)
+        except RemoteKeyError as e:
+            raise StartupError(str(e)) from None
+        return Generation(config, keyholder, tuple(key_of_vhost), chains)
+
+    def start_zygote(self, gen: Generation) -> None:
+        """Exec the generation's zygote; it builds the TLS contexts (errors are one line)."""
+        config = gen.config
+        zygote = ForkServer(self.zygote_setup, ZygoteSetup(
+            self.worker_spec, tuple(config.vhosts), gen.key_ids, gen.chains,
+            config.max_handshake_time,
+            config.keyholder_timeout), stderr=self.stderr_fd)
+        try:
+            zygote.start()
+        except ForkServerError as e:
+            raise StartupError(str(e)) from None
+        gen.zygote = zygote
+        self.loop.add_reader(zygote.fileno(), lambda: self.on_zygote(gen))
 
     @property
     def config(self) -> Config:
@@ -184,6 +246,7 @@ class Supervisor:
             self.keyholder.start()
         except KeyHolderError as e:
             raise StartupError(str(e)) from None
+        self.start_zygote(self.gen)
         for notice in self.config.notices:
             logs.event("config-notice", logging.WARNING, notice=str(notice))
         self.loop.add_signal_handler(signal.SIGCHLD, self.reap)
@@ -221,57 +284,166 @@ class Supervisor:
         return [_sockaddr_pair(s.getsockname()) for s in self.listeners]
 
     def serve_forever(self) -> None:
-        while not (self.stopping and not self.workers):
+        while not (self.stopping and self.drained):
             self.loop.run_once()
         self.close()
 
+    @property
+    def drained(self) -> bool:
+        return not self.workers and not self.spawning
+
     # -- the pool ------------------------------------------------------------------
 
-    def spawn_worker(self) -> Worker | None:
-        if not self.keyholder.alive:
-            return None
+    def request_worker(self) -> bool:
+        """Ask the zygote for one more worker (the answer comes to on_zygote)."""
+        gen = self.gen
+        if not self.keyholder.alive or gen.zygote is None:
+            return False
+        uids = self.launcher.uids(self.worker_spec.uid_range)
+        try:
+            uid = uids.allocate()
+        except UidExhausted as e:
+            self.note_failure(str(e))
+            return False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             channel = self.keyholder.channel(self.config.keyholder_budget)
         except OSError as e:
+            uids.release(uid)
             ours.close()
             theirs.close()
             logs.event("keyholder-channel-failed", logging.ERROR, error=str(e))
-            return None
-        started = time.perf_counter()
+            return False
         try:
-            fds = [theirs.fileno(), channel.fileno(), self.stderr.write_fd]
-            jail = self.launcher.spawn(self.worker_spec, worker_main, (self.gen.table,), fds=fds)
-        except Exception as e:
+            request = gen.zygote.request(
+                WORKER, uid, [theirs.fileno(), channel.fileno(), self.stderr.write_fd])
+        except OSError as e:
+            uids.release(uid)
             ours.close()
-            self.metrics.spawn_failures.inc()
-            self.note_failure(f"spawn failed: {e}")
-            return None
+            self.note_failure(f"zygote request failed: {e}")
+            return False
         finally:
             theirs.close()
             channel.close()
-        self.metrics.spawn.observe(time.perf_counter() - started)
-        ours.setblocking(False)
-        worker = Worker(jail, ours, self.gen)
-        self.workers[jail.pid] = worker
-        self.loop.add_reader(ours.fileno(), lambda: self.on_worker_message(worker))
-        return worker
+        gen.pending[request] = PendingSpawn(ours, uid, self.keyholder_epoch, time.monotonic())
+        self.loop.call_later(SPAWN_REPLY_TIMEOUT, lambda: self.check_reply(gen, request))
+        return True
+
+    def on_zygote(self, gen: Generation) -> None:
+        assert gen.zygote is not None
+        replies = gen.zygote.replies()
+        if replies is None:
+            self.zygote_failed(gen, "the zygote exited")
+            return
+        for reply in replies:
+            pending = gen.pending.pop(reply.request_id, None)
+            if pending is not None:
+                self.spawned(gen, pending, reply.pid, reply.error)
+        if not gen.pending and gen is not self.gen:
+            self.retire_generations()
+
+    def spawned(self, gen: Generation, pending: PendingSpawn, pid: int | None,
+                error: JailError | None) -> None:
+        uid_range = self.worker_spec.uid_range
+        jail = None if pid is None else self.launcher.adopt(pid, pending.uid, "titus-worker",
+                                                           uid_range)
+        if jail is None:
+            self.launcher.uids(uid_range).release(pending.uid)
+        if error is not None or jail is None:
+            pending.ctl.close()
+            self.metrics.spawn_failures.inc()
+            self.note_failure(f"spawn failed: {error}")
+        else:
+            self.metrics.spawn.observe(time.monotonic() - pending.asked)
+            pending.ctl.setblocking(False)
+            worker = Worker(jail, pending.ctl, gen)
+            self.workers[jail.pid] = worker
+            self.loop.add_reader(pending.ctl.fileno(), lambda: self.on_worker_message(worker))
+            stale = ("shutdown" if self.stopping else "reload" if gen is not self.gen
+                     else "key holder restarted" if pending.keyholder_epoch != self.keyholder_epoch
+                     else None)
+            if stale:
+                self.kill(worker, stale)
+            else:
+                self.idle.append(worker)
+                self.resume()
+        if pid is not None and pid in self.early_exits:  # reaped before we knew it
+            status, _when = self.early_exits.pop(pid)
+            self.child_exited(pid, status)
+        self.schedule_refill(0)
+
+    def check_reply(self, gen: Generation, request: int) -> None:
+        if request in gen.pending and gen.zygote is not None:
+            self.zygote_failed(gen, f"the zygote did not answer in {SPAWN_REPLY_TIMEOUT:g} s")
+
+    def zygote_failed(self, gen: Generation, why: str) -> None:
+        """Replace a dead or stuck zygote; workers it made are ours and live on."""
+        logs.event("zygote-failed", logging.ERROR, reason=why, pending=len(gen.pending))
+        self.close_zygote(gen)
+        if gen is self.gen and not self.stopping:
+            self.note_failure(why)
+            self.restart_zygote()
+
+    def restart_zygote(self) -> None:
+        if self.gen.zygote is not None or self.stopping:
+            return
+        try:
+            self.start_zygote(self.gen)
+        except StartupError as e:
+            logs.event("zygote-restart-failed", logging.ERROR, error=str(e))
+            self.loop.call_later(max(BACKOFF_MIN, self.backoff_until - time.monotonic()),
+                                 self.restart_zygote)
+            return
+        self.schedule_refill(0)
+
+    def close_zygote(self, gen: Generation) -> None:
+        """Stop a zygote; a worker it cloned but never reported is found and killed."""
+        if gen.zygote is not None:
+            self.loop.forget(gen.zygote.fileno())
+            gen.zygote.close()
+            gen.zygote = None
+        if gen.pending:
+            for pending in gen.pending.values():
+                pending.ctl.close()
+            uids = {p.uid for p in gen.pending.values()}
+            gen.pending.clear()
+            orphans = self.adopt_orphans()
+            for uid in uids - {jail.uid for jail in orphans}:
+                self.launcher.uids(self.worker_spec.uid_range).release(uid)
+
+    def adopt_orphans(self) -> list[JailProcess]:
+        """Children the launcher does not know (cloned for us by a zygote that could not
+        say so): track and kill them, so their uids are freed only once they are reaped."""
+        known = {jail.pid for jail in self.launcher.live}
+        known.update(g.zygote.pid for g in (self.gen, *self.old_gens) if g.zygote is not None)
+        uid_range, orphans = self.worker_spec.uid_range, []
+        for pid in _children():
+            uid = _real_uid(pid)
+            if pid in known or uid is None or not \
+                    uid_range.first <= uid < uid_range.first + uid_range.count:
+                continue
+            jail = self.launcher.adopt(pid, uid, "titus-worker", uid_range)
+            jail.kill()
+            orphans.append(jail)
+        return orphans
+
+    @property
+    def spawning(self) -> int:
+        return sum(len(g.pending) for g in (self.gen, *self.old_gens))
 
     def refill(self) -> None:
-        """Top up idle workers, one per loop turn so accepting is never starved."""
+        """Keep min-spare workers idle or on their way, never more than max-children."""
         self.refill_scheduled = False
         if self.stopping:
             return
         if time.monotonic() < self.backoff_until:
             self.schedule_refill(self.backoff_until - time.monotonic())
             return
-        if len(self.idle) < max(1, self.config.min_spare_children) and \
-                len(self.workers) < self.config.max_children:
-            worker = self.spawn_worker()
-            if worker is not None:
-                self.idle.append(worker)
-                self.resume()
-            self.schedule_refill(0)
+        wanted = max(1, self.config.min_spare_children)
+        while len(self.idle) + len(self.gen.pending) < wanted and \
+                len(self.workers) + self.spawning < self.config.max_children and \
+                len(self.gen.pending) < MAX_PENDING_SPAWNS and self.request_worker():
+            pass
 
     def schedule_refill(self, delay: float) -> None:
         if not self.refill_scheduled:
@@ -312,14 +484,9 @@ class Supervisor:
     def accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
             if not self.idle:
-                if len(self.workers) < self.config.max_children and \
-                        time.monotonic() >= self.backoff_until:
-                    worker = self.spawn_worker()
-                    if worker is not None:
-                        self.idle.append(worker)
-                if not self.idle:
-                    self.pause()  # connections wait in the kernel's backlog
-                    return
+                self.pause()  # connections wait in the kernel's backlog for a worker
+                self.refill()
+                return
             try:
                 client, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -463,6 +630,10 @@ class Supervisor:
     # -- reaping ---------------------------------------------------------------------
 
     def reap(self) -> None:
+        now = time.monotonic()
+        for pid in [p for p, (_, when) in self.early_exits.items() if now - when > EARLY_EXIT_KEEP]:
+            del self.early_exits[pid]
+        zygotes = {g.zygote.pid for g in (self.gen, *self.old_gens) if g.zygote is not None}
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -470,9 +641,13 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            jail = self.launcher.reaped(pid, status)
-            if jail is None:
-                continue
+            if not self.child_exited(pid, status) and pid not in zygotes:
+                # A worker whose zygote's answer is still on its way.
+                self.early_exits[pid] = (status, now)
+
+    def child_exited(self, pid: int, status: int) -> bool:
+        jail = self.launcher.reaped(pid, status)
+        if jail is not None:
             if pid in self.workers:
                 self.worker_ended(self.workers.pop(pid))
             elif self.keyholder.jail is not None and pid == self.keyholder.jail.pid:
@@ -481,6 +656,7 @@ class Supervisor:
                 for gen in self.old_gens:
                     if gen.keyholder.jail is not None and pid == gen.keyholder.jail.pid:
                         gen.keyholder.stop()
+        return jail is not None
 
     def worker_ended(self, worker: Worker) -> None:
         # Read what the worker said before it died (its last message may be
@@ -513,7 +689,7 @@ class Supervisor:
             self.log_connection(worker)
         if self.old_gens:
             self.retire_generations()
-        if self.stopping and not self.workers:
+        if self.stopping and self.drained:
             self.loop.stop()
         self.schedule_refill(0)
 
@@ -586,6 +762,7 @@ class Supervisor:
         logs.event("keyholder-died", logging.ERROR, exit=jail.exit_status if jail else None,
                    violation=str(jail.violation) if jail and jail.violation else None)
         self.keyholder.stop()
+        self.keyholder_epoch += 1
         self.metrics.keyholder_restarts.inc()
         # Idle workers hold channels to the dead key holder: replace them.
         for worker in list(self.idle):
@@ -625,6 +802,7 @@ class Supervisor:
         from titus.config import ConfigError, load_config
 
         opened: dict[Listener, socket.socket] = {}
+        gen: Generation | None = None
         try:
             config = load_config(self.config_path, self.overrides)
             gen = self.build_generation(config)
@@ -633,10 +811,13 @@ class Supervisor:
                 if lst not in self.listener_of:
                     opened[lst] = open_listener(lst)
             gen.keyholder.start()
+            self.start_zygote(gen)
         except (ConfigError, StartupError, KeyHolderError, RuntimeError, OSError,
                 ValueError) as e:
             for sock in opened.values():
                 sock.close()
+            if gen is not None:
+                gen.keyholder.stop()
             logs.event("reload-refused", logging.ERROR, error=str(e))
             return
         for lst, sock in list(self.listener_of.items()):
@@ -660,10 +841,13 @@ class Supervisor:
         self.schedule_refill(0)
 
     def retire_generations(self) -> None:
-        """Stop an old generation's key holder once none of its workers is left."""
+        """An old generation's zygote stops once it has answered every request, its key
+        holder once none of its workers is left."""
         in_use = {id(w.gen) for w in self.workers.values() if w.killed_for != "reload"}
         for gen in list(self.old_gens):
-            if id(gen) not in in_use:
+            if not gen.pending:
+                self.close_zygote(gen)
+            if id(gen) not in in_use and not gen.pending:
                 gen.keyholder.stop()
                 self.old_gens.remove(gen)
 
@@ -684,7 +868,7 @@ class Supervisor:
             self.kill(worker, "shutdown")
         self.idle.clear()
         self.loop.call_later(DRAIN_TIMEOUT, self.force_stop)
-        if not self.workers:
+        if self.drained:
             self.loop.stop()
 
     def force_stop(self) -> None:
@@ -692,6 +876,8 @@ class Supervisor:
             self.kill(worker, "shutdown")
 
     def close(self) -> None:
+        for gen in (self.gen, *self.old_gens):
+            self.close_zygote(gen)
         for worker in list(self.workers.values()):
             worker.jail.kill()
         for worker in list(self.workers.values()):

@@ -82,17 +82,23 @@ def _load_dh(ctx: ssl.SSLContext, pem: bytes) -> None:
         ctx.load_dh_params(f.name)
 
 
-def build_context(vhost: VHost, key_id: int) -> ssl.SSLContext:
+def build_context(vhost: VHost, key_id: int, chain: remotekey.CertChain | None = None
+                  ) -> ssl.SSLContext:
+    """`chain` is the vhost's certificate chain as read_chain parsed it (default: read
+    its file now)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     where = f"{vhost.source} (vhost {vhost.name})"
     _apply_settings(ctx, vhost.tls, where)
     try:
-        remotekey.install(ctx, vhost.cert, key_id, allow_dhe=vhost.tls.dhgroup is not None)
+        remotekey.install(ctx, chain or vhost.cert, key_id,
+                          allow_dhe=vhost.tls.dhgroup is not None)
     except (remotekey.RemoteKeyError, OSError, ValueError) as e:
         raise TLSConfigError(f"{where}: {e}") from None
     return ctx
 
 
-def build_contexts(vhosts: Sequence[VHost], key_ids: Sequence[int]) -> list[ssl.SSLContext]:
+def build_contexts(vhosts: Sequence[VHost], key_ids: Sequence[int],
+                   chains: Sequence[remotekey.CertChain] | None = None) -> list[ssl.SSLContext]:
     remotekey.check_runtime()
-    return [build_context(v, k) for v, k in zip(vhosts, key_ids, strict=True)]
+    return [build_context(v, k, chains[k] if chains else None)
+            for v, k in zip(vhosts, key_ids, strict=True)]

@@ -385,22 +385,14 @@ def _rogue_supervisor(config_path: Path, log_path: Path) -> None:
     code = 1
     try:
         os.setsid()
-        import titus.worker
         from titus import logs
         from titus.config import load_config
         from titus.supervisor import Supervisor
 
-        honest = titus.worker.serve
-
-        def rogue_serve(table, ctl, client, conn, counters):  # type: ignore[no-untyped-def]
-            if conn.conn_id == 1:
-                socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # SIGSYS: killed here
-            return honest(table, ctl, client, conn, counters)
-
-        titus.worker.serve = rogue_serve
         with open(log_path, "a") as stream:
             logs.setup("json", stream=stream)
             supervisor = Supervisor(load_config(config_path))
+            supervisor.zygote_setup = "tests.faults.rogue_zygote:setup"
             supervisor.start()
             supervisor.serve_forever()
         code = 0

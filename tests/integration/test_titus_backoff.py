@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.forkserver import ForkServer
 from sandbox.spec import BindMount
 from tests.pki import CA
 from titus import logs
@@ -32,19 +33,20 @@ def test_failing_spawns_back_off(tmp_path):
     sup.worker_spec = replace(sup.worker_spec,
                               binds=(BindMount(Path("/nonexistent-titus-test"), Path("/x")),))
     attempts = []
-    real_spawn = sup.launcher.spawn
+    real_request = ForkServer.request
 
-    def counting_spawn(*args, **kwargs):
+    def counting_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         attempts.append(time.monotonic())
-        return real_spawn(*args, **kwargs)
+        return real_request(self, *args, **kwargs)
 
-    sup.launcher.spawn = counting_spawn  # type: ignore[method-assign]
+    ForkServer.request = counting_request  # type: ignore[method-assign]
     try:
         sup.start()
         end = time.monotonic() + 1.5
         while time.monotonic() < end:
             sup.loop.run_once(0.05)
     finally:
+        ForkServer.request = real_request  # type: ignore[method-assign]
         sup.close()
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     backoffs = [e for e in events if e["event"] == "spawn-backoff"]

@@ -380,10 +380,29 @@ sys.stdin.read()
 
 
 def canaries(env: Env) -> dict[str, bytes]:
-    """Public bytes every titus process holds (each vhost's certificate, DER): finding
-    them shows the scan really read a process's memory, not a run of failed reads."""
-    return {f"public:{kind}:cert": x509.load_pem_x509_certificate(leaf.cert.read_bytes())
-            .public_bytes(serialization.Encoding.DER) for kind, leaf in env.leaves.items()}
+    """Public bytes every titus process holds in some form, per vhost certificate: its
+    DER, a line of its PEM, or its public key's number (either byte order, as a BIGNUM
+    keeps it).  Finding one shows the scan really read that process's memory, not a
+    run of failed reads.  Names are public:KIND:FORM."""
+    out = {}
+    for kind, leaf in env.leaves.items():
+        pem = leaf.cert.read_bytes()
+        cert = x509.load_pem_x509_certificate(pem)
+        out[f"public:{kind}:der"] = cert.public_bytes(serialization.Encoding.DER)
+        out[f"public:{kind}:pem"] = pem.splitlines()[2]
+        key = cert.public_key()
+        number = key.public_numbers().n if isinstance(key, rsa.RSAPublicKey) \
+            else key.public_numbers().x
+        be = number.to_bytes((number.bit_length() + 7) // 8, "big")
+        out[f"public:{kind}:number-be"], out[f"public:{kind}:number-le"] = be, be[::-1]
+    return out
+
+
+def unread_kinds(public: dict[str, bytes], found: dict) -> list[str]:
+    """Certificate kinds of which no public form was found in a process."""
+    kinds = {name.split(":")[1] for name in public}
+    seen = {name.split(":")[1] for name in found if name.startswith("public:")}
+    return sorted(kinds - seen)
 
 
 def test_scanner_finds_every_needle_in_a_process_holding_the_key(env):
@@ -410,7 +429,9 @@ def test_no_key_material_in_supervisor_or_workers_while_connections_are_open(env
         busy = {h.worker for h in held}
         assert busy <= set(workers) and len(busy) == len(held)
         scans: dict[int, dict[str, tuple[int, str]]] = {}
-        for pid in [titus.proc.pid, *workers, keyholder]:
+        zygotes = titus.zygote_pids()
+        assert len(zygotes) == 1
+        for pid in [titus.proc.pid, *zygotes, *workers, keyholder]:
             try:
                 scans[pid] = locate_secrets(pid, secrets | public)
             except (FileNotFoundError, ProcessLookupError):
@@ -419,9 +440,9 @@ def test_no_key_material_in_supervisor_or_workers_while_connections_are_open(env
                 assert start_time(pid) is None
         for h in held:  # every connection is still alive and usable after the scans
             h.exchange()
-    assert len(scans) >= len(held) + 2
-    unread = {pid: sorted(set(public) - set(found)) for pid, found in scans.items()
-              if not set(public) <= set(found)}
+    assert len(scans) >= len(held) + 3
+    unread = {pid: unread_kinds(public, found) for pid, found in scans.items()
+              if unread_kinds(public, found)}
     assert unread == {}, f"the scan did not read these processes (certificates not seen): {unread}"
     in_keyholder = scans.pop(keyholder)
     leaks = {pid: {name: f"{addr:#x} {region}" for name, (addr, region) in found.items()

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.bpf import load_bpf
 from sandbox.policy import SeccompPolicy, load_policy
-from sandbox.seccomp import compile_policy, instruction_count, load_bpf, syscall_name
+from sandbox.seccomp import compile_policy, instruction_count, syscall_name
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.prctl.argtypes = (
