@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -33,12 +34,13 @@ from titus.loop import Loop, Timer
 from titus.metrics import Metrics, MetricsEndpoint
 from titus.resolve import resolve_backend
 from titus.tlsconfig import build_contexts
+from titus.transparent import set_transparent
 from titus.worker import WorkerTable, worker_main
 
 ACCEPT_BATCH = 32
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
 FAILURES_BEFORE_BACKOFF = 3
-DRAIN_TIMEOUT = 30.0
+FD_RETRY = 0.2  # out of fds: spawn again this soon (load, not a broken jail: no growing backoff)
 VIOLATION_NAME_WAIT = 2.0  # how long a policy-violation record waits for the kernel's name
 
 
@@ -81,10 +83,13 @@ class Worker:
     notes: list[str] = field(default_factory=list)
 
 
-def open_listener(listener: Listener) -> socket.socket:
+def open_listener(listener: Listener, transparent: bool = False) -> socket.socket:
+    """A listening socket; `transparent` (transparent yes) lets TPROXY hand it others' addresses."""
     sock = socket.socket(listener.family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if transparent:
+            set_transparent(sock)
         if listener.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
                             0 if listener.dual_stack else 1)
@@ -142,6 +147,7 @@ class Supervisor:
         self.failures = 0
         self.backoff_until = 0.0
         self.backoff = BACKOFF_MIN
+        self.fd_short: int | None = None  # out of fds: clients refused since it began
         self.next_conn_id = 1
         self.refill_scheduled = False
         self.keyholder_restarts = 0
@@ -175,7 +181,8 @@ class Supervisor:
 
     def start(self) -> None:
         self.resolve_backends()
-        self.listener_of = {lst: open_listener(lst) for lst in self.config.listeners}
+        self.listener_of = {lst: open_listener(lst, self.config.transparent == "yes")
+                            for lst in self.config.listeners}
         self.listeners = list(self.listener_of.values())
         if self.config.metrics_listen is not None:
             self.metrics_endpoint = MetricsEndpoint(
@@ -230,27 +237,38 @@ class Supervisor:
     def spawn_worker(self) -> Worker | None:
         if not self.keyholder.alive:
             return None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as e:
+            if not self.out_of_fds(e, "control socket"):
+                self.note_failure(f"control socket: {e}")
+            return None
         try:
             channel = self.keyholder.channel(self.config.keyholder_budget)
         except OSError as e:
             ours.close()
             theirs.close()
-            logs.event("keyholder-channel-failed", logging.ERROR, error=str(e))
+            if not self.out_of_fds(e, "key holder channel"):
+                logs.event("keyholder-channel-failed", logging.ERROR, error=str(e))
             return None
         started = time.perf_counter()
         try:
             fds = [theirs.fileno(), channel.fileno(), self.stderr.write_fd]
+            self.gen.table.refresh_staples()
             jail = self.launcher.spawn(self.worker_spec, worker_main, (self.gen.table,), fds=fds)
         except Exception as e:
             ours.close()
             self.metrics.spawn_failures.inc()
-            self.note_failure(f"spawn failed: {e}")
+            if not self.out_of_fds(e, "spawn failed"):
+                self.note_failure(f"spawn failed: {e}")
             return None
         finally:
             theirs.close()
             channel.close()
         self.metrics.spawn.observe(time.perf_counter() - started)
+        if self.fd_short is not None:
+            logs.event("fds-recovered", refused=self.fd_short)
+            self.fd_short = None
         ours.setblocking(False)
         worker = Worker(jail, ours, self.gen)
         self.workers[jail.pid] = worker
@@ -291,6 +309,23 @@ class Supervisor:
         else:
             logs.event("spawn-failed", logging.WARNING, reason=what)
 
+    def out_of_fds(self, error: BaseException, what: str, spawning: bool = True) -> bool:
+        """EMFILE/ENFILE is load, not a broken jail: one log line for the whole shortage,
+        a failed spawn retried in FD_RETRY rather than after a growing backoff, and
+        meanwhile new clients closed at once (accept() refuses them) instead of left
+        hanging in the backlog."""
+        if getattr(error, "errno", None) not in (errno.EMFILE, errno.ENFILE):
+            return False
+        if self.fd_short is None:
+            self.fd_short = 0
+            self.resume()  # paused listeners would keep clients waiting: refuse them instead
+            logs.event("out-of-fds", logging.ERROR, reason=f"{what}: {error}",
+                       limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                       workers=len(self.workers))
+        if spawning:
+            self.backoff_until = max(self.backoff_until, time.monotonic() + FD_RETRY)
+        return True
+
     def note_success(self) -> None:
         self.failures = 0
         self.backoff = BACKOFF_MIN
@@ -317,7 +352,7 @@ class Supervisor:
                     worker = self.spawn_worker()
                     if worker is not None:
                         self.idle.append(worker)
-                if not self.idle:
+                if not self.idle and self.fd_short is None:
                     self.pause()  # connections wait in the kernel's backlog
                     return
             try:
@@ -326,10 +361,15 @@ class Supervisor:
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    logs.event("accept-failed", logging.ERROR, error=e.strerror)
+                    if not self.out_of_fds(e, "accept", spawning=False):
+                        logs.event("accept-failed", logging.ERROR, error=e.strerror)
                     self.pause()
                     self.loop.call_later(0.1, self.resume)
                     return
+                continue
+            if not self.idle and self.fd_short is not None:
+                client.close()  # out of fds: refused at once, not left hanging in the backlog
+                self.fd_short += 1
                 continue
             self.assign(self.idle.popleft(), client, peer)
         self.schedule_refill(0)
@@ -631,7 +671,9 @@ class Supervisor:
             self.resolve_backends(gen)
             for lst in config.listeners:
                 if lst not in self.listener_of:
-                    opened[lst] = open_listener(lst)
+                    opened[lst] = open_listener(lst, config.transparent == "yes")
+                else:
+                    set_transparent(self.listener_of[lst], config.transparent == "yes")
             gen.keyholder.start()
         except (ConfigError, StartupError, KeyHolderError, RuntimeError, OSError,
                 ValueError) as e:
@@ -670,7 +712,7 @@ class Supervisor:
     # -- shutdown --------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop accepting, let connections in flight finish (up to DRAIN_TIMEOUT)."""
+        """Stop accepting, let connections in flight finish (up to drain-timeout)."""
         if self.stopping:
             return
         self.stopping = True
@@ -683,7 +725,7 @@ class Supervisor:
         for worker in list(self.idle):
             self.kill(worker, "shutdown")
         self.idle.clear()
-        self.loop.call_later(DRAIN_TIMEOUT, self.force_stop)
+        self.loop.call_later(self.config.drain_timeout, self.force_stop)
         if not self.workers:
             self.loop.stop()
 

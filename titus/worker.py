@@ -15,9 +15,9 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from titus import control, remotekey
+from titus import control, ocsp, remotekey
 from titus.clienthello import NotTLS, parse_sni
 from titus.config_model import VHost
 from titus.pump import Counters, Reset, TLSPump, handshake, relay
@@ -28,12 +28,27 @@ KEYHOLDER_FD = 1
 
 @dataclass
 class WorkerTable:
-    """What every worker inherits from the supervisor: built once, before forking."""
+    """What every worker inherits from the supervisor: built once, before forking.
+
+    ``staples`` (one per vhost, None without ``ocsp-response``) are installed into
+    the contexts here; ``refresh_staples`` before each fork gives the new worker
+    the current OCSP response in memory, since it can read no file.
+    """
 
     vhosts: Sequence[VHost]
     contexts: Sequence[ssl.SSLContext]
     handshake_timeout: float
     keyholder_timeout: float = 2.0
+    staples: list[ocsp.Staple | None] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.staples = ocsp.attach(self.vhosts, self.contexts)
+
+    def refresh_staples(self) -> None:
+        """Re-read the OCSP response files that changed (a stat each, at most once a second)."""
+        for staple in self.staples:
+            if staple is not None:
+                staple.refresh()
 
 
 class Finish(Exception):
