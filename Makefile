@@ -4,11 +4,13 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# Debian packages: libcap-dev builds python-prctl; the rest are real TLS clients for the tests.
-SYSTEM_PACKAGES := gcc libcap-dev libseccomp2 openssl curl iproute2
+# Debian packages: libcap-dev builds python-prctl; groff-base checks the man page; the rest
+# are real TLS clients for the tests (testssl.sh and sslscan grade the default TLS settings).
+SYSTEM_PACKAGES := gcc libcap-dev libseccomp2 openssl curl iproute2 groff-base nftables \
+                   testssl.sh sslscan
 BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk
 
-.PHONY: run test lint deps bench clean
+.PHONY: run test test-container lint docs fuzz deps bench clean
 
 run: $(VENV)/.stamp
 	$(PY) -m titus.demo
@@ -17,8 +19,27 @@ test: $(VENV)/.stamp
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# The Dockerfile, built and run privileged with podman; titus must serve TLS from
+# real jails inside it (installs podman, runc, debootstrap; caches in build/).
+test-container: $(VENV)/.stamp
+	bash contrib/test-container.sh
+
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check .
+
+# docs/options.md and docs/titus.8, generated from the option table (tests check they are current).
+docs: $(VENV)/.stamp
+	$(PY) -m titus.docs_gen
+
+# Coverage-guided fuzzing (atheris), FUZZ_SECONDS per harness; corpora and crash inputs
+# stay in build/fuzz/NAME/.  Longer hypothesis runs: TITUS_FUZZ_EXAMPLES=N pytest tests/fuzz.
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.stamp
+	@for h in tests/fuzz/atheris/fuzz_*.py; do \
+	  n=$$(basename $$h .py); n=$${n#fuzz_}; mkdir -p build/fuzz/$$n/corpus; echo "== $$n"; \
+	  $(PY) $$h -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -artifact_prefix=build/fuzz/$$n/ build/fuzz/$$n/corpus || exit 1; \
+	done
 
 bench: $(VENV)/.stamp
 	@$(MAKE) --no-print-directory deps PACKAGES="$(BENCH_PACKAGES)"

@@ -15,9 +15,11 @@ Protocol, over a SOCK_SEQPACKET socketpair (the server's fd is its first argumen
   setup   the caller writes pickle(("module:function", argument)) to the server's
           stdin; the server imports the module, calls function(argument), which
           returns {name: Recipe}, and answers b"R" (ready) or b"E" + message.
-  spawn   pickle((request_id, name, uid)) with the jail's fds (SCM_RIGHTS);
+  spawn   pickle(("spawn", request_id, name, uid)) with the jail's fds (SCM_RIGHTS);
           answer pickle((request_id, pid, error)): pid of the new jail or None,
           error (layer, errno, message) or None; a failed jail's pid is given too.
+  update  pickle(("update", name)) with a memfd holding pickle(data) (any size):
+          recipe `name`'s update(data); no answer.
 Both ends are trusted (root, the caller exec'd the server); the jails are not
 and never see this channel.
 """
@@ -45,12 +47,13 @@ START_TIMEOUT = 30.0
 
 @dataclass
 class Recipe:
-    """What one kind of jail runs; `before_spawn` runs in the server before each clone."""
+    """What one kind of jail runs; `update` takes what the caller sends with
+    ForkServer.update (e.g. new data for the jails cloned from then on)."""
 
     spec: JailSpec
     target: Callable[..., object]
     args: tuple = ()
-    before_spawn: Callable[[], None] | None = None
+    update: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -121,8 +124,20 @@ class ForkServer:
         assert self.sock is not None
         request_id = self._next_id
         self._next_id += 1
-        socket.send_fds(self.sock, [pickle.dumps((request_id, name, uid))], list(fds))
+        socket.send_fds(self.sock, [pickle.dumps(("spawn", request_id, name, uid))], list(fds))
         return request_id
+
+    def update(self, name: str, data: object) -> None:
+        """Hand `data` to recipe `name`'s update hook, before any later request."""
+        assert self.sock is not None
+        fd = os.memfd_create("forkserver-update", os.MFD_CLOEXEC)
+        try:
+            with open(fd, "wb", closefd=False) as f:
+                f.write(pickle.dumps(data))
+            os.lseek(fd, 0, os.SEEK_SET)
+            socket.send_fds(self.sock, [pickle.dumps(("update", name))], [fd])
+        finally:
+            os.close(fd)
 
     def replies(self) -> list[Reply] | None:
         """Answers ready now; None when the server is gone (EOF)."""
@@ -179,7 +194,16 @@ def serve(sock: socket.socket, recipes: dict[str, Recipe]) -> None:
                 os.close(fd)
             return
         try:
-            request_id, name, uid = pickle.loads(packet)
+            kind, *request = pickle.loads(packet)
+            if kind == "update":
+                (name,) = request
+                with open(fds[0], "rb", closefd=False) as f:
+                    data = pickle.loads(f.read())
+                update = recipes[name].update
+                if update is not None:
+                    update(data)
+                continue
+            request_id, name, uid = request
             pid, error = _spawn(launcher, recipes[name], uid, fds)
         finally:
             for fd in fds:
@@ -192,8 +216,6 @@ def _spawn(launcher: object, recipe: Recipe, uid: int, fds: list[int]
     from sandbox.launcher import Launcher
 
     assert isinstance(launcher, Launcher)
-    if recipe.before_spawn is not None:
-        recipe.before_spawn()
     try:
         jail = launcher.spawn(recipe.spec, recipe.target, recipe.args, fds=fds, uid=uid)
     except JailError as e:

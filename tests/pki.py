@@ -71,3 +71,22 @@ class CA:
                                                serialization.NoEncryption()))
         key_path.chmod(0o600)
         return Leaf(cert_path, key_path, key)
+
+    def ocsp_response(self, cert: Path, status: str = "good",
+                      this_update: datetime.timedelta = datetime.timedelta(hours=-1),
+                      next_update: datetime.timedelta | None = datetime.timedelta(days=1)
+                      ) -> bytes:
+        """A DER OCSP response about `cert` (a PEM file this CA issued), signed by the CA;
+        the update times are relative to now."""
+        from cryptography.x509 import ocsp
+
+        leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+        now = datetime.datetime.now(datetime.UTC)
+        revoked = now - datetime.timedelta(days=1) if status == "revoked" else None
+        builder = ocsp.OCSPResponseBuilder().add_response(
+            cert=leaf, issuer=self.cert, algorithm=hashes.SHA1(),
+            cert_status=ocsp.OCSPCertStatus[status.upper()], this_update=now + this_update,
+            next_update=None if next_update is None else now + next_update,
+            revocation_time=revoked, revocation_reason=None,
+        ).responder_id(ocsp.OCSPResponderEncoding.HASH, self.cert)
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)

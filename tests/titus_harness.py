@@ -28,18 +28,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class Titus:
     def __init__(self, tmp: Path, config: str, suffix: str = ".conf",
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> None:
+        """`prefix` runs titus through an exec-ing wrapper, e.g. `nsenter --net=PATH`."""
         self.config_path = tmp / f"titus{suffix}"
         self.config_path.write_text(config)
         self.log_path = tmp / "titus.log"
         self.args = args
+        self.prefix = prefix
         self.proc: subprocess.Popen[bytes] | None = None
         self.addresses: list[tuple[str, int]] = []
 
     def start(self, timeout: float = 20) -> Titus:
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "titus.cli", "--config", str(self.config_path),
+            [*self.prefix, sys.executable, "-m", "titus.cli", "--config", str(self.config_path),
              "--log-format", "json", *self.args],
             stdout=log, stderr=log, cwd=ROOT, start_new_session=True)
         log.close()
@@ -162,7 +164,7 @@ def _cmd_uid(pid: int) -> int | None:
 class HTTPBackend:
     """Answers every GET with "backend NAME path PATH"."""
 
-    def __init__(self, name: str = "A", host: str = "127.0.0.1") -> None:
+    def __init__(self, name: str = "A", host: str = "127.0.0.1", port: int = 0) -> None:
         backend_name = name
 
         class Handler(BaseHTTPRequestHandler):
@@ -185,7 +187,7 @@ class HTTPBackend:
             daemon_threads = True
             request_queue_size = 1024  # bursts must not cost a 1 s SYN retransmit
 
-        self.server = Server((host, 0), Handler)
+        self.server = Server((host, port), Handler)  # a fixed port: a backend back up
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -209,7 +211,8 @@ class TCPBackend:
     """A loopback listener whose every connection gets a thread running `_one`."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.srv = socket.create_server((host, 0), backlog=1024)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.srv = socket.create_server((host, 0), family=family, backlog=1024)
         self.port = self.srv.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.closing = False

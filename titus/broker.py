@@ -14,9 +14,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 from titus.loop import Loop, Timer
-
-IP_TRANSPARENT = 19
-IPV6_TRANSPARENT = 75
+from titus.transparent import bind_as_client
 
 SockAddr = tuple  # (host, port) or (host, port, flowinfo, scope_id)
 
@@ -26,7 +24,8 @@ class BackendConnect:
 
     `done(sock, None)` on success, `done(None, reason)` after every address
     failed or the time ran out.  The header (e.g. PROXY protocol) is sent
-    before `done` is called.
+    before `done` is called.  With `source` (the client's address, transparent
+    mode) every attempt binds it first, so the backend sees the client.
     """
 
     def __init__(self, loop: Loop, addresses: Sequence[tuple[int, SockAddr]], timeout: float,
@@ -56,7 +55,7 @@ class BackendConnect:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.source is not None:
-                    self._bind_transparent(sock, family)
+                    bind_as_client(sock, self.source)
                 err = sock.connect_ex(addr)
             except OSError as e:
                 sock.close()
@@ -72,15 +71,6 @@ class BackendConnect:
             self.loop.add_writer(sock.fileno(), self._writable)
             return
         self._finish(None, "; ".join(self.errors) or "no backend address")
-
-    def _bind_transparent(self, sock: socket.socket, family: int) -> None:
-        assert self.source is not None
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.SOL_IPV6, IPV6_TRANSPARENT, 1)
-        else:
-            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(self.source)
 
     def _drop_current(self, reason: str) -> None:
         assert self.sock is not None

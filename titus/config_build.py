@@ -36,6 +36,7 @@ from titus.config_model import (
 )
 from titus.config_options import Draft, Sourced, TLSDraft, VHostDraft, shown
 from titus.config_values import BadValue
+from titus.ocsp import OCSPError, parse_response, read_response_file
 
 # Appended to an operator's cipher string: a worker signs through the key holder
 # and can never decrypt (no RSA key exchange), static (EC)DH needs the key in the
@@ -82,6 +83,7 @@ class _Builder:
         self.dh_cache: dict[tuple[str, Path | None], DHGroup] = {}
         self.checked_certs: set[tuple[Path, Path]] = set()
         self.checked_keys: set[Path] = set()
+        self.checked_ocsp: set[Path] = set()
 
     def setting(self, name: str) -> Sourced[Any] | None:
         return self.draft.settings.get(name)
@@ -222,6 +224,18 @@ class _Builder:
                 raise ConfigError(cert.source, f"cert {shown(str(cert.value))}: {e}") from None
             self.checked_certs.add((cert.value, key.value))
 
+    def ocsp_file(self, chosen: Sourced[Path]) -> None:
+        """It must exist and be an OCSP response; whether it fits the certificate and is
+        still valid is checked when it is loaded, and again whenever it changes."""
+        if chosen.value in self.checked_ocsp:
+            return
+        try:
+            parse_response(read_response_file(chosen.value))
+        except OCSPError as e:
+            raise ConfigError(chosen.source,
+                              f"ocsp-response {shown(str(chosen.value))}: {e}") from None
+        self.checked_ocsp.add(chosen.value)
+
     def vhost(self, own: VHostDraft, index: int, implicit: bool) -> VHost:
         inherited = self.draft.defaults
 
@@ -256,6 +270,9 @@ class _Builder:
         elif backend_port is None:
             raise ConfigError(own.source, f"{what}no backend-port; set `backend-port` {where}")
         proxy = pick("proxy_protocol")
+        ocsp_response = pick("ocsp_response")
+        if ocsp_response is not None:
+            self.ocsp_file(ocsp_response)
         local_address = own.local_address.value if own.local_address else None
         return VHost(
             name=name,
@@ -268,6 +285,7 @@ class _Builder:
             local_port=own.local_port.value if own.local_port else None,
             sni_names=sni_names,
             proxy_protocol=proxy.value if proxy else None,
+            ocsp_response=ocsp_response.value if ocsp_response else None,
             source=own.source,
             key_source=key.source,
         )
@@ -406,6 +424,7 @@ class _Builder:
                 "backend-connect-timeout", "backend_connect_timeout"
             ),
             dns_timeout=self.value("dns-timeout", "dns_timeout"),
+            drain_timeout=self.value("drain-timeout", "drain_timeout"),
             log_format=self.value("log-format", "log_format"),
             metrics_listen=self.metrics(),
             sources=tuple(dict.fromkeys(self.draft.sources)),

@@ -10,8 +10,9 @@ HELP: dict[str, str] = {
     "daemon": "yes: detach after start-up succeeded (errors still reach the shell)",
     "pid-file": "write the supervisor's pid here (daemon mode)",
     "port": "port to listen on for listeners that name none (default address [::], dual-stack)",
-    "transparent": "no | yes (backend = client's original destination, source kept) | "
-                   "backend-only (source kept); needs TPROXY routing",
+    "transparent": "no | yes (backend = the client's original destination, source kept; "
+                   "needs a TPROXY rule) | backend-only (source kept); both need CAP_NET_ADMIN "
+                   "and the backend's replies to clients routed back to titus (fwmark rule)",
     "backend": "backend address: IP or DNS name (resolved at start-up); omitted = the local "
                "address the client connected to",
     "backend-port": "backend port",
@@ -52,9 +53,13 @@ HELP: dict[str, str] = {
     "client-ca": "CA certificates (PEM) that client certificates must chain to",
     "proxy-protocol": "v1 | v2 | no: send a PROXY header to the backend (written by the "
                       "supervisor, never by a worker)",
+    "ocsp-response": "a DER OCSP response file to staple for this vhost's certificate; "
+                     "re-read when it changes (an expired or mismatching one is not stapled)",
     "backend-connect-timeout": "seconds to connect to a backend (default 10)",
     "dns-timeout": "seconds to resolve a backend name; A and AAAA are asked separately "
                    "(default 5)",
+    "drain-timeout": "seconds connections in flight may still run after SIGTERM before "
+                     "they are cut (default 30)",
     "log-format": "json | text | auto (text on a terminal)",
     "metrics-listen": "ADDRESS:PORT of the Prometheus endpoint (GET /metrics)",
     "keyholder-budget": "signatures one connection may ask of the key holder (default 1)",

@@ -208,6 +208,8 @@ class VHost:
     local_port: int | None = None
     sni_names: tuple[str, ...] = ()
     proxy_protocol: ProxyProtocol | None = None
+    # A DER OCSP response file to staple (re-read when it changes); None: no stapling.
+    ocsp_response: Path | None = None
     source: Source = field(default=Source("<built-in>", 0), compare=False)
     key_source: Source = field(default=Source("<built-in>", 0), compare=False)
 
@@ -253,6 +255,7 @@ class Config:
     keyholder_timeout: float = 2.0
     backend_connect_timeout: float = 10.0
     dns_timeout: float = 5.0
+    drain_timeout: float = 30.0  # SIGTERM: how long connections in flight may still run
     log_format: LogFormat = "auto"
     metrics_listen: Listener | None = None
     sources: tuple[Path, ...] = ()

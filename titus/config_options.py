@@ -70,6 +70,7 @@ class VHostDraft:
     backend: Sourced[str] | None = None
     backend_port: Sourced[int] | None = None
     proxy_protocol: Sourced[ProxyProtocol | None] | None = None
+    ocsp_response: Sourced[Path] | None = None
     tls: TLSDraft = field(default_factory=TLSDraft)
 
 
@@ -111,6 +112,10 @@ def resolve_path(text: str, base: Path) -> Path:
     """A path from a config value; relative ones are relative to ``base``."""
     if "\0" in text:
         raise v.BadValue("a path cannot contain a NUL character")
+    try:
+        os.fsencode(text)  # argv's undecodable bytes (U+DC80..) pass; other lone surrogates not
+    except UnicodeEncodeError:
+        raise v.BadValue("a path must be valid text (it has a lone surrogate)") from None
     path = Path(text)
     return path if path.is_absolute() else base / path
 
@@ -276,9 +281,12 @@ def _options() -> dict[str, Option]:
         Option("client-auth", "any", _tls("client_auth", v.parse_client_auth), "str"),
         Option("client-ca", "any", _tls_path("client_ca"), "str"),
         Option("proxy-protocol", "any", _field("proxy_protocol", v.parse_proxy_protocol), "str"),
+        Option("ocsp-response", "any", _path_field("ocsp_response"), "str"),
         Option("backend-connect-timeout", "global",
                _setting("backend-connect-timeout", seconds(3600.0)), "seconds"),
         Option("dns-timeout", "global", _setting("dns-timeout", seconds(600.0)), "seconds"),
+        Option("drain-timeout", "global", _setting("drain-timeout", seconds(86400.0)),
+               "seconds"),
         Option("log-format", "global", _setting("log-format", v.parse_log_format), "str"),
         Option("metrics-listen", "global", _setting("metrics-listen", v.parse_endpoint), "str"),
         Option("keyholder-budget", "global", _setting("keyholder-budget", count(1, 16)), "int"),

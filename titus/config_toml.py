@@ -40,6 +40,8 @@ ROOT_KEYS = (
     "proxy-protocol",
     "backend-connect-timeout",
     "dns-timeout",
+    "drain-timeout",
+    "ocsp-response",
 )
 # TOML key -> option name, per table.
 TLS_KEYS = {
@@ -72,6 +74,7 @@ VHOST_KEYS = (
     "backend",
     "backend-port",
     "proxy-protocol",
+    "ocsp-response",
 )
 LISTEN_KEYS = ("address", "port")
 

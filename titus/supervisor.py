@@ -17,6 +17,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -31,7 +32,7 @@ from sandbox.profile import load_profile
 from sandbox.seccomp import syscall_name
 from sandbox.spec import JailSpec, UidRange
 from sandbox.uids import UidExhausted
-from titus import control, logs, proxyproto, sdnotify
+from titus import control, logs, ocsp, proxyproto, sdnotify
 from titus.broker import BackendConnect
 from titus.config_model import Config, Listener, VHost
 from titus.jailstderr import JailStderr
@@ -40,12 +41,13 @@ from titus.loop import Loop, Timer
 from titus.metrics import Metrics, MetricsEndpoint
 from titus.remotekey import CertChain, RemoteKeyError, read_chain
 from titus.resolve import resolve_backend
+from titus.transparent import set_transparent
 from titus.zygote import WORKER, ZygoteSetup
 
 ACCEPT_BATCH = 32
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
 FAILURES_BEFORE_BACKOFF = 3
-DRAIN_TIMEOUT = 30.0
+FD_RETRY = 0.2  # out of fds: spawn again this soon (load, not a broken jail: no growing backoff)
 VIOLATION_NAME_WAIT = 2.0  # how long a policy-violation record waits for the kernel's name
 MAX_PENDING_SPAWNS = 8  # worker requests queued at the zygote at once
 SPAWN_REPLY_TIMEOUT = 15.0  # a zygote that answers nothing for this long is replaced
@@ -74,8 +76,13 @@ class Generation:
     key_ids: tuple[int, ...]
     chains: tuple[CertChain, ...]  # by key id
     backends: dict[int, list[tuple[int, tuple]]] = field(default_factory=dict)
+    staples: list[ocsp.Staple | None] = field(default_factory=list)  # per vhost
     zygote: ForkServer | None = None
     pending: dict[int, PendingSpawn] = field(default_factory=dict)  # by zygote request id
+
+    @property
+    def staple_values(self) -> tuple[tuple[bytes | None, float | None] | None, ...]:
+        return tuple(s.value if s is not None else None for s in self.staples)
 
 
 @dataclass
@@ -84,7 +91,7 @@ class PendingSpawn:
 
     ctl: socket.socket
     uid: int
-    keyholder_epoch: int
+    epoch: int  # Supervisor.epoch when asked
     asked: float
 
 
@@ -104,10 +111,13 @@ class Worker:
     notes: list[str] = field(default_factory=list)
 
 
-def open_listener(listener: Listener) -> socket.socket:
+def open_listener(listener: Listener, transparent: bool = False) -> socket.socket:
+    """A listening socket; `transparent` (transparent yes) lets TPROXY hand it others' addresses."""
     sock = socket.socket(listener.family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if transparent:
+            set_transparent(sock)
         if listener.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
                             0 if listener.dual_stack else 1)
@@ -188,10 +198,13 @@ class Supervisor:
         self.failures = 0
         self.backoff_until = 0.0
         self.backoff = BACKOFF_MIN
+        self.fd_short: int | None = None  # out of fds: clients refused since it began
         self.next_conn_id = 1
         self.refill_scheduled = False
         self.keyholder_restarts = 0
-        self.keyholder_epoch = 0  # bumped when the key holder restarts
+        # Bumped when what idle workers hold goes stale (the key holder restarted, an
+        # OCSP response changed): workers asked for before are retired on arrival.
+        self.epoch, self.epoch_reason = 0, ""
         self.early_exits: dict[int, tuple[int, float]] = {}  # pid -> (wait status, when)
         self.metrics = Metrics()
         self.metrics.workers.labels("idle").set_function(lambda: len(self.idle))
@@ -207,17 +220,22 @@ class Supervisor:
         keyholder.stderr_fd = self.stderr_fd
         try:  # from the bytes the key holder checks its key against
             chains = tuple(read_chain(slot.cert_pem, str(slot.cert_path)) for slot in slots)
-        except RemoteKeyError as e:
+            staples = [ocsp.Staple.for_vhost(v, interval=0)  # refresh_staples paces them
+                       if v.ocsp_response is not None else None for v in config.vhosts]
+        except (RemoteKeyError, ocsp.OCSPError) as e:
             raise StartupError(str(e)) from None
-        return Generation(config, keyholder, tuple(key_of_vhost), chains)
+        for staple in staples:
+            if staple is not None:
+                staple.refresh()
+        return Generation(config, keyholder, tuple(key_of_vhost), chains, staples=staples)
 
     def start_zygote(self, gen: Generation) -> None:
         """Exec the generation's zygote; it builds the TLS contexts (errors are one line)."""
         config = gen.config
         zygote = ForkServer(self.zygote_setup, ZygoteSetup(
             self.worker_spec, tuple(config.vhosts), gen.key_ids, gen.chains,
-            config.max_handshake_time,
-            config.keyholder_timeout), stderr=self.stderr_fd)
+            config.max_handshake_time, config.keyholder_timeout, gen.staple_values),
+            stderr=self.stderr_fd)
         try:
             zygote.start()
         except ForkServerError as e:
@@ -237,7 +255,8 @@ class Supervisor:
 
     def start(self) -> None:
         self.resolve_backends()
-        self.listener_of = {lst: open_listener(lst) for lst in self.config.listeners}
+        self.listener_of = {lst: open_listener(lst, self.config.transparent == "yes")
+                            for lst in self.config.listeners}
         self.listeners = list(self.listener_of.values())
         if self.config.metrics_listen is not None:
             self.metrics_endpoint = MetricsEndpoint(
@@ -264,6 +283,7 @@ class Supervisor:
                    vhosts=len(self.config.vhosts), min_spare=self.config.min_spare_children,
                    max_children=self.config.max_children)
         self.refill()
+        self.loop.call_later(ocsp.REFRESH_INTERVAL, self.refresh_staples)
 
     def resolve_backends(self, gen: Generation | None = None) -> None:
         """Resolve every backend name now: never on the connection path."""
@@ -305,14 +325,21 @@ class Supervisor:
         except UidExhausted as e:
             self.note_failure(str(e))
             return False
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as e:
+            uids.release(uid)
+            if not self.out_of_fds(e, "control socket"):
+                self.note_failure(f"control socket: {e}")
+            return False
         try:
             channel = self.keyholder.channel(self.config.keyholder_budget)
         except OSError as e:
             uids.release(uid)
             ours.close()
             theirs.close()
-            logs.event("keyholder-channel-failed", logging.ERROR, error=str(e))
+            if not self.out_of_fds(e, "key holder channel"):
+                logs.event("keyholder-channel-failed", logging.ERROR, error=str(e))
             return False
         try:
             request = gen.zygote.request(
@@ -325,7 +352,7 @@ class Supervisor:
         finally:
             theirs.close()
             channel.close()
-        gen.pending[request] = PendingSpawn(ours, uid, self.keyholder_epoch, time.monotonic())
+        gen.pending[request] = PendingSpawn(ours, uid, self.epoch, time.monotonic())
         self.loop.call_later(SPAWN_REPLY_TIMEOUT, lambda: self.check_reply(gen, request))
         return True
 
@@ -352,16 +379,19 @@ class Supervisor:
         if error is not None or jail is None:
             pending.ctl.close()
             self.metrics.spawn_failures.inc()
-            self.note_failure(f"spawn failed: {error}")
+            if error is None or not self.out_of_fds(error, "spawn failed"):
+                self.note_failure(f"spawn failed: {error}")
         else:
             self.metrics.spawn.observe(time.monotonic() - pending.asked)
+            if self.fd_short is not None:
+                logs.event("fds-recovered", refused=self.fd_short)
+                self.fd_short = None
             pending.ctl.setblocking(False)
             worker = Worker(jail, pending.ctl, gen)
             self.workers[jail.pid] = worker
             self.loop.add_reader(pending.ctl.fileno(), lambda: self.on_worker_message(worker))
             stale = ("shutdown" if self.stopping else "reload" if gen is not self.gen
-                     else "key holder restarted" if pending.keyholder_epoch != self.keyholder_epoch
-                     else None)
+                     else self.epoch_reason if pending.epoch != self.epoch else None)
             if stale:
                 self.kill(worker, stale)
             else:
@@ -371,6 +401,28 @@ class Supervisor:
             status, _when = self.early_exits.pop(pid)
             self.child_exited(pid, status)
         self.schedule_refill(0)
+
+    def retire_idle(self, reason: str) -> None:
+        """Idle workers (and those on their way) hold something stale: replace them."""
+        self.epoch, self.epoch_reason = self.epoch + 1, reason
+        for worker in list(self.idle):
+            self.kill(worker, reason)
+        self.idle.clear()
+        self.schedule_refill(0)
+
+    def refresh_staples(self) -> None:
+        """Every second: re-check the OCSP response files; a change reaches the zygote,
+        and idle workers (which hold the old response) are replaced."""
+        gen = self.gen
+        before = gen.staple_values
+        for staple in gen.staples:
+            if staple is not None:
+                staple.refresh()
+        if gen.staple_values != before and gen.zygote is not None:
+            gen.zygote.update(WORKER, gen.staple_values)
+            self.retire_idle("ocsp response changed")
+        if not self.stopping:
+            self.loop.call_later(ocsp.REFRESH_INTERVAL, self.refresh_staples)
 
     def check_reply(self, gen: Generation, request: int) -> None:
         if request in gen.pending and gen.zygote is not None:
@@ -463,6 +515,23 @@ class Supervisor:
         else:
             logs.event("spawn-failed", logging.WARNING, reason=what)
 
+    def out_of_fds(self, error: BaseException, what: str, spawning: bool = True) -> bool:
+        """EMFILE/ENFILE is load, not a broken jail: one log line for the whole shortage,
+        a failed spawn retried in FD_RETRY rather than after a growing backoff, and
+        meanwhile new clients closed at once (accept() refuses them) instead of left
+        hanging in the backlog."""
+        if getattr(error, "errno", None) not in (errno.EMFILE, errno.ENFILE):
+            return False
+        if self.fd_short is None:
+            self.fd_short = 0
+            self.resume()  # paused listeners would keep clients waiting: refuse them instead
+            logs.event("out-of-fds", logging.ERROR, reason=f"{what}: {error}",
+                       limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                       workers=len(self.workers))
+        if spawning:
+            self.backoff_until = max(self.backoff_until, time.monotonic() + FD_RETRY)
+        return True
+
     def note_success(self) -> None:
         self.failures = 0
         self.backoff = BACKOFF_MIN
@@ -484,19 +553,26 @@ class Supervisor:
     def accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
             if not self.idle:
-                self.pause()  # connections wait in the kernel's backlog for a worker
+                if self.fd_short is None:
+                    self.pause()  # connections wait in the kernel's backlog for a worker
                 self.refill()
-                return
+                if not self.idle and self.fd_short is None:
+                    return
             try:
                 client, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    logs.event("accept-failed", logging.ERROR, error=e.strerror)
+                    if not self.out_of_fds(e, "accept", spawning=False):
+                        logs.event("accept-failed", logging.ERROR, error=e.strerror)
                     self.pause()
                     self.loop.call_later(0.1, self.resume)
                     return
+                continue
+            if not self.idle and self.fd_short is not None:
+                client.close()  # out of fds: refused at once, not left hanging in the backlog
+                self.fd_short += 1
                 continue
             self.assign(self.idle.popleft(), client, peer)
         self.schedule_refill(0)
@@ -762,12 +838,9 @@ class Supervisor:
         logs.event("keyholder-died", logging.ERROR, exit=jail.exit_status if jail else None,
                    violation=str(jail.violation) if jail and jail.violation else None)
         self.keyholder.stop()
-        self.keyholder_epoch += 1
         self.metrics.keyholder_restarts.inc()
         # Idle workers hold channels to the dead key holder: replace them.
-        for worker in list(self.idle):
-            self.kill(worker, "key holder restarted")
-        self.idle.clear()
+        self.retire_idle("key holder restarted")
         if not self.stopping:
             self.restart_keyholder()
 
@@ -809,7 +882,9 @@ class Supervisor:
             self.resolve_backends(gen)
             for lst in config.listeners:
                 if lst not in self.listener_of:
-                    opened[lst] = open_listener(lst)
+                    opened[lst] = open_listener(lst, config.transparent == "yes")
+                else:
+                    set_transparent(self.listener_of[lst], config.transparent == "yes")
             gen.keyholder.start()
             self.start_zygote(gen)
         except (ConfigError, StartupError, KeyHolderError, RuntimeError, OSError,
@@ -854,7 +929,7 @@ class Supervisor:
     # -- shutdown --------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop accepting, let connections in flight finish (up to DRAIN_TIMEOUT)."""
+        """Stop accepting, let connections in flight finish (up to drain-timeout)."""
         if self.stopping:
             return
         self.stopping = True
@@ -867,7 +942,7 @@ class Supervisor:
         for worker in list(self.idle):
             self.kill(worker, "shutdown")
         self.idle.clear()
-        self.loop.call_later(DRAIN_TIMEOUT, self.force_stop)
+        self.loop.call_later(self.config.drain_timeout, self.force_stop)
         if self.drained:
             self.loop.stop()
 

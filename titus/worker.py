@@ -15,9 +15,9 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from titus import control, remotekey
+from titus import control, remotekey, stapling
 from titus.clienthello import NotTLS, parse_sni
 from titus.config_model import VHost
 from titus.pump import Counters, Reset, TLSPump, handshake, relay
@@ -28,12 +28,33 @@ KEYHOLDER_FD = 1
 
 @dataclass
 class WorkerTable:
-    """What every worker inherits from the supervisor: built once, before forking."""
+    """What every worker inherits from the supervisor: built once, before forking.
+
+    ``staples`` (one (response, expiry) per vhost, None without ``ocsp-response``)
+    are installed into the contexts here; ``update_staples`` gives the workers
+    forked from then on the new responses, since a worker can read no file.
+    """
 
     vhosts: Sequence[VHost]
     contexts: Sequence[ssl.SSLContext]
     handshake_timeout: float
     keyholder_timeout: float = 2.0
+    staple_values: Sequence[tuple[bytes | None, float | None] | None] = ()
+    staples: list[stapling.Stapled | None] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        for ctx, value in zip(self.contexts, self.staple_values or [None] * len(self.contexts),
+                              strict=True):
+            staple = None if value is None else stapling.Stapled(*value)
+            if staple is not None:
+                stapling.enable(ctx, staple)
+            self.staples.append(staple)
+
+    def update_staples(self, values: Sequence[tuple[bytes | None, float | None] | None]
+                       ) -> None:
+        for staple, value in zip(self.staples, values, strict=True):
+            if staple is not None and value is not None:
+                staple.der, staple.expires = value
 
 
 class Finish(Exception):
@@ -130,6 +151,9 @@ def serve(
     except ssl.SSLError as e:
         # OpenSSL's errors carry .reason; one raised by titus itself may not.
         raise Finish("handshake-failed", getattr(e, "reason", None) or str(e)) from None
+    except Reset:
+        # e.g. the client sent its ClientHello and closed: our answer drew a reset.
+        raise Finish("handshake-failed", "the client reset the connection") from None
     cipher = tls.cipher()
     ctl.send(
         control.encode(

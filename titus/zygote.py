@@ -33,11 +33,14 @@ class ZygoteSetup:
     chains: tuple[CertChain, ...]  # by key id
     handshake_timeout: float
     keyholder_timeout: float
+    staples: tuple[tuple[bytes | None, float | None] | None, ...]  # per vhost (OCSP)
 
 
 def setup(arg: ZygoteSetup) -> dict[str, Recipe]:
     contexts = build_contexts(arg.vhosts, arg.key_ids, arg.chains)
     table = WorkerTable(vhosts=arg.vhosts, contexts=contexts,
                         handshake_timeout=arg.handshake_timeout,
-                        keyholder_timeout=arg.keyholder_timeout)
-    return {WORKER: Recipe(arg.worker_spec, worker_main, (table,))}
+                        keyholder_timeout=arg.keyholder_timeout,
+                        staple_values=arg.staples)
+    return {WORKER: Recipe(arg.worker_spec, worker_main, (table,),
+                           update=table.update_staples)}
