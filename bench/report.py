@@ -265,15 +265,17 @@ def breakdown(key: dict[str, Any]) -> list[str]:
     if costs:
         j, k, lg = costs["jail"], costs["keyholder"], costs["log"]
         rows += [
-            ("jail creation, parent side: wall", "Launcher.spawn of the titus-worker "
-             "spec until the jail is ready (bench/titus_costs.py)",
+            ("jail creation, parent side: wall", "a worker jail asked of the zygote, "
+             "until it is ready (bench/titus_costs.py)",
              _f(j["spawn_wall_ms"]["p50"])),
-            ("jail creation, parent side: CPU", "supervisor-side CPU of that spawn",
+            ("jail creation, parent side: CPU", "CPU of the asking process and the "
+             "zygote for that spawn",
              _f(j["spawn_parent_cpu_ms"]["p50"])),
             ("jail creation + exit, child side: CPU", "namespaces, empty root, caps, "
              "seccomp, then exit and PID-namespace teardown (RUSAGE_CHILDREN)",
              _f(j["child_cpu_ms"]["p50"])),
-            ("minor faults of that spawn: parent / child", "getrusage ru_minflt",
+            ("minor faults of that spawn: zygote / child", "minflt of the zygote, "
+             "ru_minflt of the child",
              f"{j.get('parent_minor_faults', {}).get('p50', 0):.0f} / "
              f"{j.get('child_minor_faults', {}).get('p50', 0):.0f} (count)"),
             ("reaping", "waitpid + Launcher.reaped once the jail has exited",

@@ -3,14 +3,14 @@
 Run by run.py as `taskset -c 0 python bench/titus_costs.py --config titus.conf` (as
 root, on the proxy CPU, while nothing else runs there); prints one JSON object.
 
-* jail: `Launcher.spawn` of the real titus-worker JailSpec (the same profile,
-  seccomp program and 3 passed fds as the supervisor uses), in a process that
-  has built the same Supervisor state (contexts, profiles), with a target that
-  returns at once.  Parent side: wall and CPU of spawn() (fork, id maps, the
-  handshake with the child).  Child side: the CPU of the jailed child, read
-  from RUSAGE_CHILDREN after it is reaped (namespaces, empty root, capability
-  drop, seccomp, then exit and the PID-namespace teardown).  Reap: waitpid +
-  Launcher.reaped after the child is known to have exited.
+* jail: worker jails from a real zygote (titus/zygote.py: the same profile,
+  seccomp program, recipe and 3 passed fds as the supervisor uses), each told
+  to leave at once.  Parent side: wall from the request to the reply, and the
+  CPU of this process plus the zygote's (clone, id maps, the handshake with
+  the child).  Child side: the CPU of the jailed child, read from
+  RUSAGE_CHILDREN after it is reaped (namespaces, shared empty root,
+  capability drop, seccomp, then exit and the PID-namespace teardown).  Reap:
+  waitpid + Launcher.reaped after the child is known to have exited.
 * log: one "connection" record through titus.logs (JSON) to /dev/null.
 * key holder: a real key-holder jail (titus.keyservice.KeyHolder) with the
   benchmark key; TLS 1.3 handshakes in memory between a Python client and a
@@ -38,17 +38,18 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from common import proc_faults  # bench/ is this script's directory
+
+from sandbox.forkserver import ForkServer
+from sandbox.launcher import JailProcess
 from titus import logs, remotekey
 from titus.config import load_config
 from titus.keyservice import KeyHolder
 from titus.supervisor import Supervisor, key_slots
 from titus.tlsconfig import build_contexts
+from titus.zygote import WORKER
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _noop() -> None:
-    return None
 
 
 def _rusage_cpu(who: int) -> float:
@@ -72,24 +73,50 @@ def _summary(values: list[float]) -> dict[str, float]:
             if values else float("nan"), "n": len(values)}
 
 
-def jail_cost(sup: Supervisor, count: int) -> dict[str, Any]:
+def _zygote_spawn(sup: Supervisor, zygote: ForkServer, fds: list[int]) -> JailProcess:
+    """One worker jail from the zygote, as the supervisor asks for it (but waiting)."""
+    uid_range = sup.worker_spec.uid_range
+    uid = sup.launcher.uids(uid_range).allocate()
+    zygote.request(WORKER, uid, fds)
+    while True:
+        select.select([zygote.fileno()], [], [], 10)
+        replies = zygote.replies()
+        if replies is None:
+            raise RuntimeError("the zygote died")
+        if replies:
+            reply = replies[0]
+            break
+    if reply.pid is None or reply.error is not None:
+        raise RuntimeError(f"spawn failed: {reply.error}")
+    return sup.launcher.adopt(reply.pid, uid, "titus-worker", uid_range)
+
+
+def jail_cost(sup: Supervisor, zygote: ForkServer, count: int) -> dict[str, Any]:
+    """Worker jails cloned by a real zygote (the titus-worker spec and recipe, the
+    same 3 fds), told to leave at once (their control channel closes).  Parent
+    side: this process's and the zygote's CPU for the request (the zygote clones,
+    writes the id maps, waits for the jail to be ready).  Child side: the jail's
+    CPU from RUSAGE_CHILDREN (it is our child: CLONE_PARENT)."""
     spawn_wall, spawn_cpu, child_cpu, reap_wall, run_wall = [], [], [], [], []
     parent_faults, child_faults = [], []
+    zygote_cpu0 = _proc_cpu(zygote.pid)  # in clock ticks: only its total means anything
     for _ in range(count):
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             cpu0, kids0 = _rusage_cpu(resource.RUSAGE_SELF), _rusage_cpu(
                 resource.RUSAGE_CHILDREN)
-            f0, kf0 = _faults(resource.RUSAGE_SELF), _faults(resource.RUSAGE_CHILDREN)
+            zf0 = proc_faults(zygote.pid)[0]
+            kf0 = _faults(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            jail = sup.launcher.spawn(sup.worker_spec, _noop, (),
-                                      fds=[b.fileno(), d.fileno(), 2])
+            jail = _zygote_spawn(sup, zygote, [b.fileno(), d.fileno(), 2])
             t1 = time.perf_counter()
-            cpu1, f1 = _rusage_cpu(resource.RUSAGE_SELF), _faults(resource.RUSAGE_SELF)
+            cpu1 = _rusage_cpu(resource.RUSAGE_SELF)
+            zf1 = proc_faults(zygote.pid)[0]
         finally:
             b.close()
             d.close()
+        a.close()  # the worker reads EOF: retired before any connection, it exits
         pidfd = os.pidfd_open(jail.pid)
         try:
             if not select.select([pidfd], [], [], 10)[0]:
@@ -102,9 +129,8 @@ def jail_cost(sup: Supervisor, count: int) -> dict[str, Any]:
         if jail.returncode is None:
             jail.wait(10)
         kids1, kf1 = _rusage_cpu(resource.RUSAGE_CHILDREN), _faults(resource.RUSAGE_CHILDREN)
-        parent_faults.append(f1 - f0)
+        parent_faults.append(zf1 - zf0)
         child_faults.append(kf1 - kf0)
-        a.close()
         c.close()
         spawn_wall.append((t1 - t0) * 1e3)
         spawn_cpu.append((cpu1 - cpu0) * 1e3)
@@ -113,9 +139,11 @@ def jail_cost(sup: Supervisor, count: int) -> dict[str, Any]:
         reap_wall.append((t3 - t2) * 1e3)
         if jail.returncode != 0:
             raise RuntimeError(f"jail exited with {jail.returncode}")
+    zygote_ms = (_proc_cpu(zygote.pid) - zygote_cpu0) * 1e3 / count
+    spawn_cpu = [ms + zygote_ms for ms in spawn_cpu]
     return {"spawn_wall_ms": _summary(spawn_wall), "spawn_parent_cpu_ms": _summary(spawn_cpu),
             "child_cpu_ms": _summary(child_cpu), "exit_wall_ms": _summary(run_wall),
-            "reap_wall_ms": _summary(reap_wall), "parent_rss_kib": _rss_kib(),
+            "reap_wall_ms": _summary(reap_wall), "parent_rss_kib": _rss_kib(zygote.pid),
             "parent_minor_faults": _summary(parent_faults),
             "child_minor_faults": _summary(child_faults)}
 
@@ -150,8 +178,8 @@ def cow_cost(pages: int = 4096, reps: int = 20) -> dict[str, Any]:
             "us_per_cow_fault": extra * 1e3 / pages}
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
+def _rss_kib(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
@@ -308,14 +336,17 @@ def main() -> int:
     config = load_config(args.config)
     config = replace(config, uid_first=args.uid_first, uid_count=1024)
     sup = Supervisor(config)
+    sup.start_zygote(sup.gen)
+    zygote = sup.gen.zygote
+    assert zygote is not None
     try:
         result: dict[str, Any] = {"affinity": sorted(os.sched_getaffinity(0))}
-        sup.launcher.spawn(sup.worker_spec, _noop, (), fds=[2, 2, 2]).wait(10)  # warm-up
-        result["jail"] = jail_cost(sup, args.jails)
+        result["jail"] = jail_cost(sup, zygote, args.jails)
         result["keyholder"] = keyholder_cost(sup, args.handshakes)
         result["log"] = log_cost(args.logs)
         result["cow"] = cow_cost()
     finally:
+        zygote.close()
         sup.launcher.close()
     print(json.dumps(result))
     return 0

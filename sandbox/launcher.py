@@ -213,7 +213,7 @@ class Launcher:
             try:
                 self._roots[key] = rootfs.SharedRoot(spec)
             except OSError as e:
-                raise JailError("rootfs", e.errno or 0, str(e)) from None
+                raise JailError("rootfs", e.errno or 0, e.strerror or str(e)) from None
         return self._roots[key].fd
 
     def _open_netns(self, spec: JailSpec) -> tuple[int, int]:

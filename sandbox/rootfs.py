@@ -100,7 +100,10 @@ class SharedRoot:
                 os.read(done_r, 1)  # hold the namespace until the parent has it
                 code = 0
             except BaseException as e:
-                os.write(ready_w, f"E{e}".encode(errors="replace"))
+                err = e.errno or 0 if isinstance(e, OSError) else 0
+                text = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and \
+                    e.filename else getattr(e, "strerror", None) or str(e)
+                os.write(ready_w, f"E{err}\0{text}".encode(errors="replace"))
             finally:
                 os._exit(code)
         os.close(ready_w)
@@ -108,7 +111,8 @@ class SharedRoot:
         try:
             answer = os.read(ready_r, 4096)
             if answer != b"k":
-                raise OSError(0, answer[1:].decode(errors="replace") or "the builder died")
+                err, _, text = answer[1:].partition(b"\0")
+                raise OSError(int(err or 0), text.decode(errors="replace") or "the builder died")
             self.fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         finally:
             os.close(ready_r)
