@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := gcc libcap-dev libseccomp2 openssl curl iproute2 groff-base n
                    testssl.sh sslscan
 BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk
 
-.PHONY: run test test-container lint docs fuzz deps bench clean
+.PHONY: run test soak test-container lint docs fuzz deps bench clean
 
 run: $(VENV)/.stamp
 	$(PY) -m titus.demo
@@ -23,6 +23,12 @@ test: $(VENV)/.stamp
 # real jails inside it (installs podman, runc, debootstrap; caches in build/).
 test-container: $(VENV)/.stamp
 	bash contrib/test-container.sh
+
+# The churn soak at full size (`make test` runs it with 600 connections): 10,000
+# connections of random client behaviours, then nothing may have leaked.
+soak: $(VENV)/.stamp
+	TITUS_SOAK_CONNECTIONS=$(or $(SOAK_CONNECTIONS),10000) \
+	  $(PY) -m pytest -q -s -p no:cacheprovider tests/soak
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check .
