@@ -28,9 +28,9 @@ from dataclasses import dataclass, field, replace
 from sandbox.errors import JailError
 from sandbox.forkserver import ForkServer, ForkServerError
 from sandbox.launcher import JailProcess, Launcher, Violation
-from sandbox.profile import load_profile
+from sandbox.profile import Profile, load_profile
 from sandbox.seccomp import syscall_name
-from sandbox.spec import JailSpec, UidRange
+from sandbox.spec import JailSpec, NetworkMode, UidRange
 from sandbox.uids import UidExhausted
 from titus import control, logs, ocsp, proxyproto, sdnotify
 from titus.broker import BackendConnect
@@ -155,6 +155,25 @@ def _real_uid(pid: int) -> int | None:
     return None
 
 
+def _jail_profile(name: str) -> Profile:
+    """A titus jail profile, which must keep every layer titus's promises rest on: an
+    operator's edit may change the syscall list, not drop the filter or the empty root."""
+    profile = load_profile(name)
+    spec = profile.spec
+    missing = [what for what, ok in (
+        ("a [seccomp] table", spec.seccomp_bpf is not None),
+        ("empty_root = true", spec.empty_root),
+        ("no_new_privs = true", spec.no_new_privs),
+        ("capabilities dropped", spec.drop_capabilities),
+        ("dumpable = false", not spec.dumpable),
+        ("a network that is not the host's", spec.network != NetworkMode.HOST),
+    ) if not ok]
+    if missing:
+        raise StartupError(f"{profile.path}: titus will not run its {name} jails without "
+                           f"{', '.join(missing)}")
+    return profile
+
+
 def key_slots(config: Config) -> tuple[list[KeySlot], list[int]]:
     """One key-holder slot per distinct (key, cert) pair; the slot of each vhost."""
     slots: dict[tuple[str, str], KeySlot] = {}
@@ -179,9 +198,9 @@ class Supervisor:
         self.loop = Loop()
         self.launcher = Launcher()
         uid_range = UidRange(config.uid_first, config.uid_count)
-        self.worker_spec: JailSpec = replace(load_profile("titus-worker").spec,
+        self.worker_spec: JailSpec = replace(_jail_profile("titus-worker").spec,
                                              name="titus-worker", uid_range=uid_range)
-        keyholder = load_profile("titus-keyholder").spec
+        keyholder = _jail_profile("titus-keyholder").spec
         rlimits = tuple((k, v) for k, v in keyholder.rlimits if k != "nofile")
         self.keyholder_spec: JailSpec = replace(
             keyholder, name="titus-keyholder", uid_range=uid_range,
@@ -553,10 +572,11 @@ class Supervisor:
     def accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
             if not self.idle:
-                if self.fd_short is None:
-                    self.pause()  # connections wait in the kernel's backlog for a worker
                 self.refill()
-                if not self.idle and self.fd_short is None:
+                # Out of fds with no worker on its way, the client is refused below;
+                # otherwise it waits in the kernel's backlog for a worker.
+                if not self.idle and (self.fd_short is None or self.gen.pending):
+                    self.pause()
                     return
             try:
                 client, peer = listener.accept()
