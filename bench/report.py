@@ -235,7 +235,8 @@ def breakdown(key: dict[str, Any]) -> list[str]:
     rows: list[tuple[str, str, str]] = []
     if vivo:
         hs, dur = vivo["log"]["handshake_ms"], vivo["log"]["duration_ms"]
-        total = vivo["supervisor_ms"] + vivo["workers_ms"] + vivo["keyholder_ms"]
+        total = vivo["supervisor_ms"] + vivo["workers_ms"] + vivo["keyholder_ms"] + \
+            vivo.get("zygote_ms", 0.0)
         lines.append(
             f"In vivo: one `s_time` client, connections one after another for "
             f"{vivo['wall_s']:.0f} s: {vivo['connections_logged']} connections, "
@@ -244,10 +245,12 @@ def breakdown(key: dict[str, Any]) -> list[str]:
             f"every worker is its child and is reaped by it) and of the key holder.")
         lines.append("")
         rows += [
-            ("**titus CPU per connection, total**", "sum of the three below",
+            ("**titus CPU per connection, total**", "sum of the parts below",
              _f(total)),
-            ("supervisor", "accept, spawn (fork + id maps), hand-off, backend connect, "
-             "reap, log", _f(vivo["supervisor_ms"])),
+            ("supervisor", "accept, asking the zygote for a worker, hand-off, backend "
+             "connect, reap, log", _f(vivo["supervisor_ms"])),
+            ("zygote", "cloning the worker, id maps, waiting for its jail to be ready",
+             _f(vivo.get("zygote_ms", 0.0))),
             ("workers", "jail set-up inside the child, TLS handshake, pumping, exit",
              _f(vivo["workers_ms"])),
             ("key holder", "one signature per connection + its IPC",
@@ -298,14 +301,14 @@ def breakdown(key: dict[str, Any]) -> list[str]:
         if vivo:
             pump = vivo["workers_ms"] - j["child_cpu_ms"]["p50"] - k["remote_server_cpu_ms"][
                 "p50"]
-            sup_rest = vivo["supervisor_ms"] - j["spawn_parent_cpu_ms"]["p50"] - \
-                j["reap_wall_ms"]["p50"] - lg["log_record_ms"]["p50"]
+            sup_rest = vivo["supervisor_ms"] - j["reap_wall_ms"]["p50"] - \
+                lg["log_record_ms"]["p50"]
             rows += [
                 ("worker remainder (derived)", "workers - jail child side - handshake CPU: "
                  "pumping one request/response, backend hand-off, Python's own work",
                  _f(pump)),
-                ("supervisor remainder (derived)", "supervisor - spawn - reap - log: accept, "
-                 "hand-off, backend connect, event loop", _f(sup_rest)),
+                ("supervisor remainder (derived)", "supervisor - reap - log: accept, asking "
+                 "the zygote, hand-off, backend connect, event loop", _f(sup_rest)),
             ]
         cow = costs.get("cow")
         if vivo and cow:
@@ -410,7 +413,8 @@ def meaning(keys: dict[str, Any], names: list[str]) -> list[str]:
         b = key.get("titus_breakdown", {})
         vivo, costs = b.get("in_vivo"), b.get("costs")
         if vivo and costs:
-            total = vivo["supervisor_ms"] + vivo["workers_ms"] + vivo["keyholder_ms"]
+            total = vivo["supervisor_ms"] + vivo["workers_ms"] + vivo["keyholder_ms"] + \
+                vivo.get("zygote_ms", 0.0)
             jail = costs["jail"]["spawn_parent_cpu_ms"]["p50"] + costs["jail"][
                 "child_cpu_ms"]["p50"]
             hs = costs["keyholder"]["remote_server_cpu_ms"]["p50"] + costs["keyholder"][
@@ -427,9 +431,10 @@ def meaning(keys: dict[str, Any], names: list[str]) -> list[str]:
                 in_jail = costs["jail"]["parent_minor_faults"]["p50"] + costs["jail"][
                     "child_minor_faults"]["p50"]
                 outside = max(0.0, nf - in_jail) * us / 1e3
+                zygote_mib = costs["jail"].get("parent_rss_kib", 0) / 1024
                 text += (f". About {nf:.0f} page faults per connection (copy-on-write after "
-                         f"forking a ~{(vivo.get('supervisor_rss_kib') or 0) / 1024:.0f} MB "
-                         f"Python process, at ~{us:.1f} us each) cost an estimated "
+                         f"a clone of the ~{zygote_mib:.0f} MB zygote, and first touches, "
+                         f"at ~{us:.1f} us each) cost an estimated "
                          f"{nf * us / 1e3:.1f} ms, {outside:.1f} ms of it outside the jail "
                          "figure")
                 rest -= outside
@@ -441,7 +446,7 @@ def meaning(keys: dict[str, Any], names: list[str]) -> list[str]:
                 "connecting the backend, pumping, reaping, logging. In titus's log a "
                 f"handshake takes {hs_log:.1f} ms of wall time (p50) against {hs_mem:.2f} ms "
                 "for the same handshake in a warm process: the worker runs it while it is "
-                "fresh from the fork (taking its faults) and while the supervisor forks the "
+                "fresh from the clone (taking its faults) and while the zygote clones the "
                 "next spare on the same core (the likely reasons; the benchmark does not "
                 "separate them).")
     c = collected

@@ -210,6 +210,7 @@ def titus_breakdown(proxy: proxies.Proxy, target: load.Target, conf: Path, tmp: 
         sup0, flt0 = common.proc_cpu(proxy.pid), common.proc_faults(proxy.pid)
         kh0 = common.proc_cpu(kh)[0] if kh else 0.0
         live0 = _live_workers_cpu(proxy, kh)
+        zyg0 = _zygotes_cpu(proxy)
         t0 = time.monotonic()
         rate = load.conn_rate(target, 1, seconds, tmp)
         wall = time.monotonic() - t0
@@ -217,6 +218,7 @@ def titus_breakdown(proxy: proxies.Proxy, target: load.Target, conf: Path, tmp: 
         sup1, flt1 = common.proc_cpu(proxy.pid), common.proc_faults(proxy.pid)
         kh1 = common.proc_cpu(kh)[0] if kh else 0.0
         live1 = _live_workers_cpu(proxy, kh)
+        zyg1 = _zygotes_cpu(proxy)
         summary = titus_log_summary(proxy.new_log_records())
         n = summary["connections"] or 1
         res["in_vivo"] = {
@@ -225,6 +227,7 @@ def titus_breakdown(proxy: proxies.Proxy, target: load.Target, conf: Path, tmp: 
             "supervisor_ms": (sup1[0] - sup0[0]) * 1e3 / n,
             "workers_ms": ((sup1[1] - sup0[1]) + (live1 - live0)) * 1e3 / n,
             "keyholder_ms": (kh1 - kh0) * 1e3 / n,
+            "zygote_ms": (zyg1 - zyg0) * 1e3 / n,
             "supervisor_minor_faults": (flt1[0] - flt0[0]) / n,
             "workers_minor_faults": (flt1[1] - flt0[1]) / n,
             "log": summary, "keyholder_pid": kh,
@@ -269,6 +272,10 @@ def _rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _zygotes_cpu(proxy: proxies.Proxy) -> float:
+    return sum(common.proc_cpu(p)[0] for p in proxies.titus_zygotes(proxy))
 
 
 def _live_workers_cpu(proxy: proxies.Proxy, keyholder: int | None) -> float:
