@@ -25,6 +25,8 @@ from typing import Any
 import common
 from certs import CertSet
 
+from sandbox.uids import process_uid
+
 ROOT = Path(__file__).resolve().parent.parent
 PROXY_NAMES = ("titus", "stunnel", "hitch")
 
@@ -111,25 +113,14 @@ def start_titus(tmp: Path, certs: CertSet, backend_port: int) -> Proxy:
     return proxy
 
 
-def _real_uid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def titus_workers(proxy: Proxy) -> list[int]:
     """Live jailed children of the titus supervisor (workers and the key holder)."""
-    return [p for p in common.tree(proxy.pid) if p != proxy.pid and _real_uid(p) not in (0, None)]
+    return [p for p in common.tree(proxy.pid) if p != proxy.pid and process_uid(p) not in (0, None)]
 
 
 def titus_zygotes(proxy: Proxy) -> list[int]:
     """The supervisor's unjailed children: the zygote that clones the workers."""
-    return [p for p in common.tree(proxy.pid) if p != proxy.pid and _real_uid(p) == 0]
+    return [p for p in common.tree(proxy.pid) if p != proxy.pid and process_uid(p) == 0]
 
 
 def wait_titus_spares(proxy: Proxy, count: int, timeout: float) -> int:

@@ -35,6 +35,8 @@ import load
 import proxies
 import report
 
+from sandbox.uids import process_uid
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 TOOLS = ("openssl", "curl", "wrk", "nginx", "stunnel4", "hitch", "taskset")
@@ -247,19 +249,8 @@ def titus_breakdown(proxy: proxies.Proxy, target: load.Target, conf: Path, tmp: 
 
 def titus_keyholder(proxy: proxies.Proxy) -> int | None:
     for pid in proxies.titus_workers(proxy):
-        if _uid(pid) == proxies.TITUS_UID_FIRST:
+        if process_uid(pid) == proxies.TITUS_UID_FIRST:
             return pid
-    return None
-
-
-def _uid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
     return None
 
 

@@ -39,3 +39,15 @@ class UidAllocator:
     @property
     def live(self) -> frozenset[int]:
         return frozenset(self._live)
+
+
+def process_uid(pid: int) -> int | None:
+    """The real uid of a live process (None if it is gone): a jail's host uid."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None

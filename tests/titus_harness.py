@@ -23,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
+from sandbox.uids import process_uid
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -58,25 +60,23 @@ class Titus:
                 return
             time.sleep(0.02)
 
-    def worker_pids(self) -> list[int]:
+    def children(self) -> list[int]:
+        """The supervisor's live children (it has one thread)."""
         assert self.proc is not None
         try:
             with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                children = [int(p) for p in f.read().split()]
+                return [int(p) for p in f.read().split()]
         except FileNotFoundError:
             return []
-        return [p for p in children if _cmd_uid(p) not in (None, 0)]
+
+    def worker_pids(self) -> list[int]:
+        """The jailed children: workers and the key holder (never uid 0)."""
+        return [p for p in self.children() if process_uid(p) not in (None, 0)]
 
     def zygote_pids(self) -> list[int]:
         """titus's zygotes: the unjailed fork servers that clone its workers."""
-        assert self.proc is not None
-        try:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                children = [int(p) for p in f.read().split()]
-        except FileNotFoundError:
-            return []
         out = []
-        for pid in (p for p in children if _cmd_uid(p) == 0):
+        for pid in (p for p in self.children() if process_uid(p) == 0):
             with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
                 if b"sandbox.forkserver" in f.read():
                     out.append(pid)
@@ -145,17 +145,6 @@ class Titus:
 def _parse_addr(text: str) -> tuple[str, int]:
     host, port = text.strip("()").replace("'", "").split(", ")
     return host, int(port)
-
-
-def _cmd_uid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except FileNotFoundError:
-        return None
-    return None
 
 
 # -- backends -------------------------------------------------------------------------

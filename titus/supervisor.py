@@ -31,7 +31,7 @@ from sandbox.launcher import JailProcess, Launcher, Violation
 from sandbox.profile import Profile, load_profile
 from sandbox.seccomp import syscall_name
 from sandbox.spec import JailSpec, NetworkMode, UidRange
-from sandbox.uids import UidExhausted
+from sandbox.uids import UidExhausted, process_uid
 from titus import control, logs, ocsp, proxyproto, sdnotify
 from titus.broker import BackendConnect
 from titus.config_model import Config, Listener, VHost
@@ -142,17 +142,6 @@ def _children() -> list[int]:
             return [int(pid) for pid in f.read().split()]
     except OSError:
         return []
-
-
-def _real_uid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def _jail_profile(name: str) -> Profile:
@@ -489,7 +478,7 @@ class Supervisor:
         known.update(g.zygote.pid for g in (self.gen, *self.old_gens) if g.zygote is not None)
         uid_range, orphans = self.worker_spec.uid_range, []
         for pid in _children():
-            uid = _real_uid(pid)
+            uid = process_uid(pid)
             if pid in known or uid is None or not \
                     uid_range.first <= uid < uid_range.first + uid_range.count:
                 continue
