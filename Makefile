@@ -43,7 +43,7 @@ FUZZ_SECONDS ?= 60
 fuzz: $(VENV)/.stamp
 	@for h in tests/fuzz/atheris/fuzz_*.py; do \
 	  n=$$(basename $$h .py); n=$${n#fuzz_}; mkdir -p build/fuzz/$$n/corpus; echo "== $$n"; \
-	  $(PY) $$h -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	  TMPDIR=$(CURDIR)/build/fuzz/$$n $(PY) $$h -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
 	    -artifact_prefix=build/fuzz/$$n/ build/fuzz/$$n/corpus || exit 1; \
 	done
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 MAX_PACKET = 4096
@@ -89,7 +89,7 @@ OUTCOMES = frozenset(
 
 
 def encode(msg: object) -> bytes:
-    body = asdict(msg)  # type: ignore[call-overload]
+    body = vars(msg)  # flat messages: asdict's recursive deep copy is not needed
     data = _TYPE_OF[type(msg)].encode() + json.dumps(body, separators=(",", ":")).encode()
     if len(data) > MAX_PACKET:
         raise ControlError(f"{type(msg).__name__} message too large ({len(data)} bytes)")
@@ -111,6 +111,14 @@ def _body(packet: bytes, types: dict[str, type]) -> tuple[type, dict[str, Any]]:
     return types[code], body
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _field(
     body: dict[str, Any],
     name: str,
@@ -125,6 +133,10 @@ def _field(
         raise ControlError(f"field {name!r} has the wrong type")
     if isinstance(value, str) and len(value) > limit:
         raise ControlError(f"field {name!r} is too long")
+    if isinstance(value, str) and not _is_unicode(value):
+        # JSON's "\ud800" (and json.loads' surrogatepass on raw bytes) give lone
+        # surrogates, which no header or log can encode.
+        raise ControlError(f"field {name!r} is not valid Unicode")
     if isinstance(value, float) and not math.isfinite(value):
         raise ControlError(f"field {name!r} is not finite")
     if isinstance(value, int) and not 0 <= value < 2**63:

@@ -27,7 +27,11 @@ PP2_CLIENT_SSL = 0x01
 PP2_CLIENT_CERT_CONN = 0x02
 PP2_CLIENT_CERT_SESS = 0x04
 
-_MAX_TLV_VALUE = 0xFFFF
+_MAX_TLV_VALUE = 0xFFFF  # a TLV's length and the v2 header's length are u16
+
+
+class EncodeError(ValueError):
+    """A value that cannot go into a PROXY header: refused, never truncated."""
 
 
 @dataclass(frozen=True)
@@ -54,18 +58,34 @@ def _pair(src: tuple[str, int], dst: tuple[str, int]):
     return s, d
 
 
+def _ports(src: tuple[str, int], dst: tuple[str, int]) -> None:
+    for port in (src[1], dst[1]):
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+            raise EncodeError(f"port {port!r} is not in 0..65535")
+
+
+def _text(what: str, value: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EncodeError(f"{what} is not valid Unicode text") from None
+
+
 def v1(src: tuple[str, int], dst: tuple[str, int]) -> bytes:
+    _ports(src, dst)
     s, d = _pair(src, dst)
     proto = "TCP4" if s.version == 4 else "TCP6"
     return f"PROXY {proto} {s} {d} {src[1]} {dst[1]}\r\n".encode()
 
 
 def _tlv(kind: int, value: bytes) -> bytes:
-    value = value[:_MAX_TLV_VALUE]
+    if len(value) > _MAX_TLV_VALUE:
+        raise EncodeError(f"TLV {kind:#04x}: {len(value)} bytes, at most {_MAX_TLV_VALUE}")
     return struct.pack("!BH", kind, len(value)) + value
 
 
 def v2(src: tuple[str, int], dst: tuple[str, int], tls: TLSFacts | None = None) -> bytes:
+    _ports(src, dst)
     s, d = _pair(src, dst)
     if s.version == 4:
         family, addrs = _TCP4, s.packed + d.packed + struct.pack("!HH", src[1], dst[1])
@@ -74,21 +94,24 @@ def v2(src: tuple[str, int], dst: tuple[str, int], tls: TLSFacts | None = None) 
     tlvs = b""
     if tls is not None:
         if tls.alpn:
-            tlvs += _tlv(PP2_TYPE_ALPN, tls.alpn.encode())
+            tlvs += _tlv(PP2_TYPE_ALPN, _text("alpn", tls.alpn))
         if tls.sni:
-            tlvs += _tlv(PP2_TYPE_AUTHORITY, tls.sni.encode())
+            tlvs += _tlv(PP2_TYPE_AUTHORITY, _text("sni", tls.sni))
         sub = b""
         if tls.version:
-            sub += _tlv(PP2_SUBTYPE_SSL_VERSION, tls.version.encode())
+            sub += _tlv(PP2_SUBTYPE_SSL_VERSION, _text("version", tls.version))
         if tls.cipher:
-            sub += _tlv(PP2_SUBTYPE_SSL_CIPHER, tls.cipher.encode())
+            sub += _tlv(PP2_SUBTYPE_SSL_CIPHER, _text("cipher", tls.cipher))
         client = PP2_CLIENT_SSL
         if tls.client_cn is not None:
             client |= PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS
-            sub += _tlv(PP2_SUBTYPE_SSL_CN, tls.client_cn.encode())
+            sub += _tlv(PP2_SUBTYPE_SSL_CN, _text("client_cn", tls.client_cn))
         # verify = 0: the client certificate, if any, was verified.
         tlvs += _tlv(PP2_TYPE_SSL, struct.pack("!BI", client, 0) + sub)
     body = addrs + tlvs
+    if len(body) > _MAX_TLV_VALUE:
+        raise EncodeError(f"a v2 header of {len(body)} bytes after the fixed part, "
+                          f"at most {_MAX_TLV_VALUE}")
     return V2_SIGNATURE + struct.pack("!BBH", _V2_PROXY, family, len(body)) + body
 
 

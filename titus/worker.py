@@ -149,8 +149,10 @@ def serve(
     try:
         handshake(pump, left)
     except ssl.SSLError as e:
-        # OpenSSL's errors carry .reason; one raised by titus itself may not.
-        raise Finish("handshake-failed", getattr(e, "reason", None) or str(e)) from None
+        # OpenSSL's errors carry .reason; one raised by titus itself has its text alone
+        # (str() of an SSLError made from one string shows the args tuple).
+        text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+        raise Finish("handshake-failed", getattr(e, "reason", None) or text) from None
     except Reset:
         # e.g. the client sent its ClientHello and closed: our answer drew a reset.
         raise Finish("handshake-failed", "the client reset the connection") from None
