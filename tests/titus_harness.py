@@ -524,3 +524,95 @@ def run_cli(config: Path, *args: str, timeout: float = 30) -> tuple[int, str, st
         time.sleep(0.02)
     assert not left, f"still running after titus exited ({proc.returncode}): {left}"
     return proc.returncode, out, err
+
+
+# -- a supervisor forked from the test, with workers from a rogue zygote ----------------------
+
+
+def _forked_supervisor(config_path: Path, log_path: Path, zygote_setup: str | None) -> None:
+    """Body of the forked child: the real supervisor; never returns (os._exit)."""
+    code = 1
+    try:
+        os.setsid()
+        from titus import logs
+        from titus.config import load_config
+        from titus.supervisor import Supervisor
+
+        with open(log_path, "a") as stream:
+            logs.setup("json", stream=stream)
+            supervisor = Supervisor(load_config(config_path))
+            if zygote_setup is not None:
+                supervisor.zygote_setup = zygote_setup
+            supervisor.start()
+            supervisor.serve_forever()
+        code = 0
+    except BaseException:
+        import traceback
+
+        with contextlib.suppress(Exception), open(log_path, "a") as f:
+            f.write(traceback.format_exc())
+    finally:
+        os._exit(code)
+
+
+class ForkedTitus(Titus):
+    """A real supervisor forked from the test, whose zygote runs `zygote_setup`
+    (module:function, e.g. one that replaces titus.worker.serve with attacker code):
+    the workers are real ones, cloned into real jails, running what the test says."""
+
+    def __init__(self, tmp: Path, config: str, zygote_setup: str | None = None) -> None:
+        super().__init__(tmp, config)
+        self.zygote_setup = zygote_setup
+        self.pid = 0
+
+    def start_forked(self) -> Self:
+        self.log_path.write_bytes(b"")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child ends in os._exit
+            _forked_supervisor(self.config_path, self.log_path, self.zygote_setup)
+        self.pid = pid
+        started = self.wait_forked(lambda r: r.get("event") == "started")
+        self.addresses = [_parse_addr(a) for a in started["listeners"]]
+        return self
+
+    def children(self) -> list[int]:
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                return [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            return []
+
+    def alive(self) -> bool:
+        """True while the forked supervisor runs; reaps it (pid 0) once it has exited."""
+        if self.pid and os.waitpid(self.pid, os.WNOHANG)[0]:
+            self.pid = 0
+        return bool(self.pid)
+
+    def wait_forked(self, pred: Callable[[dict], bool], timeout: float = 15) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in self.records():
+                if pred(record):
+                    return record
+            if not self.alive():
+                raise RuntimeError(f"forked supervisor exited: {self.log_tail()}")
+            time.sleep(0.02)
+        raise TimeoutError(f"no such log event: {self.log_tail()}")
+
+    def stop_forked(self, timeout: float = 15) -> int | None:
+        if not self.pid:
+            return None
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.pid = 0
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        self.pid = 0
+        return None

@@ -15,19 +15,17 @@ import select
 import signal
 import socket
 import ssl
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.pki import CA, Leaf
 from tests.titus_harness import (
     EchoBackend,
+    ForkedTitus,
     HTTPBackend,
     Titus,
     client_hello,
@@ -380,85 +378,12 @@ max-handshake-time 1
 # pool refill are the real ones.
 
 
-def _rogue_supervisor(config_path: Path, log_path: Path) -> None:
-    """Body of the forked child: never returns (os._exit)."""
-    code = 1
-    try:
-        os.setsid()
-        from titus import logs
-        from titus.config import load_config
-        from titus.supervisor import Supervisor
-
-        with open(log_path, "a") as stream:
-            logs.setup("json", stream=stream)
-            supervisor = Supervisor(load_config(config_path))
-            supervisor.zygote_setup = "tests.faults.rogue_zygote:setup"
-            supervisor.start()
-            supervisor.serve_forever()
-        code = 0
-    except BaseException:
-        with contextlib.suppress(Exception), open(log_path, "a") as f:
-            f.write(traceback.format_exc())
-    finally:
-        os._exit(code)
-
-
-class _ForkedTitus(Titus):
-    """The harness's log reading, for a supervisor forked from the test."""
-
-    def __init__(self, tmp: Path, config: str) -> None:
-        super().__init__(tmp, config)
-        self.pid = 0
-
-    def start_forked(self) -> _ForkedTitus:
-        self.log_path.write_bytes(b"")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child ends in os._exit
-            _rogue_supervisor(self.config_path, self.log_path)
-        self.pid = pid
-        started = self.wait_forked(lambda r: r.get("event") == "started")
-        self.addresses = [(a.strip("()").replace("'", "").split(", ")[0],
-                           int(a.strip("()").split(", ")[1])) for a in started["listeners"]]
-        return self
-
-    def wait_forked(self, pred: Callable[[dict], bool], timeout: float = 15) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for record in self.records():
-                if pred(record):
-                    return record
-            done, _ = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                self.pid = 0
-                raise RuntimeError(f"forked supervisor exited: {self.log_tail()}")
-            time.sleep(0.02)
-        raise TimeoutError(f"no such log event: {self.log_tail()}")
-
-    def stop_forked(self, timeout: float = 15) -> int | None:
-        if not self.pid:
-            return None
-        os.kill(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                self.pid = 0
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.02)
-        os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
-        self.pid = 0
-        return None
-
-
 def test_forbidden_syscall_is_logged_and_worker_replaced(tmp_path, pki):
     backend = HTTPBackend("A")  # bound now, served after the fork: no thread is forked
-    forked = _ForkedTitus(tmp_path, conf(pki, backend.port, """
+    forked = ForkedTitus(tmp_path, conf(pki, backend.port, """
 min-spare-children 2
 max-children 8
-"""))
+"""), "tests.faults.rogue_zygote:setup")
     code = None
     try:
         forked.start_forked()

@@ -20,9 +20,7 @@ import random
 import shutil
 import socket
 import ssl
-import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,11 +29,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.faults.test_titus_faults import _ForkedTitus
 from tests.fuzz.budget import examples, fuzz_settings, scale
 from tests.fuzz.rogue_zygote import PLAN_FILE
 from tests.pki import CA
-from tests.titus_harness import EchoBackend, session_processes
+from tests.titus_harness import EchoBackend, ForkedTitus, session_processes
 from titus import control, proxyproto
 
 SNI = "control.test"
@@ -264,55 +261,12 @@ def scripts(count: int, seed: int) -> list[list[bytes]]:
     return out
 
 
-def _rogue_child(config_path: Path, log_path: Path) -> None:
-    """The forked supervisor, real in every way but its zygote (tests/fuzz/rogue_zygote.py)."""
-    code = 1
-    try:
-        os.setsid()
-        from titus import logs
-        from titus.config import load_config
-        from titus.supervisor import Supervisor
-
-        with open(log_path, "a") as stream:
-            logs.setup("json", stream=stream)
-            supervisor = Supervisor(load_config(config_path))
-            supervisor.zygote_setup = "tests.fuzz.rogue_zygote:setup"
-            supervisor.start()
-            supervisor.serve_forever()
-        code = 0
-    except BaseException:
-        with contextlib.suppress(Exception), open(log_path, "a") as f:
-            f.write(traceback.format_exc())
-    finally:
-        os._exit(code)
-
-
-class RogueTitus(_ForkedTitus):
+class RogueTitus(ForkedTitus):
     """A supervisor forked from the test whose first workers send forged messages."""
 
     def __init__(self, tmp: Path, config: str, plan: list[list[bytes]]) -> None:
-        super().__init__(tmp, config)
+        super().__init__(tmp, config, "tests.fuzz.rogue_zygote:setup")
         (tmp / PLAN_FILE).write_text(json.dumps([[p.hex() for p in script] for script in plan]))
-
-    def start_forked(self) -> RogueTitus:
-        self.log_path.write_bytes(b"")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child ends in os._exit
-            _rogue_child(self.config_path, self.log_path)
-        self.pid = pid
-        started = self.wait_forked(lambda r: r.get("event") == "started")
-        host, port = started["listeners"][0].strip("()").replace("'", "").split(", ")
-        self.addresses = [(host, int(port))]
-        return self
-
-    def alive(self) -> bool:
-        """True while the forked supervisor runs; reaps it (pid 0) once it has exited."""
-        if self.pid and os.waitpid(self.pid, os.WNOHANG)[0]:
-            self.pid = 0
-        return bool(self.pid)
-
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> CA:

@@ -80,7 +80,6 @@ import os
 import select
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -93,10 +92,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
 from sandbox import libc
-from tests.faults.test_titus_faults import _ForkedTitus
 from tests.jailtools import errname
 from tests.pki import CA, Leaf
 from tests.titus_harness import (
+    ForkedTitus,
     HTTPBackend,
     TCPBackend,
     is_running,
@@ -360,68 +359,20 @@ ATTACKS: dict[str, Callable[..., object]] = {f.__name__: f for f in (
 # -- the forked titus -----------------------------------------------------------------------------
 
 
-def _attacked_supervisor(config_path: Path, log_path: Path) -> None:
-    """Body of the forked child: the real supervisor, workers serving `attack_or_serve`."""
-    code = 1
-    try:
-        os.setsid()
-        import titus.worker
-        from titus import logs
-        from titus.config import load_config
-        from titus.supervisor import Supervisor
+def attack_zygote(arg: Any) -> Any:
+    """The titus zygote, with `attack_or_serve` as its workers' serve (a supervisor's
+    zygote_setup; runs in the zygote, which imports this module)."""
+    import titus.worker
+    from titus import zygote
 
-        _HONEST_SERVE.append(titus.worker.serve)
-        titus.worker.serve = attack_or_serve
-        with open(log_path, "a") as stream:
-            logs.setup("json", stream=stream)
-            supervisor = Supervisor(load_config(config_path))
-            supervisor.start()
-            supervisor.serve_forever()
-        code = 0
-    except BaseException:
-        import traceback
-
-        with open(log_path, "a") as f:
-            f.write(traceback.format_exc())
-    finally:
-        os._exit(code)
+    _HONEST_SERVE.append(titus.worker.serve)
+    titus.worker.serve = attack_or_serve
+    return zygote.setup(arg)
 
 
-class AttackedTitus(_ForkedTitus):
-    def start_forked(self) -> AttackedTitus:
-        self.log_path.write_bytes(b"")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child ends in os._exit
-            _attacked_supervisor(self.config_path, self.log_path)
-        self.pid = pid
-        started = self.wait_forked(lambda r: r.get("event") == "started")
-        self.addresses = [(a.strip("()").replace("'", "").split(", ")[0],
-                           int(a.strip("()").split(", ")[1])) for a in started["listeners"]]
-        return self
-
-    def worker_pids(self) -> list[int]:
-        """The forked supervisor's jailed children (what Titus.worker_pids gives for a
-        subprocess titus), so the harness's keyholder_pid and worker_of work."""
-        try:
-            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
-                children = [int(p) for p in f.read().split()]
-        except FileNotFoundError:
-            return []
-        out = []
-        for pid in children:
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    uid = next(line.split()[1] for line in f if line.startswith("Uid:"))
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if uid != "0":
-                out.append(pid)
-        return out
-
-    def alive(self) -> bool:
-        return bool(self.pid) and os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+class AttackedTitus(ForkedTitus):
+    def __init__(self, tmp: Path, config: str) -> None:
+        super().__init__(tmp, config, "tests.security.test_worker_attacks:attack_zygote")
 
 
 @dataclass
