@@ -7,18 +7,28 @@ them until the very end: fds above RLIMIT_NOFILE stay valid.
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 
 def renumber(fds: list[int], extra: int | None = None) -> tuple[list[int], int | None]:
     """Move `fds` to 0..len-1 and `extra` right after them; close everything else."""
     count = len(fds)
-    # First park everything above any target slot so no dup2 overwrites a source.
-    high = max([*fds, extra if extra is not None else -1, count + 1]) + 1
-    parked = [os.dup2(fd, high + i, inheritable=True) for i, fd in enumerate(fds)]
+    # Close everything else first: a caller at its RLIMIT_NOFILE (a supervisor out
+    # of fds) leaves no room to move anything otherwise.
+    low = 0
+    for fd in sorted({*fds, *([] if extra is None else [extra])}):
+        if low < fd:  # os.closerange(0, 0) would close every fd: close_range(0, ~0)
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 2**31 - 1)
+    # Then park everything above any target slot so no dup2 overwrites a source:
+    # in the lowest free fds above count (F_DUPFD), not above the highest open fd,
+    # which the limit forbids (EBADF).
+    parked = [fcntl.fcntl(fd, fcntl.F_DUPFD, count + 1) for fd in fds]
     extra_parked = None
     if extra is not None:
-        extra_parked = os.dup2(extra, high + count, inheritable=False)
+        extra_parked = fcntl.fcntl(extra, fcntl.F_DUPFD_CLOEXEC, count + 1)
     for i, fd in enumerate(parked):
         os.dup2(fd, i, inheritable=True)
     new_extra = None

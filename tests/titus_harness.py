@@ -47,9 +47,13 @@ class Titus:
              "--log-format", "json", *self.args],
             stdout=log, stderr=log, cwd=ROOT, start_new_session=True)
         log.close()
-        started = self.wait_event(lambda r: r.get("event") == "started", timeout)
-        self.addresses = [_parse_addr(a) for a in started["listeners"]]
-        self.wait_idle_workers()
+        try:
+            started = self.wait_event(lambda r: r.get("event") == "started", timeout)
+            self.addresses = [_parse_addr(a) for a in started["listeners"]]
+            self.wait_idle_workers()
+        except BaseException:  # never leave a titus running behind a failed start
+            self.stop()
+            raise
         return self
 
     def wait_idle_workers(self, timeout: float = 10) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.errors import JailError
 from sandbox.launcher import JailProcess, Launcher
 from sandbox.spec import JailSpec
 from titus import keyholder
@@ -72,7 +73,10 @@ class KeyHolder:
 
     def start(self) -> None:
         """Start and wait for "ready"; raises KeyHolderError with the reason otherwise."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as e:  # e.g. out of fds: the caller retries, it must not crash
+            raise KeyHolderError(f"key holder: control channel: {e.strerror}") from None
         key_fds: list[int] = []
         try:
             for slot in self.slots:
@@ -83,6 +87,12 @@ class KeyHolder:
             self.jail = self.launcher.spawn(self.spec, _keyholder_main, (self.slots,),
                                             fds=[theirs.fileno(), self.stderr_fd, self.stderr_fd,
                                                   *key_fds])
+        except (OSError, JailError) as e:
+            ours.close()
+            raise KeyHolderError(f"key holder: {e}") from None
+        except KeyHolderError:
+            ours.close()
+            raise
         finally:
             theirs.close()
             for fd in key_fds:
