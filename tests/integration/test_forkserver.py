@@ -8,13 +8,17 @@ import os
 import select
 import signal
 import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 
-from sandbox import clone, libc
+from sandbox import clone
 from sandbox.forkserver import ForkServer, ForkServerError, Reply
 from sandbox.launcher import Launcher
 from sandbox.spec import JailSpec, UidRange
+from tests.titus_harness import ROOT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="jails need root")
 
@@ -128,19 +132,35 @@ def test_a_setup_error_is_one_line():
     assert server.sock is None and server.proc is None
 
 
+CLONE_PROBE = """
+import os, random
+from sandbox import clone, libc
+r, w = os.pipe()
+pid = clone.clone(libc.CLONE_NEWPID)
+if pid == 0:
+    os.write(w, b"%d %r" % (os.getpid(), random.random()))
+    os._exit(0)
+os.close(w)
+child_pid, child_random = os.read(r, 100).split()
+assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+print(child_pid.decode(), float(child_random) != random.random())
+"""
+
+
 def test_clone_runs_python_fork_duties_and_makes_pid_1():
-    r, w = os.pipe()
-    pid = clone.clone(libc.CLONE_NEWPID)
-    if pid == 0:  # pragma: no cover - the child
-        import random
+    # In a fresh interpreter: clone() refuses a caller with threads (pytest's may have some).
+    out = subprocess.run([sys.executable, "-c", CLONE_PROBE], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30, check=True).stdout.split()
+    assert out == ["1", "True"]  # PID 1, and `random` reseeded after the clone as after fork
 
-        os.write(w, b"%d %f" % (os.getpid(), random.random()))
-        os._exit(0)
-    os.close(w)
-    import random
 
-    child_pid, child_random = os.read(r, 100).split()
-    os.close(r)
-    assert child_pid == b"1"
-    assert float(child_random) != random.random()  # reseeded after the clone, as after fork
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+def test_clone_refuses_a_threaded_caller():
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        with pytest.raises(RuntimeError, match="single-threaded"):
+            clone.clone(0)
+    finally:
+        stop.set()
+        thread.join()
