@@ -93,6 +93,18 @@ class BackendConnect:
             self._drop_current(f"{self.target[0]}:{self.target[1]}: {errno.errorcode.get(err)}")
             self._next()
             return
+        try:
+            myself = self.sock.getsockname() == self.sock.getpeername()
+        except OSError:
+            myself = True
+        if myself:
+            # Nothing listened on the backend's port and the kernel picked that very port
+            # for us: TCP "simultaneous open" connected the socket to itself, and the
+            # worker would get its client's bytes echoed back.  That is a refusal.
+            self._drop_current(f"{self.target[0]}:{self.target[1]}: ECONNREFUSED (connected "
+                               "to itself: nothing listens there)")
+            self._next()
+            return
         sock = self.sock
         self.loop.forget(sock.fileno())
         if self.timer:
