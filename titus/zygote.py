@@ -60,10 +60,13 @@ def warm_up(contexts: list[ssl.SSLContext]) -> None:
     after the key exchange and the traffic keys; that failure is not counted.
     """
     for ctx in contexts:
-        versions = [v for v in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2)
-                    if ctx.minimum_version <= v <= ctx.maximum_version
-                    or ctx.minimum_version == ssl.TLSVersion.MINIMUM_SUPPORTED]
-        for version in versions:
+        low, high = ctx.minimum_version, ctx.maximum_version
+        if low == ssl.TLSVersion.MINIMUM_SUPPORTED:
+            low = ssl.TLSVersion.TLSv1_2
+        if high == ssl.TLSVersion.MAXIMUM_SUPPORTED:
+            high = ssl.TLSVersion.TLSv1_3
+        for version in (v for v in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2)
+                        if low <= v <= high):
             client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             client_ctx.check_hostname = False
             client_ctx.verify_mode = ssl.CERT_NONE

@@ -1,0 +1,39 @@
+"""titus/zygote.py's warm-up: a handshake per TLS version, up to the remote signature,
+in the zygote, and no trace of it in what workers report."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from tests.pki import CA
+from titus import remotekey
+from titus.zygote import warm_up
+
+
+@pytest.mark.parametrize(("low", "high", "reached"), [
+    (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3, 2),
+    (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3, 1),
+    (ssl.TLSVersion.MINIMUM_SUPPORTED, ssl.TLSVersion.MAXIMUM_SUPPORTED, 2),
+])
+def test_warm_up_reaches_the_signature_per_version_and_leaves_no_trace(
+        tmp_path, monkeypatch, low, high, reached):
+    leaf = CA(tmp_path / "pki").issue("a.test")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version, ctx.maximum_version = low, high
+    remotekey.install(ctx, leaf.cert, 0)
+    remotekey.set_channel(None)  # as in the zygote: no key holder to ask
+    remotekey.reset_stats()
+    seen = []
+    real_reset = remotekey.reset_stats
+
+    def reset() -> None:
+        seen.append(remotekey.stats())
+        real_reset()
+
+    monkeypatch.setattr(remotekey, "reset_stats", reset)
+    warm_up([ctx])
+    # Each handshake ran its key exchange and stopped at the signature it cannot get.
+    assert len(seen) == 1 and sum(seen[0].failed.values()) == reached
+    assert not remotekey.stats().failed and not remotekey.stats().ok
