@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import signal
-import threading
+import sys
 
 CLONE_PARENT = 0x00008000
 
-_SYS_CLONE = {"x86_64": 56, "aarch64": 220}[platform.machine()]
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}[os.uname().machine]
 # PyDLL: the call keeps the GIL, so the child never has to take it back.
 _raw = ctypes.PyDLL(None, use_errno=True)
 _raw.syscall.restype = ctypes.c_long
@@ -36,7 +35,9 @@ for _name in ("PyOS_BeforeFork", "PyOS_AfterFork_Parent", "PyOS_AfterFork_Child"
 
 def clone(flags: int) -> int:
     """Like os.fork() but with clone flags; returns 0 in the child, its pid in the parent."""
-    if threading.active_count() > 1:
+    # Not importing threading: its after-fork hook would run in every child.
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
         raise RuntimeError("clone() needs a single-threaded caller")
     _api.PyOS_BeforeFork()
     # Both stack and tid pointers NULL: the child continues on a copy of our

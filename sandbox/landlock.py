@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 from collections.abc import Iterable
 from pathlib import Path
 
-_NR = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}[platform.machine()]
+_NR = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}[os.uname().machine]
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
 

@@ -6,11 +6,11 @@ Each wrapper raises OSError with the real errno so a failing layer can be named.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import platform
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process's own symbols (libc among them): ctypes.util.find_library would
+# import subprocess and run ldconfig, in every process that imports this.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 # Namespace flags (linux/sched.h).
 CLONE_NEWNS = 0x00020000
@@ -42,8 +42,8 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
-_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}[platform.machine()]
-_SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[platform.machine()]
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
+_SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[os.uname().machine]
 
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.unshare.restype = ctypes.c_int

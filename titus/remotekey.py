@@ -26,8 +26,8 @@ import os
 import select
 import socket
 import ssl
-import threading
 import time
+from _thread import allocate_lock  # threading's Lock, without threading's after-fork hook
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -143,7 +143,7 @@ def _load_openssl() -> ctypes.CDLL:
 
 
 _lib_cache: ctypes.CDLL | None = None
-_lib_lock = threading.Lock()
+_lib_lock = allocate_lock()
 
 
 def _lib() -> ctypes.CDLL:
@@ -217,7 +217,7 @@ class ChannelTransport:
         self.timeout = timeout
         self._next_id = 1
         self._broken: str | None = None
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
 
     def call(self, op: Op, key_id: int, payload: bytes) -> bytes:
         with self._lock:
@@ -292,8 +292,8 @@ def _forget_channel_after_fork() -> None:
     # A channel shared by two processes would mix up their answers.
     global _transport, _stats_lock, _lib_lock
     _transport = None
-    _stats_lock = threading.Lock()
-    _lib_lock = threading.Lock()
+    _stats_lock = allocate_lock()
+    _lib_lock = allocate_lock()
 
 
 os.register_at_fork(after_in_child=_forget_channel_after_fork)
@@ -313,7 +313,7 @@ class Stats:
 
 
 _stats = Stats()
-_stats_lock = threading.Lock()
+_stats_lock = allocate_lock()
 
 
 def stats() -> Stats:

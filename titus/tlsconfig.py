@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import ssl
-import tempfile
 from collections.abc import Sequence
 
 from titus import remotekey
@@ -75,7 +74,10 @@ def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
 
 
 def _load_dh(ctx: ssl.SSLContext, pem: bytes) -> None:
-    # load_dh_params takes only a path; the parameters are public.
+    # load_dh_params takes only a path; the parameters are public.  (tempfile is
+    # imported here: it brings random, whose after-fork reseed every worker would run.)
+    import tempfile
+
     with tempfile.NamedTemporaryFile(prefix="titus-dh-", suffix=".pem") as f:
         f.write(pem)
         f.flush()
