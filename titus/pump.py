@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 CHUNK = 256 * 1024
 HIGH_WATER = 1024 * 1024  # per direction: a client that never reads costs at most this
+INTERACTIVE = 64 * 1024  # a read smaller than this is forwarded without waiting for poll
 
 
 class Reset(Exception):
@@ -157,17 +158,22 @@ def relay(pump: TLSPump, backend: socket.socket, counters: Counters) -> None:
         ready = dict(poller.poll())
         cr, br = ready.get(cfd, 0), ready.get(bfd, 0)
 
-        # What was just read is sent at once, without waiting for the next poll to
-        # say the other socket is writable (it almost always is): one poll per
-        # request and per answer instead of two.
+        # A small read (a request, an answer) is sent at once, without waiting for
+        # the next poll to say the other socket is writable: one poll per request
+        # and per answer instead of two.  Bulk reads wait for that poll, which lets
+        # the next read join them: fewer, larger sends.
         if cr & (select.POLLIN | select.POLLHUP | select.POLLERR) and cev & select.POLLIN:
+            queued = len(to_backend)
             still_open = pump.receive()
             client_open = _decrypt(pump, to_backend, counters) and still_open
-            br |= select.POLLOUT
+            if len(to_backend) - queued < INTERACTIVE:
+                br |= select.POLLOUT
         if br & (select.POLLIN | select.POLLHUP | select.POLLERR) and bev & select.POLLIN:
+            queued = len(pump.to_client)
             backend_open = _read_backend(backend, tls, counters)
             pump.collect_output()
-            cr |= select.POLLOUT
+            if len(pump.to_client) - queued < INTERACTIVE:
+                cr |= select.POLLOUT
         if to_backend and br & (select.POLLOUT | select.POLLERR):
             _send_backend(backend, to_backend)
         if pump.to_client and cr & (select.POLLOUT | select.POLLERR):
