@@ -1,4 +1,4 @@
-"""The three TLS terminators under test, each pinned to the proxy CPU with its children.
+"""The TLS terminators under test, each pinned to the proxy CPU with its children.
 
 Common TLS settings (where each proxy lets us set them):
   * TLS 1.2 and 1.3, ECDHE key exchange only, AES-GCM/ChaCha20 (titus's default
@@ -9,6 +9,8 @@ Common TLS settings (where each proxy lets us set them):
     a session anyway, so every measured handshake is a full one.
   * one core: hitch `--workers=1`; stunnel is one process (threads); titus is
     one supervisor + key holder + one jailed worker per connection.
+  * pyfork (pyfork.py) is titus's process model without the isolation: the
+    floor under titus's costs, same settings, same Python and OpenSSL.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from certs import CertSet
 from sandbox.uids import process_uid
 
 ROOT = Path(__file__).resolve().parent.parent
-PROXY_NAMES = ("titus", "stunnel", "hitch")
+PROXY_NAMES = ("titus", "pyfork", "stunnel", "hitch")
 
 # titus's default TLS <= 1.2 cipher list (titus/config_model.py DEFAULT_CIPHERS).
 CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
@@ -181,4 +183,16 @@ def start_hitch(tmp: Path, certs: CertSet, backend_port: int) -> Proxy:
     return Proxy("hitch", port, proc, log)
 
 
-STARTERS = {"titus": start_titus, "stunnel": start_stunnel, "hitch": start_hitch}
+def start_pyfork(tmp: Path, certs: CertSet, backend_port: int) -> Proxy:
+    port = common.free_port()
+    log = tmp / f"pyfork-{certs.kind}.log"
+    # -I -S: no site, no user paths: the smallest parent CPython allows.
+    proc = common.start([sys.executable, "-I", "-S", str(ROOT / "bench" / "pyfork.py"), str(port),
+                         str(backend_port), str(certs.cert), str(certs.key), CIPHERS],
+                        common.PROXY_CPU, log=log)
+    common.wait_port(port, proc)
+    return Proxy("pyfork", port, proc, log)
+
+
+STARTERS = {"titus": start_titus, "pyfork": start_pyfork, "stunnel": start_stunnel,
+            "hitch": start_hitch}

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-PROXIES = ("titus", "stunnel", "hitch")
+PROXIES = ("titus", "pyfork", "stunnel", "hitch")
 LOAD_SATURATED = 0.90
 NOISY = 0.20
 
@@ -330,14 +330,15 @@ def breakdown(key: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _ratios(key: dict[str, Any], names: list[str], test: str, get: Getter) -> dict[str, float]:
-    """titus's median over each peer's median, for one measure."""
+def _ratios(key: dict[str, Any], names: list[str], test: str, get: Getter,
+            subject: str = "titus") -> dict[str, float]:
+    """`subject`'s median over each peer's median, for one measure."""
     rounds = key.get("rounds", [])
-    t = _median(_values(rounds, test, "titus", get))
+    t = _median(_values(rounds, test, subject, get))
     out = {}
     for peer in names:
         b = _median(_values(rounds, test, peer, get))
-        if peer != "titus" and t is not None and b:
+        if peer != subject and t is not None and b:
             out[peer] = t / b
     return out
 
@@ -374,8 +375,10 @@ def _verdict(ratio_values: list[float], cost: bool) -> str:
 def meaning(keys: dict[str, Any], names: list[str]) -> list[str]:
     """Paragraphs computed from the medians: the words follow the numbers."""
     out: list[str] = []
+    floor = floor_paragraphs(keys, names)
+    names = [n for n in names if n != "pyfork"]  # the verdicts below are against the C proxies
     if "titus" not in names or len(names) < 2:
-        return out
+        return out + floor
     collected: dict[str, list[float]] = {}
 
     def add(what: str, ratios: dict[str, float]) -> dict[str, float]:
@@ -476,7 +479,46 @@ def meaning(keys: dict[str, Any], names: list[str]) -> list[str]:
         "share of a contended core than a single-threaded one, which flatters titus's "
         "rates, not its CPU per unit.",
     ]
-    return out + summary
+    return out + floor + summary
+
+
+def floor_paragraphs(keys: dict[str, Any], names: list[str]) -> list[str]:
+    """pyfork against the C proxies (the floor of the design) and titus against pyfork
+    (what the isolation itself costs)."""
+    if "pyfork" not in names:
+        return []
+    out = []
+    c_peers = [n for n in names if n not in ("titus", "pyfork")]
+    for kind, key in keys.items():
+        title = {"rsa2048": "RSA-2048", "ecdsa-p256": "ECDSA P-256"}.get(kind, kind)
+        conns = _ratios(key, c_peers, "conn_c16", _get("conns_per_s"), subject="pyfork")
+        cpu = _ratios(key, c_peers, "conn_c16", _cpu_per_conn, subject="pyfork")
+        rounds = key.get("rounds", [])
+        pf_cpu = _median(_values(rounds, "conn_c16", "pyfork", _cpu_per_conn))
+        iso_conn = _ratios(key, ["pyfork"], "conn_c16", _get("conns_per_s"))
+        iso_cpu = _ratios(key, ["pyfork"], "conn_c16", _cpu_per_conn)
+        iso_req = _ratios(key, ["pyfork"], "latency_max", _cpu_per_request)
+        mem = key.get("idle_memory", {})
+        per = {n: mem.get(n, {}).get("per_conn_kib") for n in names}
+        if not pf_cpu:
+            continue
+        versus = "".join(f", {conns[p]:.2f}x the new connections per second of {p} "
+                         f"({cpu[p]:.1f}x its CPU per connection)" for p in conns if p in cpu)
+        parts = [f"**{title}, the floor.** pyfork, titus's process model with no isolation "
+                 "(a fresh CPython process per connection, forked from a small warmed-up parent, "
+                 "Python's ssl with the key in the process, a plain pump), costs "
+                 f"{pf_cpu:.1f} ms of CPU per connection{versus}"]
+        if iso_conn:
+            parts.append("titus against pyfork, i.e. what the jail, the key holder, the "
+                         "supervisor's hand-offs and the zygote add: "
+                         f"new connections per second {iso_conn['pyfork']:.2f}x, CPU per new "
+                         f"connection {iso_cpu.get('pyfork', float('nan')):.2f}x, CPU per "
+                         f"kept-alive request {iso_req.get('pyfork', float('nan')):.2f}x")
+        if per.get("pyfork"):
+            parts.append(f"memory per idle connection: pyfork {per['pyfork']:.0f} KiB, "
+                         f"titus {per.get('titus') or float('nan'):.0f} KiB")
+        out.append("; ".join(parts) + ".")
+    return out
 
 
 def render(results: dict[str, Any]) -> str:
