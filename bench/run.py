@@ -381,8 +381,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--idle-conns", type=int, default=200,
                    help="connections held open for the memory test (default 200)")
     p.add_argument("--max-minutes", type=float,
-                   help="start no new round after this many minutes (default 11, quick 5), "
-                        "so that a full run ends within 15 minutes")
+                   help="start no new round after this many minutes (default 15, quick 6), "
+                        "so that a full run ends within 20 minutes")
     p.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     p.add_argument("--json", type=Path, default=BENCH / "results.json")
     p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
@@ -390,7 +390,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
     args.repeats = args.repeats or (1 if args.quick else 3)
-    args.max_minutes = args.max_minutes or (5.0 if args.quick else 11.0)
+    args.max_minutes = args.max_minutes or (6.0 if args.quick else 15.0)
     args.keys = [k for k in args.keys.split(",") if k]
     args.proxies = [k for k in args.proxies.split(",") if k]
     for k in args.keys:
