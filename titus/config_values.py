@@ -229,11 +229,9 @@ _CURVE_ALIASES = {
 
 @functools.cache
 def _openssl_knows_curve(name: str) -> bool:
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ecdh_curve(name)
-    except (ValueError, ssl.SSLError):
-        return False
-    return True
+    from titus.tlsconfig import openssl_knows_groups  # ctypes on OpenSSL: only when asked
+
+    return openssl_knows_groups(name)
 
 
 def parse_curves(text: str) -> tuple[str, ...]:

@@ -33,6 +33,16 @@ def _openssl() -> ctypes.CDLL:
     return lib
 
 
+def openssl_knows_groups(names: str) -> bool:
+    """Whether this OpenSSL takes `names` ("X25519:prime256v1") as its key exchange
+    groups, asked the way _apply_settings sets them.  (SSLContext.set_ecdh_curve is no
+    test: before Python 3.11.5 it knows only EC curves, so not X25519.)"""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    groups = ctypes.create_string_buffer(names.encode())
+    return _openssl().SSL_CTX_ctrl(remotekey.ssl_ctx_pointer(ctx), _SSL_CTRL_SET_GROUPS_LIST,
+                                   0, groups) == 1
+
+
 def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
     lib = _openssl()
     ptr = remotekey.ssl_ctx_pointer(ctx)
