@@ -507,7 +507,7 @@ def floor_paragraphs(keys: dict[str, Any], names: list[str]) -> list[str]:
         parts = [f"**{title}, the floor.** pyfork, titus's process model with no isolation "
                  "(a fresh CPython process per connection, forked from a small warmed-up parent, "
                  "Python's ssl with the key in the process, a plain pump), costs "
-                 f"{pf_cpu:.1f} ms of CPU per connection{versus}"]
+                 f"{pf_cpu:.1f} ms of CPU per connection{versus} (why: FLOOR.md)"]
         if iso_conn:
             parts.append("titus against pyfork, i.e. what the jail, the key holder, the "
                          "supervisor's hand-offs and the zygote add: "
