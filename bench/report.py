@@ -474,7 +474,7 @@ def meaning(keys: dict[str, Any], names: list[str]) -> list[str]:
         "little CPU or for very many idle ones.",
         "Caveat: this machine was shared with other work while the benchmark ran (the "
         "load average above and the noise line under each table); interleaving the proxies "
-        "spreads that noise over all three, and the CPU-per-unit rows are the least "
+        "spreads that noise over all of them, and the CPU-per-unit rows are the least "
         "sensitive to it. A proxy with many runnable processes (titus) also gets a larger "
         "share of a contended core than a single-threaded one, which flatters titus's "
         "rates, not its CPU per unit.",
