@@ -33,14 +33,21 @@ def _openssl() -> ctypes.CDLL:
     return lib
 
 
+def _set_groups(ctx: ssl.SSLContext, names: str) -> bool:
+    """SSL_CTX_set1_groups_list (a macro over SSL_CTX_ctrl); False if OpenSSL refuses."""
+    groups = ctypes.create_string_buffer(names.encode())
+    return _openssl().SSL_CTX_ctrl(remotekey.ssl_ctx_pointer(ctx), _SSL_CTRL_SET_GROUPS_LIST,
+                                   0, groups) == 1
+
+
 def openssl_knows_groups(names: str) -> bool:
     """Whether this OpenSSL takes `names` ("X25519:prime256v1") as its key exchange
     groups, asked the way _apply_settings sets them.  (SSLContext.set_ecdh_curve is no
     test: before Python 3.11.5 it knows only EC curves, so not X25519.)"""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    groups = ctypes.create_string_buffer(names.encode())
-    return _openssl().SSL_CTX_ctrl(remotekey.ssl_ctx_pointer(ctx), _SSL_CTRL_SET_GROUPS_LIST,
-                                   0, groups) == 1
+    try:
+        return _set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), names)
+    except remotekey.RemoteKeyError:
+        return True  # no hook into this OpenSSL: titus refuses to start, with that reason
 
 
 def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
@@ -55,8 +62,7 @@ def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
     if tls.ciphersuites is not None and \
             lib.SSL_CTX_set_ciphersuites(ptr, tls.ciphersuites.encode()) != 1:
         raise TLSConfigError(f"{where}: no usable TLS 1.3 cipher suite in {tls.ciphersuites!r}")
-    groups = ctypes.create_string_buffer(":".join(tls.curves).encode())
-    if lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups) != 1:
+    if not _set_groups(ctx, ":".join(tls.curves)):
         raise TLSConfigError(f"{where}: unknown curve in {':'.join(tls.curves)}")
     # A TCP FIN without close_notify is a half-close for titus (pump.py), as it
     # was for titus 0.4.  Without this option OpenSSL 3 turns it into a fatal

@@ -456,3 +456,13 @@ def test_client_auth_options(tmp_path):
         load_config(basic_conf(tmp_path, "client-auth maybe\nclient-ca certs/example.com.crt\n"))
     with pytest.raises(ConfigError, match="client-ca"):
         load_config(basic_conf(tmp_path, "client-auth required\nclient-ca nowhere.pem\n"))
+
+
+def test_the_curve_check_asks_openssl_for_groups_not_ec_curves() -> None:
+    """ecdhcurve is checked as it is applied (the groups list): X25519 and X448 are
+    groups, not EC curves, which Python 3.11.2's set_ecdh_curve (Debian 12) refuses."""
+    from titus.tlsconfig import openssl_knows_groups
+
+    assert openssl_knows_groups("X25519") and openssl_knows_groups("X448")
+    assert openssl_knows_groups("X25519:prime256v1:secp384r1")
+    assert not openssl_knows_groups("no-such-group")
