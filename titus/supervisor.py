@@ -108,6 +108,7 @@ class Worker:
     broker: BackendConnect | None = None
     killed_for: str | None = None
     vhost: int | None = None
+    backend: str | None = None  # "local->peer" of the backend connection handed over
     notes: list[str] = field(default_factory=list)
 
 
@@ -133,6 +134,12 @@ def open_listener(listener: Listener, transparent: bool = False) -> socket.socke
 
 def _sockaddr_pair(addr: tuple) -> tuple[str, int]:
     return (str(addr[0]), int(addr[1]))
+
+
+def _addr(addr: tuple) -> str:
+    """host:port, as the log's client and local fields write it."""
+    host, port = _sockaddr_pair(addr)
+    return f"{host}:{port}"
 
 
 def _children() -> list[int]:
@@ -703,6 +710,9 @@ class Supervisor:
                 worker.notes.append(f"backend: {reason}")
                 worker.ctl.send(control.encode(control.BackendFailed(reason or "failed")))
             else:
+                with contextlib.suppress(OSError):
+                    worker.backend = (f"{_addr(sock.getsockname())}->"
+                                      f"{_addr(sock.getpeername())}")
                 socket.send_fds(worker.ctl, [control.encode(control.BackendReady())],
                                 [sock.fileno()])
                 worker.state = "relay"
@@ -814,10 +824,11 @@ class Supervisor:
         self.count_connection(worker, outcome, vhost)
         logs.event(
             "connection", level,
-            conn_id=conn.conn_id, client=f"{conn.peer[0]}:{conn.peer[1]}",
-            local=f"{conn.local[0]}:{conn.local[1]}", sni=hs.sni if hs else None, vhost=vhost,
+            conn_id=conn.conn_id, client=_addr(conn.peer), local=_addr(conn.local),
+            sni=hs.sni if hs else None, vhost=vhost,
             tls_version=hs.version if hs else None, cipher=hs.cipher if hs else None,
             alpn=hs.alpn if hs else None, client_cn=hs.client_cn if hs else None,
+            backend=worker.backend,
             bytes_in=fin.bytes_in if fin else 0, bytes_out=fin.bytes_out if fin else 0,
             handshake_ms=hs.handshake_ms if hs else None,
             duration_ms=round((time.monotonic() - conn.accepted) * 1000, 3),

@@ -187,3 +187,8 @@ def test_connection_records(setup):
         assert record[field] is not None, field
     assert record["bytes_in"] == len(REQUEST)
     assert record["worker_exit"] == 0 and record["violation"] is None
+    # The backend connection handed to the worker: from the broker's own port to A's.
+    local, _, peer = record["backend"].partition("->")
+    a_block = titus.config_path.read_text().split("sni-name a.test")[1]
+    a_port = int(a_block.split("backend-port")[1].split()[0])
+    assert peer == f"127.0.0.1:{a_port}" and local.startswith("127.0.0.1:") and local != peer

@@ -238,6 +238,34 @@ def worker_of(titus: Titus, client: socket.socket) -> int:
     raise TimeoutError(f"no child of titus holds the server socket {inode}")
 
 
+def worker_tcp_sockets(titus: Titus, client: socket.socket) -> list[str]:
+    """For a failure message: "local->remote" of every TCP socket of the worker serving
+    `client` (a rare flake once showed a client its own request echoed back)."""
+    try:
+        worker = worker_of(titus, client)
+        inodes = set()
+        for fd in os.listdir(f"/proc/{worker}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{worker}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(int(link[8:-1]))
+        out = []
+        with open("/proc/self/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if int(fields[9]) in inodes:
+                    out.append(f"{_hexaddr(fields[1])}->{_hexaddr(fields[2])} st={fields[3]}")
+        return out
+    except (OSError, TimeoutError, LookupError) as e:
+        return [f"unknown: {e}"]
+
+
+def _hexaddr(text: str) -> str:
+    ip, port = text.split(":")
+    return f"{socket.inet_ntoa(bytes.fromhex(ip)[::-1])}:{int(port, 16)}"
+
+
 class Held:
     """One TLS connection through titus, left open after an HTTP exchange (keep-alive)."""
 
@@ -259,7 +287,8 @@ class Held:
         head, _, body = data.partition(b"\r\n\r\n")
         lengths = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
                    if line.lower().startswith(b"content-length:")]
-        assert lengths, f"no Content-Length in {head!r}"
+        assert lengths, (f"no Content-Length in {head!r}; the worker's TCP sockets: "
+                         f"{worker_tcp_sockets(self.env.titus, self.tls)}")
         length = lengths[0]
         while len(body) < length:
             chunk = self.tls.recv(65536)
