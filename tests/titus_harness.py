@@ -229,6 +229,13 @@ class TCPBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.closing = True
+        # Wake the thread blocked in accept() (shutdown makes it fail) and wait for it
+        # before the fd is closed: a thread that calls accept() on a closed fd number
+        # would accept from whatever socket gets that number next, e.g. a later test's
+        # backend (and echo its connection).
+        with contextlib.suppress(OSError):
+            self.srv.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=5)
         self.srv.close()
 
 
