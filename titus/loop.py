@@ -122,17 +122,16 @@ class Loop:
         elif self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
         for key, mask in self._selector.select(timeout):
+            # An earlier callback of this round may have closed this fd and a new
+            # socket may have its number now: the event was the old one's, so it goes
+            # to nobody (the selector is level-triggered: a real one comes back).
+            if self._current(key) is not key:
+                continue
             reader, writer = key.data
             if mask & selectors.EVENT_READ and reader:
                 reader()
-            if mask & selectors.EVENT_WRITE and writer:
-                # The reader may have unregistered the fd.
-                try:
-                    current = self._selector.get_key(key.fd).data[1]
-                except KeyError:
-                    current = None
-                if current:
-                    current()
+            if mask & selectors.EVENT_WRITE and writer and self._current(key) is key:
+                writer()  # unless the reader changed or dropped the registration
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
@@ -141,6 +140,12 @@ class Loop:
         soon, self._soon = self._soon, []
         for callback in soon:
             callback()
+
+    def _current(self, key: selectors.SelectorKey) -> selectors.SelectorKey | None:
+        try:
+            return self._selector.get_key(key.fd)
+        except KeyError:
+            return None
 
     def close(self) -> None:
         if self._signal_handlers:
