@@ -41,7 +41,7 @@ lint: $(VENV)/.stamp
 
 # docs/options.md and docs/titus.8, generated from the option table (tests check they are current).
 docs: $(VENV)/.stamp
-	$(PY) -m titus.docs_gen
+	$(PY) -m titus.docs.gen
 
 # Coverage-guided fuzzing (atheris), FUZZ_SECONDS per harness; corpora and crash inputs
 # stay in build/fuzz/NAME/.  Longer hypothesis runs: TITUS_FUZZ_EXAMPLES=N pytest tests/fuzz.

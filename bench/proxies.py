@@ -32,7 +32,7 @@ from sandbox.uids import process_uid
 ROOT = Path(__file__).resolve().parent.parent
 PROXY_NAMES = ("titus", "pyfork", "stunnel", "hitch")
 
-# titus's default TLS <= 1.2 cipher list (titus/config_model.py DEFAULT_CIPHERS).
+# titus's default TLS <= 1.2 cipher list (titus/config/model.py DEFAULT_CIPHERS).
 CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
            "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
            "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
