@@ -32,6 +32,7 @@ from titus.supervisor.connections import Connections, open_listener, sockaddr_pa
 from titus.supervisor.generation import Generation, Generations
 from titus.supervisor.jailstderr import JailStderr
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError
+from titus.supervisor.lifecycle import KillReason
 from titus.supervisor.loop import Loop
 from titus.supervisor.metrics import Metrics, MetricsEndpoint
 from titus.supervisor.pool import BACKOFF_MAX, BACKOFF_MIN, Pool
@@ -170,7 +171,7 @@ class Supervisor:
         self.keyholder.stop()
         self.metrics.keyholder_restarts.inc()
         # Idle workers hold channels to the dead key holder: replace them.
-        self.pool.retire_idle("key holder restarted")
+        self.pool.retire_idle(KillReason.KEYHOLDER_RESTARTED)
         if not self.stopping:
             self.restart_keyholder()
 
@@ -211,14 +212,14 @@ class Supervisor:
         sdnotify.notify("STOPPING=1")
         logs.event("stopping", busy=len(self.pool.workers) - len(self.pool.idle))
         self.connections.close_listeners()
-        self.pool.kill_idle("shutdown")
+        self.pool.kill_idle(KillReason.SHUTDOWN)
         self.loop.call_later(self.config.drain_timeout, self.force_stop)
         if self.drained:
             self.loop.stop()
 
     def force_stop(self) -> None:
         for worker in self.pool.workers.values():
-            self.pool.kill(worker, "shutdown")
+            worker.kill(KillReason.SHUTDOWN)
 
     def close(self) -> None:
         for gen in self.generations.all():

@@ -23,14 +23,15 @@ from sandbox.seccomp import syscall_name
 from titus import logs
 from titus.config.model import Config, Listener, VHost
 from titus.supervisor.broker import BackendConnect
+from titus.supervisor.lifecycle import KillReason, Phase, Worker
 from titus.supervisor.startup import StartupError
 from titus.supervisor.transparent import set_transparent
 from titus.wire import control, proxyproto
+from titus.wire.outcome import ALARMING, Outcome
 
 if TYPE_CHECKING:
     from titus.supervisor import Supervisor
     from titus.supervisor.generation import Generation
-    from titus.supervisor.pool import Worker
 
 ACCEPT_BATCH = 32
 VIOLATION_NAME_WAIT = 2.0  # how long a policy-violation record waits for the kernel's name
@@ -178,20 +179,20 @@ class Connections:
                 conn.conn_id, conn.peer, conn.local))], [client.fileno()])
         except OSError as e:
             worker.notes.append(f"hand-off failed: {e}")
-            pool.kill(worker, "hand-off failed")
+            worker.kill(KillReason.HAND_OFF_FAILED)
         finally:
             client.close()
-        worker.state, worker.conn = "handshake", conn
+        worker.enter(Phase.HANDSHAKE)
+        worker.conn = conn
         worker.timer = self.loop.call_later(worker.gen.config.max_handshake_time,
                                             lambda: self.handshake_timeout(worker))
         pool.schedule_refill(0)
 
     def handshake_timeout(self, worker: Worker) -> None:
-        if worker.state == "handshake":
-            self.sup.pool.kill(worker, "timeout")
+        if worker.phase is Phase.HANDSHAKE:
+            worker.kill(KillReason.TIMEOUT)
 
     def on_worker_message(self, worker: Worker) -> None:
-        pool = self.sup.pool
         try:
             packet = worker.ctl.recv(control.MAX_PACKET + 1, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -207,18 +208,18 @@ class Connections:
             logs.event("forged-control-message", logging.WARNING, pid=worker.jail.pid,
                        error=str(e))
             self.metrics.forged.inc()
-            pool.kill(worker, "forged control message")
+            worker.kill(KillReason.FORGED_MESSAGE)
             return
-        if isinstance(msg, control.HandshakeDone) and worker.state == "handshake":
+        # A message is accepted only where the phase it leads to may follow this one.
+        if isinstance(msg, control.HandshakeDone) and worker.may_enter(Phase.BACKEND):
             self.on_handshake(worker, msg)
-        elif isinstance(msg, control.Finished) and worker.state in ("handshake", "backend",
-                                                                    "relay"):
+        elif isinstance(msg, control.Finished) and worker.may_enter(Phase.DONE):
             worker.finished = msg
-            worker.state = "done"
+            worker.enter(Phase.DONE)
         else:
             logs.event("unexpected-control-message", logging.WARNING, pid=worker.jail.pid,
-                       state=worker.state, message=type(msg).__name__)
-            pool.kill(worker, "unexpected control message")
+                       state=worker.phase, message=type(msg).__name__)
+            worker.kill(KillReason.UNEXPECTED_MESSAGE)
 
     def on_handshake(self, worker: Worker, msg: control.HandshakeDone) -> None:
         assert worker.conn is not None
@@ -234,10 +235,11 @@ class Connections:
             logs.event("forbidden-backend-request", logging.WARNING, pid=worker.jail.pid,
                        vhost=msg.vhost)
             self.metrics.forged.inc()
-            self.sup.pool.kill(worker, "asked for a backend it has no right to")
+            worker.kill(KillReason.FORBIDDEN_BACKEND)
             return
         self.sup.pool.note_success()
-        worker.handshake, worker.vhost, worker.state = msg, msg.vhost, "backend"
+        worker.handshake, worker.vhost = msg, msg.vhost
+        worker.enter(Phase.BACKEND)
         vhost = vhosts[msg.vhost]
         addresses = self.backend_addresses(worker.gen, msg.vhost, vhost, worker.conn)
         source = None
@@ -272,7 +274,7 @@ class Connections:
 
     def on_backend(self, worker: Worker, sock: socket.socket | None, reason: str | None) -> None:
         worker.broker = None
-        if worker.jail.returncode is not None or worker.state != "backend":
+        if worker.jail.returncode is not None or not worker.may_enter(Phase.RELAY):
             if sock:
                 sock.close()
             return
@@ -286,7 +288,7 @@ class Connections:
                                       f"{_addr(sock.getpeername())}")
                 socket.send_fds(worker.ctl, [control.encode(control.BackendReady())],
                                 [sock.fileno()])
-                worker.state = "relay"
+                worker.enter(Phase.RELAY)
         except OSError:
             pass  # the worker is gone; the reaper logs it
         finally:
@@ -352,17 +354,8 @@ class Connections:
     def log_connection(self, worker: Worker) -> None:
         conn, hs, fin, jail = worker.conn, worker.handshake, worker.finished, worker.jail
         assert conn is not None
-        if jail.violation is not None:
-            outcome = "policy-violation"
-        elif worker.killed_for == "timeout":
-            outcome = "timeout"
-        elif worker.killed_for:
-            outcome = "killed"
-        elif fin is not None:
-            outcome = fin.outcome
-        else:
-            outcome = "worker-died"
-        level = logging.WARNING if outcome in ("policy-violation", "killed") else logging.INFO
+        outcome = worker.outcome()
+        level = logging.WARNING if outcome in ALARMING else logging.INFO
         vhost = worker.gen.config.vhosts[worker.vhost].name if worker.vhost is not None else None
         self.count_connection(worker, outcome, vhost)
         logs.event(
@@ -381,7 +374,7 @@ class Connections:
             violation=str(jail.violation) if jail.violation else None,
             syscall=jail.violation.syscall if jail.violation else None)
 
-    def count_connection(self, worker: Worker, outcome: str, vhost: str | None) -> None:
+    def count_connection(self, worker: Worker, outcome: Outcome, vhost: str | None) -> None:
         m, conn, hs, fin = self.metrics, worker.conn, worker.handshake, worker.finished
         assert conn is not None
         m.connections.labels(outcome, vhost or "").inc()

@@ -21,6 +21,7 @@ from titus.config.model import Config, Listener
 from titus.keyholder.main import key_slots
 from titus.supervisor import ocsp
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError
+from titus.supervisor.lifecycle import KillReason
 from titus.supervisor.pool import BACKOFF_MIN, SPAWN_REPLY_TIMEOUT, PendingSpawn
 from titus.supervisor.resolve import resolve_backend
 from titus.supervisor.startup import StartupError
@@ -171,7 +172,7 @@ class Generations:
                 staple.refresh()
         if gen.staple_values != before and gen.zygote is not None:
             gen.zygote.update(WORKER, gen.staple_values)
-            self.sup.pool.retire_idle("ocsp response changed")
+            self.sup.pool.retire_idle(KillReason.OCSP_CHANGED)
         if not self.sup.stopping:
             self.loop.call_later(ocsp.REFRESH_INTERVAL, self.refresh_staples)
 
@@ -203,7 +204,7 @@ class Generations:
         sup.connections.switch_listeners(config, opened)
         self.old.append(self.current)
         self.current = gen
-        sup.pool.kill_idle("reload")  # they hold the old contexts and key holder
+        sup.pool.kill_idle(KillReason.RELOAD)  # they hold the old contexts and key holder
         self.retire()
         logs.event("reloaded", vhosts=len(config.vhosts),
                    listeners=[str(s.getsockname()[:2]) for s in sup.connections.listeners])
@@ -212,7 +213,8 @@ class Generations:
     def retire(self) -> None:
         """An old generation's zygote stops once it has answered every request, its key
         holder once none of its workers is left."""
-        in_use = {id(w.gen) for w in self.sup.pool.workers.values() if w.killed_for != "reload"}
+        in_use = {id(w.gen) for w in self.sup.pool.workers.values()
+                  if w.killed_for is not KillReason.RELOAD}
         for gen in list(self.old):
             if not gen.pending:
                 self.close_zygote(gen)

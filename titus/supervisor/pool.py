@@ -16,21 +16,18 @@ import resource
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sandbox.errors import JailError
 from sandbox.launcher import JailProcess
 from sandbox.uids import UidExhausted, process_uid
 from titus import logs
-from titus.supervisor.broker import BackendConnect
-from titus.supervisor.loop import Timer
-from titus.wire import control
+from titus.supervisor.lifecycle import KillReason, Worker
 from titus.worker.zygote import WORKER
 
 if TYPE_CHECKING:
     from titus.supervisor import Supervisor
-    from titus.supervisor.connections import Conn
     from titus.supervisor.generation import Generation
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
@@ -48,23 +45,6 @@ class PendingSpawn:
     uid: int
     epoch: int  # Pool.epoch when asked
     asked: float
-
-
-@dataclass
-class Worker:
-    jail: JailProcess
-    ctl: socket.socket
-    gen: Generation
-    state: str = "idle"  # idle -> handshake -> backend -> relay -> done
-    conn: Conn | None = None
-    handshake: control.HandshakeDone | None = None
-    finished: control.Finished | None = None
-    timer: Timer | None = None
-    broker: BackendConnect | None = None
-    killed_for: str | None = None
-    vhost: int | None = None
-    backend: str | None = None  # "local->peer" of the backend connection handed over
-    notes: list[str] = field(default_factory=list)
 
 
 def _children() -> list[int]:
@@ -93,7 +73,8 @@ class Pool:
         self.refill_scheduled = False
         # Bumped when what idle workers hold goes stale (the key holder restarted, an
         # OCSP response changed): workers asked for before are retired on arrival.
-        self.epoch, self.epoch_reason = 0, ""
+        self.epoch = 0
+        self.epoch_reason: KillReason | None = None
 
     def request_worker(self) -> bool:
         """Ask the zygote for one more worker (the answer comes to on_zygote)."""
@@ -162,10 +143,11 @@ class Pool:
             self.workers[jail.pid] = worker
             self.loop.add_reader(pending.ctl.fileno(),
                                  lambda: sup.connections.on_worker_message(worker))
-            stale = ("shutdown" if sup.stopping else "reload" if gen is not sup.gen
-                     else self.epoch_reason if pending.epoch != self.epoch else None)
+            stale = (KillReason.SHUTDOWN if sup.stopping else KillReason.RELOAD
+                     if gen is not sup.gen else self.epoch_reason
+                     if pending.epoch != self.epoch else None)
             if stale:
-                self.kill(worker, stale)
+                worker.kill(stale)
             else:
                 self.idle.append(worker)
                 sup.connections.resume()
@@ -174,18 +156,13 @@ class Pool:
             sup.child_exited(pid, status)
         self.schedule_refill(0)
 
-    def kill(self, worker: Worker, why: str) -> None:
-        if worker.killed_for is None:
-            worker.killed_for = why
-        worker.jail.kill()
-
-    def kill_idle(self, reason: str) -> None:
+    def kill_idle(self, reason: KillReason) -> None:
         """End every idle worker (they hold something that must not serve a client)."""
         for worker in list(self.idle):
-            self.kill(worker, reason)
+            worker.kill(reason)
         self.idle.clear()
 
-    def retire_idle(self, reason: str) -> None:
+    def retire_idle(self, reason: KillReason) -> None:
         """Idle workers (and those on their way) hold something stale: replace them."""
         self.epoch, self.epoch_reason = self.epoch + 1, reason
         self.kill_idle(reason)

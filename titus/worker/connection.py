@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from titus.config.model import VHost
 from titus.wire import control
+from titus.wire.outcome import Outcome
 from titus.worker import remotekey, stapling
 from titus.worker.clienthello import NotTLS, parse_sni
 from titus.worker.pump import Counters, Reset, TLSPump, handshake, relay
@@ -59,7 +60,7 @@ class WorkerTable:
 
 
 class Finish(Exception):
-    def __init__(self, outcome: str, detail: str | None = None) -> None:
+    def __init__(self, outcome: Outcome, detail: str | None = None) -> None:
         super().__init__(detail or outcome)
         self.outcome = outcome
         self.detail = detail
@@ -77,15 +78,15 @@ def worker_main(table: WorkerTable) -> None:
         return
     client = socket.socket(fileno=fds[0])
     counters = Counters()
-    outcome, detail = "ok", None
+    outcome, detail = Outcome.OK, None
     try:
         serve(table, ctl, client, conn, counters)
     except Finish as e:
         outcome, detail = e.outcome, e.detail
     except Reset as e:
-        outcome = f"{e.side}-reset"
+        outcome = Outcome(f"{e.side}-reset")
     except TimeoutError as e:
-        outcome, detail = "timeout", str(e)
+        outcome, detail = Outcome.TIMEOUT, str(e)
     signs = remotekey.stats()
     result = control.Finished(outcome, counters.bytes_in, counters.bytes_out, detail,
                               sum(signs.ok.values()), sum(signs.failed.values()))
@@ -102,7 +103,7 @@ def read_client_hello(client: socket.socket, timeout: float) -> tuple[bytes, str
         try:
             complete, sni = parse_sni(data)
         except NotTLS as e:
-            raise Finish("handshake-failed", str(e)) from None
+            raise Finish(Outcome.HANDSHAKE_FAILED, str(e)) from None
         if complete:
             return data, sni
         left = deadline - time.monotonic()
@@ -115,7 +116,7 @@ def read_client_hello(client: socket.socket, timeout: float) -> tuple[bytes, str
         except BlockingIOError:
             continue
         if not chunk:
-            raise Finish("handshake-failed", "client closed before its ClientHello")
+            raise Finish(Outcome.HANDSHAKE_FAILED, "client closed before its ClientHello")
         data += chunk
 
 
@@ -140,7 +141,7 @@ def serve(
     hello, sni = read_client_hello(client, table.handshake_timeout)
     index = choose_vhost(table.vhosts, conn.local, sni)
     if index is None:
-        raise Finish("no-vhost", f"no vhost for {conn.local[0]}:{conn.local[1]} sni={sni}")
+        raise Finish(Outcome.NO_VHOST, f"no vhost for {conn.local[0]}:{conn.local[1]} sni={sni}")
 
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = table.contexts[index].wrap_bio(incoming, outgoing, server_side=True)
@@ -153,10 +154,10 @@ def serve(
         # OpenSSL's errors carry .reason; one raised by titus itself has its text alone
         # (str() of an SSLError made from one string shows the args tuple).
         text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
-        raise Finish("handshake-failed", getattr(e, "reason", None) or text) from None
+        raise Finish(Outcome.HANDSHAKE_FAILED, getattr(e, "reason", None) or text) from None
     except Reset:
         # e.g. the client sent its ClientHello and closed: our answer drew a reset.
-        raise Finish("handshake-failed", "the client reset the connection") from None
+        raise Finish(Outcome.HANDSHAKE_FAILED, "the client reset the connection") from None
     cipher = tls.cipher()
     ctl.send(
         control.encode(
@@ -177,7 +178,7 @@ def serve(
     if not isinstance(reply, control.BackendReady) or not fds:
         _goodbye(pump)
         reason = reply.reason if isinstance(reply, control.BackendFailed) else "no backend"
-        raise Finish("backend-failed", reason)
+        raise Finish(Outcome.BACKEND_FAILED, reason)
     backend = socket.socket(fileno=fds[0])
     backend.setblocking(False)
     try:
