@@ -14,7 +14,7 @@ handshake legitimately needs and nothing that could turn it into an oracle:
 * SIGN_ECDSA: a 32, 48 or 64 byte digest, EC keys only.
 * Never a decryption, and at most ``Budget`` signatures per channel.
 
-All signing goes through the system libcrypto (ctypes, EVP_PKEY_sign) because
+All signing goes through the system libcrypto (titus.openssl, EVP_PKEY_sign) because
 `cryptography` cannot do raw RSA; one code path for every operation.  A Signer
 is only ever constructed inside the key holder: it holds the private keys.
 """
@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from titus import openssl
 from titus.wire.keyproto import EC_CURVES, RSA_MAX_BITS, RSA_MIN_BITS, Op, Status
 
 DEFAULT_BUDGET = 1  # one full TLS handshake needs exactly one server signature
@@ -63,49 +64,26 @@ class Refused(Exception):
         self.reason = reason
 
 
-# --- libcrypto --------------------------------------------------------------------------------
+# --- libcrypto (titus.openssl) ---------------------------------------------------------------
 
-
-def _load_libcrypto() -> ctypes.CDLL:
-    """The libcrypto that Python's _ssl links, so the process holds one OpenSSL, not two."""
-    try:
-        import _ssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-        if not hasattr(lib, "OpenSSL_version_num"):  # OpenSSL linked statically into _ssl
-            lib = ctypes.CDLL("libcrypto.so.3")
-    except (ImportError, OSError):
-        lib = ctypes.CDLL("libcrypto.so.3")
-    c_int, c_void_p, c_size_t = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
-    c_ulong = ctypes.c_ulong
-    sigs: dict[str, tuple[list, object]] = {
-        "OpenSSL_version_num": ([], c_ulong),
-        "d2i_AutoPrivateKey": ([c_void_p, ctypes.POINTER(c_void_p), ctypes.c_long], c_void_p),
-        "EVP_PKEY_free": ([c_void_p], None),
-        "EVP_PKEY_get_size": ([c_void_p], c_int),
-        "EVP_PKEY_CTX_new": ([c_void_p, c_void_p], c_void_p),
-        "EVP_PKEY_CTX_free": ([c_void_p], None),
-        "EVP_PKEY_sign_init": ([c_void_p], c_int),
-        "EVP_PKEY_CTX_set_rsa_padding": ([c_void_p, c_int], c_int),
-        "EVP_PKEY_sign": (
-            [c_void_p, c_void_p, ctypes.POINTER(c_size_t), c_void_p, c_size_t],
-            c_int,
-        ),
-        "ERR_get_error": ([], c_ulong),
-        "ERR_error_string_n": ([c_ulong, c_void_p, c_size_t], None),
-        "ERR_clear_error": ([], None),
-    }
-    for name, (argtypes, restype) in sigs.items():
-        fn = getattr(lib, name)
-        fn.argtypes = argtypes
-        fn.restype = restype
-    if lib.OpenSSL_version_num() < 0x30000000:
-        # Before 3.0 EVP_PKEY_CTX_set_rsa_padding was a macro, and this code assumes 3.x.
-        raise ImportError("titus.keyholder.signer needs OpenSSL 3")
-    return lib
-
-
-_lib = _load_libcrypto()
+_c = ctypes
+_PROTOTYPES: openssl.Prototypes = {
+    "d2i_AutoPrivateKey": ([_c.c_void_p, _c.POINTER(_c.c_void_p), _c.c_long], _c.c_void_p),
+    "EVP_PKEY_free": ([_c.c_void_p], None),
+    "EVP_PKEY_get_size": ([_c.c_void_p], _c.c_int),
+    "EVP_PKEY_CTX_new": ([_c.c_void_p, _c.c_void_p], _c.c_void_p),
+    "EVP_PKEY_CTX_free": ([_c.c_void_p], None),
+    "EVP_PKEY_sign_init": ([_c.c_void_p], _c.c_int),
+    "EVP_PKEY_CTX_set_rsa_padding": ([_c.c_void_p, _c.c_int], _c.c_int),
+    "EVP_PKEY_sign": (
+        [_c.c_void_p, _c.c_void_p, _c.POINTER(_c.c_size_t), _c.c_void_p, _c.c_size_t],
+        _c.c_int,
+    ),
+    "ERR_get_error": ([], _c.c_ulong),
+    "ERR_error_string_n": ([_c.c_ulong, _c.c_void_p, _c.c_size_t], None),
+    "ERR_clear_error": ([], None),
+}
+_lib = openssl.bind_libcrypto(_PROTOTYPES)
 
 
 def _openssl_error(what: str) -> str:

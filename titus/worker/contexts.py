@@ -13,6 +13,7 @@ import ctypes
 import ssl
 from collections.abc import Sequence
 
+from titus import openssl
 from titus.config.model import TLSSettings, VHost
 from titus.worker import remotekey
 
@@ -25,12 +26,12 @@ class TLSConfigError(ValueError):
     pass
 
 
-def _openssl() -> ctypes.CDLL:
-    """remotekey's handle on the OpenSSL that _ssl runs, plus the two calls we need."""
-    lib = remotekey._lib()
-    fn = lib.SSL_CTX_set_ciphersuites
-    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
-    return lib
+# The two calls Python's ssl lacks, on the OpenSSL that _ssl runs.
+_openssl = openssl.LazySSL({
+    "SSL_CTX_set_ciphersuites": ([ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int),
+    "SSL_CTX_ctrl": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p],
+                     ctypes.c_long),
+})
 
 
 def _set_groups(ctx: ssl.SSLContext, names: str) -> bool:
@@ -46,7 +47,7 @@ def openssl_knows_groups(names: str) -> bool:
     test: before Python 3.11.5 it knows only EC curves, so not X25519.)"""
     try:
         return _set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), names)
-    except remotekey.RemoteKeyError:
+    except (remotekey.RemoteKeyError, openssl.OpenSSLError):
         return True  # no hook into this OpenSSL: titus refuses to start, with that reason
 
 

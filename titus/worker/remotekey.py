@@ -31,6 +31,7 @@ from _thread import allocate_lock  # threading's Lock, without threading's after
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from titus import openssl
 from titus.wire.keyproto import (
     EC_CURVES,
     MAX_RESPONSE,
@@ -49,14 +50,13 @@ _RSA_PKCS1_PADDING = 1
 _RSA_NO_PADDING = 3
 _SSL_CTRL_CHAIN = 88
 _SSL_CTRL_CHAIN_CERT = 89
-_OPENSSL_VERSION = 0  # OpenSSL_version(OPENSSL_VERSION)
 
 
 class RemoteKeyError(RuntimeError):
     """The remote key cannot be installed or used safely; refuse to run."""
 
 
-# --- OpenSSL through _ssl's link map ----------------------------------------------------------
+# --- OpenSSL through _ssl's link map (titus.openssl) ------------------------------------------
 
 _c = ctypes
 PRIV_ENC = _c.CFUNCTYPE(_c.c_int, _c.c_int, _c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_int)
@@ -73,9 +73,7 @@ EC_SIGN = _c.CFUNCTYPE(
     _c.c_void_p,
 )
 
-_SIGNATURES: dict[str, tuple[list, object]] = {
-    "OpenSSL_version_num": ([], _c.c_ulong),
-    "OpenSSL_version": ([_c.c_int], _c.c_void_p),
+_SIGNATURES: openssl.Prototypes = {
     "ERR_clear_error": ([], None),
     "BN_bin2bn": ([_c.c_void_p, _c.c_int, _c.c_void_p], _c.c_void_p),
     "BN_free": ([_c.c_void_p], None),
@@ -112,41 +110,19 @@ _SIGNATURES: dict[str, tuple[list, object]] = {
 }
 
 
-def _load_openssl() -> ctypes.CDLL:
-    """Resolve every symbol through _ssl's own handle: the libssl/libcrypto Python's TLS uses.
-
-    dlsym on the _ssl extension searches its dependency tree, so a second
-    OpenSSL in the process (cryptography bundles one) can never be picked up.
-    """
-    import _ssl
-
-    lib = ctypes.CDLL(_ssl.__file__)
-    missing = [name for name in _SIGNATURES if not hasattr(lib, name)]
-    if missing:
-        raise RemoteKeyError(
-            f"_ssl does not link a shared OpenSSL 3 (missing {', '.join(missing[:3])})"
-        )
-    for name, (argtypes, restype) in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes = argtypes
-        fn.restype = restype
-    num = lib.OpenSSL_version_num()
-    text = ctypes.string_at(lib.OpenSSL_version(_OPENSSL_VERSION)).decode()
-    if num != ssl.OPENSSL_VERSION_NUMBER or text != ssl.OPENSSL_VERSION:
-        raise RemoteKeyError(
-            f"ctypes reaches {text!r} ({num:#x}) but ssl runs {ssl.OPENSSL_VERSION!r} "
-            f"({ssl.OPENSSL_VERSION_NUMBER:#x}): not the same OpenSSL"
-        )
-    if not 0x30000000 <= num < 0x40000000:
-        raise RemoteKeyError(f"{text}: foreign keys are only known to work on OpenSSL 3.x")
-    return lib
+def _load_openssl() -> openssl.Functions:
+    """Every function this module calls, bound through the OpenSSL that ssl runs."""
+    try:
+        return openssl.bind_ssl(_SIGNATURES)
+    except openssl.OpenSSLError as e:
+        raise RemoteKeyError(str(e)) from None
 
 
-_lib_cache: ctypes.CDLL | None = None
+_lib_cache: openssl.Functions | None = None
 _lib_lock = allocate_lock()
 
 
-def _lib() -> ctypes.CDLL:
+def _lib() -> openssl.Functions:
     global _lib_cache
     with _lib_lock:
         if _lib_cache is None:

@@ -6,7 +6,7 @@ workers, which must stay small and never import those.
 
 Python's ssl has no server-side stapling API, so the status callback is set
 with ctypes on the SSL_CTX behind each vhost's SSLContext, through the very
-libssl that _ssl uses (``remotekey._lib``).  The callback runs inside the jail:
+libssl that _ssl uses (``titus.openssl``).  The callback runs inside the jail:
 it only reads memory, asks the clock (vDSO), and hands libssl a copy in an
 OPENSSL_malloc'd buffer that libssl frees with the connection.  On any doubt it
 staples nothing (SSL_TLSEXT_ERR_NOACK): a missing staple costs the client one
@@ -19,8 +19,8 @@ import contextlib
 import ctypes
 import ssl
 import time
-from dataclasses import dataclass
 
+from titus import openssl
 from titus.worker import remotekey
 
 _SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB = 63
@@ -55,52 +55,29 @@ class Stapled:
 _STATUS_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
 
-@dataclass(frozen=True)
-class _Functions:
-    callback_ctrl: ctypes._CFuncPtr
-    ssl_ctrl: ctypes._CFuncPtr
-    malloc: ctypes._CFuncPtr
-    free: ctypes._CFuncPtr
-
-
-def _bind(lib: ctypes.CDLL, name: str, argtypes: list, restype: object) -> ctypes._CFuncPtr:
-    fn = lib[name]  # a fresh function object: other modules' argtypes stay theirs
-    fn.argtypes, fn.restype = argtypes, restype
-    return fn
-
-
-_functions: _Functions | None = None
-
-
-def _openssl() -> _Functions:
-    """Bound once, in the zygote: a forked worker inherits them ready to call."""
-    global _functions
-    if _functions is None:
-        lib = remotekey._lib()
-        c = ctypes
-        _functions = _Functions(
-            callback_ctrl=_bind(lib, "SSL_CTX_callback_ctrl", [c.c_void_p, c.c_int, _STATUS_CB],
-                                c.c_long),
-            ssl_ctrl=_bind(lib, "SSL_ctrl", [c.c_void_p, c.c_int, c.c_long, c.c_void_p],
-                           c.c_long),
-            malloc=_bind(lib, "CRYPTO_malloc", [c.c_size_t, c.c_void_p, c.c_int], c.c_void_p),
-            free=_bind(lib, "CRYPTO_free", [c.c_void_p, c.c_void_p, c.c_int], None),
-        )
-    return _functions
+_c = ctypes
+# Bound by `enable`, in the zygote: a forked worker inherits them ready to call.
+_openssl = openssl.LazySSL({
+    "SSL_CTX_callback_ctrl": ([_c.c_void_p, _c.c_int, _STATUS_CB], _c.c_long),
+    "SSL_ctrl": ([_c.c_void_p, _c.c_int, _c.c_long, _c.c_void_p], _c.c_long),
+    "CRYPTO_malloc": ([_c.c_size_t, _c.c_void_p, _c.c_int], _c.c_void_p),
+    "CRYPTO_free": ([_c.c_void_p, _c.c_void_p, _c.c_int], None),
+})
 
 
 def _staple_now(staple: Stapled, ssl_ptr: int | None) -> int:
     """The status callback's body: hand libssl a copy of the response, or staple nothing."""
     buffer = None
+    functions = _openssl.functions  # bound by enable(); never bind here, in the jail
     try:
         der = staple.current(time.time())
-        if not der or not ssl_ptr or _functions is None:
+        if not der or not ssl_ptr or functions is None:
             return _SSL_TLSEXT_ERR_NOACK
-        buffer = _functions.malloc(len(der), None, 0)
+        buffer = functions.CRYPTO_malloc(len(der), None, 0)
         if not buffer:
             return _SSL_TLSEXT_ERR_NOACK
         ctypes.memmove(buffer, der, len(der))
-        if _functions.ssl_ctrl(ssl_ptr, _SSL_CTRL_SET_TLSEXT_STATUS_REQ_OCSP_RESP, len(der),
+        if functions.SSL_ctrl(ssl_ptr, _SSL_CTRL_SET_TLSEXT_STATUS_REQ_OCSP_RESP, len(der),
                                buffer) != 1:
             return _SSL_TLSEXT_ERR_NOACK
         buffer = None  # libssl owns it now and frees it with the connection
@@ -108,9 +85,9 @@ def _staple_now(staple: Stapled, ssl_ptr: int | None) -> int:
     except BaseException:
         return _SSL_TLSEXT_ERR_NOACK
     finally:
-        if buffer and _functions is not None:
+        if buffer and functions is not None:
             with contextlib.suppress(BaseException):
-                _functions.free(buffer, None, 0)
+                functions.CRYPTO_free(buffer, None, 0)
 
 
 def enable(ctx: ssl.SSLContext, staple: Stapled) -> None:
@@ -124,5 +101,5 @@ def enable(ctx: ssl.SSLContext, staple: Stapled) -> None:
     ptr = remotekey.ssl_ctx_pointer(ctx)
     callback = _STATUS_CB(lambda ssl_ptr, _arg: _staple_now(staple, ssl_ptr))
     ctx._titus_ocsp_callback = callback  # type: ignore[attr-defined]
-    if functions.callback_ctrl(ptr, _SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB, callback) != 1:
+    if functions.SSL_CTX_callback_ctrl(ptr, _SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB, callback) != 1:
         raise StaplingError("libssl refused the OCSP status callback")
