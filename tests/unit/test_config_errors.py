@@ -143,9 +143,10 @@ def test_cert_and_key_the_same_file(tmp_path: Path, opened: list[str]) -> None:
 @pytest.mark.parametrize(
     ("kind", "bits", "message"),
     [
-        ("ed25519", 0, "only RSA and EC (P-256/384/521) certificates are supported"),
-        ("ec-k256", 0, "EC curve secp256k1 is not supported for signing"),
-        ("rsa", 1024, "1024-bit RSA is too weak; use at least 2048 bits"),
+        ("ed25519", 0, "Ed25519 keys are not supported (use RSA 2048-4096 or ECDSA P-256/P-384)"),
+        ("ec-k256", 0, "EC curve secp256k1 is not supported (use P-256 or P-384)"),
+        ("ec-p521", 0, "EC curve secp521r1 is not supported (use P-256 or P-384)"),
+        ("rsa", 1024, "RSA-1024 is not supported (RSA keys must have 2048 to 4096 bits)"),
     ],
 )
 def test_unsupported_certificates(tmp_path: Path, kind: str, bits: int, message: str) -> None:

@@ -24,6 +24,8 @@ def private_key(kind: str = "rsa", bits: int = 2048):  # type: ignore[no-untyped
         return ec.generate_private_key(ec.SECP256R1())
     if kind == "ec-k256":
         return ec.generate_private_key(ec.SECP256K1())
+    if kind == "ec-p521":
+        return ec.generate_private_key(ec.SECP521R1())
     if kind == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
     raise ValueError(kind)

@@ -199,7 +199,7 @@ def test_first_certificate_of_a_chain_must_match() -> None:
         (lambda: rsa.generate_private_key(65537, 1024), "RSA-1024 is not supported"),
         (lambda: ec.generate_private_key(ec.SECP521R1()), "EC curve secp521r1 is not supported"),
         (lambda: ec.generate_private_key(ec.SECP256K1()), "EC curve secp256k1 is not supported"),
-        (ed25519.Ed25519PrivateKey.generate, "Ed25519PrivateKey keys are not supported"),
+        (ed25519.Ed25519PrivateKey.generate, "Ed25519 keys are not supported"),
     ],
 )
 def test_unsupported_keys_are_refused_clearly(make, message: str) -> None:

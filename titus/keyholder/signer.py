@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from titus import openssl
-from titus.wire.keyproto import EC_CURVES, RSA_MAX_BITS, RSA_MIN_BITS, Op, Status
+from titus.keyholder.keyrules import UnsupportedKey, key_kind
+from titus.wire.keyproto import Op, Status
 
 DEFAULT_BUDGET = 1  # one full TLS handshake needs exactly one server signature
 ECDSA_DIGEST_SIZES = frozenset({32, 48, 64})
@@ -191,28 +192,13 @@ class KeyStore:
             certs = x509.load_pem_x509_certificates(cert_pem)
         except ValueError as e:
             raise KeyStoreError(f"{cert_name}: not a PEM certificate: {e}") from None
-        if isinstance(key, rsa.RSAPrivateKey):
-            bits = key.key_size
-            if not RSA_MIN_BITS <= bits <= RSA_MAX_BITS:
-                raise KeyStoreError(
-                    f"{key_name}: RSA-{bits} is not supported "
-                    f"(RSA keys must have {RSA_MIN_BITS} to {RSA_MAX_BITS} bits)"
-                )
-            kind, curve, sigsize = "rsa", None, (bits + 7) // 8
-        elif isinstance(key, ec.EllipticCurvePrivateKey):
-            curve = key.curve.name
-            if curve not in EC_CURVES:
-                raise KeyStoreError(
-                    f"{key_name}: EC curve {curve} is not supported (use P-256 or P-384)"
-                )
-            kind, bits = "ec", EC_CURVES[curve]
-            sigsize = 0  # set from libcrypto below
-        else:
-            raise KeyStoreError(
-                f"{key_name}: {type(key).__name__} keys are not supported "
-                "(use RSA 2048-4096 or ECDSA P-256/P-384)"
-            )
-        pub = _spki(key.public_key())
+        try:
+            kind = key_kind(key)
+        except UnsupportedKey as e:
+            raise KeyStoreError(f"{key_name}: {e}") from None
+        # RSA: the modulus length; EC: the longest DER signature, from libcrypto below.
+        sigsize = (kind.bits + 7) // 8 if kind.kind == "rsa" else 0
+        pub = _spki(key.public_key())  # type: ignore[union-attr]
         if _spki(certs[0].public_key()) != pub:  # type: ignore[arg-type]
             raise KeyStoreError(f"{cert_name}: certificate does not match private key {key_name}")
         der = key.private_bytes(
@@ -222,7 +208,7 @@ class KeyStore:
         )
         evp = _EvpKey(der)
         del der, key
-        info = KeyInfo(key_id, kind, bits, curve, sigsize or evp.size, pub)
+        info = KeyInfo(key_id, kind.kind, kind.bits, kind.curve, sigsize or evp.size, pub)
         self._keys[key_id] = (info, evp)
         return info
 

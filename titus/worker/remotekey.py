@@ -33,10 +33,7 @@ from typing import Protocol
 
 from titus import openssl
 from titus.wire.keyproto import (
-    EC_CURVES,
     MAX_RESPONSE,
-    RSA_MAX_BITS,
-    RSA_MIN_BITS,
     Op,
     ProtocolError,
     Request,
@@ -518,7 +515,8 @@ def read_chain(chain: bytes | str | os.PathLike[str], name: str | None = None) -
     """Parse a PEM chain (leaf first) from bytes or a file; checks the leaf's key type."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from titus.keyholder.keyrules import UnsupportedKey, key_kind
 
     if isinstance(chain, bytes):
         pem, name = chain, name or "<certificate chain>"
@@ -533,20 +531,17 @@ def read_chain(chain: bytes | str | os.PathLike[str], name: str | None = None) -
     ders = tuple(c.public_bytes(serialization.Encoding.DER) for c in certs)
     subjects = tuple(c.subject.rfc4514_string() for c in certs)
     pub = certs[0].public_key()
-    if isinstance(pub, rsa.RSAPublicKey):
-        if not RSA_MIN_BITS <= pub.key_size <= RSA_MAX_BITS:
-            raise RemoteKeyError(f"{name}: RSA-{pub.key_size} is outside 2048-4096 bits")
-        numbers = pub.public_numbers()
+    try:
+        kind = key_kind(pub)
+    except UnsupportedKey as e:
+        raise RemoteKeyError(f"{name}: {e}") from None
+    if kind.kind == "rsa":
+        numbers = pub.public_numbers()  # type: ignore[union-attr]
         n = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")
-        return CertChain(name, ders, subjects, "rsa", pub.key_size, None, n, numbers.e)
-    if isinstance(pub, ec.EllipticCurvePublicKey):
-        if pub.curve.name not in EC_CURVES:
-            raise RemoteKeyError(f"{name}: curve {pub.curve.name} is not P-256 or P-384")
-        point = pub.public_bytes(serialization.Encoding.X962,
-                                 serialization.PublicFormat.UncompressedPoint)
-        return CertChain(name, ders, subjects, "ec", EC_CURVES[pub.curve.name], pub.curve.name,
-                         point)
-    raise RemoteKeyError(f"{name}: a {type(pub).__name__} is neither RSA nor ECDSA")
+        return CertChain(name, ders, subjects, "rsa", kind.bits, None, n, numbers.e)
+    point = pub.public_bytes(serialization.Encoding.X962,
+                             serialization.PublicFormat.UncompressedPoint)
+    return CertChain(name, ders, subjects, "ec", kind.bits, kind.curve, point)
 
 
 def restrict_to_ecdhe(ctx: ssl.SSLContext, allow_dhe: bool = False) -> list[str]:
