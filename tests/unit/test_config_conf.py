@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_config_support import DATA, basic_conf, make_cert, write
+from tests.unit.test_config_support import DATA, basic_conf, chosen, make_cert, write
 from titus.config.load import ConfigError, load_config, load_options, parse_command_line
 
 CERT = "cert certs/example.com.crt\nkey certs/example.com.key\n"
@@ -60,9 +60,9 @@ def test_titus_04_example_loads(tmp_path: Path) -> None:
     ]
     assert all(str(n.source.line) in str(n) for n in config.notices)
     # routing as titus 0.4 would do it
-    assert config.select_vhost("192.0.2.5", 443, "www.example.com") is first
-    assert config.select_vhost("198.51.100.1", 443, "WWW.example.com") is www
-    assert config.select_vhost("::ffff:198.51.100.1", 443, None) is wildcard
+    assert chosen(config, "192.0.2.5", 443, "www.example.com") is first
+    assert chosen(config, "198.51.100.1", 443, "WWW.example.com") is www
+    assert chosen(config, "::ffff:198.51.100.1", 443, None) is wildcard
 
 
 def test_data_file_differs_from_titus_only_in_paths_and_header() -> None:
@@ -183,7 +183,7 @@ def test_with_vhost_blocks_there_is_no_implicit_catch_all(certs: Path) -> None:
     conf = basic_conf(certs, "vhost\n\tsni-name only.example\n")
     config = load_config(conf)
     assert len(config.vhosts) == 1
-    assert config.select_vhost("192.0.2.1", 443, "other.example") is None
+    assert chosen(config, "192.0.2.1", 443, "other.example") is None
 
 
 def test_first_match_wins_in_file_order(certs: Path) -> None:
@@ -195,9 +195,9 @@ def test_first_match_wins_in_file_order(certs: Path) -> None:
     )
     config = load_config(conf)
     assert [v.name for v in config.vhosts] == ["one", "two", "three"]
-    assert config.select_vhost("::1", 443, "a.example").backend_port == 1
-    assert config.select_vhost("::1", 443, "b.example").backend_port == 2
-    assert config.select_vhost("::1", 443, "c.example").backend_port == 3
+    assert chosen(config, "::1", 443, "a.example").backend_port == 1
+    assert chosen(config, "::1", 443, "b.example").backend_port == 2
+    assert chosen(config, "::1", 443, "c.example").backend_port == 3
     # "two" is reachable (b.example), so only nothing is reported as shadowed
     assert not [n for n in config.notices if "never be chosen" in n.message]
 
@@ -231,8 +231,8 @@ def test_empty_sni_name_matches_clients_without_sni(certs: Path) -> None:
     conf = basic_conf(certs, 'vhost\n\tsni-name ""\n\tbackend-port 1\nvhost\n\tbackend-port 2\n')
     config = load_config(conf)
     assert config.vhosts[0].sni_names == ("",)
-    assert config.select_vhost("::1", 443, None).backend_port == 1
-    assert config.select_vhost("::1", 443, "a.example").backend_port == 2
+    assert chosen(config, "::1", 443, None).backend_port == 1
+    assert chosen(config, "::1", 443, "a.example").backend_port == 2
 
 
 # --- includes -----------------------------------------------------------------------------

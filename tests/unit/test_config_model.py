@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_config_support import chosen
 from titus.config.model import (
     DEFAULT_CIPHERS,
     Config,
@@ -95,18 +96,17 @@ def test_matches_local_address_and_port() -> None:
     assert vhost("any").matches_local("203.0.113.9", 9)
 
 
-def test_select_is_first_match_in_order() -> None:
+def test_the_chooser_takes_the_first_match_in_order() -> None:
     a = vhost("a", sni_names=("a.example",))
     wild = vhost("wild", sni_names=("*.example",))
     local = vhost("local", local_address=ipaddress.ip_address("10.0.0.1"))
     nosni = vhost("nosni", sni_names=("",))
     config = Config(listeners=(), vhosts=(a, wild, local, nosni))
-    assert config.select_vhost("10.0.0.1", 443, "A.Example") is a
-    assert config.select_vhost("10.0.0.1", 443, "b.example") is wild
-    assert config.select_vhost("10.0.0.1", 443, "other.org") is local
-    assert config.select_vhost("10.0.0.2", 443, "other.org") is None
-    assert config.select_vhost("10.0.0.2", 443, None) is nosni
-    assert config.vhosts_for_local("10.0.0.2", 443) == (a, wild, nosni)
+    assert chosen(config, "10.0.0.1", 443, "A.Example") is a
+    assert chosen(config, "10.0.0.1", 443, "b.example") is wild
+    assert chosen(config, "10.0.0.1", 443, "other.org") is local
+    assert chosen(config, "10.0.0.2", 443, "other.org") is None
+    assert chosen(config, "10.0.0.2", 443, None) is nosni
 
 
 def test_listener_sockaddr() -> None:

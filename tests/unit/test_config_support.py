@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from titus.config.model import Config, VHost, choose_vhost
+
 DATA = Path(__file__).resolve().parent.parent / "data"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,3 +83,9 @@ def basic_conf(directory: Path, extra: str = "", *, name: str = "titus.conf") ->
         "backend-port 8080\n"
     )
     return write(directory / name, text + extra)
+
+
+def chosen(config: Config, address: str, port: int, server_name: str | None) -> VHost | None:
+    """The vhost the worker's chooser picks for a connection, or None."""
+    index = choose_vhost(config.vhosts, (address, port), server_name)
+    return None if index is None else config.vhosts[index]

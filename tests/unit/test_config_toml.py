@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_config_support import REPO, basic_conf, make_cert, write
+from tests.unit.test_config_support import REPO, basic_conf, chosen, make_cert, write
 from titus.config.load import ConfigError, load_config
 from titus.config.toml import KeyLines
 
@@ -68,9 +68,9 @@ def test_annotated_example_loads(tmp_path: Path) -> None:
     assert config.metrics_listen is not None and config.metrics_listen.port == 9100
     assert (config.log_format, config.uid_first, config.uid_count) == ("auto", 200000, 65536)
     assert (config.keyholder_budget, config.keyholder_timeout) == (1, 2.0)
-    assert config.select_vhost("127.0.0.1", 8443, "x.example.com") is internal
-    assert config.select_vhost("192.0.2.1", 443, "x.example.com") is wildcard
-    assert config.select_vhost("192.0.2.1", 443, "a.x.example.com") is fallback
+    assert chosen(config, "127.0.0.1", 8443, "x.example.com") is internal
+    assert chosen(config, "192.0.2.1", 443, "x.example.com") is wildcard
+    assert chosen(config, "192.0.2.1", 443, "a.x.example.com") is fallback
 
 
 def test_both_formats_give_the_same_model(certs: Path) -> None:
@@ -124,7 +124,7 @@ def test_vhost_tls_inherits_field_by_field(certs: Path) -> None:
 def test_empty_sni_name_in_toml(certs: Path) -> None:
     config = load_config(toml(certs, '[[vhost]]\nsni-name = ["", "a.example"]\n'))
     assert config.vhosts[0].sni_names == ("", "a.example")
-    assert config.select_vhost("::1", 443, None) is config.vhosts[0]
+    assert chosen(config, "::1", 443, None) is config.vhosts[0]
 
 
 def test_listen_tables(certs: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -228,6 +229,17 @@ class VHost:
         return any(sni_matches(pattern, wanted) for pattern in self.sni_names)
 
 
+
+def choose_vhost(vhosts: Sequence[VHost], local: tuple[IPAddress | str, int],
+                 server_name: str | None) -> int | None:
+    """The index of the first vhost matching the local address and port, then the SNI
+    (titus 0.4: first match wins, in file order); None drops the connection."""
+    for i, vhost in enumerate(vhosts):
+        if vhost.matches_local(local[0], local[1]) and vhost.matches_sni(server_name):
+            return i
+    return None
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole validated configuration.
@@ -261,15 +273,3 @@ class Config:
     sources: tuple[Path, ...] = ()
     notices: tuple[Notice, ...] = ()
 
-    def vhosts_for_local(self, address: IPAddress | str, port: int) -> tuple[VHost, ...]:
-        """Stage 1 (before the handshake): the vhosts a local address/port allows."""
-        return tuple(v for v in self.vhosts if v.matches_local(address, port))
-
-    def select_vhost(
-        self, address: IPAddress | str, port: int, server_name: str | None
-    ) -> VHost | None:
-        """First vhost matching local address, port and SNI; None drops the connection."""
-        for vhost in self.vhosts_for_local(address, port):
-            if vhost.matches_sni(server_name):
-                return vhost
-        return None

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from titus.config.model import VHost
+from titus.config.model import VHost, choose_vhost
 from titus.wire import control
 from titus.wire.outcome import Outcome
 from titus.worker import remotekey, stapling
@@ -118,15 +118,6 @@ def read_client_hello(client: socket.socket, timeout: float) -> tuple[bytes, str
         if not chunk:
             raise Finish(Outcome.HANDSHAKE_FAILED, "client closed before its ClientHello")
         data += chunk
-
-
-def choose_vhost(vhosts: Sequence[VHost], local: tuple[str, int], sni: str | None
-                 ) -> int | None:
-    """Local address and port first, then SNI; the first match wins (titus 0.4)."""
-    for i, vhost in enumerate(vhosts):
-        if vhost.matches_local(local[0], local[1]) and vhost.matches_sni(sni):
-            return i
-    return None
 
 
 def serve(
