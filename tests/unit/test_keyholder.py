@@ -274,3 +274,26 @@ def test_load_keys_from_fds_refuses_directories_and_huge_files(tmp_path) -> None
         keyholder.load_keys_from_fds([fd], max_size=4096)
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+def test_check_reads_keys_with_the_key_holder_s_loader(tmp_path) -> None:
+    """`titus --check` and the key holder (main.load_store) refuse the same key alike,
+    naming the key setting's FILE:LINE."""
+    from tests.unit.test_config_support import basic_conf, make_cert
+    from titus.config.load import load_config
+    from titus.keyholder.checks import check_keys
+    from titus.keyholder.main import key_slots, load_store
+    from titus.keyholder.signer import KeyStoreError
+
+    conf = basic_conf(tmp_path)
+    assert check_keys(load_config(conf)) is None
+    _, other_key = make_cert(tmp_path / "other", "other.example", kind="ec")
+    (tmp_path / "certs" / "example.com.key").write_bytes(other_key.read_bytes())
+    config = load_config(conf)
+    problem = check_keys(config)
+    assert problem is not None and problem.startswith(f"{conf}:3: ")
+    assert "does not match" in problem
+    slots, _ = key_slots(config)
+    with pytest.raises(KeyStoreError) as refused:
+        load_store(slots, [os.open(s.key_path, os.O_RDONLY) for s in slots])
+    assert str(refused.value) == problem
