@@ -48,7 +48,10 @@ class CA:
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, name: str, kind: str = "p256", extra_names: tuple[str, ...] = (),
-              filename: str | None = None) -> Leaf:
+              filename: str | None = None, uris: tuple[str, ...] = (),
+              valid: tuple[datetime.timedelta, datetime.timedelta] | None = None) -> Leaf:
+        """A leaf for `name` (CN and SAN); `valid` is (notBefore, notAfter) relative to now
+        (default: an hour ago, in 30 days); `uris` are URI SANs (e.g. spiffe://...)."""
         key = new_key(kind)
         now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = []
@@ -57,10 +60,12 @@ class CA:
                 sans.append(x509.IPAddress(ipaddress.ip_address(n)))
             except ValueError:
                 sans.append(x509.DNSName(n))
+        sans.extend(x509.UniformResourceIdentifier(uri) for uri in uris)
+        before, after = valid or (datetime.timedelta(hours=-1), datetime.timedelta(days=30))
         cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(self.cert.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(hours=1))
-                .not_valid_after(now + datetime.timedelta(days=30))
+                .not_valid_before(now + before)
+                .not_valid_after(now + after)
                 .add_extension(x509.SubjectAlternativeName(sans), False)
                 .sign(self.key, hashes.SHA256()))
         stem = filename or f"{name}-{kind}"

@@ -242,7 +242,7 @@ def test_missing_cert_in_vhost_names_the_vhost_header(certs: Path) -> None:
 
 def test_missing_port(certs: Path) -> None:
     path = write(certs / "t.toml", "[tls]\n")
-    assert error_of(path) == f"{path}:0: no port to listen on; set `port` (e.g. 443)"
+    assert error_of(path) == f"{path}: no port to listen on; set `port` (e.g. 443)"
 
 
 def test_command_line_overrides_apply_to_toml(certs: Path) -> None:

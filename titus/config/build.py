@@ -21,7 +21,7 @@ from typing import Any
 from cryptography import x509
 
 from titus.config.dh import resolve_dhgroup
-from titus.config.files import check_cert_file, check_key_file
+from titus.config.files import check_cert_file, check_key_file, validity_problem
 from titus.config.model import (
     DEFAULT_CIPHERS,
     DEFAULT_DHE_CIPHERS,
@@ -48,6 +48,9 @@ FORCED_EXCLUSIONS = (
 NO_DHE = ":!kDHE"
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}
+# TLSDraft attribute -> option name, where they differ by more than "_" for "-".
+_TLS_OPTION = {"min_version": "min-tls-version", "max_version": "max-tls-version",
+               "curves": "ecdhcurve"}
 _UNSPECIFIED_V4 = ipaddress.IPv4Address("0.0.0.0")
 _UNSPECIFIED_V6 = ipaddress.IPv6Address("::")
 
@@ -219,10 +222,14 @@ class _Builder:
             self.checked_keys.add(key.value)
         if (cert.value, key.value) not in self.checked_certs:
             try:
-                check_cert_file(cert.value, key.value)
+                leaf = check_cert_file(cert.value, key.value)
             except BadValue as e:
                 raise ConfigError(cert.source, f"cert {shown(str(cert.value))}: {e}") from None
             self.checked_certs.add((cert.value, key.value))
+            problem = validity_problem(leaf)
+            if problem:
+                self.notices.append(Notice(cert.source, f"cert {shown(str(cert.value))}: "
+                                                        f"{problem}"))
 
     def ocsp_file(self, chosen: Sourced[Path]) -> None:
         """It must exist and be an OCSP response; whether it fits the certificate and is
@@ -274,6 +281,13 @@ class _Builder:
         if ocsp_response is not None:
             self.ocsp_file(ocsp_response)
         local_address = own.local_address.value if own.local_address else None
+        lines = {name: chosen.source for name, chosen in (
+            ("cert", cert), ("key", key), ("backend", backend), ("backend-port", backend_port),
+            ("proxy-protocol", proxy), ("ocsp-response", ocsp_response)) if chosen is not None}
+        for attr in vars(own.tls):
+            chosen = getattr(own.tls, attr) or getattr(inherited.tls, attr)
+            if chosen is not None:
+                lines[_TLS_OPTION.get(attr, attr.replace("_", "-"))] = chosen.source
         return VHost(
             name=name,
             cert=cert.value,
@@ -288,6 +302,7 @@ class _Builder:
             ocsp_response=ocsp_response.value if ocsp_response else None,
             source=own.source,
             key_source=key.source,
+            lines=tuple(lines.items()),
         )
 
     def vhosts(self) -> tuple[VHost, ...]:

@@ -42,7 +42,8 @@ DEFAULT_UID_COUNT = 65_536
 class Source:
     """Where a setting came from, for error messages: a file and a 1-based line.
 
-    Line 0 means "the file as a whole" (e.g. a setting that is missing from it).
+    Line 0 means "the file as a whole" (e.g. a setting that is missing from it) and
+    is written as the file name alone: no message cites a line 0.
     Command-line settings use the file name ``<command line>`` and the number of
     the ``--option`` argument as the line.
     """
@@ -51,7 +52,7 @@ class Source:
     line: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.line}" if self.line else self.file
 
 
 def one_line(text: str) -> str:
@@ -212,6 +213,14 @@ class VHost:
     ocsp_response: Path | None = None
     source: Source = field(default=Source("<built-in>", 0), compare=False)
     key_source: Source = field(default=Source("<built-in>", 0), compare=False)
+    # Where each setting in effect was written (option name -> file and line), so an
+    # error found after loading (a backend that does not resolve) names its line.
+    lines: tuple[tuple[str, Source], ...] = field(default=(), compare=False)
+
+    def where(self, option: str) -> Source:
+        """The line that set `option` for this vhost (its own or the global one), else
+        the vhost's."""
+        return next((src for name, src in self.lines if name == option), self.source)
 
     def matches_local(self, address: IPAddress | str, port: int) -> bool:
         if (

@@ -40,7 +40,7 @@ from titus.supervisor.jailstderr import JailStderr
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError, KeySlot
 from titus.supervisor.loop import Loop, Timer
 from titus.supervisor.metrics import Metrics, MetricsEndpoint
-from titus.supervisor.resolve import resolve_backend
+from titus.supervisor.resolve import resolve_vhosts
 from titus.supervisor.transparent import set_transparent
 from titus.wire import control, proxyproto
 from titus.worker.remotekey import CertChain, RemoteKeyError, read_chain
@@ -305,16 +305,10 @@ class Supervisor:
     def resolve_backends(self, gen: Generation | None = None) -> None:
         """Resolve every backend name now: never on the connection path."""
         gen = gen or self.gen
-        for i, vhost in enumerate(gen.config.vhosts):
-            if vhost.backend_host is None:
-                continue
-            try:
-                addrs = resolve_backend(vhost.backend_host, vhost.backend_port or 0,
-                                        gen.config.dns_timeout)
-            except OSError as e:
-                raise StartupError(f"{vhost.source}: backend {vhost.backend_host}: {e}") from None
-            gen.backends[i] = [(socket.AF_INET6 if len(a) == 4 else socket.AF_INET, a)
-                               for a in addrs]
+        try:
+            gen.backends.update(resolve_vhosts(gen.config))
+        except OSError as e:
+            raise StartupError(str(e)) from None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
