@@ -57,7 +57,7 @@ def test_annotated_example_loads(tmp_path: Path) -> None:
     assert [v.name for v in config.vhosts] == ["www", "internal", "wildcard", "fallback"]
     assert www.sni_names == ("www.example.com", "example.com")
     assert www.tls.min_version == ssl.TLSVersion.TLSv1_3
-    assert www.tls.alpn == ("h2", "http/1.1")  # inherited from [tls]
+    assert www.tls.alpn == ("http/1.1",)  # inherited from [tls]; h2 only with backend-h2
     assert (www.backend_host, www.backend_port) == ("127.0.0.1", 7443)
     assert internal.local_address == ipaddress.ip_address("127.0.0.1")
     assert (internal.local_port, internal.proxy_protocol) == (8443, "v1")
@@ -79,7 +79,8 @@ def test_both_formats_give_the_same_model(certs: Path) -> None:
         "max-children 50\nmin-spare-children 5\nmax-handshake-time 4\ndaemon yes\n"
         "transparent backend-only\nproxy-protocol v2\n"
         "ciphers ECDHE-RSA-AES128-GCM-SHA256\necdhcurve X25519\ndhgroup 14\n"
-        "honor-client-cipher-order yes\nalpn h2\nciphersuites TLS_AES_128_GCM_SHA256\n"
+        "honor-client-cipher-order yes\nalpn h2\nbackend-h2 yes\n"
+        "ciphersuites TLS_AES_128_GCM_SHA256\n"
         "log-format json\nmetrics-listen 127.0.0.1:9100\nkeyholder-budget 2\n"
         "vhost www\n\tsni-name www.example.com\n\tsni-name *.www.example.com\n"
         "\tcert certs/www.example.com.crt\n\tkey certs/www.example.com.key\n\ttlsv1.2 no\n"
@@ -89,7 +90,7 @@ def test_both_formats_give_the_same_model(certs: Path) -> None:
     native = toml(
         certs,
         'max-children = 50\nmin-spare-children = 5\nmax-handshake-time = 4.0\ndaemon = true\n'
-        'transparent = "backend-only"\nproxy-protocol = "v2"\n'
+        'transparent = "backend-only"\nproxy-protocol = "v2"\nbackend-h2 = true\n'
         '[tls]\nciphers = ["ECDHE-RSA-AES128-GCM-SHA256"]\ncurves = ["X25519"]\ndhgroup = 14\n'
         'honor-client-cipher-order = true\nalpn = ["h2"]\n'
         'ciphersuites = "TLS_AES_128_GCM_SHA256"\n'
@@ -112,13 +113,13 @@ def test_both_formats_give_the_same_model(certs: Path) -> None:
 def test_vhost_tls_inherits_field_by_field(certs: Path) -> None:
     config = load_config(toml(
         certs,
-        '[tls]\nalpn = ["h2"]\ncurves = ["secp384r1"]\n'
+        '[tls]\nalpn = ["http/1.1"]\ncurves = ["secp384r1"]\n'
         '[[vhost]]\n[vhost.tls]\ncurves = "X25519"\n'
         '[[vhost]]\n',
     ))
     first, second = config.vhosts
-    assert (first.tls.alpn, first.tls.curves) == (("h2",), ("X25519",))
-    assert (second.tls.alpn, second.tls.curves) == (("h2",), ("secp384r1",))
+    assert (first.tls.alpn, first.tls.curves) == (("http/1.1",), ("X25519",))
+    assert (second.tls.alpn, second.tls.curves) == (("http/1.1",), ("secp384r1",))
 
 
 def test_empty_sni_name_in_toml(certs: Path) -> None:

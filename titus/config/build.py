@@ -277,28 +277,40 @@ class _Builder:
         elif backend_port is None:
             raise ConfigError(own.source, f"{what}no backend-port; set `backend-port` {where}")
         proxy = pick("proxy_protocol")
+        backend_h2 = pick("backend_h2")
         ocsp_response = pick("ocsp_response")
         if ocsp_response is not None:
             self.ocsp_file(ocsp_response)
         local_address = own.local_address.value if own.local_address else None
         lines = {name: chosen.source for name, chosen in (
             ("cert", cert), ("key", key), ("backend", backend), ("backend-port", backend_port),
-            ("proxy-protocol", proxy), ("ocsp-response", ocsp_response)) if chosen is not None}
+            ("proxy-protocol", proxy), ("ocsp-response", ocsp_response),
+            ("backend-h2", backend_h2)) if chosen is not None}
         for attr in vars(own.tls):
             chosen = getattr(own.tls, attr) or getattr(inherited.tls, attr)
             if chosen is not None:
                 lines[_TLS_OPTION.get(attr, attr.replace("_", "-"))] = chosen.source
+        tls = self.tls(own.tls, inherited.tls)
+        speaks_h2 = bool(backend_h2 and backend_h2.value)
+        if "h2" in tls.alpn and not speaks_h2:
+            raise ConfigError(
+                lines["alpn"],
+                f"{what}alpn offers h2, but the backend is not declared to speak HTTP/2: "
+                "clients that choose h2 would get empty replies from an HTTP/1.1 backend; "
+                "leave h2 out, or set `backend-h2 yes` if the backend speaks cleartext HTTP/2",
+            )
         return VHost(
             name=name,
             cert=cert.value,
             key=key.value,
             backend_host=backend.value if backend else None,
             backend_port=backend_port.value if backend_port else None,
-            tls=self.tls(own.tls, inherited.tls),
+            tls=tls,
             local_address=local_address,
             local_port=own.local_port.value if own.local_port else None,
             sni_names=sni_names,
             proxy_protocol=proxy.value if proxy else None,
+            backend_h2=speaks_h2,
             ocsp_response=ocsp_response.value if ocsp_response else None,
             source=own.source,
             key_source=key.source,

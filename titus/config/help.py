@@ -47,7 +47,11 @@ HELP: dict[str, str] = {
     "min-tls-version": "1.2 or 1.3",
     "max-tls-version": "1.2 or 1.3",
     "ciphersuites": "TLS 1.3 cipher suites (OpenSSL syntax)",
-    "alpn": "ALPN protocols offered, comma separated, e.g. h2,http/1.1",
+    "alpn": "ALPN protocols offered, comma separated, e.g. http/1.1; h2 only with "
+            "backend-h2 yes",
+    "backend-h2": "yes: the backend speaks HTTP/2 in cleartext (prior knowledge), so alpn may "
+                  "offer h2; without it h2 is refused (an HTTP/1.1 backend would answer h2 "
+                  "clients with nothing)",
     "client-auth": "none | optional | required: ask clients for a certificate, verified "
                    "against client-ca; the identity goes to the backend in PROXY v2",
     "client-ca": "CA certificates (PEM) that client certificates must chain to",

@@ -209,6 +209,8 @@ class VHost:
     local_port: int | None = None
     sni_names: tuple[str, ...] = ()
     proxy_protocol: ProxyProtocol | None = None
+    # The backend speaks HTTP/2 in cleartext: only then may ALPN offer clients h2.
+    backend_h2: bool = False
     # A DER OCSP response file to staple (re-read when it changes); None: no stapling.
     ocsp_response: Path | None = None
     source: Source = field(default=Source("<built-in>", 0), compare=False)

@@ -69,6 +69,7 @@ class VHostDraft:
     key: Sourced[Path] | None = None
     backend: Sourced[str] | None = None
     backend_port: Sourced[int] | None = None
+    backend_h2: Sourced[bool] | None = None
     proxy_protocol: Sourced[ProxyProtocol | None] | None = None
     ocsp_response: Sourced[Path] | None = None
     tls: TLSDraft = field(default_factory=TLSDraft)
@@ -278,6 +279,7 @@ def _options() -> dict[str, Option]:
         Option("max-tls-version", "any", _tls("max_version", v.parse_tls_version), "str"),
         Option("ciphersuites", "any", _tls("ciphersuites", v.parse_ciphersuites), "list"),
         Option("alpn", "any", _tls("alpn", v.parse_alpn), "list", separator=","),
+        Option("backend-h2", "any", _field("backend_h2", v.parse_bool), "bool"),
         Option("client-auth", "any", _tls("client_auth", v.parse_client_auth), "str"),
         Option("client-ca", "any", _tls_path("client_ca"), "str"),
         Option("proxy-protocol", "any", _field("proxy_protocol", v.parse_proxy_protocol), "str"),

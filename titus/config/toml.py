@@ -44,6 +44,7 @@ ROOT_KEYS = (
     "key",
     "backend",
     "backend-port",
+    "backend-h2",
     "proxy-protocol",
     "backend-connect-timeout",
     "dns-timeout",
@@ -80,6 +81,7 @@ VHOST_KEYS = (
     "key",
     "backend",
     "backend-port",
+    "backend-h2",
     "proxy-protocol",
     "ocsp-response",
 )

@@ -95,7 +95,7 @@ _EXAMPLES = {
     "listen": "[::1]:8443",
     "min-tls-version": "1.3",
     "ciphersuites": "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256",
-    "alpn": "h2,http/1.1",
+    "alpn": "http/1.1",
     "client-auth": "required",
     "client-ca": "/etc/titus/client-ca.pem",
     "proxy-protocol": "v2",
