@@ -139,9 +139,8 @@ def _sockaddr_pair(addr: tuple) -> tuple[str, int]:
 
 
 def _addr(addr: tuple) -> str:
-    """host:port, as the log's client and local fields write it."""
-    host, port = _sockaddr_pair(addr)
-    return f"{host}:{port}"
+    """127.0.0.1:443 or [::1]:443, as every record writes an address."""
+    return logs.endpoint(addr)
 
 
 def _children() -> list[int]:
@@ -294,8 +293,8 @@ class Supervisor:
             self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
         sdnotify.notify("READY=1", f"MAINPID={os.getpid()}",
                         f"STATUS=serving {len(self.config.vhosts)} vhosts")
-        logs.event("started", listeners=[str(sock.getsockname()[:2]) for sock in self.listeners],
-                   metrics=(str(self.metrics_endpoint.sock.getsockname()[:2])
+        logs.event("started", listeners=[_addr(sock.getsockname()) for sock in self.listeners],
+                   metrics=(_addr(self.metrics_endpoint.sock.getsockname())
                             if self.metrics_endpoint else None),
                    vhosts=len(self.config.vhosts), min_spare=self.config.min_spare_children,
                    max_children=self.config.max_children)
@@ -928,7 +927,7 @@ class Supervisor:
         self.idle.clear()
         self.retire_generations()
         logs.event("reloaded", vhosts=len(config.vhosts),
-                   listeners=[str(s.getsockname()[:2]) for s in self.listeners])
+                   listeners=[_addr(s.getsockname()) for s in self.listeners])
         self.schedule_refill(0)
 
     def retire_generations(self) -> None:
