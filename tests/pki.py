@@ -95,3 +95,20 @@ class CA:
             revocation_time=revoked, revocation_reason=None,
         ).responder_id(ocsp.OCSPResponderEncoding.HASH, self.cert)
         return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+    def crl(self, revoked: list[Leaf], path: Path | None = None,
+            next_update: datetime.timedelta = datetime.timedelta(days=1)) -> Path:
+        """A PEM CRL of this CA revoking `revoked` (leaves it issued), written to `path`."""
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
+                   .last_update(now - datetime.timedelta(hours=1))
+                   .next_update(now + next_update))
+        for leaf in revoked:
+            serial = x509.load_pem_x509_certificate(leaf.cert.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+                .build())
+        path = path or self.dir / "ca.crl.pem"
+        path.write_bytes(builder.sign(self.key, hashes.SHA256())
+                         .public_bytes(serialization.Encoding.PEM))
+        return path

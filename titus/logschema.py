@@ -69,7 +69,8 @@ COMMON = {
 TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
 
 OUTCOMES = ("ok", "handshake-failed", "no-vhost", "backend-failed", "client-reset",
-            "backend-reset", "timeout", "error", "policy-violation", "killed", "worker-died")
+            "backend-reset", "timeout", "error", "policy-violation", "killed", "worker-died",
+            "client-not-allowed")
 _PID = Field("integer", "the worker's pid")
 _ERROR = Field("string", "the reason, one line")
 
@@ -82,7 +83,8 @@ EVENTS: dict[str, Event] = {
         "max_children": Field("integer", "max-children"),
     }),
     "connection": Event(
-        "one client connection, written when its worker has exited", ("INFO", "WARNING"), {
+        "one client connection, written when its worker has exited (WARNING: killed, a "
+        "policy violation, a client certificate not allowed)", ("INFO", "WARNING"), {
             "conn_id": Field("integer", "connection number since start-up"),
             "client": Field("endpoint", "the client's address"),
             "local": Field("endpoint", "the address the client connected to"),
@@ -93,6 +95,8 @@ EVENTS: dict[str, Event] = {
             "alpn": Field("string", "the ALPN protocol chosen", null=True),
             "client_cn": Field("string", "the verified client certificate's subject CN",
                                null=True),
+            "client_subject": Field("string", "the verified client certificate's subject "
+                                              "(RFC 4514, `CN=alice,O=Example`)", null=True),
             "backend": Field("string", "the backend connection, `local->peer` (two addresses)",
                              null=True),
             "bytes_in": Field("integer", "plaintext bytes from the client to the backend"),

@@ -18,8 +18,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
+from titus.config.clientauth import client_settings
 from titus.config.dh import resolve_dhgroup
 from titus.config.files import check_cert_file, check_key_file, validity_problem
 from titus.config.model import (
@@ -195,23 +194,8 @@ class _Builder:
             dhgroup=dh,
             honor_client_cipher_order=value("honor_client_cipher_order"),
             alpn=value("alpn"),
-            **self.client_auth(pick("client_auth"), pick("client_ca")),
+            **client_settings(pick, self.notices),
         )
-
-    def client_auth(self, auth: Sourced[str] | None, ca: Sourced[Path] | None
-                    ) -> dict[str, Any]:
-        mode = auth.value if auth else "none"
-        if mode != "none" and ca is None:
-            assert auth is not None
-            raise ConfigError(auth.source, f"client-auth {mode} needs client-ca (the CA file "
-                                           "that signs client certificates)")
-        if ca is not None and mode != "none":
-            try:
-                x509.load_pem_x509_certificates(ca.value.read_bytes())
-            except (OSError, ValueError) as e:
-                raise ConfigError(ca.source, f"client-ca {ca.value}: not a readable PEM "
-                                             f"certificate file ({e})") from None
-        return {"client_auth": mode, "client_ca": ca.value if ca and mode != "none" else None}
 
     def files(self, cert: Sourced[Path], key: Sourced[Path]) -> None:
         if key.value not in self.checked_keys:

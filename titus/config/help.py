@@ -55,6 +55,15 @@ HELP: dict[str, str] = {
     "client-auth": "none | optional | required: ask clients for a certificate, verified "
                    "against client-ca; the identity goes to the backend in PROXY v2",
     "client-ca": "CA certificates (PEM) that client certificates must chain to",
+    "client-crl": "revoked client certificates: a PEM file of CRLs issued by client-ca, "
+                  "re-read on every reload (SIGHUP); a revoked certificate fails the handshake",
+    "client-allow-cn": "only clients whose certificate's subject CN is this (repeatable; "
+                       "with client-allow-dns/-uri: any one listed identity admits); needs "
+                       "client-auth required; a refused client is logged with its subject",
+    "client-allow-dns": "only clients whose certificate has this DNS name SAN (repeatable, "
+                        "case-insensitive); see client-allow-cn",
+    "client-allow-uri": "only clients whose certificate has this URI SAN, e.g. "
+                        "spiffe://example.org/web (repeatable, exact); see client-allow-cn",
     "proxy-protocol": "v1 | v2 | no: send a PROXY header to the backend (written by the "
                       "supervisor, never by a worker)",
     "ocsp-response": "a DER OCSP response file to staple for this vhost's certificate; "

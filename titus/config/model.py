@@ -150,6 +150,16 @@ class TLSSettings:
     # Client certificates: "none", "optional" (verified when sent) or "required".
     client_auth: Literal["none", "optional", "required"] = "none"
     client_ca: Path | None = None
+    client_crl: Path | None = None  # PEM CRLs of client_ca, checked for the leaf
+    # Identities admitted (any one listed suffices); all empty: any certificate client_ca
+    # signed.  Decided by the supervisor on the worker's report (supervisor/clientid.py).
+    client_allow_cn: tuple[str, ...] = ()
+    client_allow_dns: tuple[str, ...] = ()  # lower case
+    client_allow_uri: tuple[str, ...] = ()
+
+    @property
+    def client_allow_list(self) -> bool:
+        return bool(self.client_allow_cn or self.client_allow_dns or self.client_allow_uri)
 
     def __post_init__(self) -> None:
         if self.min_version < ssl.TLSVersion.TLSv1_2:

@@ -54,6 +54,10 @@ class TLSDraft:
     alpn: Sourced[tuple[str, ...]] | None = None
     client_auth: Sourced[str] | None = None
     client_ca: Sourced[Path] | None = None
+    client_crl: Sourced[Path] | None = None
+    client_allow_cn: Sourced[tuple[str, ...]] | None = None
+    client_allow_dns: Sourced[tuple[str, ...]] | None = None
+    client_allow_uri: Sourced[tuple[str, ...]] | None = None
 
 
 @dataclass
@@ -159,6 +163,22 @@ def _tls_path(attr: str) -> Handler:
 def _tls(attr: str, parse: Callable[[str], Any]) -> Handler:
     def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
         setattr(target.tls, attr, Sourced(parse(text), src))
+
+    return handler
+
+
+def _tls_each(attr: str, parse: Callable[[str], str]) -> Handler:
+    """A repeatable TLS option: each line (or TOML list item) adds one value; a vhost that
+    sets its own list replaces the inherited one."""
+    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
+        value = parse(text)
+        before = getattr(target.tls, attr)
+        if before is None:
+            setattr(target.tls, attr, Sourced((value,), src))
+        elif value in before.value:
+            raise v.BadValue("listed twice")
+        else:
+            before.value = (*before.value, value)
 
     return handler
 
@@ -282,6 +302,13 @@ def _options() -> dict[str, Option]:
         Option("backend-h2", "any", _field("backend_h2", v.parse_bool), "bool"),
         Option("client-auth", "any", _tls("client_auth", v.parse_client_auth), "str"),
         Option("client-ca", "any", _tls_path("client_ca"), "str"),
+        Option("client-crl", "any", _tls_path("client_crl"), "str"),
+        Option("client-allow-cn", "any", _tls_each("client_allow_cn", v.parse_client_cn),
+               "each"),
+        Option("client-allow-dns", "any", _tls_each("client_allow_dns", v.parse_client_dns),
+               "each"),
+        Option("client-allow-uri", "any", _tls_each("client_allow_uri", v.parse_client_uri),
+               "each"),
         Option("proxy-protocol", "any", _field("proxy_protocol", v.parse_proxy_protocol), "str"),
         Option("ocsp-response", "any", _path_field("ocsp_response"), "str"),
         Option("backend-connect-timeout", "global",

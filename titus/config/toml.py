@@ -62,6 +62,10 @@ TLS_KEYS = {
     "honor-client-cipher-order": "honor-client-cipher-order",
     "client-auth": "client-auth",
     "client-ca": "client-ca",
+    "client-crl": "client-crl",
+    "client-allow-cn": "client-allow-cn",
+    "client-allow-dns": "client-allow-dns",
+    "client-allow-uri": "client-allow-uri",
     "alpn": "alpn",
 }
 SECTIONS = {

@@ -34,7 +34,7 @@ from sandbox.spec import JailSpec, NetworkMode, UidRange
 from sandbox.uids import UidExhausted, process_uid
 from titus import logs
 from titus.config.model import Config, Listener, VHost
-from titus.supervisor import ocsp, sdnotify
+from titus.supervisor import clientid, ocsp, sdnotify
 from titus.supervisor.broker import BackendConnect
 from titus.supervisor.jailstderr import JailStderr
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError, KeySlot
@@ -111,6 +111,7 @@ class Worker:
     killed_for: str | None = None
     vhost: int | None = None
     backend: str | None = None  # "local->peer" of the backend connection handed over
+    refused: str | None = None  # why the vhost's client-allow-* refused the client
     notes: list[str] = field(default_factory=list)
 
 
@@ -663,6 +664,11 @@ class Supervisor:
         self.note_success()
         worker.handshake, worker.vhost, worker.state = msg, msg.vhost, "backend"
         vhost = vhosts[msg.vhost]
+        worker.refused = clientid.refusal(vhost.tls, msg)
+        if worker.refused is not None:  # the worker closes the TLS session, no backend
+            with contextlib.suppress(OSError):
+                worker.ctl.send(control.encode(control.BackendFailed("client not allowed")))
+            return
         addresses = self.backend_addresses(worker.gen, msg.vhost, vhost, worker.conn)
         source = None
         if config.transparent in ("yes", "backend-only"):
@@ -810,11 +816,14 @@ class Supervisor:
             outcome = "timeout"
         elif worker.killed_for:
             outcome = "killed"
+        elif worker.refused is not None:
+            outcome = "client-not-allowed"
         elif fin is not None:
             outcome = fin.outcome
         else:
             outcome = "worker-died"
-        level = logging.WARNING if outcome in ("policy-violation", "killed") else logging.INFO
+        level = (logging.WARNING if outcome in ("policy-violation", "killed", "client-not-allowed")
+                 else logging.INFO)
         vhost = worker.gen.config.vhosts[worker.vhost].name if worker.vhost is not None else None
         self.count_connection(worker, outcome, vhost)
         logs.event(
@@ -823,11 +832,13 @@ class Supervisor:
             sni=hs.sni if hs else None, vhost=vhost,
             tls_version=hs.version if hs else None, cipher=hs.cipher if hs else None,
             alpn=hs.alpn if hs else None, client_cn=hs.client_cn if hs else None,
+            client_subject=hs.client_subject if hs else None,
             backend=worker.backend,
             bytes_in=fin.bytes_in if fin else 0, bytes_out=fin.bytes_out if fin else 0,
             handshake_ms=hs.handshake_ms if hs else None,
             duration_ms=round((time.monotonic() - conn.accepted) * 1000, 3),
-            outcome=outcome, detail=(fin.detail if fin else None) or worker.killed_for,
+            outcome=outcome,
+            detail=worker.refused or (fin.detail if fin else None) or worker.killed_for,
             notes="; ".join(worker.notes) or None,
             worker_pid=jail.pid, worker_uid=jail.uid, worker_exit=jail.exit_status,
             violation=str(jail.violation) if jail.violation else None,
