@@ -108,4 +108,6 @@ def test_crl_refuses_revoked_and_is_reloaded_on_sighup(tmp_path: Path, pki) -> N
     assert [r["client_cn"] for r in records if r["outcome"] == "ok"] == ["alice", "alice",
                                                                          "carol"]
     revoked = [r for r in records if r["outcome"] == "handshake-failed"]
+    # the failed handshakes' records keep the SNI and the vhost chosen for it
+    assert {(r["sni"], r["vhost"]) for r in revoked} == {("mtls.test", "default")}
     assert all("revoked" in (r["detail"] or "") for r in revoked), [r["detail"] for r in revoked]

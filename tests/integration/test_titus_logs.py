@@ -72,6 +72,9 @@ def test_every_record_of_a_varied_run_matches_the_schema(tmp_path: Path) -> None
     assert {r["local"] for r in conns} == {f"127.0.0.1:{port4}", f"[::1]:{port6}"}
     assert any(r["client"].startswith("[::1]:") for r in conns)
     assert sorted(r["outcome"] for r in conns) == ["handshake-failed", "no-vhost", "ok", "ok"]
+    # a failed handshake's record keeps what was known: the SNI (and no vhost matched it)
+    no_vhost = next(r for r in conns if r["outcome"] == "no-vhost")
+    assert (no_vhost["sni"], no_vhost["vhost"]) == ("other.test", None)
     after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
     for record in records:
         when = datetime.datetime.fromisoformat(record["time"].replace("Z", "+00:00"))

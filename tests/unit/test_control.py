@@ -20,6 +20,14 @@ def test_round_trip():
     assert control.decode_from_worker(control.encode(fin)) == fin
 
 
+def test_finished_keeps_sni_and_vhost_of_a_failed_handshake():
+    fin = control.Finished("handshake-failed", 0, 0, "x", sni="a.test", vhost=1)
+    assert control.decode_from_worker(control.encode(fin)) == fin
+    with pytest.raises(control.ControlError):
+        control.decode_from_worker(b'D{"outcome": "ok", "bytes_in": 0, "bytes_out": 0, '
+                                   b'"vhost": "1"}')
+
+
 def test_client_identity_round_trip():
     hs = control.HandshakeDone(vhost=0, sni=None, version="TLSv1.3", cipher="x", alpn=None,
                                handshake_ms=1.0, client_cn="alice", client_subject="CN=alice",

@@ -824,12 +824,12 @@ class Supervisor:
             outcome = "worker-died"
         level = (logging.WARNING if outcome in ("policy-violation", "killed", "client-not-allowed")
                  else logging.INFO)
-        vhost = worker.gen.config.vhosts[worker.vhost].name if worker.vhost is not None else None
+        vhost = self.vhost_name(worker)
         self.count_connection(worker, outcome, vhost)
         logs.event(
             "connection", level,
             conn_id=conn.conn_id, client=_addr(conn.peer), local=_addr(conn.local),
-            sni=hs.sni if hs else None, vhost=vhost,
+            sni=hs.sni if hs else fin.sni if fin else None, vhost=vhost,
             tls_version=hs.version if hs else None, cipher=hs.cipher if hs else None,
             alpn=hs.alpn if hs else None, client_cn=hs.client_cn if hs else None,
             client_subject=hs.client_subject if hs else None,
@@ -843,6 +843,18 @@ class Supervisor:
             worker_pid=jail.pid, worker_uid=jail.uid, worker_exit=jail.exit_status,
             violation=str(jail.violation) if jail.violation else None,
             syscall=jail.violation.syscall if jail.violation else None)
+
+    def vhost_name(self, worker: Worker) -> str | None:
+        """The vhost of the connection: the one it was served by, else the one the worker
+        had chosen when its handshake failed (if that vhost can serve this local address)."""
+        vhosts, conn = worker.gen.config.vhosts, worker.conn
+        index = worker.vhost
+        if index is None and worker.finished is not None and conn is not None:
+            index = worker.finished.vhost
+            if index is not None and not (0 <= index < len(vhosts) and
+                                          vhosts[index].matches_local(*conn.local)):
+                index = None
+        return vhosts[index].name if index is not None else None
 
     def count_connection(self, worker: Worker, outcome: str, vhost: str | None) -> None:
         m, conn, hs, fin = self.metrics, worker.conn, worker.handshake, worker.finished

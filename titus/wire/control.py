@@ -74,6 +74,10 @@ class Finished:
     detail: str | None = None
     signatures: int = 0  # key-holder signatures that succeeded / failed (for metrics)
     signature_failures: int = 0
+    # What the worker knew when it ended, for a handshake that failed before HandshakeDone:
+    # the client's SNI and the vhost it chose (None when not known).
+    sni: str | None = None
+    vhost: int | None = None
 
 
 _TO_WORKER = {"C": Connection, "B": BackendReady, "F": BackendFailed}
@@ -187,6 +191,8 @@ def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
         detail=_field(body, "detail", str, optional=True, limit=512),
         signatures=_field(body, "signatures", int, optional=True) or 0,
         signature_failures=_field(body, "signature_failures", int, optional=True) or 0,
+        sni=_field(body, "sni", str, optional=True),
+        vhost=_field(body, "vhost", int, optional=True),
     )
 
 

@@ -59,6 +59,19 @@ class WorkerTable:
                 staple.der, staple.expires = value
 
 
+@dataclass
+class Seen:
+    """What this worker learned of its connection before it could fail: the SNI, the vhost
+    chosen.  Reported in Finished, so a failed handshake's record keeps them.  (Module
+    state: a worker serves one connection in its life.)"""
+
+    sni: str | None = None
+    vhost: int | None = None
+
+
+SEEN = Seen()
+
+
 class Finish(Exception):
     def __init__(self, outcome: str, detail: str | None = None) -> None:
         super().__init__(detail or outcome)
@@ -89,7 +102,8 @@ def worker_main(table: WorkerTable) -> None:
         outcome, detail = "timeout", str(e)
     signs = remotekey.stats()
     result = control.Finished(outcome, counters.bytes_in, counters.bytes_out, detail,
-                              sum(signs.ok.values()), sum(signs.failed.values()))
+                              sum(signs.ok.values()), sum(signs.failed.values()),
+                              sni=SEEN.sni, vhost=SEEN.vhost)
     ctl.send(control.encode(result))
 
 
@@ -139,7 +153,8 @@ def serve(
     started = time.monotonic()
     client.setblocking(False)
     hello, sni = read_client_hello(client, table.handshake_timeout)
-    index = choose_vhost(table.vhosts, conn.local, sni)
+    SEEN.sni = sni
+    index = SEEN.vhost = choose_vhost(table.vhosts, conn.local, sni)
     if index is None:
         raise Finish("no-vhost", f"no vhost for {conn.local[0]}:{conn.local[1]} sni={sni}")
 
