@@ -31,8 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class Titus:
     def __init__(self, tmp: Path, config: str, suffix: str = ".conf",
-                 args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> None:
-        """`prefix` runs titus through an exec-ing wrapper, e.g. `nsenter --net=PATH`."""
+                 args: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
+                 pass_fds: tuple[int, ...] = ()) -> None:
+        """`prefix` runs titus through an exec-ing wrapper, e.g. `nsenter --net=PATH`;
+        `pass_fds` are inherited by it (e.g. sockets for socket activation)."""
+        self.pass_fds = pass_fds
         self.config_path = tmp / f"titus{suffix}"
         self.config_path.write_text(config)
         self.log_path = tmp / "titus.log"
@@ -46,7 +49,7 @@ class Titus:
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "titus.cli", "--config", str(self.config_path),
              "--log-format", "json", *self.args],
-            stdout=log, stderr=log, cwd=ROOT, start_new_session=True)
+            stdout=log, stderr=log, cwd=ROOT, start_new_session=True, pass_fds=self.pass_fds)
         log.close()
         try:
             started = self.wait_event(lambda r: r.get("event") == "started", timeout)

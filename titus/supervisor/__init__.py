@@ -34,7 +34,7 @@ from sandbox.spec import JailSpec, NetworkMode, UidRange
 from sandbox.uids import UidExhausted, process_uid
 from titus import logs
 from titus.config.model import Config, Listener, VHost
-from titus.supervisor import clientid, ocsp, sdnotify
+from titus.supervisor import activation, clientid, ocsp, sdnotify
 from titus.supervisor.broker import BackendConnect
 from titus.supervisor.jailstderr import JailStderr
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError, KeySlot
@@ -272,7 +272,14 @@ class Supervisor:
 
     def start(self) -> None:
         self.resolve_backends()
-        self.listener_of = {lst: open_listener(lst, self.config.transparent == "yes")
+        transparent = self.config.transparent == "yes"
+        try:  # systemd socket activation: the sockets titus.socket bound, passed in
+            passed = activation.match(self.config.listeners, activation.passed_sockets())
+        except activation.ActivationError as e:
+            raise StartupError(str(e)) from None
+        for sock in passed.values() if transparent else ():
+            set_transparent(sock)
+        self.listener_of = {lst: passed.get(lst) or open_listener(lst, transparent)
                             for lst in self.config.listeners}
         self.listeners = list(self.listener_of.values())
         if self.config.metrics_listen is not None:
