@@ -56,7 +56,7 @@ fuzz: $(VENV)/.stamp
 
 bench: $(VENV)/.stamp
 	@$(MAKE) --no-print-directory deps PACKAGES="$(BENCH_PACKAGES)"
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(TITUS04),--titus04 $(TITUS04))
 
 deps:
 	@missing=""; for p in $(or $(PACKAGES),$(SYSTEM_PACKAGES)); do \
