@@ -11,9 +11,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # Debian packages: python3-venv lets Debian's python3 make the venv; libcap-dev builds
 # python-prctl; groff-base checks the man page; the rest are real TLS clients for the
-# tests (testssl.sh and sslscan grade the default TLS settings).
+# tests (testssl.sh and sslscan grade the default TLS settings) and nginx-light, a real
+# backend (HTTP/1.1, cleartext HTTP/2, PROXY protocol).
 SYSTEM_PACKAGES := python3-venv gcc libcap-dev libseccomp2 openssl curl iproute2 groff-base \
-                   nftables testssl.sh sslscan
+                   nftables testssl.sh sslscan nginx-light
 BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk
 
 .PHONY: run test soak test-container lint docs fuzz deps bench clean
@@ -55,7 +56,7 @@ fuzz: $(VENV)/.stamp
 
 bench: $(VENV)/.stamp
 	@$(MAKE) --no-print-directory deps PACKAGES="$(BENCH_PACKAGES)"
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(TITUS04),--titus04 $(TITUS04))
 
 deps:
 	@missing=""; for p in $(or $(PACKAGES),$(SYSTEM_PACKAGES)); do \

@@ -83,7 +83,8 @@ def test_log_values_are_unchanged() -> None:
     """What operators' log queries and dashboards match on."""
     assert [o.value for o in Outcome] == [
         "ok", "handshake-failed", "no-vhost", "backend-failed", "client-reset",
-        "backend-reset", "timeout", "error", "killed", "policy-violation", "worker-died"]
+        "backend-reset", "timeout", "error", "killed", "client-not-allowed",
+        "policy-violation", "worker-died"]
     assert {str(r) for r in KillReason} == {
         "timeout", "hand-off failed", "forged control message", "unexpected control message",
         "asked for a backend it has no right to", "reload", "shutdown",
@@ -91,7 +92,7 @@ def test_log_values_are_unchanged() -> None:
     assert json.dumps({"outcome": Outcome.NO_VHOST, "state": Phase.RELAY}) == \
         '{"outcome": "no-vhost", "state": "relay"}'
     assert f"{Outcome.OK} {KillReason.RELOAD}" == "ok reload"
-    assert {Outcome.POLICY_VIOLATION, Outcome.KILLED} == ALARMING
+    assert {Outcome.POLICY_VIOLATION, Outcome.KILLED, Outcome.CLIENT_NOT_ALLOWED} == ALARMING
 
 
 def test_a_worker_reports_only_its_own_outcomes() -> None:

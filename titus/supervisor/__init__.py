@@ -112,8 +112,8 @@ class Supervisor:
         listeners = self.connections.listeners
         sdnotify.notify("READY=1", f"MAINPID={os.getpid()}",
                         f"STATUS=serving {len(self.config.vhosts)} vhosts")
-        logs.event("started", listeners=[str(sock.getsockname()[:2]) for sock in listeners],
-                   metrics=(str(self.metrics_endpoint.sock.getsockname()[:2])
+        logs.event("started", listeners=[logs.endpoint(s.getsockname()) for s in listeners],
+                   metrics=(logs.endpoint(self.metrics_endpoint.sock.getsockname())
                             if self.metrics_endpoint else None),
                    vhosts=len(self.config.vhosts), min_spare=self.config.min_spare_children,
                    max_children=self.config.max_children)

@@ -22,6 +22,7 @@ from sandbox.launcher import JailProcess, Violation
 from sandbox.seccomp import syscall_name
 from titus import logs
 from titus.config.model import Config, Listener, VHost
+from titus.supervisor import activation, clientid
 from titus.supervisor.broker import BackendConnect
 from titus.supervisor.lifecycle import KillReason, Phase, Worker
 from titus.supervisor.startup import StartupError
@@ -70,9 +71,8 @@ def sockaddr_pair(addr: tuple) -> tuple[str, int]:
 
 
 def _addr(addr: tuple) -> str:
-    """host:port, as the log's client and local fields write it."""
-    host, port = sockaddr_pair(addr)
-    return f"{host}:{port}"
+    """127.0.0.1:443 or [::1]:443, as every record writes an address."""
+    return logs.endpoint(addr)
 
 
 class Connections:
@@ -90,7 +90,14 @@ class Connections:
     # -- listeners -------------------------------------------------------------------
 
     def open_listeners(self, config: Config) -> None:
-        self.listener_of = {lst: open_listener(lst, config.transparent == "yes")
+        transparent = config.transparent == "yes"
+        try:  # systemd socket activation: the sockets titus.socket bound, passed in
+            passed = activation.match(config.listeners, activation.passed_sockets())
+        except activation.ActivationError as e:
+            raise StartupError(str(e)) from None
+        for sock in passed.values() if transparent else ():
+            set_transparent(sock)
+        self.listener_of = {lst: passed.get(lst) or open_listener(lst, transparent)
                             for lst in config.listeners}
         self.listeners = list(self.listener_of.values())
 
@@ -241,6 +248,11 @@ class Connections:
         worker.handshake, worker.vhost = msg, msg.vhost
         worker.enter(Phase.BACKEND)
         vhost = vhosts[msg.vhost]
+        worker.refused = clientid.refusal(vhost.tls, msg)
+        if worker.refused is not None:  # the worker closes the TLS session, no backend
+            with contextlib.suppress(OSError):
+                worker.ctl.send(control.encode(control.BackendFailed("client not allowed")))
+            return
         addresses = self.backend_addresses(worker.gen, msg.vhost, vhost, worker.conn)
         source = None
         if config.transparent in ("yes", "backend-only"):
@@ -356,23 +368,37 @@ class Connections:
         assert conn is not None
         outcome = worker.outcome()
         level = logging.WARNING if outcome in ALARMING else logging.INFO
-        vhost = worker.gen.config.vhosts[worker.vhost].name if worker.vhost is not None else None
+        vhost = self.vhost_name(worker)
         self.count_connection(worker, outcome, vhost)
         logs.event(
             "connection", level,
             conn_id=conn.conn_id, client=_addr(conn.peer), local=_addr(conn.local),
-            sni=hs.sni if hs else None, vhost=vhost,
+            sni=hs.sni if hs else fin.sni if fin else None, vhost=vhost,
             tls_version=hs.version if hs else None, cipher=hs.cipher if hs else None,
             alpn=hs.alpn if hs else None, client_cn=hs.client_cn if hs else None,
+            client_subject=hs.client_subject if hs else None,
             backend=worker.backend,
             bytes_in=fin.bytes_in if fin else 0, bytes_out=fin.bytes_out if fin else 0,
             handshake_ms=hs.handshake_ms if hs else None,
             duration_ms=round((time.monotonic() - conn.accepted) * 1000, 3),
-            outcome=outcome, detail=(fin.detail if fin else None) or worker.killed_for,
+            outcome=outcome,
+            detail=worker.refused or (fin.detail if fin else None) or worker.killed_for,
             notes="; ".join(worker.notes) or None,
             worker_pid=jail.pid, worker_uid=jail.uid, worker_exit=jail.exit_status,
             violation=str(jail.violation) if jail.violation else None,
             syscall=jail.violation.syscall if jail.violation else None)
+
+    def vhost_name(self, worker: Worker) -> str | None:
+        """The vhost of the connection: the one it was served by, else the one the worker
+        had chosen when its handshake failed (if that vhost can serve this local address)."""
+        vhosts, conn = worker.gen.config.vhosts, worker.conn
+        index = worker.vhost
+        if index is None and worker.finished is not None and conn is not None:
+            index = worker.finished.vhost
+            if index is not None and not (0 <= index < len(vhosts) and
+                                          vhosts[index].matches_local(*conn.local)):
+                index = None
+        return vhosts[index].name if index is not None else None
 
     def count_connection(self, worker: Worker, outcome: Outcome, vhost: str | None) -> None:
         m, conn, hs, fin = self.metrics, worker.conn, worker.handshake, worker.finished

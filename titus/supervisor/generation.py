@@ -23,7 +23,7 @@ from titus.supervisor import ocsp
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError
 from titus.supervisor.lifecycle import KillReason
 from titus.supervisor.pool import BACKOFF_MIN, SPAWN_REPLY_TIMEOUT, PendingSpawn
-from titus.supervisor.resolve import resolve_backend
+from titus.supervisor.resolve import resolve_vhosts
 from titus.supervisor.startup import StartupError
 from titus.worker.remotekey import CertChain, RemoteKeyError, read_chain
 from titus.worker.zygote import WORKER, ZygoteSetup
@@ -81,16 +81,10 @@ class Generations:
 
     def resolve_backends(self, gen: Generation) -> None:
         """Resolve every backend name now: never on the connection path."""
-        for i, vhost in enumerate(gen.config.vhosts):
-            if vhost.backend_host is None:
-                continue
-            try:
-                addrs = resolve_backend(vhost.backend_host, vhost.backend_port or 0,
-                                        gen.config.dns_timeout)
-            except OSError as e:
-                raise StartupError(f"{vhost.source}: backend {vhost.backend_host}: {e}") from None
-            gen.backends[i] = [(socket.AF_INET6 if len(a) == 4 else socket.AF_INET, a)
-                               for a in addrs]
+        try:
+            gen.backends.update(resolve_vhosts(gen.config))
+        except OSError as e:
+            raise StartupError(str(e)) from None
 
     # -- the zygote ------------------------------------------------------------------
 
@@ -207,7 +201,7 @@ class Generations:
         sup.pool.kill_idle(KillReason.RELOAD)  # they hold the old contexts and key holder
         self.retire()
         logs.event("reloaded", vhosts=len(config.vhosts),
-                   listeners=[str(s.getsockname()[:2]) for s in sup.connections.listeners])
+                   listeners=[logs.endpoint(s.getsockname()) for s in sup.connections.listeners])
         sup.pool.schedule_refill(0)
 
     def retire(self) -> None:

@@ -79,6 +79,7 @@ class Worker:
     killed_for: KillReason | None = None
     vhost: int | None = None
     backend: str | None = None  # "local->peer" of the backend connection handed over
+    refused: str | None = None  # why the vhost's client-allow-* refused the client
     notes: list[str] = field(default_factory=list)
 
     def may_enter(self, phase: Phase) -> bool:
@@ -101,6 +102,8 @@ class Worker:
             return Outcome.POLICY_VIOLATION
         if self.killed_for is not None:
             return self.killed_for.outcome
+        if self.refused is not None:
+            return Outcome.CLIENT_NOT_ALLOWED
         if self.finished is not None:
             return self.finished.outcome
         return Outcome.WORKER_DIED

@@ -21,6 +21,7 @@ class Outcome(StrEnum):
     ERROR = "error"
     # What only the supervisor decides (a worker that says so is forging).
     KILLED = "killed"
+    CLIENT_NOT_ALLOWED = "client-not-allowed"  # the vhost's client-allow-* refused it
     POLICY_VIOLATION = "policy-violation"
     WORKER_DIED = "worker-died"
 
@@ -39,4 +40,4 @@ WORKER_OUTCOMES: tuple[Outcome, ...] = (
 )
 
 # Logged as warnings: the jail stopped something, or the supervisor had to.
-ALARMING = frozenset({Outcome.POLICY_VIOLATION, Outcome.KILLED})
+ALARMING = frozenset({Outcome.POLICY_VIOLATION, Outcome.KILLED, Outcome.CLIENT_NOT_ALLOWED})
