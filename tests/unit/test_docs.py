@@ -21,9 +21,9 @@ import pytest
 
 from titus.config import toml as config_toml
 from titus.config.conf import read_conf
-from titus.config.help import HELP
+from titus.config.draft import Draft, Sourced
 from titus.config.model import ConfigError, Source
-from titus.config.options import OPTIONS, Draft, Sourced
+from titus.config.options import OPTIONS
 from titus.config.toml import read_toml
 from titus.docs import options as docs_options
 from titus.docs.gen import DOCS, GENERATED
@@ -125,9 +125,10 @@ def test_examples_are_read_by_the_parser_and_mean_the_same(doc: OptionDoc,
         assert results[0] == results[1], f"{doc.name}: titus.conf and TOML examples differ"
 
 
-@pytest.mark.parametrize("name", [n for n in HELP if re.search(r"\(default \S+?\)", HELP[n])])
+@pytest.mark.parametrize("name", [n for n, o in OPTIONS.items()
+                                  if re.search(r"\(default \S+?\)", o.help)])
 def test_help_text_defaults_are_the_models(name: str) -> None:
-    stated = re.search(r"\(default (\S+?)\)", HELP[name]).group(1)  # type: ignore[union-attr]
+    stated = re.search(r"\(default (\S+?)\)", OPTIONS[name].help).group(1)  # type: ignore[union-attr]
     assert stated == docs_options.default(name)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from titus.config.clientauth import client_settings
 from titus.config.dh import resolve_dhgroup
+from titus.config.draft import Draft, Sourced, TLSDraft, VHostDraft, shown
 from titus.config.files import check_cert_file, check_key_file, validity_problem
 from titus.config.model import (
     DEFAULT_CIPHERS,
@@ -33,7 +34,6 @@ from titus.config.model import (
     TLSSettings,
     VHost,
 )
-from titus.config.options import Draft, Sourced, TLSDraft, VHostDraft, shown
 from titus.config.values import BadValue
 from titus.supervisor.ocsp import OCSPError, parse_response, read_response_file
 

@@ -20,15 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.tomlsource import KeyLines, Table, syntax_error_line
+from titus.config.draft import Draft, VHostDraft
 from titus.config.model import ConfigError, Source
-from titus.config.options import (
-    OPTIONS,
-    Draft,
-    IncludeFn,
-    VHostDraft,
-    apply_option,
-    unknown_option,
-)
+from titus.config.options import OPTIONS, IncludeFn, apply_option, unknown_option
 
 ROOT_KEYS = (
     "config",
