@@ -47,9 +47,9 @@ from titus.config.load import load_config
 from titus.keyholder.main import key_slots
 from titus.supervisor import Supervisor
 from titus.supervisor.keyholder import KeyHolder
+from titus.wire.zygote import WORKER
 from titus.worker import remotekey
 from titus.worker.contexts import build_contexts
-from titus.worker.zygote import WORKER
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

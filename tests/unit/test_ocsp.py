@@ -23,6 +23,7 @@ from tests.unit.test_config_support import basic_conf, write
 from titus import logs
 from titus.config.load import ConfigError, load_config
 from titus.supervisor import ocsp
+from titus.worker import stapling
 
 HOUR, DAY = datetime.timedelta(hours=1), datetime.timedelta(days=1)
 
@@ -307,7 +308,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, ca: CA, leaf: Leaf
     ctx.load_cert_chain(leaf.cert, leaf.key)
     staple = staple_for(ca, leaf, path)
     staple.refresh()
-    ocsp.enable(ctx, staple)
+    stapling.enable(ctx, staple)
     return ctx, staple, der
 
 

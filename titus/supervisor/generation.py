@@ -25,8 +25,8 @@ from titus.supervisor.lifecycle import KillReason
 from titus.supervisor.pool import BACKOFF_MIN, SPAWN_REPLY_TIMEOUT, PendingSpawn
 from titus.supervisor.resolve import resolve_vhosts
 from titus.supervisor.startup import StartupError
+from titus.wire.zygote import WORKER, ZygoteSetup
 from titus.worker.remotekey import CertChain, RemoteKeyError, read_chain
-from titus.worker.zygote import WORKER, ZygoteSetup
 
 if TYPE_CHECKING:
     from titus.supervisor import Supervisor

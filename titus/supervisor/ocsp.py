@@ -29,10 +29,9 @@ from cryptography.x509 import ocsp
 
 from titus import logs
 from titus.config.model import VHost
-from titus.worker.stapling import Stapled, enable
+from titus.wire.zygote import Stapled
 
-__all__ = ["OCSPError", "Staple", "check_response", "enable", "issuer_of",
-           "read_response_file"]
+__all__ = ["OCSPError", "Staple", "check_response", "issuer_of", "read_response_file"]
 
 MAX_RESPONSE_FILE = 256 * 1024  # real responses are a few KiB, with the responder's chain
 REFRESH_INTERVAL = 1.0  # seconds between two stats of one file

@@ -24,7 +24,7 @@ from sandbox.launcher import JailProcess
 from sandbox.uids import UidExhausted, process_uid
 from titus import logs
 from titus.supervisor.lifecycle import KillReason, Worker
-from titus.worker.zygote import WORKER
+from titus.wire.zygote import WORKER
 
 if TYPE_CHECKING:
     from titus.supervisor import Supervisor

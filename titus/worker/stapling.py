@@ -21,6 +21,7 @@ import ssl
 import time
 
 from titus import openssl
+from titus.wire.zygote import Stapled
 from titus.worker import remotekey
 
 _SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB = 63
@@ -31,25 +32,6 @@ _SSL_TLSEXT_ERR_NOACK = 3
 
 class StaplingError(RuntimeError):
     pass
-
-
-class Stapled:
-    """What a vhost's workers staple: a checked response and when it expires."""
-
-    def __init__(self, der: bytes | None = None, expires: float | None = None) -> None:
-        self.der = der
-        self.expires = expires
-
-    def current(self, now: float) -> bytes | None:
-        """The bytes to staple at wall-clock ``now``, or None (a worker forked before
-        the response expired checks the clock itself)."""
-        if self.der is None or (self.expires is not None and now >= self.expires):
-            return None
-        return self.der
-
-    @property
-    def value(self) -> tuple[bytes | None, float | None]:
-        return self.der, self.expires
 
 
 _STATUS_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)

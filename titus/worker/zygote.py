@@ -1,6 +1,7 @@
 """The zygote: the fork server (sandbox.forkserver) that clones titus's worker jails.
 
-The supervisor execs one per configuration generation.  It imports only what a
+The supervisor execs one per configuration generation, with a ZygoteSetup
+(titus/wire/zygote.py).  It imports only what a
 worker needs, builds that generation's TLS contexts (public certificates, keys
 held remotely) and clones every worker from itself: a small, quiet process
 forks faster and leaves fewer copy-on-write faults to the worker than the
@@ -12,30 +13,12 @@ children (CLONE_PARENT): it reaps them and their uids are its to hand out.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
 
 from sandbox.forkserver import Recipe
-from sandbox.spec import JailSpec
-from titus.config.model import VHost
+from titus.wire.zygote import WORKER, ZygoteSetup
 from titus.worker import remotekey
 from titus.worker.connection import WorkerTable, worker_main
 from titus.worker.contexts import build_contexts
-from titus.worker.remotekey import CertChain
-
-WORKER = "worker"
-
-
-@dataclass(frozen=True)
-class ZygoteSetup:
-    """Sent (pickled) by the supervisor: everything a generation's workers are made of."""
-
-    worker_spec: JailSpec
-    vhosts: tuple[VHost, ...]
-    key_ids: tuple[int, ...]
-    chains: tuple[CertChain, ...]  # by key id
-    handshake_timeout: float
-    keyholder_timeout: float
-    staples: tuple[tuple[bytes | None, float | None] | None, ...]  # per vhost (OCSP)
 
 
 def setup(arg: ZygoteSetup) -> dict[str, Recipe]:
