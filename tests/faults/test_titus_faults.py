@@ -383,7 +383,7 @@ def test_forbidden_syscall_is_logged_and_worker_replaced(tmp_path, pki):
     forked = ForkedTitus(tmp_path, conf(pki, backend.port, """
 min-spare-children 2
 max-children 8
-"""), "tests.faults.rogue_zygote:setup")
+"""), "tests.faults.forbidden_syscall_zygote:setup")
     code = None
     try:
         forked.start_forked()

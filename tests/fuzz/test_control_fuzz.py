@@ -5,7 +5,7 @@ In-process, hypothesis drives control.decode_from_worker with mutated real
 messages and JSON carrying any Unicode (lone surrogates too): anything it
 accepts must be safe for everything the supervisor then does with it (the
 PROXY v2 header, the JSON log).  Then a real supervisor (forked from the test
-so that its zygote can be tests/fuzz/rogue_zygote.py; the workers are real
+so that its zygote can be tests/fuzz/scripted_zygote.py; the workers are real
 jails) meets workers that send scripted forged messages: each such worker is
 killed for the reason the supervisor's rules give, and the supervisor goes on
 serving real TLS.
@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz.budget import examples, fuzz_settings, scale
-from tests.fuzz.rogue_zygote import PLAN_FILE
+from tests.fuzz.scripted_zygote import PLAN_FILE
 from tests.pki import CA
 from tests.titus_harness import EchoBackend, ForkedTitus, session_processes
 from titus.wire import control, proxyproto
@@ -265,7 +265,7 @@ class RogueTitus(ForkedTitus):
     """A supervisor forked from the test whose first workers send forged messages."""
 
     def __init__(self, tmp: Path, config: str, plan: list[list[bytes]]) -> None:
-        super().__init__(tmp, config, "tests.fuzz.rogue_zygote:setup")
+        super().__init__(tmp, config, "tests.fuzz.scripted_zygote:setup")
         (tmp / PLAN_FILE).write_text(json.dumps([[p.hex() for p in script] for script in plan]))
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Write docs/options.md and docs/titus.8 from the option table, docs/logging.md and
 docs/logging.schema.json from the log schema: `python -m titus.docs.gen`.
 
-`make docs` runs this; tests/unit/test_docs.py regenerates into a temporary
+`make docs` runs this; tests/unit/titus/test_docs.py regenerates into a temporary
 directory and fails when the committed files differ, so the reference can
 never describe options the parser does not have (or miss one it has).
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_config_support import chosen
+from tests.unit.titus.test_config_support import chosen
 from titus.config.model import (
     DEFAULT_CIPHERS,
     Config,

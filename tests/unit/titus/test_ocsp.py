@@ -19,7 +19,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 from OpenSSL import SSL
 
 from tests.pki import CA, Leaf
-from tests.unit.test_config_support import basic_conf, write
+from tests.unit.titus.test_config_support import basic_conf, write
 from titus import logs
 from titus.config.load import ConfigError, load_config
 from titus.supervisor import ocsp

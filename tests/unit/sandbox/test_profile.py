@@ -24,9 +24,9 @@ from sandbox.profile import Profile, find_profile, load_profile, parse_size
 from sandbox.seccomp import compile_policy
 from sandbox.spec import NOFILE_KEPT, BindMount, NetworkMode
 from sandbox.syscalls import syscall_number
-from tests.unit.test_seccomp import run_filtered, start_filtered, wait_filtered
+from tests.unit.sandbox.test_seccomp import run_filtered, start_filtered, wait_filtered
 
-POLICIES = Path(__file__).resolve().parents[2] / "policies"
+POLICIES = Path(__file__).resolve().parents[3] / "policies"
 KILLED = ("signal", signal.SIGSYS)
 OK = ("exit", 0)
 

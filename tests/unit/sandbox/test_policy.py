@@ -434,7 +434,7 @@ def test_conflict_across_include_names_both_files(tmp_path: Path) -> None:
 
 
 def test_every_shipped_group_loads(tmp_path: Path) -> None:
-    groups = Path(__file__).resolve().parents[2] / "policies" / "groups"
+    groups = Path(__file__).resolve().parents[3] / "policies" / "groups"
     names = sorted(p.stem for p in groups.glob("*.toml"))
     assert {
         "basic-io",

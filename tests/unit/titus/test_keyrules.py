@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_config_support import make_cert
+from tests.unit.titus.test_config_support import make_cert
 from titus.config.files import check_cert_file
 from titus.config.values import BadValue
 from titus.keyholder.signer import KeyStore, KeyStoreError

@@ -11,7 +11,7 @@ import pytest
 
 from titus import openssl
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 VERSION: openssl.Prototypes = {"OpenSSL_version_num": ([], ctypes.c_ulong)}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.tomlsource import KeyLines
-from tests.unit.test_config_support import REPO, basic_conf, chosen, make_cert, write
+from tests.unit.titus.test_config_support import REPO, basic_conf, chosen, make_cert, write
 from titus.config.load import ConfigError, load_config
 
 HEAD = """\

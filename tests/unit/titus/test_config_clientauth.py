@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.pki import CA
-from tests.unit.test_config_support import basic_conf
+from tests.unit.titus.test_config_support import basic_conf
 from titus.config.load import ConfigError, load_config
 from titus.config.model import TLSSettings
 from titus.supervisor.clientid import refusal

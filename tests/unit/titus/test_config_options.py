@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_config_support import basic_conf, write
+from tests.unit.titus.test_config_support import basic_conf, write
 from titus.config.load import Config, ConfigError, load_config
 from titus.config.model import DEFAULT_CIPHERS, DEFAULT_DHE_CIPHERS, TLSSettings
 from titus.config.options import OPTIONS

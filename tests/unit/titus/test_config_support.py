@@ -13,8 +13,8 @@ from cryptography.x509.oid import NameOID
 
 from titus.config.model import Config, VHost, choose_vhost
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-REPO = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[2] / "data"
+REPO = Path(__file__).resolve().parents[3]
 
 
 @functools.cache

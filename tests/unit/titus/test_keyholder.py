@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_signer import pem_cert, pem_key
+from tests.unit.titus.test_signer import pem_cert, pem_key
 from titus.keyholder import serve as keyholder
 from titus.keyholder.signer import KeyStore, Signer
 from titus.supervisor.keyholder import new_channel
@@ -279,7 +279,7 @@ def test_load_keys_from_fds_refuses_directories_and_huge_files(tmp_path) -> None
 def test_check_reads_keys_with_the_key_holder_s_loader(tmp_path) -> None:
     """`titus --check` and the key holder (main.load_store) refuse the same key alike,
     naming the key setting's FILE:LINE."""
-    from tests.unit.test_config_support import basic_conf, make_cert
+    from tests.unit.titus.test_config_support import basic_conf, make_cert
     from titus.config.load import load_config
     from titus.keyholder.checks import check_keys
     from titus.keyholder.main import key_slots, load_store

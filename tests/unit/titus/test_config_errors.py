@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_config_support import basic_conf, make_cert, write
+from tests.unit.titus.test_config_support import basic_conf, make_cert, write
 from titus.config import files as config_files
 from titus.config.load import ConfigError, load_config
 from titus.config.options import OPTIONS
