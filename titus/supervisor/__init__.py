@@ -9,8 +9,9 @@ one record for the connection and tops the pool up again.
 This module starts the supervisor, reaps its children and stops it; the rest
 is in collaborating parts, one object each, which reach each other through it:
 `generation.Generations` (configurations, their zygotes, reload),
-`pool.Pool` (spawning, refill, back-off, retire) and
-`connections.Connections` (accept through the log record).
+`pool.Pool` (spawning, refill, back-off, retire), `listeners.Listeners` (the
+listening sockets) and `connections.Connections` (accept through the log record).
+docs/architecture.md walks one connection through them.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from sandbox.spec import JailSpec, UidRange
 from titus import logs
 from titus.config.model import Config
 from titus.supervisor import ocsp, sdnotify
-from titus.supervisor.connections import Connections, open_listener, sockaddr_pair
+from titus.supervisor.connections import Connections, sockaddr_pair
 from titus.supervisor.generation import Generation, Generations
 from titus.supervisor.jailstderr import JailStderr
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError
 from titus.supervisor.lifecycle import KillReason
+from titus.supervisor.listeners import Listeners, open_listener
 from titus.supervisor.loop import Loop
 from titus.supervisor.metrics import Metrics, MetricsEndpoint
 from titus.supervisor.pool import BACKOFF_MAX, BACKOFF_MIN, Pool
@@ -65,6 +67,7 @@ class Supervisor:
         self.metrics = Metrics()
         self.generations = Generations(self, config)
         self.pool = Pool(self)
+        self.listeners = Listeners(self)
         self.connections = Connections(self)
         self.stopping = False
         self.keyholder_restarts = 0
@@ -92,7 +95,7 @@ class Supervisor:
 
     def start(self) -> None:
         self.generations.resolve_backends(self.gen)
-        self.connections.open_listeners(self.config)
+        self.listeners.open(self.config)
         if self.config.metrics_listen is not None:
             self.metrics_endpoint = MetricsEndpoint(
                 self.loop, open_listener(self.config.metrics_listen), self.metrics)
@@ -108,8 +111,8 @@ class Supervisor:
             self.loop.add_signal_handler(sig, self.shutdown)
         if self.config_path is not None:
             self.loop.add_signal_handler(signal.SIGHUP, self.reload)
-        self.connections.watch_listeners()
-        listeners = self.connections.listeners
+        self.listeners.watch()
+        listeners = self.listeners.sockets
         sdnotify.notify("READY=1", f"MAINPID={os.getpid()}",
                         f"STATUS=serving {len(self.config.vhosts)} vhosts")
         logs.event("started", listeners=[logs.endpoint(s.getsockname()) for s in listeners],
@@ -122,7 +125,7 @@ class Supervisor:
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [sockaddr_pair(s.getsockname()) for s in self.connections.listeners]
+        return [sockaddr_pair(s.getsockname()) for s in self.listeners.sockets]
 
     def serve_forever(self) -> None:
         while not (self.stopping and self.drained):
@@ -211,7 +214,7 @@ class Supervisor:
         self.stopping = True
         sdnotify.notify("STOPPING=1")
         logs.event("stopping", busy=len(self.pool.workers) - len(self.pool.idle))
-        self.connections.close_listeners()
+        self.listeners.close()
         self.pool.kill_idle(KillReason.SHUTDOWN)
         self.loop.call_later(self.config.drain_timeout, self.force_stop)
         if self.drained:
@@ -235,7 +238,7 @@ class Supervisor:
         self.keyholder.stop()
         for gen in self.generations.old:
             gen.keyholder.stop()
-        for sock in self.connections.listeners:
+        for sock in self.listeners.sockets:
             sock.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()

@@ -21,12 +21,10 @@ from typing import TYPE_CHECKING
 from sandbox.launcher import JailProcess, Violation
 from sandbox.seccomp import syscall_name
 from titus import logs
-from titus.config.model import Config, Listener, VHost
-from titus.supervisor import activation, clientid
+from titus.config.model import VHost
+from titus.supervisor import clientid
 from titus.supervisor.broker import BackendConnect
 from titus.supervisor.lifecycle import KillReason, Phase, Worker
-from titus.supervisor.startup import StartupError
-from titus.supervisor.transparent import set_transparent
 from titus.wire import control, proxyproto
 from titus.wire.outcome import ALARMING, Outcome
 
@@ -46,26 +44,6 @@ class Conn:
     accepted: float
 
 
-def open_listener(listener: Listener, transparent: bool = False) -> socket.socket:
-    """A listening socket; `transparent` (transparent yes) lets TPROXY hand it others' addresses."""
-    sock = socket.socket(listener.family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if transparent:
-            set_transparent(sock)
-        if listener.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
-                            0 if listener.dual_stack else 1)
-        sock.bind(listener.sockaddr)
-        sock.listen(1024)
-    except OSError as e:
-        sock.close()
-        where = f" ({listener.source})" if listener.source else ""
-        raise StartupError(f"cannot listen on {listener}{where}: {e.strerror}") from None
-    sock.setblocking(False)
-    return sock
-
-
 def sockaddr_pair(addr: tuple) -> tuple[str, int]:
     return (str(addr[0]), int(addr[1]))
 
@@ -76,73 +54,13 @@ def _addr(addr: tuple) -> str:
 
 
 class Connections:
-    """The listeners, and every step of a connection from accept to its log record."""
+    """Every step of a connection, from accept on a listener (listeners.py) to its record."""
 
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self.loop = sup.loop
         self.metrics = sup.metrics
-        self.listeners: list[socket.socket] = []
-        self.listener_of: dict[Listener, socket.socket] = {}
-        self.paused = False
         self.next_conn_id = 1
-
-    # -- listeners -------------------------------------------------------------------
-
-    def open_listeners(self, config: Config) -> None:
-        transparent = config.transparent == "yes"
-        try:  # systemd socket activation: the sockets titus.socket bound, passed in
-            passed = activation.match(config.listeners, activation.passed_sockets())
-        except activation.ActivationError as e:
-            raise StartupError(str(e)) from None
-        for sock in passed.values() if transparent else ():
-            set_transparent(sock)
-        self.listener_of = {lst: passed.get(lst) or open_listener(lst, transparent)
-                            for lst in config.listeners}
-        self.listeners = list(self.listener_of.values())
-
-    def watch_listeners(self) -> None:
-        for sock in self.listeners:
-            self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
-
-    def open_new_listeners(self, config: Config, opened: dict[Listener, socket.socket]) -> None:
-        """For a reload: open the listeners `config` adds into `opened` (the caller closes
-        them if the reload fails), and set transparency on those it keeps."""
-        for lst in config.listeners:
-            if lst not in self.listener_of:
-                opened[lst] = open_listener(lst, config.transparent == "yes")
-            else:
-                set_transparent(self.listener_of[lst], config.transparent == "yes")
-
-    def switch_listeners(self, config: Config, opened: dict[Listener, socket.socket]) -> None:
-        """For a reload that succeeded: close the listeners `config` dropped, serve the new."""
-        for lst, sock in list(self.listener_of.items()):
-            if lst not in config.listeners:
-                self.loop.forget(sock.fileno())
-                sock.close()
-                del self.listener_of[lst]
-        self.listener_of.update(opened)
-        self.listeners = [self.listener_of[lst] for lst in config.listeners]
-        if not self.paused:
-            for sock in opened.values():
-                self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
-
-    def close_listeners(self) -> None:
-        for sock in self.listeners:
-            self.loop.forget(sock.fileno())
-            sock.close()
-        self.listeners = []
-
-    def pause(self) -> None:
-        if not self.paused:
-            self.paused = True
-            for sock in self.listeners:
-                self.loop.remove_reader(sock.fileno())
-
-    def resume(self) -> None:
-        if self.paused and not self.sup.stopping:
-            self.paused = False
-            self.watch_listeners()
 
     # -- accept, hand-off, handshake, backend ----------------------------------------
 
@@ -154,7 +72,7 @@ class Connections:
                 # Out of fds with no worker on its way, the client is refused below;
                 # otherwise it waits in the kernel's backlog for a worker.
                 if not pool.idle and (pool.fd_short is None or self.sup.gen.pending):
-                    self.pause()
+                    self.sup.listeners.pause()
                     return
             try:
                 client, peer = listener.accept()
@@ -164,8 +82,8 @@ class Connections:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     if not pool.out_of_fds(e, "accept", spawning=False):
                         logs.event("accept-failed", logging.ERROR, error=e.strerror)
-                    self.pause()
-                    self.loop.call_later(0.1, self.resume)
+                    self.sup.listeners.pause()
+                    self.loop.call_later(0.1, self.sup.listeners.resume)
                     return
                 continue
             if not pool.idle and pool.fd_short is not None:

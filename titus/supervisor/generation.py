@@ -184,7 +184,7 @@ class Generations:
             config = load_config(sup.config_path, sup.overrides)
             gen = self.build(config)
             self.resolve_backends(gen)
-            sup.connections.open_new_listeners(config, opened)
+            sup.listeners.open_new(config, opened)
             gen.keyholder.start()
             self.start_zygote(gen)
         except (ConfigError, StartupError, KeyHolderError, RuntimeError, OSError,
@@ -195,13 +195,13 @@ class Generations:
                 gen.keyholder.stop()
             logs.event("reload-refused", logging.ERROR, error=str(e))
             return
-        sup.connections.switch_listeners(config, opened)
+        sup.listeners.switch(config, opened)
         self.old.append(self.current)
         self.current = gen
         sup.pool.kill_idle(KillReason.RELOAD)  # they hold the old contexts and key holder
         self.retire()
         logs.event("reloaded", vhosts=len(config.vhosts),
-                   listeners=[logs.endpoint(s.getsockname()) for s in sup.connections.listeners])
+                   listeners=[logs.endpoint(s.getsockname()) for s in sup.listeners.sockets])
         sup.pool.schedule_refill(0)
 
     def retire(self) -> None:

@@ -150,7 +150,7 @@ class Pool:
                 worker.kill(stale)
             else:
                 self.idle.append(worker)
-                sup.connections.resume()
+                sup.listeners.resume()
         if pid is not None and pid in sup.early_exits:  # reaped before we knew it
             status, _when = sup.early_exits.pop(pid)
             sup.child_exited(pid, status)
@@ -235,7 +235,7 @@ class Pool:
         if self.fd_short is None:
             self.fd_short = 0
             # Paused listeners would keep clients waiting: refuse them instead.
-            self.sup.connections.resume()
+            self.sup.listeners.resume()
             logs.event("out-of-fds", logging.ERROR, reason=f"{what}: {error}",
                        limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                        workers=len(self.workers))

@@ -19,8 +19,8 @@ import socket
 from dataclasses import dataclass
 
 from titus.config.model import Config, Listener
+from titus.supervisor.listeners import bound_socket
 from titus.supervisor.resolve import resolve_vhosts
-from titus.supervisor.transparent import set_transparent
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
@@ -72,23 +72,13 @@ def probe(listener: Listener, transparent: bool = False) -> tuple[str, Holder | 
     """
     if listener.port == 0:
         return None
-    sock = socket.socket(listener.family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if transparent:
-            set_transparent(sock)
-        if listener.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
-                            0 if listener.dual_stack else 1)
-        sock.bind(listener.sockaddr)
+        bound_socket(listener, transparent, reuse_port=True).close()
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             holder = holder_of(listener)
             return f"address already in use{f' by {holder}' if holder else ''}", holder
         return f"cannot listen: {e.strerror or e}", None
-    finally:
-        sock.close()
     return None
 
 
