@@ -17,7 +17,7 @@ SYSTEM_PACKAGES := python3-venv gcc libcap-dev libseccomp2 openssl curl iproute2
                    nftables testssl.sh sslscan nginx-light
 BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk
 
-.PHONY: run test soak test-container lint docs fuzz deps bench clean
+.PHONY: run test soak test-container test-systemd lint docs fuzz deps bench clean
 
 run: $(VENV)/.stamp
 	$(PY) -m titus.demo
@@ -30,6 +30,11 @@ test: $(VENV)/.stamp
 # real jails inside it (installs podman, runc, debootstrap; caches in build/).
 test-container: $(VENV)/.stamp
 	bash contrib/test-container.sh
+
+# contrib/titus.service and contrib/titus.socket under Debian's systemd as PID 1 of a
+# podman container: start (sd_notify), reload, stop (drain), a crash, socket activation.
+test-systemd: $(VENV)/.stamp
+	bash contrib/test-systemd.sh
 
 # The churn soak at full size (`make test` runs it with 600 connections): 10,000
 # connections of random client behaviours, then nothing may have leaked.
