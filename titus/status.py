@@ -66,8 +66,8 @@ def summarize(text: str) -> str:
         mean = get("titus_jail_spawn_seconds_sum") / spawns * 1000
         lines.append(f"jails spawned: {spawns:.0f}, mean {mean:.1f} ms, "
                      f"failed {get('titus_jail_spawn_failures_total'):.0f}")
-    lines.append(f"bytes relayed: in {get('titus_bytes_total', direction='in'):.0f}, "
-                 f"out {get('titus_bytes_total', direction='out'):.0f}")
+    lines.append(f"bytes relayed: in {get('titus_relayed_bytes_total', direction='in'):.0f}, "
+                 f"out {get('titus_relayed_bytes_total', direction='out'):.0f}")
     violations = values.get("titus_seccomp_violations_total", {})
     if violations:
         lines.append("seccomp violations: " + ", ".join(

@@ -65,6 +65,6 @@ def test_metrics_endpoint(tmp_path):
     assert metric(text, 'titus_connections_total{outcome="ok",vhost="default"}') == 3
     assert metric(text, "titus_handshake_seconds_count") == 3
     assert metric(text, 'titus_keyholder_operations_total{result="ok"}') == 3
-    assert metric(text, 'titus_bytes_total{direction="in"}') > 0
+    assert metric(text, 'titus_relayed_bytes_total{direction="in"}') > 0
     assert metric(text, "titus_jail_spawn_seconds_count") >= 5  # 2 spare + 3 replacements
     assert metric(text, 'titus_workers{state="idle"}') >= 1
