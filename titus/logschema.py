@@ -183,6 +183,25 @@ EVENTS: dict[str, Event] = {
     "jail-stderr-dropped": Event("jail stderr lines dropped (rate limit)", ("WARNING",), {
         "lines": Field("integer", "how many"),
     }),
+    "backend-addresses-changed": Event("a backend name's addresses changed (dns-refresh); new "
+                                       "connections go to the new ones", ("INFO",), {
+        "vhost": Field("string", "the vhost"),
+        "backend": Field("string", "the backend name"),
+        "before": Field("endpoints", "the addresses until now"),
+        "after": Field("endpoints", "the addresses from now on"),
+    }),
+    "backend-refresh-failed": Event("a backend name did not resolve in the background; its "
+                                    "addresses stay (logged once until it resolves again)",
+                                    ("WARNING",), {
+        "vhost": Field("string", "the vhost"),
+        "backend": Field("string", "the backend name"),
+        "error": _ERROR,
+        "kept": Field("endpoints", "the addresses still used"),
+    }),
+    "backend-refresh-recovered": Event("a backend name resolves again", ("INFO",), {
+        "vhost": Field("string", "the vhost"),
+        "backend": Field("string", "the backend name"),
+    }),
     "ocsp-response-loaded": Event("an OCSP response is stapled from now on", ("INFO", "WARNING"),
                                   {
         "vhost": Field("string", "the vhost"),

@@ -13,8 +13,9 @@ HELP: dict[str, str] = {
     "transparent": "no | yes (backend = the client's original destination, source kept; "
                    "needs a TPROXY rule) | backend-only (source kept); both need CAP_NET_ADMIN "
                    "and the backend's replies to clients routed back to titus (fwmark rule)",
-    "backend": "backend address: IP or DNS name (resolved at start-up); omitted = the local "
-               "address the client connected to",
+    "backend": "backend address: IP or DNS name (resolved at start-up and reload, then "
+               "every dns-refresh seconds in the background); omitted = the local address "
+               "the client connected to",
     "backend-port": "backend port",
     "min-spare-children": "idle, already jailed workers kept ready (default 3)",
     "max-children": "connections served at once, one worker each (default 100); more wait in "
@@ -71,6 +72,9 @@ HELP: dict[str, str] = {
     "backend-connect-timeout": "seconds to connect to a backend (default 10)",
     "dns-timeout": "seconds to resolve a backend name; A and AAAA are asked separately "
                    "(default 5)",
+    "dns-refresh": "seconds between background re-resolutions of backend names, never on "
+                   "a connection's path; a family (A or AAAA) that does not answer keeps its "
+                   "addresses (default 60)",
     "drain-timeout": "seconds connections in flight may still run after SIGTERM before "
                      "they are cut (default 30)",
     "log-format": "json | text | auto (text on a terminal)",

@@ -314,6 +314,7 @@ def _options() -> dict[str, Option]:
         Option("backend-connect-timeout", "global",
                _setting("backend-connect-timeout", seconds(3600.0)), "seconds"),
         Option("dns-timeout", "global", _setting("dns-timeout", seconds(600.0)), "seconds"),
+        Option("dns-refresh", "global", _setting("dns-refresh", seconds(86400.0)), "seconds"),
         Option("drain-timeout", "global", _setting("drain-timeout", seconds(86400.0)),
                "seconds"),
         Option("log-format", "global", _setting("log-format", v.parse_log_format), "str"),
