@@ -9,6 +9,7 @@
 PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
+PROMTOOL := build/promtool/usr/bin/promtool
 # Debian packages: python3-venv lets Debian's python3 make the venv; libcap-dev builds
 # python-prctl; groff-base checks the man page; the rest are real TLS clients for the
 # tests (testssl.sh and sslscan grade the default TLS settings) and nginx-light, a real
@@ -22,9 +23,20 @@ BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk
 run: $(VENV)/.stamp
 	$(PY) -m titus.demo
 
-test: $(VENV)/.stamp
+test: $(VENV)/.stamp $(PROMTOOL)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# promtool (Prometheus's metric linter, for the metrics test), taken out of Debian's
+# prometheus package without installing it: installing would start a Prometheus server.
+$(PROMTOOL):
+	@$(MAKE) --no-print-directory deps
+	rm -rf build/promtool.new && mkdir -p build/promtool.new
+	cd build/promtool.new && { apt-get download -q prometheus 2>/dev/null \
+	  || { apt-get update -qq && apt-get download -q prometheus; }; } \
+	  && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool \
+	  && rm -f prometheus_*.deb
+	rm -rf build/promtool && mv build/promtool.new build/promtool
 
 # The Dockerfile, built and run privileged with podman; titus must serve TLS from
 # real jails inside it (installs podman, runc, debootstrap; caches in build/).
