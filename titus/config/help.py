@@ -19,7 +19,7 @@ HELP: dict[str, str] = {
     "backend-port": "backend port",
     "min-spare-children": "idle, already jailed workers kept ready (default 3)",
     "max-children": "connections served at once, one worker each (default 100); more wait in "
-                    "the listen backlog",
+                    "the listen backlog (logged and counted; docs/sizing.md says how to size it)",
     "max-handshake-time": "seconds a client may take to finish its TLS handshake (default 10)",
     "network-user": "superseded: every worker gets its own dynamic uid (accepted, ignored)",
     "network-group": "superseded: every worker gets its own dynamic gid (accepted, ignored)",
