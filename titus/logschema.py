@@ -126,6 +126,14 @@ EVENTS: dict[str, Event] = {
         "busy": Field("integer", "connections still in flight"),
     }),
     "stopped": Event("the supervisor exits", ("INFO",)),
+    "connection-cap": Event("every one of max-children workers is busy: new connections wait "
+                            "in the listen backlog (at most one record in 10 s; see "
+                            "docs/sizing.md)", ("WARNING",), {
+        "max_children": Field("integer", "max-children"),
+        "busy": Field("integer", "workers serving a connection"),
+        "hits": Field("integer", "times the cap was hit since the last such record"),
+        "waiting": Field("integer", "connections waiting in the listen queues"),
+    }),
     "spawn-failed": Event("a worker jail could not be made", ("WARNING",), {"reason": _ERROR}),
     "spawn-backoff": Event("repeated spawn failures: waiting before the next try", ("ERROR",), {
         "reason": _ERROR,

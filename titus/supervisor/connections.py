@@ -22,9 +22,11 @@ from sandbox.launcher import JailProcess, Violation
 from sandbox.seccomp import syscall_name
 from titus import logs
 from titus.config.model import Config, Listener, VHost
-from titus.supervisor import activation, clientid
+from titus.supervisor import activation, backlog, clientid
 from titus.supervisor.broker import BackendConnect
+from titus.supervisor.capwatch import CapWatch
 from titus.supervisor.lifecycle import KillReason, Phase, Worker
+from titus.supervisor.metrics import NO_VHOST
 from titus.supervisor.startup import StartupError
 from titus.supervisor.transparent import set_transparent
 from titus.wire import control, proxyproto
@@ -86,6 +88,8 @@ class Connections:
         self.listener_of: dict[Listener, socket.socket] = {}
         self.paused = False
         self.next_conn_id = 1
+        self.cap = CapWatch(self)
+        self.metrics.waiting.set_function(self.waiting)
 
     # -- listeners -------------------------------------------------------------------
 
@@ -133,6 +137,11 @@ class Connections:
             sock.close()
         self.listeners = []
 
+    def waiting(self) -> int:
+        """Connections the kernel accepted that titus has not taken yet, on every listener."""
+        queues = (backlog.accept_queue(sock) for sock in self.listeners)
+        return sum(q[0] for q in queues if q is not None)
+
     def pause(self) -> None:
         if not self.paused:
             self.paused = True
@@ -155,6 +164,8 @@ class Connections:
                 # otherwise it waits in the kernel's backlog for a worker.
                 if not pool.idle and (pool.fd_short is None or self.sup.gen.pending):
                     self.pause()
+                    if pool.at_cap:
+                        self.cap.hit()
                     return
             try:
                 client, peer = listener.accept()
@@ -260,7 +271,8 @@ class Connections:
         worker.broker = BackendConnect(
             self.loop, addresses, config.backend_connect_timeout,
             lambda sock, reason: self.on_backend(worker, sock, reason),
-            header=self.proxy_header(vhost, worker.conn, msg), source=source)
+            header=(header := self.proxy_header(vhost, worker.conn, msg)), source=source)
+        worker.header_bytes = len(header)
 
     def backend_addresses(self, gen: Generation, index: int, vhost: VHost, conn: Conn
                           ) -> list[tuple[int, tuple]]:
@@ -296,6 +308,8 @@ class Connections:
                 worker.ctl.send(control.encode(control.BackendFailed(reason or "failed")))
             else:
                 with contextlib.suppress(OSError):
+                    worker.backend_pair = (sockaddr_pair(sock.getsockname()),
+                                           sockaddr_pair(sock.getpeername()))
                     worker.backend = (f"{_addr(sock.getsockname())}->"
                                       f"{_addr(sock.getpeername())}")
                 socket.send_fds(worker.ctl, [control.encode(control.BackendReady())],
@@ -369,7 +383,8 @@ class Connections:
         outcome = worker.outcome()
         level = logging.WARNING if outcome in ALARMING else logging.INFO
         vhost = self.vhost_name(worker)
-        self.count_connection(worker, outcome, vhost)
+        bytes_in, bytes_out = worker.relayed()
+        self.count_connection(worker, outcome, vhost, bytes_in, bytes_out)
         logs.event(
             "connection", level,
             conn_id=conn.conn_id, client=_addr(conn.peer), local=_addr(conn.local),
@@ -378,7 +393,7 @@ class Connections:
             alpn=hs.alpn if hs else None, client_cn=hs.client_cn if hs else None,
             client_subject=hs.client_subject if hs else None,
             backend=worker.backend,
-            bytes_in=fin.bytes_in if fin else 0, bytes_out=fin.bytes_out if fin else 0,
+            bytes_in=bytes_in, bytes_out=bytes_out,
             handshake_ms=hs.handshake_ms if hs else None,
             duration_ms=round((time.monotonic() - conn.accepted) * 1000, 3),
             outcome=outcome,
@@ -400,16 +415,17 @@ class Connections:
                 index = None
         return vhosts[index].name if index is not None else None
 
-    def count_connection(self, worker: Worker, outcome: Outcome, vhost: str | None) -> None:
+    def count_connection(self, worker: Worker, outcome: Outcome, vhost: str | None,
+                         bytes_in: int, bytes_out: int) -> None:
         m, conn, hs, fin = self.metrics, worker.conn, worker.handshake, worker.finished
         assert conn is not None
-        m.connections.labels(outcome, vhost or "").inc()
+        m.connections.labels(outcome, vhost or NO_VHOST).inc()
         m.duration.observe(time.monotonic() - conn.accepted)
         if hs is not None:
             m.handshake.observe(hs.handshake_ms / 1000)
+        m.bytes.labels("in").inc(bytes_in)
+        m.bytes.labels("out").inc(bytes_out)
         if fin is not None:
-            m.bytes.labels("in").inc(fin.bytes_in)
-            m.bytes.labels("out").inc(fin.bytes_out)
             m.keyholder_ops.labels("ok").inc(fin.signatures)
             m.keyholder_ops.labels("failed").inc(fin.signature_failures)
         if worker.jail.violation is not None:
