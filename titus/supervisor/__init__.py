@@ -29,6 +29,7 @@ from titus import logs
 from titus.config.model import Config
 from titus.supervisor import cutcounts, ocsp, sdnotify
 from titus.supervisor.connections import Connections, open_listener, sockaddr_pair
+from titus.supervisor.dnsrefresh import BackendRefresh
 from titus.supervisor.generation import Generation, Generations
 from titus.supervisor.jailstderr import JailStderr
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError
@@ -72,6 +73,7 @@ class Supervisor:
             lambda: len(self.pool.workers) - len(self.pool.idle))
         self.metrics.max_children.set_function(lambda: self.config.max_children)
         self.metrics_endpoint: MetricsEndpoint | None = None
+        self.dns_refresh: BackendRefresh | None = None
         self.stderr = JailStderr(self.loop)
         self.gen.keyholder.stderr_fd = self.stderr_fd = self.stderr.write_fd
 
@@ -123,6 +125,10 @@ class Supervisor:
                    max_children=self.config.max_children)
         self.pool.refill()
         self.loop.call_later(ocsp.REFRESH_INTERVAL, self.generations.refresh_staples)
+        self.dns_refresh = BackendRefresh(
+            self.loop, lambda: self.gen, lambda result: self.metrics.dns_refreshes.labels(
+                result).inc())
+        self.dns_refresh.start()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -250,6 +256,8 @@ class Supervisor:
             sock.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
+        if self.dns_refresh is not None:
+            self.dns_refresh.close()
         self.stderr.drain()
         self.stderr.close()
         self.launcher.close()

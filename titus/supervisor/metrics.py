@@ -83,6 +83,11 @@ class Metrics:
         self.cap_hits = Counter("titus_connection_cap_hits",
                                 "Times every one of max-children workers was busy and new "
                                 "connections had to wait in the listen backlog", registry=r)
+        self.dns_refreshes = Counter("titus_backend_dns_refreshes",
+                                     "Background re-resolutions of backend names (dns-refresh),"
+                                     " by result", ["result"], registry=r)
+        for result in ("changed", "unchanged", "failed"):
+            self.dns_refreshes.labels(result)
         self.waiting = Gauge("titus_connections_waiting",
                              "Connections accepted by the kernel that titus has not taken "
                              "yet (the listen sockets' accept queues)", registry=r)
