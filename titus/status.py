@@ -44,7 +44,18 @@ def summarize(text: str) -> str:
 
     lines = ["titus is running"]
     lines.append(f"workers: {get('titus_workers', state='busy'):.0f} busy, "
-                 f"{get('titus_workers', state='idle'):.0f} idle")
+                 f"{get('titus_workers', state='idle'):.0f} idle, "
+                 f"at most {get('titus_max_children'):.0f} (max-children)")
+    hits = get("titus_connection_cap_hits_total")
+    if hits:
+        lines.append(f"connection cap: hit {hits:.0f} times, "
+                     f"{get('titus_connections_waiting'):.0f} connections waiting now")
+    failed = get("titus_config_reloads_total", result="failure")
+    lines.append(f"configuration: generation {get('titus_config_generation'):.0f}, "
+                 f"{get('titus_config_reloads_total', result='success'):.0f} reloads, "
+                 f"{failed:.0f} refused"
+                 + ("" if get("titus_config_last_reload_successful") else
+                    " (the last reload was refused)"))
     outcomes: dict[str, float] = defaultdict(float)
     vhosts: dict[str, float] = defaultdict(float)
     for labels, value in values.get("titus_connections_total", {}).items():
