@@ -26,14 +26,14 @@ class CapWatch:
     def __init__(self, connections: Connections) -> None:
         self.connections = connections
         self.unlogged = 0  # hits since the last record
-        self.logged_at = -LOG_INTERVAL
+        self.logged_at: float | None = None
 
     def hit(self) -> None:
         sup = self.connections.sup
         sup.metrics.cap_hits.inc()
         self.unlogged += 1
         now = time.monotonic()
-        if now - self.logged_at < LOG_INTERVAL:
+        if self.logged_at is not None and now - self.logged_at < LOG_INTERVAL:
             return
         pool = sup.pool
         logs.event("connection-cap", logging.WARNING, max_children=sup.config.max_children,
