@@ -9,6 +9,7 @@
 PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
+PROMTOOL := build/promtool/usr/bin/promtool
 # Debian packages: python3-venv lets Debian's python3 make the venv; libcap-dev builds
 # python-prctl; groff-base checks the man page; the rest are real TLS clients for the
 # tests (testssl.sh and sslscan grade the default TLS settings) and nginx-light, a real
@@ -17,19 +18,35 @@ SYSTEM_PACKAGES := python3-venv gcc libcap-dev libseccomp2 openssl curl iproute2
                    nftables testssl.sh sslscan nginx-light
 BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk
 
-.PHONY: run test soak test-container lint docs fuzz deps bench clean
+.PHONY: run test soak test-container test-systemd lint docs fuzz deps bench clean
 
 run: $(VENV)/.stamp
 	$(PY) -m titus.demo
 
-test: $(VENV)/.stamp
+test: $(VENV)/.stamp $(PROMTOOL)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# promtool (Prometheus's metric linter, for the metrics test), taken out of Debian's
+# prometheus package without installing it: installing would start a Prometheus server.
+$(PROMTOOL):
+	@$(MAKE) --no-print-directory deps
+	rm -rf build/promtool.new && mkdir -p build/promtool.new
+	cd build/promtool.new && { apt-get download -q prometheus 2>/dev/null \
+	  || { apt-get update -qq && apt-get download -q prometheus; }; } \
+	  && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool \
+	  && rm -f prometheus_*.deb
+	rm -rf build/promtool && mv build/promtool.new build/promtool
 
 # The Dockerfile, built and run privileged with podman; titus must serve TLS from
 # real jails inside it (installs podman, runc, debootstrap; caches in build/).
 test-container: $(VENV)/.stamp
 	bash contrib/test-container.sh
+
+# contrib/titus.service and contrib/titus.socket under Debian's systemd as PID 1 of a
+# podman container: start (sd_notify), reload, stop (drain), a crash, socket activation.
+test-systemd: $(VENV)/.stamp
+	bash contrib/test-systemd.sh
 
 # The churn soak at full size (`make test` runs it with 600 connections): 10,000
 # connections of random client behaviours, then nothing may have leaked.

@@ -371,6 +371,7 @@ class _Builder:
                 "backend-connect-timeout", "backend_connect_timeout"
             ),
             dns_timeout=self.value("dns-timeout", "dns_timeout"),
+            dns_refresh=self.value("dns-refresh", "dns_refresh"),
             drain_timeout=self.value("drain-timeout", "drain_timeout"),
             log_format=self.value("log-format", "log_format"),
             metrics_listen=self.metrics(),

@@ -288,6 +288,7 @@ class Config:
     keyholder_timeout: float = 2.0
     backend_connect_timeout: float = 10.0
     dns_timeout: float = 5.0
+    dns_refresh: float = 60.0  # backend names re-resolved in the background this often
     drain_timeout: float = 30.0  # SIGTERM: how long connections in flight may still run
     log_format: LogFormat = "auto"
     metrics_listen: Listener | None = None

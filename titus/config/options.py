@@ -92,8 +92,9 @@ def _options() -> dict[str, Option]:
                     "a TPROXY rule) | backend-only (source kept); both need CAP_NET_ADMIN and "
                     "the backend's replies to clients routed back to titus (fwmark rule)"),
         Option("backend", "any", d.vhost_field("backend", v.parse_host), "str",
-               help="backend address: IP or DNS name (resolved at start-up); omitted = the "
-                    "local address the client connected to"),
+               help="backend address: IP or DNS name (resolved at start-up and reload, then "
+                    "every dns-refresh seconds in the background); omitted = the local address "
+                    "the client connected to"),
         Option("backend-port", "any", d.vhost_field("backend_port", v.parse_port), "port",
                help="backend port"),
         Option("min-spare-children", "global",
@@ -101,7 +102,7 @@ def _options() -> dict[str, Option]:
                help="idle, already jailed workers kept ready (default 3)"),
         Option("max-children", "global", d.setting("max-children", count(1, 100_000)), "int",
                help="connections served at once, one worker each (default 100); more wait in "
-                    "the listen backlog"),
+                    "the listen backlog (logged and counted; docs/sizing.md says how to size it)"),
         Option("max-handshake-time", "global",
                d.setting("max-handshake-time", seconds(3600.0)), "seconds",
                help="seconds a client may take to finish its TLS handshake (default 10)"),
@@ -203,6 +204,10 @@ def _options() -> dict[str, Option]:
         Option("dns-timeout", "global", d.setting("dns-timeout", seconds(600.0)), "seconds",
                help="seconds to resolve a backend name; A and AAAA are asked separately "
                     "(default 5)"),
+        Option("dns-refresh", "global", d.setting("dns-refresh", seconds(86400.0)), "seconds",
+               help="seconds between background re-resolutions of backend names, never on "
+                    "a connection's path; a family (A or AAAA) that does not answer keeps its "
+                    "addresses (default 60)"),
         Option("drain-timeout", "global", d.setting("drain-timeout", seconds(86400.0)),
                "seconds",
                help="seconds connections in flight may still run after SIGTERM before they are "

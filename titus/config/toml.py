@@ -42,6 +42,7 @@ ROOT_KEYS = (
     "proxy-protocol",
     "backend-connect-timeout",
     "dns-timeout",
+    "dns-refresh",
     "drain-timeout",
     "ocsp-response",
 )

@@ -14,12 +14,12 @@ import re
 import sys
 from pathlib import Path
 
-from titus.docs import logdocs
+from titus.docs import logdocs, metricsdocs
 from titus.docs.man import SCOPES, render_man
 from titus.docs.options import TITUS_04, OptionDoc, all_options
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-GENERATED = ("options.md", "titus.8", "logging.md", "logging.schema.json")
+GENERATED = ("options.md", "titus.8", "logging.md", "logging.schema.json", "metrics.md")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_<>\[\]|])")
 _STATUS = {
     "titus 0.4": "titus 0.4",
@@ -149,7 +149,8 @@ def render_all() -> dict[str, str]:
     docs = all_options()
     version = importlib.metadata.version("titus")
     return {"options.md": render_markdown(docs), "titus.8": render_man(docs, version),
-            "logging.md": logdocs.render_markdown(), "logging.schema.json": logdocs.render_schema()}
+            "logging.md": logdocs.render_markdown(), "logging.schema.json": logdocs.render_schema(),
+            "metrics.md": metricsdocs.render_markdown()}
 
 
 def main(argv: list[str] | None = None) -> int:

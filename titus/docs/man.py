@@ -119,6 +119,7 @@ def render_man(docs: list[OptionDoc], version: str) -> str:
         ".TP",
         "\\fB\\-\\-check\\fP",
         "Read and validate the configuration, check that every key matches its certificate, "
+        "that the jail profiles keep the layers titus needs and every TLS context builds, "
         "that every listener's address can be bound (a port held by a running titus, or by a "
         "systemd socket unit with ReusePort=yes, is fine) and that every backend name "
         "resolves; print the notices (a certificate out of its validity dates among them), "

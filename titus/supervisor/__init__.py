@@ -28,12 +28,13 @@ from sandbox.launcher import Launcher
 from sandbox.spec import JailSpec, UidRange
 from titus import logs
 from titus.config.model import Config
-from titus.supervisor import ocsp, sdnotify
+from titus.supervisor import cutcounts, ocsp, sdnotify
 from titus.supervisor.connections import Connections, sockaddr_pair
+from titus.supervisor.dnsrefresh import BackendRefresh
 from titus.supervisor.generation import Generation, Generations
 from titus.supervisor.jailstderr import JailStderr
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError
-from titus.supervisor.lifecycle import KillReason
+from titus.supervisor.lifecycle import KillReason, Phase
 from titus.supervisor.listeners import Listeners, open_listener
 from titus.supervisor.loop import Loop
 from titus.supervisor.metrics import Metrics, MetricsEndpoint
@@ -58,11 +59,9 @@ class Supervisor:
         uid_range = UidRange(config.uid_first, config.uid_count)
         self.worker_spec: JailSpec = replace(jail_profile("titus-worker").spec,
                                              name="titus-worker", uid_range=uid_range)
-        keyholder = jail_profile("titus-keyholder").spec
-        rlimits = tuple((k, v) for k, v in keyholder.rlimits if k != "nofile")
-        self.keyholder_spec: JailSpec = replace(
-            keyholder, name="titus-keyholder", uid_range=uid_range,
-            rlimits=(*rlimits, ("nofile", config.max_children + 64)))
+        # Sized per generation from its max-children (keyholder.sized_spec).
+        self.keyholder_base: JailSpec = replace(jail_profile("titus-keyholder").spec,
+                                                name="titus-keyholder", uid_range=uid_range)
         self.stderr_fd = 2
         self.metrics = Metrics()
         self.generations = Generations(self, config)
@@ -75,7 +74,9 @@ class Supervisor:
         self.metrics.workers.labels("idle").set_function(lambda: len(self.pool.idle))
         self.metrics.workers.labels("busy").set_function(
             lambda: len(self.pool.workers) - len(self.pool.idle))
+        self.metrics.max_children.set_function(lambda: self.config.max_children)
         self.metrics_endpoint: MetricsEndpoint | None = None
+        self.dns_refresh: BackendRefresh | None = None
         self.stderr = JailStderr(self.loop)
         self.gen.keyholder.stderr_fd = self.stderr_fd = self.stderr.write_fd
 
@@ -90,6 +91,11 @@ class Supervisor:
     @property
     def keyholder(self) -> KeyHolder:
         return self.gen.keyholder
+
+    @property
+    def keyholder_spec(self) -> JailSpec:
+        """The current generation's key holder jail."""
+        return self.gen.keyholder.spec
 
     # -- start-up ------------------------------------------------------------------
 
@@ -122,6 +128,10 @@ class Supervisor:
                    max_children=self.config.max_children)
         self.pool.refill()
         self.loop.call_later(ocsp.REFRESH_INTERVAL, self.generations.refresh_staples)
+        self.dns_refresh = BackendRefresh(
+            self.loop, lambda: self.gen, lambda result: self.metrics.dns_refreshes.labels(
+                result).inc())
+        self.dns_refresh.start()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -221,7 +231,14 @@ class Supervisor:
             self.loop.stop()
 
     def force_stop(self) -> None:
-        for worker in self.pool.workers.values():
+        """drain-timeout is over: cut what is left, keeping the byte counts of connections
+        that were relaying (the kernel's, read before the kill)."""
+        workers = list(self.pool.workers.values())
+        relaying = {w.backend_pair: w for w in workers
+                    if w.phase is Phase.RELAY and w.backend_pair is not None}
+        for pair, counts in cutcounts.backend_counts(relaying).items():
+            relaying[pair].cut_counts = counts
+        for worker in workers:
             worker.kill(KillReason.SHUTDOWN)
 
     def close(self) -> None:
@@ -242,6 +259,8 @@ class Supervisor:
             sock.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
+        if self.dns_refresh is not None:
+            self.dns_refresh.close()
         self.stderr.drain()
         self.stderr.close()
         self.launcher.close()

@@ -24,7 +24,9 @@ from titus import logs
 from titus.config.model import VHost
 from titus.supervisor import clientid
 from titus.supervisor.broker import BackendConnect
+from titus.supervisor.capwatch import CapWatch
 from titus.supervisor.lifecycle import KillReason, Phase, Worker
+from titus.supervisor.metrics import NO_VHOST
 from titus.wire import control, proxyproto
 from titus.wire.outcome import ALARMING, Outcome
 
@@ -61,6 +63,7 @@ class Connections:
         self.loop = sup.loop
         self.metrics = sup.metrics
         self.next_conn_id = 1
+        self.cap = CapWatch(self)
 
     # -- accept, hand-off, handshake, backend ----------------------------------------
 
@@ -73,6 +76,8 @@ class Connections:
                 # otherwise it waits in the kernel's backlog for a worker.
                 if not pool.idle and (pool.fd_short is None or self.sup.gen.pending):
                     self.sup.listeners.pause()
+                    if pool.at_cap:
+                        self.cap.hit()
                     return
             try:
                 client, peer = listener.accept()
@@ -178,7 +183,8 @@ class Connections:
         worker.broker = BackendConnect(
             self.loop, addresses, config.backend_connect_timeout,
             lambda sock, reason: self.on_backend(worker, sock, reason),
-            header=self.proxy_header(vhost, worker.conn, msg), source=source)
+            header=(header := self.proxy_header(vhost, worker.conn, msg)), source=source)
+        worker.header_bytes = len(header)
 
     def backend_addresses(self, gen: Generation, index: int, vhost: VHost, conn: Conn
                           ) -> list[tuple[int, tuple]]:
@@ -214,6 +220,8 @@ class Connections:
                 worker.ctl.send(control.encode(control.BackendFailed(reason or "failed")))
             else:
                 with contextlib.suppress(OSError):
+                    worker.backend_pair = (sockaddr_pair(sock.getsockname()),
+                                           sockaddr_pair(sock.getpeername()))
                     worker.backend = (f"{_addr(sock.getsockname())}->"
                                       f"{_addr(sock.getpeername())}")
                 socket.send_fds(worker.ctl, [control.encode(control.BackendReady())],
@@ -287,7 +295,8 @@ class Connections:
         outcome = worker.outcome()
         level = logging.WARNING if outcome in ALARMING else logging.INFO
         vhost = self.vhost_name(worker)
-        self.count_connection(worker, outcome, vhost)
+        bytes_in, bytes_out = worker.relayed()
+        self.count_connection(worker, outcome, vhost, bytes_in, bytes_out)
         logs.event(
             "connection", level,
             conn_id=conn.conn_id, client=_addr(conn.peer), local=_addr(conn.local),
@@ -296,7 +305,7 @@ class Connections:
             alpn=hs.alpn if hs else None, client_cn=hs.client_cn if hs else None,
             client_subject=hs.client_subject if hs else None,
             backend=worker.backend,
-            bytes_in=fin.bytes_in if fin else 0, bytes_out=fin.bytes_out if fin else 0,
+            bytes_in=bytes_in, bytes_out=bytes_out,
             handshake_ms=hs.handshake_ms if hs else None,
             duration_ms=round((time.monotonic() - conn.accepted) * 1000, 3),
             outcome=outcome,
@@ -318,16 +327,17 @@ class Connections:
                 index = None
         return vhosts[index].name if index is not None else None
 
-    def count_connection(self, worker: Worker, outcome: Outcome, vhost: str | None) -> None:
+    def count_connection(self, worker: Worker, outcome: Outcome, vhost: str | None,
+                         bytes_in: int, bytes_out: int) -> None:
         m, conn, hs, fin = self.metrics, worker.conn, worker.handshake, worker.finished
         assert conn is not None
-        m.connections.labels(outcome, vhost or "").inc()
+        m.connections.labels(outcome, vhost or NO_VHOST).inc()
         m.duration.observe(time.monotonic() - conn.accepted)
         if hs is not None:
             m.handshake.observe(hs.handshake_ms / 1000)
+        m.bytes.labels("in").inc(bytes_in)
+        m.bytes.labels("out").inc(bytes_out)
         if fin is not None:
-            m.bytes.labels("in").inc(fin.bytes_in)
-            m.bytes.labels("out").inc(fin.bytes_out)
             m.keyholder_ops.labels("ok").inc(fin.signatures)
             m.keyholder_ops.labels("failed").inc(fin.signature_failures)
         if worker.jail.violation is not None:

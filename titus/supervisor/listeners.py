@@ -9,7 +9,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from titus.config.model import Config, Listener
-from titus.supervisor import activation
+from titus.supervisor import activation, backlog
 from titus.supervisor.startup import StartupError
 from titus.supervisor.transparent import set_transparent
 
@@ -62,6 +62,7 @@ class Listeners:
         self.sockets: list[socket.socket] = []
         self.of: dict[Listener, socket.socket] = {}
         self.paused = False
+        sup.metrics.waiting.set_function(self.waiting)
 
     def open(self, config: Config) -> None:
         """At start-up: every listen line's socket, bound here or passed by systemd."""
@@ -109,6 +110,11 @@ class Listeners:
             self.loop.forget(sock.fileno())
             sock.close()
         self.sockets = []
+
+    def waiting(self) -> int:
+        """Connections the kernel accepted that titus has not taken yet, on every listener."""
+        queues = (backlog.accept_queue(sock) for sock in self.sockets)
+        return sum(q[0] for q in queues if q is not None)
 
     def pause(self) -> None:
         if not self.paused:

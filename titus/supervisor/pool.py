@@ -76,6 +76,12 @@ class Pool:
         self.epoch = 0
         self.epoch_reason: KillReason | None = None
 
+    @property
+    def at_cap(self) -> bool:
+        """Every one of max-children workers is serving a connection (none idle, none more
+        may be spawned)."""
+        return not self.idle and len(self.workers) >= self.sup.config.max_children
+
     def request_worker(self) -> bool:
         """Ask the zygote for one more worker (the answer comes to on_zygote)."""
         sup = self.sup
