@@ -238,11 +238,11 @@ def _compact() -> None:
 
 
 def main() -> None:
-    from sandbox import privileges
+    from sandbox import libc
 
     fd, caller = int(sys.argv[1]), int(sys.argv[2])
     # It dies with its caller; signals meant for the caller's process group are not its.
-    privileges.set_parent_death_signal(signal.SIGKILL)
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != caller:
         raise SystemExit(1)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
