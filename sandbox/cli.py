@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
-import os
 import signal
 import sys
 import time
@@ -30,23 +28,24 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import JailError
 from sandbox.policy import PolicyError, Rule, SeccompPolicy
-from sandbox.spec import BindMount, JailSpec, parse_network
+from sandbox.runjail import (
+    EXIT_CANNOT_EXECUTE,
+    EXIT_CANNOT_START,
+    EXIT_NOT_FOUND,
+    EXIT_SECCOMP,
+    EXIT_USAGE,
+    Outcome,
+    check_root,
+    run_once,
+    run_program,
+    seccomp_line,
+)
+from sandbox.runjail import Fail as _Fail
+from sandbox.runjail import say as _say
+from sandbox.spec import BindMount, parse_network
 
 if TYPE_CHECKING:  # imported lazily at run time: `check` need not load the launcher
-    from sandbox.launcher import JailProcess, Launcher
     from sandbox.profile import Profile
-
-EXIT_USAGE = 2
-EXIT_CANNOT_START = 125
-EXIT_CANNOT_EXECUTE = 126
-EXIT_NOT_FOUND = 127
-EXIT_SECCOMP = 128 + signal.SIGSYS  # 159
-
-# Signals `run` relays; the first two also start the --stop-timeout countdown
-# (SIGHUP is a reload request for many daemons, so it never leads to SIGKILL).
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-STOPPING = (signal.SIGTERM, signal.SIGINT)
-_SI_KERNEL = 0x80  # siginfo.si_code of a signal the kernel sent (e.g. the tty's ^C)
 
 EXIT_CODES = f"""\
 exit status:
@@ -64,22 +63,6 @@ exit status:
           audit records cannot be read)
   any     {EXIT_USAGE} for a command-line error
 """
-
-
-# ---------------------------------------------------------------------------
-# Messages
-
-
-def _say(message: str) -> None:
-    print(f"sandbox: {message}", file=sys.stderr, flush=True)
-
-
-class _Fail(Exception):
-    """A one-line error for the user and the exit status that goes with it."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 # ---------------------------------------------------------------------------
@@ -252,151 +235,27 @@ def _load(args: argparse.Namespace) -> Profile:
 
 
 # ---------------------------------------------------------------------------
-# Running one jail and relaying signals
-
-
-@contextlib.contextmanager
-def _blocked(signals: Sequence[int]) -> Iterator[None]:
-    """Block `signals` so they queue for sigtimedwait (the launcher unblocks them in
-    the jail); afterwards discard what is still pending and restore the mask, so a
-    SIGTERM that raced with the jail's exit does not kill us after the fact."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        while signal.sigtimedwait(signals, 0) is not None:
-            pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _disposition(pid: int, sig: int) -> str:
-    """'caught', 'ignored' or 'default': what the process does with `sig`."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-    except OSError:
-        return "caught"  # gone already: nothing to emulate
-    bit = 1 << (sig - 1)
-    if int(fields.get("SigCgt", "0"), 16) & bit:
-        return "caught"
-    if int(fields.get("SigIgn", "0"), 16) & bit:
-        return "ignored"
-    return "default"
-
-
-@dataclasses.dataclass
-class Outcome:
-    """How one jailed run ended."""
-
-    jail: JailProcess
-    status: int  # what `sandbox run` exits with
-    note: str | None = None  # a line for stderr
-
-
-def supervise(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
-              tick: Callable[[], None] | None = None, tick_every: float = 0.05,
-              fds: Sequence[int] = (0, 1, 2)) -> Outcome:
-    """Start `argv` in a jail, relay signals until it ends, compute the exit status.
-
-    Signals are blocked and taken with sigtimedwait, so none is lost between
-    the spawn and the wait, and a ^C the terminal already sent to the jail
-    (same process group) is not sent twice.  Raises JailError.
-    """
-    waited = (*FORWARDED, signal.SIGCHLD)
-    with _blocked(waited):
-        jail = launcher.run(spec, argv, fds=fds)
-        kill_at: float | None = None
-        stopped_by: int | None = None  # signal whose default action we carried out
-        escalated: int | None = None
-        while jail.poll() is None:
-            timeout = tick_every if tick else 3600.0
-            if kill_at is not None:
-                timeout = min(timeout, max(0.0, kill_at - time.monotonic()))
-            info = signal.sigtimedwait(waited, timeout)
-            if tick:
-                tick()
-            if info is not None and info.si_signo in FORWARDED:
-                sig = info.si_signo
-                state = _disposition(jail.pid, sig)
-                if state == "default":
-                    # What the signal would do to any process that is not a PID 1.
-                    stopped_by = sig
-                    jail.kill(signal.SIGKILL)
-                elif state == "caught" and info.si_code != _SI_KERNEL:
-                    jail.kill(sig)  # from the tty it reached the jail already
-                if sig in STOPPING and kill_at is None and stopped_by is None:
-                    escalated = sig
-                    kill_at = time.monotonic() + stop_timeout
-            if kill_at is not None and time.monotonic() >= kill_at and jail.poll() is None:
-                jail.kill(signal.SIGKILL)
-                jail.wait()
-                note = (f"the program did not exit within {stop_timeout:g} s of "
-                        f"{signal.Signals(escalated or signal.SIGTERM).name}: killed it")
-                return Outcome(jail, jail.exit_status or 128 + signal.SIGKILL, note)
-    code = jail.returncode
-    if stopped_by is not None and code == -signal.SIGKILL:
-        return Outcome(jail, 128 + stopped_by)
-    return Outcome(jail, jail.exit_status if jail.exit_status is not None else 1)
-
-
-def _seccomp_line(jail: JailProcess, profile_name: str) -> str:
-    v = jail.violation
-    if v is not None and v.syscall:
-        return (f"killed by seccomp: the program called {v.syscall} (#{v.number}, {v.arch}), "
-                f"which profile {profile_name} does not allow")
-    return (f"killed by seccomp: the program called a syscall that profile {profile_name} "
-            "does not allow (the kernel log did not say which: /dev/kmsg unreadable, records "
-            "rate-limited, or taken by auditd)")
-
-
-def _start_failure(exc: JailError, argv: list[str], spec: JailSpec) -> _Fail:
-    if exc.layer == "exec":
-        path = dict(spec.env).get("PATH", "")
-        if exc.errno == errno.ENOENT:
-            return _Fail(EXIT_NOT_FOUND, f"cannot run {argv[0]!r}: not found inside the jail "
-                         f"(PATH={path}; is its directory bound into the jail?)")
-        return _Fail(EXIT_CANNOT_EXECUTE,
-                     f"cannot run {argv[0]!r}: {os.strerror(exc.errno) if exc.errno else exc}")
-    return _Fail(EXIT_CANNOT_START, f"cannot start: {exc}")
-
-
-def _run_once(launcher: Launcher, spec: JailSpec, argv: list[str], args: argparse.Namespace,
-              tick: Callable[[], None] | None = None, fds: Sequence[int] = (0, 1, 2)) -> Outcome:
-    try:
-        return supervise(launcher, spec, argv, args.stop_timeout, tick, fds=fds)
-    except JailError as exc:
-        raise _start_failure(exc, argv, spec) from None
-    except (OSError, RuntimeError) as exc:  # fork failed, uids exhausted, ...
-        raise _Fail(EXIT_CANNOT_START, f"cannot start: {exc}") from None
-
-
-def _check_root() -> None:
-    if os.geteuid() != 0:
-        raise _Fail(EXIT_CANNOT_START, "cannot start: jails need root (CAP_SYS_ADMIN, "
-                    "CAP_SETUID, CAP_SETGID in the initial namespaces)")
-
-
-# ---------------------------------------------------------------------------
 # Commands
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from sandbox import runcache
     from sandbox.launcher import Launcher
+    from sandbox.plan import MODE_EXEC
 
     if not args.command:
         raise _Fail(EXIT_USAGE, "run needs a command: sandbox run --profile P -- CMD ARGS")
     profile = _load(args)
-    _check_root()
-    launcher = Launcher()
+    check_root()
+    launcher = Launcher(shared=False)  # one jail: nothing to share with another
     try:
-        outcome = _run_once(launcher, profile.spec, args.command, args)
-        if outcome.note:
-            _say(outcome.note)
-        if outcome.jail.returncode == -signal.SIGSYS:
-            _say(_seccomp_line(outcome.jail, args.profile))
-        return outcome.status
-    finally:
-        launcher.close()
+        plan = launcher.plan(profile.spec, MODE_EXEC)
+    except JailError:
+        plan = None  # run_program reports it
+    else:  # the next identical `sandbox run` starts from here (sandbox/runcache.py)
+        runcache.store(args.raw_options, profile, plan, args.profile, args.stop_timeout)
+    return run_program(launcher, profile.spec, args.command, args.profile, args.stop_timeout,
+                       plan)
 
 
 def _print_profile(args: argparse.Namespace, render: Callable[[Any], str]) -> int:
@@ -469,7 +328,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         raise _Fail(EXIT_USAGE, "--rounds must be at least 1")
     profile = _load(args)
-    _check_root()
+    check_root()
     try:
         logged = _ACTIONS_LOGGED.read_text().split()
     except OSError:
@@ -497,7 +356,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 spec = dataclasses.replace(profile.spec, seccomp_bpf=program)
                 # Without --output the policy goes to stdout: the program's goes to stderr.
                 fds = (0, 1, 2) if args.output else (0, 2, 2)
-                outcome = _run_once(launcher, spec, args.command, args, tick=log.poll, fds=fds)
+                outcome = run_once(launcher, spec, args.command, args.stop_timeout, tick=log.poll,
+                                   fds=fds)
                 time.sleep(0.1)  # kauditd prints asynchronously
                 records = log.records(uids={outcome.jail.uid}, actions={"log"})
                 names = set()
@@ -516,7 +376,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
                     break
         assert outcome is not None
         if outcome.jail.returncode == -signal.SIGSYS:
-            _say(_seccomp_line(outcome.jail, args.profile))
+            _say(seccomp_line(outcome.jail, args.profile))
         added = sorted(observed - allowed)
         text = learned_policy_toml(allowed | observed, based_on=profile, keep_rules=True)
         if args.output:
@@ -557,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.action not in ("run", "learn"):
             parser.error(f"'{args.action}' takes no command after '--'")
         args.command = command
+    args.raw_options = options[1:]  # the `sandbox run` cache's key
     try:
         return _COMMANDS[args.action](args)
     except _Fail as exc:

@@ -23,9 +23,10 @@ Imports nothing heavy: `sandbox run` starts in milliseconds.
 
 from __future__ import annotations
 
+# The C module: `signal` builds its enums with `enum`, which costs milliseconds.
+import _signal as signal
 import os
 import select
-import signal
 import sys
 
 from sandbox import _jail
@@ -118,7 +119,7 @@ class JailProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.returncode is None:
-            try:
+            try:  # noqa: SIM105 - not contextlib: it costs milliseconds at start-up
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass

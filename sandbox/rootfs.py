@@ -59,7 +59,7 @@ def root_steps(spec: JailSpec) -> list[Step]:
                           source="jailtmp", fstype="tmpfs", flags=libc.MS_NOSUID | libc.MS_NODEV,
                           data=f"size={spec.writable_tmpfs_size},mode=1777"))
     # Parents before children, whatever order the profile lists them in.
-    ordered = sorted(enumerate(spec.binds), key=lambda ib: len(ib[1].target.parts))
+    ordered = sorted(enumerate(spec.binds), key=lambda ib: len(PurePosixPath(ib[1].target).parts))
     for i, b in ordered:
         target = root / PurePosixPath(b.target).relative_to("/")
         out += _mkdirs(target.parent, made)

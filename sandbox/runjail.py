@@ -1,0 +1,199 @@
+"""Run one program in a jail as its PID 1, relay signals, say how it ended:
+the body of `sandbox run` (and of each round of `sandbox learn`).
+
+Apart from sandbox.cli so that a `sandbox run` whose plan is cached
+(sandbox/runcache.py) needs nothing else: it imports only C modules and the
+lean launcher (no argparse, enum, re, dataclasses), and starts in milliseconds.
+
+The jailed program is PID 1 of its own PID namespace, and a PID 1 ignores
+every signal it has no handler for (SIGKILL aside).  `run` therefore does not
+just forward SIGTERM/SIGINT/SIGHUP: when the program has not installed a
+handler, it ends it as the signal would have ended an ordinary process, so
+`sandbox run` exits 128+N like the program would have.  A program that
+handles (or explicitly ignores) SIGTERM/SIGINT gets the signal and
+--stop-timeout seconds to exit before SIGKILL.
+"""
+
+from __future__ import annotations
+
+# The C module: `signal` builds its enums with `enum`, which costs milliseconds.
+import _signal as signal
+import errno
+import os
+import sys
+import time
+
+from sandbox.errors import JailError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from sandbox.launcher import JailProcess, Launcher
+    from sandbox.plan import Plan
+    from sandbox.spec import JailSpec
+
+EXIT_USAGE = 2
+EXIT_CANNOT_START = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+EXIT_SECCOMP = 128 + signal.SIGSYS  # 159
+
+# Signals `run` relays; the first two also start the --stop-timeout countdown
+# (SIGHUP is a reload request for many daemons, so it never leads to SIGKILL).
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOPPING = (signal.SIGTERM, signal.SIGINT)
+_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+_SI_KERNEL = 0x80  # siginfo.si_code of a signal the kernel sent (e.g. the tty's ^C)
+
+
+def say(message: str) -> None:
+    sys.stderr.write(f"sandbox: {message}\n")
+    sys.stderr.flush()
+
+
+class Fail(Exception):
+    """A one-line error for the user and the exit status that goes with it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def check_root() -> None:
+    if os.geteuid() != 0:
+        raise Fail(EXIT_CANNOT_START, "cannot start: jails need root (CAP_SYS_ADMIN, "
+                   "CAP_SETUID, CAP_SETGID in the initial namespaces)")
+
+
+def _disposition(pid: int, sig: int) -> str:
+    """'caught', 'ignored' or 'default': what the process does with `sig`."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return "caught"  # gone already: nothing to emulate
+    bit = 1 << (sig - 1)
+    if int(fields.get("SigCgt", "0"), 16) & bit:
+        return "caught"
+    if int(fields.get("SigIgn", "0"), 16) & bit:
+        return "ignored"
+    return "default"
+
+
+class Outcome:
+    """How one jailed run ended."""
+
+    __slots__ = ("jail", "note", "status")
+
+    def __init__(self, jail: JailProcess, status: int, note: str | None = None) -> None:
+        self.jail = jail
+        self.status = status  # what `sandbox run` exits with
+        self.note = note  # a line for stderr
+
+
+def supervise(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
+              tick: Callable[[], None] | None = None, tick_every: float = 0.05,
+              fds: Sequence[int] = (0, 1, 2), plan: Plan | None = None) -> Outcome:
+    """Start `argv` in a jail, relay signals until it ends, compute the exit status.
+
+    Signals are blocked and taken with sigtimedwait, so none is lost between
+    the spawn and the wait, and a ^C the terminal already sent to the jail
+    (same process group) is not sent twice.  The executor unblocks them in the
+    jail.  Afterwards what is still pending is discarded and the mask restored,
+    so a SIGTERM that raced with the jail's exit does not kill us after the fact.
+    Raises JailError.
+    """
+    waited = (*FORWARDED, signal.SIGCHLD)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    try:
+        return _relay(launcher, spec, argv, stop_timeout, tick, tick_every, fds, plan, waited)
+    finally:
+        while signal.sigtimedwait(waited, 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _relay(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
+           tick: Callable[[], None] | None, tick_every: float, fds: Sequence[int],
+           plan: Plan | None, waited: tuple[int, ...]) -> Outcome:
+    jail = launcher.run(spec, argv, fds=fds, plan=plan)
+    kill_at: float | None = None
+    stopped_by: int | None = None  # signal whose default action we carried out
+    escalated: int | None = None
+    while jail.poll() is None:
+        timeout = tick_every if tick else 3600.0
+        if kill_at is not None:
+            timeout = min(timeout, max(0.0, kill_at - time.monotonic()))
+        info = signal.sigtimedwait(waited, timeout)
+        if tick:
+            tick()
+        if info is not None and info.si_signo in FORWARDED:
+            sig = info.si_signo
+            state = _disposition(jail.pid, sig)
+            if state == "default":
+                # What the signal would do to any process that is not a PID 1.
+                stopped_by = sig
+                jail.kill(signal.SIGKILL)
+            elif state == "caught" and info.si_code != _SI_KERNEL:
+                jail.kill(sig)  # from the tty it reached the jail already
+            if sig in STOPPING and kill_at is None and stopped_by is None:
+                escalated = sig
+                kill_at = time.monotonic() + stop_timeout
+        if kill_at is not None and time.monotonic() >= kill_at and jail.poll() is None:
+            jail.kill(signal.SIGKILL)
+            jail.wait()
+            note = (f"the program did not exit within {stop_timeout:g} s of "
+                    f"{_NAMES.get(escalated or signal.SIGTERM, 'SIGTERM')}: killed it")
+            return Outcome(jail, jail.exit_status or 128 + signal.SIGKILL, note)
+    code = jail.returncode
+    if stopped_by is not None and code == -signal.SIGKILL:
+        return Outcome(jail, 128 + stopped_by)
+    return Outcome(jail, jail.exit_status if jail.exit_status is not None else 1)
+
+
+def seccomp_line(jail: JailProcess, profile_name: str) -> str:
+    v = jail.violation
+    if v is not None and v.syscall:
+        return (f"killed by seccomp: the program called {v.syscall} (#{v.number}, {v.arch}), "
+                f"which profile {profile_name} does not allow")
+    return (f"killed by seccomp: the program called a syscall that profile {profile_name} "
+            "does not allow (the kernel log did not say which: /dev/kmsg unreadable, records "
+            "rate-limited, or taken by auditd)")
+
+
+def _start_failure(exc: JailError, argv: list[str], spec: JailSpec) -> Fail:
+    if exc.layer == "exec":
+        path = dict(spec.env).get("PATH", "")
+        if exc.errno == errno.ENOENT:
+            return Fail(EXIT_NOT_FOUND, f"cannot run {argv[0]!r}: not found inside the jail "
+                        f"(PATH={path}; is its directory bound into the jail?)")
+        return Fail(EXIT_CANNOT_EXECUTE,
+                    f"cannot run {argv[0]!r}: {os.strerror(exc.errno) if exc.errno else exc}")
+    return Fail(EXIT_CANNOT_START, f"cannot start: {exc}")
+
+
+def run_once(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
+             tick: Callable[[], None] | None = None, fds: Sequence[int] = (0, 1, 2),
+             plan: Plan | None = None) -> Outcome:
+    """`supervise`, with start failures as a Fail (raises Fail)."""
+    try:
+        return supervise(launcher, spec, argv, stop_timeout, tick, fds=fds, plan=plan)
+    except JailError as exc:
+        raise _start_failure(exc, argv, spec) from None
+    except (OSError, RuntimeError) as exc:  # fork failed, uids exhausted, ...
+        raise Fail(EXIT_CANNOT_START, f"cannot start: {exc}") from None
+
+
+def run_program(launcher: Launcher, spec: JailSpec, argv: list[str], profile_name: str,
+                stop_timeout: float, plan: Plan | None = None) -> int:
+    """`sandbox run`: the program's exit status, its story on stderr; closes `launcher`."""
+    try:
+        outcome = run_once(launcher, spec, argv, stop_timeout, plan=plan)
+        if outcome.note:
+            say(outcome.note)
+        if outcome.jail.returncode == -signal.SIGSYS:
+            say(seccomp_line(outcome.jail, profile_name))
+        return outcome.status
+    finally:
+        launcher.close()
