@@ -173,7 +173,9 @@ class ForkServer:
 
 
 def _server_env() -> dict[str, str]:
-    keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "SYSTEMD_LOG_LEVEL")
+    # The sanitizers' settings too: under `make test-asan` the server loads an ASan build.
+    keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "SYSTEMD_LOG_LEVEL", "LD_PRELOAD",
+            "ASAN_OPTIONS", "UBSAN_OPTIONS")
     return {k: v for k, v in os.environ.items() if k in keep}
 
 

@@ -36,6 +36,7 @@ _STEP = struct.Struct("=HHIqqqII")
 _RULE = struct.Struct("=QQII")
 _SPECIAL = {_jail.LAYER_EXEC: "exec", _jail.LAYER_IDMAP: "id-map", _jail.LAYER_SPAWN: "spawn"}
 _ID_FILES = ("setgroups", "gid_map", "uid_map")
+_CLONE_NEWPID = 0x20000000
 
 
 def _strerror(err: int) -> str:
@@ -122,9 +123,11 @@ class Plan:
         return None, None
 
     def without(self, *layers: str) -> Plan:
-        """The same plan with these layers' steps dropped (tests prove each layer counts)."""
+        """The same plan with these layers' steps dropped (tests prove each layer counts);
+        "pid-namespace" is the clone's CLONE_NEWPID."""
         kept = [s for s in self.steps if s.layer not in layers]
-        return Plan(kept, self.clone_flags, self.slots, self.mode)
+        flags = self.clone_flags & ~_CLONE_NEWPID if "pid-namespace" in layers else self.clone_flags
+        return Plan(kept, flags, self.slots, self.mode)
 
     def error(self, error: tuple[int, int, int, int]) -> JailError:
         """The JailError for an executor error (layer id, step, sub-step, errno)."""
