@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                              epilog=EXIT_CODES,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     explain.add_argument("profile", metavar="P")
+    explain.add_argument("--plan", action="store_true",
+                         help="also list the jail plan: every step the executor takes, in order")
 
     learn = sub.add_parser(
         "learn", help="record the syscalls CMD needs beyond a profile, write a policy",
@@ -280,7 +282,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from sandbox.explain import explain
 
-    return _print_profile(args, explain)
+    if not args.plan:
+        return _print_profile(args, explain)
+    from sandbox.layers import plan_section
+
+    return _print_profile(args, lambda profile: explain(profile) + plan_section(profile.spec))
 
 
 _ACTIONS_LOGGED = Path("/proc/sys/kernel/seccomp/actions_logged")

@@ -55,10 +55,10 @@ def compile_plan(spec: JailSpec, mode: int, shared: bool = True) -> Plan:
     steps = [*_signal_steps(spec, mode), *join_net]
     ns_flags = unshare_net | (0 if share_root else libc.CLONE_NEWNS)
     if ns_flags:
-        what = "new mount namespace" if ns_flags == libc.CLONE_NEWNS else "new namespaces"
-        steps.append(Step(_jail.OP_UNSHARE, "mount-namespace",
-                          what + (" and network namespace" if unshare_net else ""),
-                          args=(ns_flags,)))
+        names = [n for f, n in ((libc.CLONE_NEWNS, "mount"), (libc.CLONE_NEWNET, "network"))
+                 if ns_flags & f]
+        what = f"new {' and '.join(names)} namespace{'s' if len(names) > 1 else ''}"
+        steps.append(Step(_jail.OP_UNSHARE, "mount-namespace", what, args=(ns_flags,)))
     steps += network.loopback_steps(spec)
     if share_root:
         steps += rootfs.join_steps()
@@ -87,3 +87,14 @@ def compile_plan(spec: JailSpec, mode: int, shared: bool = True) -> Plan:
     if spec.seccomp_bpf is not None:
         steps += bpf.steps(spec.seccomp_bpf)
     return Plan(steps, libc.CLONE_NEWPID, slots, mode)
+
+
+def plan_section(spec: JailSpec) -> str:
+    """`sandbox explain --plan`: the steps of `sandbox run`'s jail, in order."""
+    try:
+        plan = compile_plan(spec, MODE_EXEC, shared=False)
+    except JailError as exc:
+        return f"\nNo jail plan: {exc}\n"
+    lines = "\n".join(f"  {line}" for line in plan.describe())
+    return ("\nThe jail plan of `sandbox run` (step, layer, operation: what it does); the "
+            f"executor applies it in this order:\n{lines}\n")

@@ -148,7 +148,9 @@ class Plan:
     def describe(self) -> list[str]:
         """One line per step: layer, op, what it does."""
         lines = []
-        if self.clone_flags:
+        if self.clone_flags == _CLONE_NEWPID:
+            lines.append("clone(CLONE_NEWPID): the jail is PID 1 of a new PID namespace")
+        elif self.clone_flags:
             lines.append(f"clone: namespace flags {self.clone_flags:#x}")
         for i, s in enumerate(self.steps):
             what = s.what.replace(": {err}", "").replace("{err}", "").rstrip(": ")

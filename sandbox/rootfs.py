@@ -45,8 +45,8 @@ def root_steps(spec: JailSpec) -> list[Step]:
     out = [_mount("/", "make every mount private", flags=libc.MS_REC | libc.MS_PRIVATE)]
     # Sources are opened before the staging tmpfs goes up, which may hide them.
     for i, b in enumerate(spec.binds):
-        out.append(Step(_jail.OP_OPEN_BIND, LAYER, f"{{err}}: {b.source}", args=(i,),
-                        strings=(str(b.source),)))
+        out.append(Step(_jail.OP_OPEN_BIND, LAYER, f"open the bind source {b.source}",
+                        args=(i,), strings=(str(b.source),), subs={0: f"{{err}}: {b.source}"}))
     out.append(_mount(str(root), "the empty root: a tmpfs", source="jail", fstype="tmpfs",
                       flags=libc.MS_NOSUID | libc.MS_NODEV,
                       data="size=64k,nr_inodes=256,mode=0555"))
