@@ -47,11 +47,16 @@ def profile(tmp_path: Path) -> Path:
 FULL_CLI = {"sandbox.cli", "argparse", "pyseccomp", "tomllib", "sandbox.profile"}
 
 
+def compiled(out: subprocess.CompletedProcess) -> bool:
+    """Whether this run loaded the full CLI (a cache miss) rather than only the cache."""
+    return FULL_CLI.issubset(imported(out))
+
+
 def test_second_run_comes_from_the_cache(tmp_path: Path, profile: Path) -> None:
     cache = tmp_path / "cache"
     first = sandbox(cache, "run", "--profile", str(profile), "--", "/bin/true")
     assert first.returncode == 0, messages(first)
-    assert FULL_CLI <= imported(first)
+    assert compiled(first)
     assert cache.stat().st_mode & 0o777 == 0o700 and cache.stat().st_uid == 0
     entries = list(cache.glob("*.plan"))
     assert len(entries) == 1 and entries[0].stat().st_mode & 0o777 == 0o600
@@ -72,13 +77,13 @@ def test_changes_recompile(tmp_path: Path, profile: Path) -> None:
     assert not FULL_CLI & imported(sandbox(cache, *run))
     # The profile's content, a file it includes, the command line: each is a miss.
     profile.write_text(profile.read_text().replace("nofile = 64", "nofile = 65"))
-    assert FULL_CLI <= imported(sandbox(cache, *run))
+    assert compiled(sandbox(cache, *run))
     assert not FULL_CLI & imported(sandbox(cache, *run))
     policy = profile.with_name("policy.toml")
     policy.write_text(policy.read_text() + 'deny = ["ptrace"]\n')
-    assert FULL_CLI <= imported(sandbox(cache, *run))
-    assert FULL_CLI <= imported(sandbox(cache, "run", "--profile", str(profile),
-                                        "--hostname", "other", "--", "/bin/true"))
+    assert compiled(sandbox(cache, *run))
+    assert compiled(sandbox(cache, "run", "--profile", str(profile), "--hostname", "other",
+                            "--", "/bin/true"))
 
 
 def test_a_cache_that_is_not_roots_alone_is_refused(tmp_path: Path, profile: Path) -> None:
@@ -96,7 +101,7 @@ def test_a_cache_that_is_not_roots_alone_is_refused(tmp_path: Path, profile: Pat
     assert sandbox(cache, *run).returncode == 0
     (entry,) = cache.glob("*.plan")
     entry.chmod(0o644)
-    assert FULL_CLI <= imported(sandbox(cache, *run))
+    assert compiled(sandbox(cache, *run))
 
 
 def test_explain_shows_the_plan() -> None:
