@@ -45,7 +45,7 @@ test-asan: $(VENV)/.stamp
 	cd build/asan && SANITIZE=1 ../../$(PY) setup.py -q build_ext --inplace
 	cd build/asan && PYTHONPATH=$(CURDIR)/build/asan SANDBOX_CACHE_DIR=$(CURDIR)/build/asan/cache \
 	    LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:quarantine_size_mb=16:malloc_context_size=8 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	    ../../$(PY) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
 
 # The Dockerfile, built and run privileged with podman; titus must serve TLS from

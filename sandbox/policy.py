@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyseccomp
+from sandbox.seccomplib import pyseccomp
 
 # ---------------------------------------------------------------------------
 # Errors

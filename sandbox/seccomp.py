@@ -13,8 +13,6 @@ import errno
 import functools
 import os
 
-import pyseccomp
-
 from sandbox.bpf import _BPF_MAXINSNS, _SOCK_FILTER_SIZE, prepare_bpf
 from sandbox.policy import (
     ARCHES,
@@ -28,6 +26,7 @@ from sandbox.policy import (
     syscall_number,
     syscall_table,
 )
+from sandbox.seccomplib import pyseccomp
 
 _OPS = {
     "==": pyseccomp.EQ,
