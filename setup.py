@@ -34,7 +34,8 @@ def hardened_extension(name: str, sources: list[str], **kwargs: object) -> Exten
                      extra_link_args=ldflags, **kwargs)  # type: ignore[arg-type]
 
 
-JAIL_SOURCES = [f"sandbox/_jail/{name}.c" for name in ("plan", "steps", "spawn", "module")]
+JAIL_SOURCES = [f"sandbox/_jail/{name}.c"
+                for name in ("plan", "steps", "confine", "spawn", "module", "entries")]
 
 setup(
     ext_modules=[

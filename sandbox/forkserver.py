@@ -48,10 +48,13 @@ START_TIMEOUT = 30.0
 @dataclass
 class Recipe:
     """What one kind of jail runs; `update` takes what the caller sends with
-    ForkServer.update (e.g. new data for the jails cloned from then on)."""
+    ForkServer.update (e.g. new data for the jails cloned from then on).
+
+    `target` is a Python function, or a native entry capsule (sandbox/jail_entry.h):
+    then the jail runs its C function and never Python (titus's C worker)."""
 
     spec: JailSpec
-    target: Callable[..., object]
+    target: Callable[..., object] | object
     args: tuple = ()
     update: Callable[[Any], None] | None = None
 

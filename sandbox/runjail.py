@@ -5,13 +5,8 @@ Apart from sandbox.cli so that a `sandbox run` whose plan is cached
 (sandbox/runcache.py) needs nothing else: it imports only C modules and the
 lean launcher (no argparse, enum, re, dataclasses), and starts in milliseconds.
 
-The jailed program is PID 1 of its own PID namespace, and a PID 1 ignores
-every signal it has no handler for (SIGKILL aside).  `run` therefore does not
-just forward SIGTERM/SIGINT/SIGHUP: when the program has not installed a
-handler, it ends it as the signal would have ended an ordinary process, so
-`sandbox run` exits 128+N like the program would have.  A program that
-handles (or explicitly ignores) SIGTERM/SIGINT gets the signal and
---stop-timeout seconds to exit before SIGKILL.
+How signals reach the jailed program (a PID 1, which ignores what it does not
+handle) is told in sandbox/cli.py's docstring; `supervise` does it.
 """
 
 from __future__ import annotations

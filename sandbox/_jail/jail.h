@@ -3,8 +3,9 @@
  * the records the child sends to its parent.  Python (sandbox/plan.py) decides
  * every value; this code only checks and applies them.
  *
- * plan.c   decodes and validates the wire format (no Python, fuzzed)
- * steps.c  applies steps: async-signal-safe, no allocation (runs in the child)
+ * plan.c    decodes and validates the wire format (no Python, fuzzed)
+ * steps.c   applies steps: async-signal-safe, no allocation (runs in the child)
+ * confine.c the steps that confine (fds, capabilities, Landlock, rlimits, seccomp)
  * spawn.c  clones the child and runs the parent's half of the handshake
  * module.c the CPython binding
  */
@@ -130,6 +131,18 @@ struct jail_run {
     uint64_t t[JAIL_MAX_STEPS + 1]; /* thread CPU ns: at the start, after each step */
     struct jail_error error;
 };
+
+/* One step each (confine.c); -1 with r->error.sub and .err set on failure. */
+int jail_fds(struct jail_run *r);
+int jail_caps(struct jail_run *r, const struct jail_step *st);
+int jail_landlock(struct jail_run *r, const struct jail_step *st);
+int jail_rlimit(struct jail_run *r, const struct jail_step *st);
+int jail_seccomp(struct jail_run *r, const struct jail_step *st);
+int jail_cgroup(struct jail_run *r, const struct jail_step *st);
+/* Record a failed system call (which one: `sub`; errno) and return -1. */
+int jail_failed(struct jail_run *r, uint16_t sub);
+/* Set errno, return -1: for failures that are not a system call's. */
+int jail_errno(int err);
 
 /* Apply steps [0, nsteps) to the calling process; -1 with r->error on failure. */
 int jail_apply(struct jail_run *r);

@@ -13,7 +13,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/filter.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
@@ -28,46 +27,18 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../jail_entry.h"
-
-#ifndef SYS_close_range
-#define SYS_close_range 436
-#endif
-#ifndef SYS_landlock_create_ruleset
-#define SYS_landlock_create_ruleset 444
-#define SYS_landlock_add_rule 445
-#define SYS_landlock_restrict_self 446
-#endif
 #define LAYER_FAILED 125 /* exit status of a child whose jail could not be built */
 #define EXEC_FAILED 127
 
-struct ll_ruleset_attr {
-    uint64_t handled_access_fs, handled_access_net, scoped;
-};
-
-struct ll_path_beneath {
-    uint64_t allowed_access;
-    int32_t parent_fd;
-} __attribute__((packed));
-
-struct cap_header {
-    uint32_t version;
-    int pid;
-};
-
-struct cap_data {
-    uint32_t effective, permitted, inheritable;
-};
-
 /* A failed system call: remember which one (sub) and errno. */
-static int failed(struct jail_run *r, uint16_t sub)
+int jail_failed(struct jail_run *r, uint16_t sub)
 {
     r->error.sub = sub;
     r->error.err = errno ? errno : EIO;
     return -1;
 }
 
-static int set_errno(int err)
+int jail_errno(int err)
 {
     errno = err;
     return -1;
@@ -106,7 +77,7 @@ static int mkdir_ok(const char *path, mode_t mode)
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
         return 0;
-    return set_errno(err);
+    return jail_errno(err);
 }
 
 static int do_signals(struct jail_run *r, const struct jail_step *st)
@@ -123,12 +94,12 @@ static int do_signals(struct jail_run *r, const struct jail_step *st)
         if (sig >= 32 && sig < SIGRTMIN)
             continue; /* glibc's own (thread cancellation, setxid) */
         if (sigaction(sig, &dfl, NULL) != 0)
-            return failed(r, (uint16_t)sig);
+            return jail_failed(r, (uint16_t)sig);
     }
     sigset_t none;
     sigemptyset(&none);
     if (sigprocmask(SIG_SETMASK, &none, NULL) != 0)
-        return failed(r, 0);
+        return jail_failed(r, 0);
     return 0;
 }
 
@@ -136,7 +107,7 @@ static int do_loopback(struct jail_run *r)
 {
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0)
-        return failed(r, 0);
+        return jail_failed(r, 0);
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
     memcpy(ifr.ifr_name, "lo", 3);
@@ -145,9 +116,9 @@ static int do_loopback(struct jail_run *r)
         ifr.ifr_flags |= IFF_UP;
         rc = ioctl(s, SIOCSIFFLAGS, &ifr);
         if (rc != 0)
-            failed(r, 2);
+            jail_failed(r, 2);
     } else {
-        failed(r, 1);
+        jail_failed(r, 1);
     }
     int saved = errno;
     close(s);
@@ -160,128 +131,27 @@ static int do_bind(struct jail_run *r, const struct jail_step *st)
     int fd = r->binds[st->a[0]];
     struct stat src, dst;
     if (fd < 0)
-        return set_errno(EBADF), failed(r, 0);
+        return jail_errno(EBADF), jail_failed(r, 0);
     if (fstat(fd, &src) != 0)
-        return failed(r, 0);
+        return jail_failed(r, 0);
     const char *target = st->s[0];
     if (S_ISDIR(src.st_mode)) {
         if (mkdir_ok(target, 0755) != 0)
-            return failed(r, 1);
+            return jail_failed(r, 1);
     } else if (stat(target, &dst) != 0) {
         int made = open(target, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0444);
         if (made < 0)
-            return failed(r, 1);
+            return jail_failed(r, 1);
         close(made);
     }
     char source[32];
     fd_path(source, fd);
     if (mount(source, target, NULL, MS_BIND | MS_REC, NULL) != 0)
-        return failed(r, 2);
+        return jail_failed(r, 2);
     if (mount(NULL, target, NULL, (unsigned long)st->a[1], NULL) != 0)
-        return failed(r, 3);
+        return jail_failed(r, 3);
     close(fd);
     r->binds[st->a[0]] = -1;
-    return 0;
-}
-
-/* Kept fds to 0..k-1, the sync socket to k (close-on-exec), everything else closed.
- * Others are closed first: a caller at its RLIMIT_NOFILE leaves no room otherwise.
- * Then every kept fd is parked in the lowest free slots above k, so no dup2 can
- * overwrite a source that is still to be moved. */
-static int do_fds(struct jail_run *r)
-{
-    int k = r->nkeep, sorted[JAIL_MAX_KEEP + 1], n = 0;
-    for (int i = 0; i <= k; i++) {
-        int fd = i < k ? r->keep[i] : r->sync;
-        if (fd < 0)
-            continue;
-        int j = n++;
-        for (; j > 0 && sorted[j - 1] > fd; j--)
-            sorted[j] = sorted[j - 1];
-        sorted[j] = fd;
-    }
-    unsigned low = 0;
-    for (int i = 0; i < n; i++) {
-        if (low < (unsigned)sorted[i] &&
-            syscall(SYS_close_range, low, (unsigned)sorted[i] - 1, 0) != 0)
-            return failed(r, 0);
-        low = (unsigned)sorted[i] + 1;
-    }
-    if (syscall(SYS_close_range, low, ~0u, 0) != 0)
-        return failed(r, 0);
-    int parked[JAIL_MAX_KEEP], sync = -1;
-    for (int i = 0; i < k; i++)
-        if ((parked[i] = fcntl(r->keep[i], F_DUPFD, k + 1)) < 0)
-            return failed(r, 1);
-    if (r->sync >= 0 && (sync = fcntl(r->sync, F_DUPFD_CLOEXEC, k + 1)) < 0)
-        return failed(r, 1);
-    for (int i = 0; i < k; i++)
-        if (dup2(parked[i], i) < 0)
-            return failed(r, 2);
-    if (sync >= 0) {
-        if (dup3(sync, k, O_CLOEXEC) < 0)
-            return failed(r, 2);
-        r->sync = k;
-    }
-    if (syscall(SYS_close_range, (unsigned)k + (sync >= 0), ~0u, 0) != 0)
-        return failed(r, 3);
-    return 0;
-}
-
-static int do_caps(struct jail_run *r, const struct jail_step *st)
-{
-    if (prctl(PR_SET_SECUREBITS, (unsigned long)st->a[0], 0, 0, 0) != 0)
-        return failed(r, 0);
-    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0)
-        return failed(r, 1);
-    for (long cap = 0; cap <= st->a[1]; cap++)
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0)
-            return failed(r, 2);
-    struct cap_header head = {0x20080522, 0}; /* _LINUX_CAPABILITY_VERSION_3 */
-    struct cap_data none[2];
-    memset(none, 0, sizeof none);
-    if (syscall(SYS_capset, &head, none) != 0)
-        return failed(r, 3);
-    return 0;
-}
-
-/* Each path gets its own access: a file cannot take directory rights, and that
- * must not narrow the rights of the paths after it. */
-static int do_landlock(struct jail_run *r, const struct jail_step *st)
-{
-    struct ll_ruleset_attr attr = {(uint64_t)st->a[0], (uint64_t)st->a[1], (uint64_t)st->a[2]};
-    int ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, (size_t)st->flags, 0u);
-    if (ruleset < 0)
-        return failed(r, 0);
-    int rc = 0;
-    for (uint32_t i = 0; i < st->nrules && rc == 0; i++) {
-        const struct jail_rule *rule = &st->rules[i];
-        struct stat sb;
-        int fd = open(rule->path, O_PATH | O_CLOEXEC);
-        if (fd < 0 || fstat(fd, &sb) != 0) {
-            rc = failed(r, (uint16_t)(i + 1));
-        } else {
-            struct ll_path_beneath pb;
-            pb.allowed_access = S_ISDIR(sb.st_mode) ? rule->access_dir : rule->access_file;
-            pb.parent_fd = fd;
-            if (syscall(SYS_landlock_add_rule, ruleset, 1 /* PATH_BENEATH */, &pb, 0u) != 0)
-                rc = failed(r, (uint16_t)(i + 1));
-        }
-        if (fd >= 0)
-            close(fd);
-    }
-    if (rc == 0 && syscall(SYS_landlock_restrict_self, ruleset, 0u) != 0)
-        rc = failed(r, 0xffff);
-    close(ruleset);
-    return rc;
-}
-
-static int do_rlimit(struct jail_run *r, const struct jail_step *st)
-{
-    uint64_t v = (st->flags & JAIL_RLIMIT_KEPT) ? (uint64_t)r->nkeep : (uint64_t)st->a[1];
-    uint64_t lim[2] = {v, v};
-    if (syscall(SYS_prlimit64, 0, (int)st->a[0], lim, NULL) != 0)
-        return failed(r, 0);
     return 0;
 }
 
@@ -289,43 +159,13 @@ static int do_idmap_sync(struct jail_run *r)
 {
     char c = JAIL_REC_IDMAP;
     if (r->mode == JAIL_HERE || r->sync < 0)
-        return set_errno(EINVAL), failed(r, 0);
+        return jail_errno(EINVAL), jail_failed(r, 0);
     if (write(r->sync, &c, 1) != 1)
-        return failed(r, 0);
+        return jail_failed(r, 0);
     ssize_t n = read(r->sync, &c, 1);
     if (n != 1 || c != JAIL_REC_MAPPED)
-        return set_errno(n < 0 ? errno : EPIPE), failed(r, 1);
+        return jail_errno(n < 0 ? errno : EPIPE), jail_failed(r, 1);
     return 0;
-}
-
-/* The notification listener goes to the parent: it copies it with pidfd_getfd
- * while we wait (a listener cannot be sent once the filter may forbid sendmsg). */
-static int do_seccomp(struct jail_run *r, const struct jail_step *st)
-{
-    struct sock_fprog prog = {(unsigned short)(st->len / 8), (struct sock_filter *)st->data};
-    long fd = syscall(SYS_seccomp, 1 /* SET_MODE_FILTER */, (unsigned)st->a[0], &prog);
-    if (fd < 0)
-        return failed(r, 0);
-    if (!(st->a[0] & (1 << 3)) || r->mode == JAIL_HERE)
-        return 0;
-    struct jail_record rec = {JAIL_REC_LISTENER, 0, st->layer, 0, 0, (int32_t)fd};
-    char ack = 0;
-    if (write(r->sync, &rec, sizeof rec) != (ssize_t)sizeof rec)
-        return failed(r, 1);
-    if (read(r->sync, &ack, 1) != 1 || ack != JAIL_REC_TAKEN)
-        return set_errno(EPIPE), failed(r, 2);
-    close((int)fd);
-    return 0;
-}
-
-static int do_cgroup(struct jail_run *r, const struct jail_step *st)
-{
-    int fd = openat(r->slots[st->a[0]], "cgroup.procs", O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return failed(r, 0);
-    int rc = write(fd, "0", 1) == 1 ? 0 : failed(r, 1);
-    close(fd);
-    return rc;
 }
 
 static int step(struct jail_run *r, const struct jail_step *st)
@@ -335,16 +175,16 @@ static int step(struct jail_run *r, const struct jail_step *st)
     case OP_SIGNALS:
         return do_signals(r, st);
     case OP_UNSHARE:
-        return unshare((int)st->a[0]) == 0 ? 0 : failed(r, 0);
+        return unshare((int)st->a[0]) == 0 ? 0 : jail_failed(r, 0);
     case OP_SETNS_SLOT:
         if (st->a[0] >= r->nslots)
-            return set_errno(EBADF), failed(r, 0);
-        return setns(r->slots[st->a[0]], (int)st->a[1]) == 0 ? 0 : failed(r, 0);
+            return jail_errno(EBADF), jail_failed(r, 0);
+        return setns(r->slots[st->a[0]], (int)st->a[1]) == 0 ? 0 : jail_failed(r, 0);
     case OP_SETNS_PATH: {
         int fd = open(s[0], O_RDONLY | O_CLOEXEC);
         if (fd < 0)
-            return failed(r, 0);
-        int rc = setns(fd, (int)st->a[1]) == 0 ? 0 : failed(r, 1);
+            return jail_failed(r, 0);
+        int rc = setns(fd, (int)st->a[1]) == 0 ? 0 : jail_failed(r, 1);
         close(fd);
         return rc;
     }
@@ -353,61 +193,61 @@ static int step(struct jail_run *r, const struct jail_step *st)
     case OP_MOUNT:
         return mount(st->a[1] & 1 ? s[1] : NULL, s[0], st->a[1] & 2 ? s[2] : NULL,
                      (unsigned long)st->a[0], st->a[1] & 4 ? s[3] : NULL) == 0
-                   ? 0 : failed(r, 0);
+                   ? 0 : jail_failed(r, 0);
     case OP_MKDIR:
-        return mkdir_ok(s[0], (mode_t)st->a[0]) == 0 ? 0 : failed(r, 0);
+        return mkdir_ok(s[0], (mode_t)st->a[0]) == 0 ? 0 : jail_failed(r, 0);
     case OP_OPEN_BIND:
         r->binds[st->a[0]] = open(s[0], O_PATH | O_CLOEXEC);
-        return r->binds[st->a[0]] >= 0 ? 0 : failed(r, 0);
+        return r->binds[st->a[0]] >= 0 ? 0 : jail_failed(r, 0);
     case OP_BIND:
         return do_bind(r, st);
     case OP_CHDIR:
-        return chdir(s[0]) == 0 ? 0 : failed(r, 0);
+        return chdir(s[0]) == 0 ? 0 : jail_failed(r, 0);
     case OP_PIVOT_ROOT:
-        return syscall(SYS_pivot_root, s[0], s[1]) == 0 ? 0 : failed(r, 0);
+        return syscall(SYS_pivot_root, s[0], s[1]) == 0 ? 0 : jail_failed(r, 0);
     case OP_UMOUNT:
-        return umount2(s[0], (int)st->a[0]) == 0 ? 0 : failed(r, 0);
+        return umount2(s[0], (int)st->a[0]) == 0 ? 0 : jail_failed(r, 0);
     case OP_SETHOSTNAME:
-        return sethostname(s[0], strlen(s[0])) == 0 ? 0 : failed(r, 0);
+        return sethostname(s[0], strlen(s[0])) == 0 ? 0 : jail_failed(r, 0);
     case OP_IDMAP_SYNC:
         return do_idmap_sync(r);
     case OP_SETRESGID:
         return syscall(SYS_setresgid, (gid_t)st->a[0], (gid_t)st->a[0], (gid_t)st->a[0]) == 0
-                   ? 0 : failed(r, 0);
+                   ? 0 : jail_failed(r, 0);
     case OP_SETRESUID:
         return syscall(SYS_setresuid, (uid_t)st->a[0], (uid_t)st->a[0], (uid_t)st->a[0]) == 0
-                   ? 0 : failed(r, 0);
+                   ? 0 : jail_failed(r, 0);
     case OP_FDS:
-        return do_fds(r);
+        return jail_fds(r);
     case OP_CAPS:
-        return do_caps(r, st);
+        return jail_caps(r, st);
     case OP_PRCTL:
-        return prctl((int)st->a[0], (unsigned long)st->a[1], 0, 0, 0) == 0 ? 0 : failed(r, 0);
+        return prctl((int)st->a[0], (unsigned long)st->a[1], 0, 0, 0) == 0 ? 0 : jail_failed(r, 0);
     case OP_LANDLOCK:
-        return do_landlock(r, st);
+        return jail_landlock(r, st);
     case OP_RLIMIT:
-        return do_rlimit(r, st);
+        return jail_rlimit(r, st);
     case OP_PARENT_CHECK: {
         struct pollfd p = {r->sync, POLLIN, 0};
         if (r->sync < 0)
             return 0;
         int n = poll(&p, 1, 0);
         if (n < 0)
-            return failed(r, 0);
-        return n == 0 ? 0 : (set_errno(EPIPE), failed(r, 0));
+            return jail_failed(r, 0);
+        return n == 0 ? 0 : (jail_errno(EPIPE), jail_failed(r, 0));
     }
     case OP_SECCOMP:
-        return do_seccomp(r, st);
+        return jail_seccomp(r, st);
     case OP_CGROUP:
         if (st->a[0] >= r->nslots)
-            return set_errno(EBADF), failed(r, 0);
-        return do_cgroup(r, st);
+            return jail_errno(EBADF), jail_failed(r, 0);
+        return jail_cgroup(r, st);
     case OP_FORK_DUTIES:
         if (r->mode == JAIL_CALL && r->fork_duties != NULL)
             r->fork_duties(r->reset);
         return 0;
     default:
-        return set_errno(EINVAL), failed(r, 0);
+        return jail_errno(EINVAL), jail_failed(r, 0);
     }
 }
 

@@ -79,27 +79,25 @@ def test_jails_from_a_process_with_busy_threads(launcher):
                 jail = launcher.run(SYSTEM, ["/bin/true"], fds=())
                 assert jail.wait(10) == 0, i
             else:  # a native entry
-                r, w = os.pipe()
-                try:
-                    jail = launcher.spawn(BASE, _jail.entry("report"), fds=[w])
-                finally:
-                    os.close(w)
-                with os.fdopen(r, "rb") as f:
-                    assert f.read() == b"1 0 0\n", i
-                assert jail.wait(10) == 0, i
+                assert native_report(launcher) == (b"1 0 0\n", 0), i
     finally:
         busy.close()
 
 
-def test_native_entry_runs_in_the_whole_jail(launcher):
+def native_report(launcher: Launcher) -> tuple[bytes, int]:
+    """The built-in "report" entry's line (pid uid gid) and the jail's exit status."""
     r, w = os.pipe()
     try:
         jail = launcher.spawn(BASE, _jail.entry("report"), fds=[w])
     finally:
         os.close(w)
     with os.fdopen(r, "rb") as f:
-        assert f.read() == b"1 0 0\n"  # PID 1, root of its own user namespace
-    assert jail.wait(10) == 0
+        line = f.read()
+    return line, jail.wait(10)
+
+
+def test_native_entry_runs_in_the_whole_jail(launcher):
+    assert native_report(launcher) == (b"1 0 0\n", 0)  # PID 1, root in its user namespace
     # Its return value is the jail's exit status.
     assert launcher.spawn(BASE, _jail.entry("exit", 7)).wait(10) == 7
     assert not _jail.is_entry(lambda: None) and _jail.is_entry(_jail.entry("hold"))
