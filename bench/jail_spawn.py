@@ -105,6 +105,17 @@ def spawn_raw(launcher: Launcher, spec, plan: Plan, how: int, entry: object
     return spent, times
 
 
+def _fork_cost() -> int:
+    """Parent CPU ns of os.fork() alone (the child exits at once)."""
+    t0 = time.thread_time_ns()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    spent = time.thread_time_ns() - t0
+    os.waitpid(pid, 0)
+    return spent
+
+
 def per_layer(plan: Plan, samples: list[tuple[int, ...]]) -> dict[str, list[float]]:
     """CPU ms per layer per sample (steps summed), plus the clone's share."""
     out: dict[str, list[float]] = {"clone -> first step": [ms(t[0]) for t in samples]}
@@ -134,7 +145,7 @@ def measure_jails(n: int) -> list[str]:
         busy = Busy()
         clone_parent, clone_child, fork_parent, fork_child, call_parent, call_child = (
             [], [], [], [], [], [])
-        whole = []
+        whole, launcher_parent, fork_only = [], [], []
         for _ in range(n):
             p, t = spawn_raw(launcher, spec, plan, _jail.HOW_CLONE, entry)
             clone_parent.append(ms(p))
@@ -145,9 +156,12 @@ def measure_jails(n: int) -> list[str]:
             p, t = spawn_raw(launcher, spec, call_plan, _jail.HOW_FORK, None)
             call_parent.append(ms(p))
             call_child.append(t)
-            t0 = time.perf_counter_ns()
-            launcher.spawn(spec, entry).wait(10)
+            t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+            jail = launcher.spawn(spec, entry)
+            launcher_parent.append(ms(time.thread_time_ns() - c0))
+            jail.wait(10)
             whole.append(ms(time.perf_counter_ns() - t0))
+            fork_only.append(ms(_fork_cost()))
         load = busy.percent()
         layers = per_layer(plan, clone_child)
         total = stats(layers["whole child: clone -> entry point"])
@@ -176,6 +190,9 @@ def measure_jails(n: int) -> list[str]:
             row("parent CPU, glibc fork + id maps + ready", fork_parent),
             row("parent CPU, the same for a Python function (CPython's fork duties)",
                 call_parent),
+            row("parent CPU, Launcher.spawn (what a fork server calls; glibc fork)",
+                launcher_parent),
+            row("for scale: parent CPU of a bare os.fork() of the same process", fork_only),
             row("wall, Launcher.spawn + wait of the whole jail", whole),
             "",
             f"Targets: child <= {TARGET_MS} ms: {'met' if total[1] <= TARGET_MS else 'missed'} "

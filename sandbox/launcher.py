@@ -155,6 +155,7 @@ class Launcher:
         self._allocators: dict[UidRange, UidAllocator] = {}
         self._live: dict[int, tuple[JailProcess, UidAllocator]] = {}
         self._plans: dict[tuple[JailSpec, int], Plan] = {}
+        self._plans_by_id: dict[tuple[int, int], tuple[JailSpec, Plan]] = {}
         self._violations: ViolationLog | None = None
         # The kernel log is opened now, at its end (cheaply), and parsed only if
         # a jail is killed: it must not miss the record of that kill.
@@ -191,6 +192,9 @@ class Launcher:
 
     def plan(self, spec: JailSpec, mode: int) -> Plan:
         """The compiled plan of `spec` for `mode`, compiled once per launcher."""
+        same = self._plans_by_id.get((id(spec), mode))
+        if same is not None and same[0] is spec:  # the usual case, without hashing the spec
+            return same[1]
         key = (spec, mode)
         plan = self._plans.get(key)
         if plan is None:
@@ -201,6 +205,9 @@ class Launcher:
             if len(self._plans) >= _PLANS_MAX:
                 del self._plans[next(iter(self._plans))]
             self._plans[key] = plan
+        if len(self._plans_by_id) >= _PLANS_MAX:
+            del self._plans_by_id[next(iter(self._plans_by_id))]
+        self._plans_by_id[(id(spec), mode)] = (spec, plan)
         return plan
 
     def uids(self, uid_range: UidRange) -> UidAllocator:

@@ -86,7 +86,7 @@ class Plan:
     """The steps of one jail in order, the namespace flags of its clone, and the
     names of the fds the launcher supplies per spawn (`slots`, e.g. "netns")."""
 
-    __slots__ = ("_native", "clone_flags", "layers", "mode", "slots", "steps")
+    __slots__ = ("_id_map", "_native", "clone_flags", "layers", "mode", "slots", "steps")
 
     def __init__(self, steps: list[Step], clone_flags: int = 0, slots: tuple[str, ...] = (),
                  mode: int = MODE_CALL) -> None:
@@ -96,6 +96,7 @@ class Plan:
         self.mode = mode
         self.layers = tuple(dict.fromkeys(s.layer for s in self.steps))
         self._native: _jail.Plan | None = None
+        self._id_map = next((s.args for s in self.steps if s.op == _jail.OP_IDMAP_SYNC), None)
 
     def encode(self) -> bytes:
         """The wire format (sandbox/_jail/jail.h)."""
@@ -116,11 +117,10 @@ class Plan:
     def id_maps(self, host_uid: int, host_gid: int) -> tuple[str | None, str | None]:
         """(uid_map, gid_map) the parent writes when the child asks (None: no user
         namespace): the jail's ids, as its id-map step names them, -> the host's."""
-        for s in self.steps:
-            if s.op == _jail.OP_IDMAP_SYNC:
-                inside_uid, inside_gid, count = s.args
-                return f"{inside_uid} {host_uid} {count}\n", f"{inside_gid} {host_gid} {count}\n"
-        return None, None
+        if self._id_map is None:
+            return None, None
+        inside_uid, inside_gid, count = self._id_map
+        return f"{inside_uid} {host_uid} {count}\n", f"{inside_gid} {host_gid} {count}\n"
 
     def without(self, *layers: str) -> Plan:
         """The same plan with these layers' steps dropped (tests prove each layer counts);

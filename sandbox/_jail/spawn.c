@@ -17,7 +17,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
+#include <sys/time.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -202,22 +202,19 @@ void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res)
     res->failed = 0;
     res->listener = -1;
     res->ntimes = 0;
+    /* Each wait is bounded by the socket's receive timeout (one syscall per message,
+     * no poll); the deadline ends the whole handshake. */
+    int ms = s->timeout_ms > 0 ? s->timeout_ms : 1;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
+        set_failure(res, JAIL_LAYER_SPAWN, 0, errno);
+        return;
+    }
     for (;;) {
-        uint64_t now = now_ms();
-        if (now >= deadline) {
+        if (now_ms() >= deadline) {
             set_failure(res, JAIL_LAYER_SPAWN, 0, ETIMEDOUT);
             return;
         }
-        struct pollfd p = {fd, POLLIN, 0};
-        int n = poll(&p, 1, (int)(deadline - now));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            set_failure(res, JAIL_LAYER_SPAWN, 0, errno);
-            return;
-        }
-        if (n == 0)
-            continue; /* the deadline check above ends it */
         union {
             char kind;
             struct jail_record rec;
@@ -226,6 +223,10 @@ void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res)
         ssize_t got = recv(fd, &buf, sizeof buf, 0);
         if (got < 0 && errno == EINTR)
             continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            set_failure(res, JAIL_LAYER_SPAWN, 0, ETIMEDOUT);
+            return;
+        }
         if (got < 0 && errno == ECONNRESET)
             got = 0;
         if (got < 0) {
