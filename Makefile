@@ -32,12 +32,12 @@ test: $(EXTENSIONS)
 
 # The sandbox tests against the C extensions built with ASan and UBSan, in a copy of the
 # tree under build/asan (the in-place build stays the hardened one).  Python itself is
-# not instrumented: libasan is preloaded.  See setup.py and docs/sandbox-executor.md.
+# not instrumented: libasan is preloaded.  See docs/sandbox-executor.md for what needs care.
 ASAN_TESTS := tests/security/test_layers.py tests/security/test_spawn_leaks.py \
               tests/security/test_executor.py tests/security/test_layer_removal.py \
               tests/integration/test_forkserver.py tests/integration/test_sandbox_cli.py \
-              tests/unit/test_plan.py tests/unit/test_fds.py tests/unit/test_landlock.py \
-              tests/unit/test_seccomp.py
+              tests/integration/test_runcache.py tests/unit/test_plan.py tests/unit/test_fds.py \
+              tests/unit/test_landlock.py tests/unit/test_seccomp.py tests/fuzz/test_plan_fuzz.py
 test-asan: $(VENV)/.stamp
 	rm -rf build/asan && mkdir -p build/asan
 	tar -c --exclude=./.venv --exclude=./build --exclude=./.git --exclude='*.so' \
