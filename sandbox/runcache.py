@@ -41,10 +41,11 @@ def cache_dir() -> str:
 
 
 def _key(options: Sequence[str]) -> str:
+    # Not marshal: its bytes depend on whether a string is interned.
     u = os.uname()
-    raw = marshal.dumps((FORMAT, tuple(options), os.environ.get("SANDBOX_POLICY_PATH", ""),
-                         os.getcwd(), u.release, u.machine))
-    return blake2b(raw, digest_size=16).hexdigest()
+    parts = (str(FORMAT), *options, "\0", os.environ.get("SANDBOX_POLICY_PATH", ""),
+             os.getcwd(), u.release, u.machine)
+    return blake2b("\0".join(parts).encode(errors="surrogateescape"), digest_size=16).hexdigest()
 
 
 def _signature(path: str) -> tuple[int, int, int, int] | None:
@@ -160,13 +161,12 @@ def _dependencies(profile: Profile, label: str) -> list[tuple[str, tuple | None]
     from sandbox import _jail
     from sandbox.policy import group_dirs_for, policy_search_path
 
-    paths = [label, str(profile.path), os.path.dirname(os.path.abspath(_jail.__file__)),
-             _jail.__file__]
+    paths = [label, str(profile.path), _jail.__file__]
     if profile.policy is not None:
         paths += [str(p) for p in profile.policy.includes]
-    filename = label if label.endswith(".toml") else f"{label}.toml"
-    for d in policy_search_path():
-        paths.append(os.path.dirname(os.path.join(d, filename)))  # where the name may appear
+    if not os.path.isfile(label):  # a name: a file of that name may appear in the search path
+        filename = label if label.endswith(".toml") else f"{label}.toml"
+        paths += [os.path.dirname(os.path.join(d, filename)) for d in policy_search_path()]
     package = os.path.dirname(os.path.abspath(__file__))
     paths += [os.path.join(package, n) for n in sorted(os.listdir(package)) if n.endswith(".py")]
     for d in group_dirs_for(profile.path):

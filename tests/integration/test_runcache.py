@@ -17,8 +17,8 @@ POLICY = REPO / "policies" / "examples" / "http-static.toml"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="jails need root")
 
 
-def sandbox(cache: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SANDBOX_CACHE_DIR": str(cache)}
+def sandbox(cache: Path, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SANDBOX_CACHE_DIR": str(cache), **env_vars}
     return subprocess.run([sys.executable, "-X", "importtime", "-m", "sandbox", *args],
                           capture_output=True, text=True, timeout=60, cwd=REPO, env=env,
                           check=False)
@@ -84,6 +84,23 @@ def test_changes_recompile(tmp_path: Path, profile: Path) -> None:
     assert compiled(sandbox(cache, *run))
     assert compiled(sandbox(cache, "run", "--profile", str(profile), "--hostname", "other",
                             "--", "/bin/true"))
+
+
+def test_a_profile_name_is_resolved_again(tmp_path: Path, profile: Path) -> None:
+    """A profile of that name appearing earlier in the search path is a miss."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (second / "policy.toml").write_text(profile.with_name("policy.toml").read_text())
+    (second / "mine.toml").write_text(profile.read_text())
+    path = {"SANDBOX_POLICY_PATH": f"{first}:{second}"}
+    run = ("run", "--profile", "mine", "--", "/bin/true")
+    cache = tmp_path / "cache"
+    assert sandbox(cache, *run, **path).returncode == 0
+    assert not compiled(sandbox(cache, *run, **path))
+    (first / "policy.toml").write_text(profile.with_name("policy.toml").read_text())
+    (first / "mine.toml").write_text(profile.read_text().replace("nofile = 64", "nofile = 66"))
+    assert compiled(sandbox(cache, *run, **path))
 
 
 def test_a_cache_that_is_not_roots_alone_is_refused(tmp_path: Path, profile: Path) -> None:
