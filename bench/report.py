@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 PROXIES = ("titus", "titus04", "pyfork", "stunnel", "hitch")
@@ -599,7 +600,21 @@ def render(results: dict[str, Any]) -> str:
     lines += ["## What this means", ""]
     for para in meaning(results["keys"], names):
         lines += [para, ""]
+    lines += jail_section()
     return "\n".join(lines)
+
+
+JAIL_SPAWN = Path(__file__).with_name("JAIL_SPAWN.md")
+JAIL_HEADING = "## The jail: CPU per jail, and `sandbox run` next to bwrap"
+
+
+def jail_section() -> list[str]:
+    """bench/jail_spawn.py's numbers (its own run, bench/JAIL_SPAWN.md), kept in
+    RESULTS.md when this report is rendered again."""
+    if not JAIL_SPAWN.exists():
+        return []
+    body = JAIL_SPAWN.read_text().split("\n", 1)[1].strip("\n")
+    return [JAIL_HEADING, "", body, ""]
 
 
 def _short(rec: dict[str, Any]) -> str:

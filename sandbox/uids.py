@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sandbox.spec import UidRange
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not at run time: the launcher must not import dataclasses
+    from sandbox.spec import UidRange
 
 
 class UidExhausted(RuntimeError):

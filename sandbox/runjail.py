@@ -1,7 +1,9 @@
-"""Running one jailed program for `sandbox run` and `sandbox learn`.
+"""Run one program in a jail as its PID 1, relay signals, say how it ended:
+the body of `sandbox run` (and of each round of `sandbox learn`).
 
-The profile gets the command line's overrides, the program starts in its jail,
-signals are relayed, and the exit status is computed.
+Apart from sandbox.cli so that a `sandbox run` whose plan is cached
+(sandbox/runcache.py) needs nothing else: it imports only C modules and the
+lean launcher (no argparse, enum, re, dataclasses), and starts in milliseconds.
 
 The jailed program is PID 1 of its own PID namespace, and a PID 1 ignores
 every signal it has no handler for (SIGKILL aside).  `run` therefore does not
@@ -9,28 +11,30 @@ just forward SIGTERM/SIGINT/SIGHUP: when the program has not installed a
 handler, it ends it as the signal would have ended an ordinary process, so
 `sandbox run` exits 128+N like the program would have.  A program that
 handles (or explicitly ignores) SIGTERM/SIGINT gets the signal and
---stop-timeout seconds to exit before SIGKILL.
+--stop-timeout seconds to exit before SIGKILL.  `supervise` does it.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import dataclasses
+# The C module: `signal` builds its enums with `enum`, which costs milliseconds.
+import _signal as signal
 import errno
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
 
-from sandbox.errors import JailError, PolicyError
-from sandbox.spec import BindMount, JailSpec
+from sandbox.errors import JailError
 
-if TYPE_CHECKING:  # imported lazily at run time: `check` need not load the launcher
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
     from sandbox.launcher import JailProcess, Launcher
+    from sandbox.plan import Plan
     from sandbox.profile import Profile
+    from sandbox.spec import BindMount, JailSpec
 
 EXIT_USAGE = 2
 EXIT_CANNOT_START = 125
@@ -42,15 +46,13 @@ EXIT_SECCOMP = 128 + signal.SIGSYS  # 159
 # (SIGHUP is a reload request for many daemons, so it never leads to SIGKILL).
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOPPING = (signal.SIGTERM, signal.SIGINT)
+_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 _SI_KERNEL = 0x80  # siginfo.si_code of a signal the kernel sent (e.g. the tty's ^C)
 
 
-# ---------------------------------------------------------------------------
-# Messages
-
-
 def say(message: str) -> None:
-    print(f"sandbox: {message}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"sandbox: {message}\n")
+    sys.stderr.flush()
 
 
 class Fail(Exception):
@@ -61,12 +63,9 @@ class Fail(Exception):
         self.status = status
 
 
-# ---------------------------------------------------------------------------
-# Profiles with command-line overrides
-
-
 def profile_from_args(args: argparse.Namespace) -> Profile:
     """The profile with the command line's overrides applied (raises Fail)."""
+    from sandbox.errors import PolicyError
     from sandbox.profile import load_profile
 
     try:
@@ -99,22 +98,10 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
         ) from None
 
 
-# ---------------------------------------------------------------------------
-# Running one jail and relaying signals
-
-
-@contextlib.contextmanager
-def _blocked(signals: Sequence[int]) -> Iterator[None]:
-    """Block `signals` so they queue for sigtimedwait (the launcher unblocks them in
-    the jail); afterwards discard what is still pending and restore the mask, so a
-    SIGTERM that raced with the jail's exit does not kill us after the fact."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        while signal.sigtimedwait(signals, 0) is not None:
-            pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+def check_root() -> None:
+    if os.geteuid() != 0:
+        raise Fail(EXIT_CANNOT_START, "cannot start: jails need root (CAP_SYS_ADMIN, "
+                   "CAP_SETUID, CAP_SETGID in the initial namespaces)")
 
 
 def _disposition(pid: int, sig: int) -> str:
@@ -132,55 +119,71 @@ def _disposition(pid: int, sig: int) -> str:
     return "default"
 
 
-@dataclasses.dataclass
 class Outcome:
     """How one jailed run ended."""
 
-    jail: JailProcess
-    status: int  # what `sandbox run` exits with
-    note: str | None = None  # a line for stderr
+    __slots__ = ("jail", "note", "status")
+
+    def __init__(self, jail: JailProcess, status: int, note: str | None = None) -> None:
+        self.jail = jail
+        self.status = status  # what `sandbox run` exits with
+        self.note = note  # a line for stderr
 
 
 def supervise(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
               tick: Callable[[], None] | None = None, tick_every: float = 0.05,
-              fds: Sequence[int] = (0, 1, 2)) -> Outcome:
+              fds: Sequence[int] = (0, 1, 2), plan: Plan | None = None) -> Outcome:
     """Start `argv` in a jail, relay signals until it ends, compute the exit status.
 
     Signals are blocked and taken with sigtimedwait, so none is lost between
     the spawn and the wait, and a ^C the terminal already sent to the jail
-    (same process group) is not sent twice.  Raises JailError.
+    (same process group) is not sent twice.  The executor unblocks them in the
+    jail.  Afterwards what is still pending is discarded and the mask restored,
+    so a SIGTERM that raced with the jail's exit does not kill us after the fact.
+    Raises JailError.
     """
     waited = (*FORWARDED, signal.SIGCHLD)
-    with _blocked(waited):
-        jail = launcher.run(spec, argv, fds=fds)
-        kill_at: float | None = None
-        stopped_by: int | None = None  # signal whose default action we carried out
-        escalated: int | None = None
-        while jail.poll() is None:
-            timeout = tick_every if tick else 3600.0
-            if kill_at is not None:
-                timeout = min(timeout, max(0.0, kill_at - time.monotonic()))
-            info = signal.sigtimedwait(waited, timeout)
-            if tick:
-                tick()
-            if info is not None and info.si_signo in FORWARDED:
-                sig = info.si_signo
-                state = _disposition(jail.pid, sig)
-                if state == "default":
-                    # What the signal would do to any process that is not a PID 1.
-                    stopped_by = sig
-                    jail.kill(signal.SIGKILL)
-                elif state == "caught" and info.si_code != _SI_KERNEL:
-                    jail.kill(sig)  # from the tty it reached the jail already
-                if sig in STOPPING and kill_at is None and stopped_by is None:
-                    escalated = sig
-                    kill_at = time.monotonic() + stop_timeout
-            if kill_at is not None and time.monotonic() >= kill_at and jail.poll() is None:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    try:
+        return _relay(launcher, spec, argv, stop_timeout, tick, tick_every, fds, plan, waited)
+    finally:
+        while signal.sigtimedwait(waited, 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _relay(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
+           tick: Callable[[], None] | None, tick_every: float, fds: Sequence[int],
+           plan: Plan | None, waited: tuple[int, ...]) -> Outcome:
+    jail = launcher.run(spec, argv, fds=fds, plan=plan)
+    kill_at: float | None = None
+    stopped_by: int | None = None  # signal whose default action we carried out
+    escalated: int | None = None
+    while jail.poll() is None:
+        timeout = tick_every if tick else 3600.0
+        if kill_at is not None:
+            timeout = min(timeout, max(0.0, kill_at - time.monotonic()))
+        info = signal.sigtimedwait(waited, timeout)
+        if tick:
+            tick()
+        if info is not None and info.si_signo in FORWARDED:
+            sig = info.si_signo
+            state = _disposition(jail.pid, sig)
+            if state == "default":
+                # What the signal would do to any process that is not a PID 1.
+                stopped_by = sig
                 jail.kill(signal.SIGKILL)
-                jail.wait()
-                note = (f"the program did not exit within {stop_timeout:g} s of "
-                        f"{signal.Signals(escalated or signal.SIGTERM).name}: killed it")
-                return Outcome(jail, jail.exit_status or 128 + signal.SIGKILL, note)
+            elif state == "caught" and info.si_code != _SI_KERNEL:
+                jail.kill(sig)  # from the tty it reached the jail already
+            if sig in STOPPING and kill_at is None and stopped_by is None:
+                escalated = sig
+                kill_at = time.monotonic() + stop_timeout
+        if kill_at is not None and time.monotonic() >= kill_at and jail.poll() is None:
+            jail.kill(signal.SIGKILL)
+            jail.wait()
+            note = (f"the program did not exit within {stop_timeout:g} s of "
+                    f"{_NAMES.get(escalated or signal.SIGTERM, 'SIGTERM')}: killed it")
+            return Outcome(jail, jail.exit_status or 128 + signal.SIGKILL, note)
     code = jail.returncode
     if stopped_by is not None and code == -signal.SIGKILL:
         return Outcome(jail, 128 + stopped_by)
@@ -208,18 +211,27 @@ def _start_failure(exc: JailError, argv: list[str], spec: JailSpec) -> Fail:
     return Fail(EXIT_CANNOT_START, f"cannot start: {exc}")
 
 
-def run_once(launcher: Launcher, spec: JailSpec, argv: list[str], args: argparse.Namespace,
-              tick: Callable[[], None] | None = None, fds: Sequence[int] = (0, 1, 2)) -> Outcome:
+def run_once(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
+             tick: Callable[[], None] | None = None, fds: Sequence[int] = (0, 1, 2),
+             plan: Plan | None = None) -> Outcome:
+    """`supervise`, with start failures as a Fail (raises Fail)."""
     try:
-        return supervise(launcher, spec, argv, args.stop_timeout, tick, fds=fds)
+        return supervise(launcher, spec, argv, stop_timeout, tick, fds=fds, plan=plan)
     except JailError as exc:
         raise _start_failure(exc, argv, spec) from None
     except (OSError, RuntimeError) as exc:  # fork failed, uids exhausted, ...
         raise Fail(EXIT_CANNOT_START, f"cannot start: {exc}") from None
 
 
-def check_root() -> None:
-    if os.geteuid() != 0:
-        raise Fail(EXIT_CANNOT_START, "cannot start: jails need root (CAP_SYS_ADMIN, "
-                   "CAP_SETUID, CAP_SETGID in the initial namespaces)")
-
+def run_program(launcher: Launcher, spec: JailSpec, argv: list[str], profile_name: str,
+                stop_timeout: float, plan: Plan | None = None) -> int:
+    """`sandbox run`: the program's exit status, its story on stderr; closes `launcher`."""
+    try:
+        outcome = run_once(launcher, spec, argv, stop_timeout, plan=plan)
+        if outcome.note:
+            say(outcome.note)
+        if outcome.jail.returncode == -signal.SIGSYS:
+            say(seccomp_line(outcome.jail, profile_name))
+        return outcome.status
+    finally:
+        launcher.close()
