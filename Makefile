@@ -41,7 +41,7 @@ lint: $(VENV)/.stamp
 
 # docs/options.md and docs/titus.8, generated from the option table (tests check they are current).
 docs: $(VENV)/.stamp
-	$(PY) -m titus.docs_gen
+	$(PY) -m titus.docs.gen
 
 # Coverage-guided fuzzing (atheris), FUZZ_SECONDS per harness; corpora and crash inputs
 # stay in build/fuzz/NAME/.  Longer hypothesis runs: TITUS_FUZZ_EXAMPLES=N pytest tests/fuzz.
@@ -55,7 +55,7 @@ fuzz: $(VENV)/.stamp
 
 bench: $(VENV)/.stamp
 	@$(MAKE) --no-print-directory deps PACKAGES="$(BENCH_PACKAGES)"
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(TITUS04),--titus04 $(TITUS04))
 
 deps:
 	@missing=""; for p in $(or $(PACKAGES),$(SYSTEM_PACKAGES)); do \

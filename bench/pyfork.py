@@ -9,7 +9,7 @@ of the isolation itself, pyfork/stunnel the price of a Python process per
 connection.  It is a benchmark instrument, never a product: it holds the key
 in every worker.
 
-It imports nothing from titus (titus.zygote has its own warm-up): its parent
+It imports nothing from titus (titus.worker.zygote has its own warm-up): its parent
 stays as small as CPython with ssl can be.
 
 Usage (run.py does this, pinned to the proxy CPU):

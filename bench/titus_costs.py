@@ -3,7 +3,7 @@
 Run by run.py as `taskset -c 0 python bench/titus_costs.py --config titus.conf` (as
 root, on the proxy CPU, while nothing else runs there); prints one JSON object.
 
-* jail: worker jails from a real zygote (titus/zygote.py: the same profile,
+* jail: worker jails from a real zygote (titus/worker/zygote.py: the same profile,
   seccomp program, recipe and 3 passed fds as the supervisor uses), each told
   to leave at once.  Parent side: wall from the request to the reply, and the
   CPU of this process plus the zygote's (clone, id maps, the handshake with
@@ -12,9 +12,9 @@ root, on the proxy CPU, while nothing else runs there); prints one JSON object.
   capability drop, seccomp, then exit and the PID-namespace teardown).  Reap:
   waitpid + Launcher.reaped after the child is known to have exited.
 * log: one "connection" record through titus.logs (JSON) to /dev/null.
-* key holder: a real key-holder jail (titus.keyservice.KeyHolder) with the
+* key holder: a real key-holder jail (titus.supervisor.keyholder.KeyHolder) with the
   benchmark key; TLS 1.3 handshakes in memory between a Python client and a
-  server SSLContext built by titus.tlsconfig (remote key: one fresh channel
+  server SSLContext built by titus.worker.contexts (remote key: one fresh channel
   per handshake, budget 1, as a worker gets).  Reported: the round trip of
   the signature request as titus's remotekey module measures it, the server
   side's wall and CPU per handshake, the key holder's CPU per signature, and
@@ -42,12 +42,13 @@ from common import proc_faults  # bench/ is this script's directory
 
 from sandbox.forkserver import ForkServer
 from sandbox.launcher import JailProcess
-from titus import logs, remotekey
-from titus.config import load_config
-from titus.keyservice import KeyHolder
+from titus import logs
+from titus.config.load import load_config
 from titus.supervisor import Supervisor, key_slots
-from titus.tlsconfig import build_contexts
-from titus.zygote import WORKER
+from titus.supervisor.keyholder import KeyHolder
+from titus.worker import remotekey
+from titus.worker.contexts import build_contexts
+from titus.worker.zygote import WORKER
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

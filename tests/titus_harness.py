@@ -546,7 +546,7 @@ def _forked_supervisor(config_path: Path, log_path: Path, zygote_setup: str | No
     try:
         os.setsid()
         from titus import logs
-        from titus.config import load_config
+        from titus.config.load import load_config
         from titus.supervisor import Supervisor
 
         with open(log_path, "a") as stream:
@@ -568,7 +568,7 @@ def _forked_supervisor(config_path: Path, log_path: Path, zygote_setup: str | No
 
 class ForkedTitus(Titus):
     """A real supervisor forked from the test, whose zygote runs `zygote_setup`
-    (module:function, e.g. one that replaces titus.worker.serve with attacker code):
+    (module:function, e.g. one that replaces titus.worker.connection.serve with attacker code):
     the workers are real ones, cloned into real jails, running what the test says."""
 
     def __init__(self, tmp: Path, config: str, zygote_setup: str | None = None) -> None:

@@ -13,8 +13,8 @@ import os
 import sys
 
 from titus import logs
-from titus.config_help import options_text
-from titus.config_model import Config
+from titus.config.help import options_text
+from titus.config.model import Config
 
 USAGE = ("titus --config FILE [--check] [--OPTION VALUE]...\n"
          "       titus status --config FILE   (what the metrics endpoint says, for a person)")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     status = bool(argv) and argv[0] == "status"
     args, overrides = parse_args(argv[1:] if status else argv)
-    from titus.config import ConfigError, load_config
+    from titus.config.load import ConfigError, load_config
 
     try:
         config = load_config(args.config, overrides)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.check:
-        from titus.check import check_keys
+        from titus.keyholder.checks import check_keys
 
         problem = check_keys(config)
         if problem:

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from titus.config_model import Config
+from titus.config.model import Config
 
 
 class StatusError(RuntimeError):

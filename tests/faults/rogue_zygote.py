@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import socket
 
-import titus.worker
-from titus import zygote
+import titus.worker.connection
+from titus.worker import zygote
 
-_honest = titus.worker.serve
+_honest = titus.worker.connection.serve
 
 
 def _rogue_serve(table, ctl, client, conn, counters):  # type: ignore[no-untyped-def]
@@ -21,5 +21,5 @@ def _rogue_serve(table, ctl, client, conn, counters):  # type: ignore[no-untyped
 
 
 def setup(arg: zygote.ZygoteSetup):  # type: ignore[no-untyped-def]
-    titus.worker.serve = _rogue_serve
+    titus.worker.connection.serve = _rogue_serve
     return zygote.setup(arg)

@@ -27,7 +27,7 @@ from tests.faults.test_titus_faults import (
 from tests.pki import CA
 from tests.titus_harness import EchoBackend, Titus, session_processes
 from tests.unit.test_config_support import basic_conf
-from titus.config import ConfigError, load_config
+from titus.config.load import ConfigError, load_config
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="titus needs root")
 

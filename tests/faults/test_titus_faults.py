@@ -369,7 +369,7 @@ max-handshake-time 1
 #
 # titus cannot be told to make its own worker misbehave (by design), so this
 # simulates code execution inside a worker: the REAL Supervisor runs in a
-# forked child of the test (not a subprocess exec), after titus.worker.serve
+# forked child of the test (not a subprocess exec), after titus.worker.connection.serve
 # has been replaced in that child by a function that, for connection 1 only,
 # creates an AF_INET socket -- forbidden by policies/titus-worker.toml (deny
 # "socket", and the default action kill-process).  worker_main looks serve up

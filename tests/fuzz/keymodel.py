@@ -1,9 +1,9 @@
 """An independent model of the key holder's rules, and payloads that probe them.
 
-The oracle here is written from the RFCs, not from titus.signer: EMSA-PSS
+The oracle here is written from the RFCs, not from titus.keyholder.signer: EMSA-PSS
 shape (RFC 8017 §9.1.2, byte by byte), DigestInfo built from the hash OIDs
 with a small DER encoder (RFC 8017 §9.2), ECDSA digest sizes, the budget,
-and the frame layout of titus.keyproto's docstring.  A fuzz test compares
+and the frame layout of titus.wire.keyproto's docstring.  A fuzz test compares
 what the key holder does with what the model says it must do, and checks
 every signature it hands out with the public key.
 """
@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from hypothesis import strategies as st
 
 from tests.unit.test_signer import emsa_pss, openssl_block, pem_cert, pem_key, pss_sig, rsa_2049
-from titus.keyproto import Op, Status
-from titus.signer import KeyStore, Signer
+from titus.keyholder.signer import KeyStore, Signer
+from titus.wire.keyproto import Op, Status
 
 HASH_SIZES = {"sha256": 32, "sha384": 48, "sha512": 64}
 HASH_OIDS = {

@@ -17,11 +17,12 @@ import select
 import time
 from pathlib import Path
 
-import titus.worker
-from titus import control, zygote
+import titus.worker.connection
+from titus.wire import control
+from titus.worker import zygote
 
 PLAN_FILE = "rogue-plan.json"
-_honest = titus.worker.serve
+_honest = titus.worker.connection.serve
 
 
 def _play(packets: list[bytes], ctl, wait: float) -> None:  # type: ignore[no-untyped-def]
@@ -54,5 +55,5 @@ def setup(arg: zygote.ZygoteSetup):  # type: ignore[no-untyped-def]
         _play(plan[conn.conn_id - 1], ctl, wait)
         return None
 
-    titus.worker.serve = rogue_serve
+    titus.worker.connection.serve = rogue_serve
     return zygote.setup(arg)

@@ -11,8 +11,8 @@ example takes more than a few seconds (a hang is a failure).  Finally the
 real `titus --check` runs on a few mutants: exit 0 or 2, and on error one
 `titus: ...` line on stderr and no traceback.
 
-Option names come from titus.config_options.OPTIONS and the TOML tables from
-titus.config_toml, so options added later are fuzzed too.
+Option names come from titus.config.options.OPTIONS and the TOML tables from
+titus.config.toml, so options added later are fuzzed too.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from tests.fuzz.budget import examples, fuzz_settings
 from tests.titus_harness import run_cli
 from tests.unit.test_config_support import make_cert, write
-from titus.config import ConfigError, load_config, parse_command_line
-from titus.config_options import OPTIONS
-from titus.config_toml import ARRAYS, ROOT_KEYS, SECTIONS, VHOST_KEYS
+from titus.config.load import ConfigError, load_config, parse_command_line
+from titus.config.options import OPTIONS
+from titus.config.toml import ARRAYS, ROOT_KEYS, SECTIONS, VHOST_KEYS
 
 ERROR_FORMAT = re.compile(r"^[^\n]+:\d+: [^\n]+$")
 

@@ -33,7 +33,7 @@ from tests.fuzz.budget import examples, fuzz_settings, scale
 from tests.fuzz.rogue_zygote import PLAN_FILE
 from tests.pki import CA
 from tests.titus_harness import EchoBackend, ForkedTitus, session_processes
-from titus import control, proxyproto
+from titus.wire import control, proxyproto
 
 SNI = "control.test"
 REQUEST = b"GET /control HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

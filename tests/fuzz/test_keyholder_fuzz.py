@@ -8,7 +8,7 @@ a signature only within the rules and the channel's budget, every refusal and
 protocol error closes that channel, and the loop never stops.
 
 Then the same kind of traffic goes to a real key-holder jail
-(titus.keyservice.KeyHolder: its own namespaces, the keyholder seccomp
+(titus.supervisor.keyholder.KeyHolder: its own namespaces, the keyholder seccomp
 profile), a bounded number of frames, after which it must still be alive,
 hold no more fds than before, have logged every closed channel without a
 traceback, and sign a valid request.
@@ -50,9 +50,9 @@ from tests.pki import CA
 from tests.titus_harness import open_fds
 from tests.unit.test_keyholder import Holder
 from tests.unit.test_signer import emsa_pss
-from titus import keyproto
-from titus.keyproto import Op, Status
-from titus.keyservice import KeyHolder, KeySlot
+from titus.supervisor.keyholder import KeyHolder, KeySlot
+from titus.wire import keyproto
+from titus.wire.keyproto import Op, Status
 
 RECV = keyproto.MAX_RESPONSE + 1
 

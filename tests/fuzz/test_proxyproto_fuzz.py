@@ -2,7 +2,7 @@
 
 The parser here is written from the specification
 (https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt, sections 2.1
-and 2.2), independently of titus.proxyproto.parse, and it is strict: exact
+and 2.2), independently of titus.wire.proxyproto.parse, and it is strict: exact
 lengths, every TLV consumed, nothing after the header.  A value that cannot
 go into a header (a TLV over 65535 bytes, a v2 body over 65535 bytes, a port
 outside 0..65535, text that is not UTF-8) must raise proxyproto.EncodeError,
@@ -20,7 +20,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from tests.fuzz.budget import fuzz_settings
-from titus import proxyproto as pp
+from titus.wire import proxyproto as pp
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SIGNATURE = b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a"

@@ -1,6 +1,6 @@
 """The key holder's rules and wire format against a compromised worker, in process.
 
-Every request is judged twice: by titus.signer and by the independent model
+Every request is judged twice: by titus.keyholder.signer and by the independent model
 in tests/fuzz/keymodel.py.  The signer must sign exactly what the model
 allows (and the signature must verify under the public key: never a
 decryption, never a block that is not PSS-shaped, never a bad DigestInfo),
@@ -33,9 +33,9 @@ from tests.fuzz.keymodel import (
     shared,
     verify,
 )
-from titus import keyproto
-from titus.keyproto import Op, ProtocolError
-from titus.signer import Budget, Refused, digestinfo_hash, pss_hash
+from titus.keyholder.signer import Budget, Refused, digestinfo_hash, pss_hash
+from titus.wire import keyproto
+from titus.wire.keyproto import Op, ProtocolError
 
 UNKNOWN = (0, 5, 0xFFFF)
 
@@ -99,7 +99,7 @@ def test_a_budget_is_never_overdrawn(batch: list[tuple], limit: int) -> None:
 @fuzz_settings(400)
 @given(st.sampled_from([RSA2048, RSA2049]), st.data())
 def test_the_shape_checks_agree_with_the_rfc(key_id: int, data: st.DataObject) -> None:
-    """titus.signer's pss_hash / digestinfo_hash against the model, on probing payloads."""
+    """keyholder.signer's pss_hash / digestinfo_hash against the model, on probing payloads."""
     keys = shared()
     payload = data.draw(probes(keys.private)).payload
     bits = keys.facts[key_id].bits

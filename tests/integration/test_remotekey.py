@@ -34,9 +34,11 @@ import pytest
 from cryptography import x509
 from OpenSSL import SSL
 
-from titus import keyholder, keyproto, remotekey
-from titus.keyproto import Grant, Op, Response, Status
-from titus.signer import KeyStore, Signer
+from titus.keyholder import serve as keyholder
+from titus.keyholder.signer import KeyStore, Signer
+from titus.wire import keyproto
+from titus.wire.keyproto import Grant, Op, Response, Status
+from titus.worker import remotekey
 
 KEY_IDS = {"rsa2048": 1, "rsa4096": 2, "p256": 3, "p384": 4}
 RSA_NAMES = ("rsa2048", "rsa4096")

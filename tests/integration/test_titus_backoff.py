@@ -15,7 +15,7 @@ from sandbox.forkserver import ForkServer
 from sandbox.spec import BindMount
 from tests.pki import CA
 from titus import logs
-from titus.config import load_config
+from titus.config.load import load_config
 from titus.supervisor import Supervisor
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="titus needs root")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.pki import CA
 from tests.titus_harness import TCPBackend, Titus
-from titus import proxyproto as pp
+from titus.wire import proxyproto as pp
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="titus needs root")
 

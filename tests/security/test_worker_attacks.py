@@ -3,7 +3,7 @@
 The set-up is titus itself: the real Supervisor (forked from the test, like
 tests/faults and tests/fuzz do), its real jailed key holder, its real pool of
 workers built from policies/titus-worker.toml.  The one change: in the forked
-supervisor `titus.worker.serve` is replaced by `attack_or_serve`, so every
+supervisor `titus.worker.connection.serve` is replaced by `attack_or_serve`, so every
 worker runs that function inside its finished jail, exactly where a TLS bug
 would hand an attacker control.  A client that opens with `ATTACK name`
 gets that payload run there, holding what a live worker holds: fd 0 the
@@ -105,8 +105,8 @@ from tests.titus_harness import (
     start_time,
     worker_of,
 )
-from titus import control, keyproto
-from titus.worker import KEYHOLDER_FD
+from titus.wire import control, keyproto
+from titus.worker.connection import KEYHOLDER_FD
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="titus needs root")
 
@@ -123,7 +123,7 @@ REQUEST = b"GET /unharmed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 # Everything below runs in the jailed worker, after the jail is complete: no
 # imports, no files; only what the worker profile allows.
 
-_HONEST_SERVE: list[Callable[..., None]] = []  # the real titus.worker.serve, in the fork
+_HONEST_SERVE: list[Callable[..., None]] = []  # the real titus.worker.connection.serve, in the fork
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -154,7 +154,7 @@ def _read_line(sock: socket.socket, limit: int = 65536) -> bytes:
 
 def attack_or_serve(table: Any, ctl: socket.socket, client: socket.socket, conn: Any,
                     counters: Any) -> None:
-    """Replaces titus.worker.serve: a client that opens with MAGIC gets its payload run."""
+    """Replaces titus.worker.connection.serve: a client opening with MAGIC gets its payload run."""
     poller = select.poll()
     poller.register(client.fileno(), select.POLLIN)
     if poller.poll(2000) and client.recv(len(MAGIC), socket.MSG_PEEK) == MAGIC:
@@ -362,11 +362,11 @@ ATTACKS: dict[str, Callable[..., object]] = {f.__name__: f for f in (
 def attack_zygote(arg: Any) -> Any:
     """The titus zygote, with `attack_or_serve` as its workers' serve (a supervisor's
     zygote_setup; runs in the zygote, which imports this module)."""
-    import titus.worker
-    from titus import zygote
+    import titus.worker.connection
+    from titus.worker import zygote
 
-    _HONEST_SERVE.append(titus.worker.serve)
-    titus.worker.serve = attack_or_serve
+    _HONEST_SERVE.append(titus.worker.connection.serve)
+    titus.worker.connection.serve = attack_or_serve
     return zygote.setup(arg)
 
 

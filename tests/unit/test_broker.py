@@ -1,4 +1,4 @@
-"""titus/broker.py: the backend connection the supervisor makes for a worker."""
+"""titus/supervisor/broker.py: the backend connection the supervisor makes for a worker."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from titus.broker import BackendConnect
-from titus.loop import Loop
+from titus.supervisor.broker import BackendConnect
+from titus.supervisor.loop import Loop
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="IP_TRANSPARENT needs root")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_config_support import DATA, basic_conf, make_cert, write
-from titus.config import ConfigError, load_config, load_options, parse_command_line
+from titus.config.load import ConfigError, load_config, load_options, parse_command_line
 
 CERT = "cert certs/example.com.crt\nkey certs/example.com.key\n"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from titus.config_dh import (
+from titus.config.dh import (
     RFC3526_GROUPS,
     _parse_dh_pem,
     load_dh_file,
@@ -17,7 +17,7 @@ from titus.config_dh import (
     pkcs3_pem,
     rfc3526_prime,
 )
-from titus.config_values import BadValue
+from titus.config.values import BadValue
 
 
 def probably_prime(n: int, rounds: int = 8) -> bool:

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_config_support import basic_conf, make_cert, write
-from titus import config_files
-from titus.config import ConfigError, load_config
-from titus.config_options import OPTIONS
+from titus.config import files as config_files
+from titus.config.load import ConfigError, load_config
+from titus.config.options import OPTIONS
 
 ERROR_FORMAT = re.compile(r"^[^\n]+:\d+: [^\n]+$")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from titus.config_model import (
+from titus.config.model import (
     DEFAULT_CIPHERS,
     Config,
     ConfigError,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_config_support import basic_conf, write
-from titus.config import Config, ConfigError, load_config
-from titus.config_model import DEFAULT_CIPHERS, DEFAULT_DHE_CIPHERS, TLSSettings
-from titus.config_options import OPTIONS
+from titus.config.load import Config, ConfigError, load_config
+from titus.config.model import DEFAULT_CIPHERS, DEFAULT_DHE_CIPHERS, TLSSettings
+from titus.config.options import OPTIONS
 
 EXTRA_LINE = 6  # basic_conf writes five lines; extra lines start here
 
@@ -415,7 +415,7 @@ def test_last_setting_wins(tmp_path: Path) -> None:
 
 
 def test_dhgroup_file(tmp_path: Path) -> None:
-    from titus.config_dh import named_group
+    from titus.config.dh import named_group
 
     write(tmp_path / "dh.pem", named_group("15").pem.decode())
     config = load_config(basic_conf(tmp_path, "dhgroup dh.pem\n"))
@@ -436,7 +436,7 @@ def test_every_option_has_help_in_titus_help():
     import subprocess
     import sys
 
-    from titus.config_help import HELP
+    from titus.config.help import HELP
 
     out = subprocess.run([sys.executable, "-m", "titus.cli", "--help"], capture_output=True,
                          text=True, timeout=30).stdout
@@ -461,7 +461,7 @@ def test_client_auth_options(tmp_path):
 def test_the_curve_check_asks_openssl_for_groups_not_ec_curves() -> None:
     """ecdhcurve is checked as it is applied (the groups list): X25519 and X448 are
     groups, not EC curves, which Python 3.11.2's set_ecdh_curve (Debian 12) refuses."""
-    from titus.tlsconfig import openssl_knows_groups
+    from titus.worker.contexts import openssl_knows_groups
 
     assert openssl_knows_groups("X25519") and openssl_knows_groups("X448")
     assert openssl_knows_groups("X25519:prime256v1:secp384r1")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from titus.resolve import ResolveError, resolve_backend
+from titus.supervisor.resolve import ResolveError, resolve_backend
 
 V4 = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("192.0.2.10", 80))
 V6 = (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("2001:db8::10", 80, 0, 0))

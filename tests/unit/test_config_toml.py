@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_config_support import REPO, basic_conf, make_cert, write
-from titus.config import ConfigError, load_config
-from titus.config_toml import KeyLines
+from titus.config.load import ConfigError, load_config
+from titus.config.toml import KeyLines
 
 HEAD = """\
 port = 443

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from titus import control
+from titus.wire import control
 
 
 def test_round_trip():

@@ -19,22 +19,23 @@ from typing import Any
 
 import pytest
 
-from titus import config_toml, docs_options
-from titus.config_conf import read_conf
-from titus.config_help import HELP
-from titus.config_model import ConfigError, Source
-from titus.config_options import OPTIONS, Draft, Sourced
-from titus.config_toml import read_toml
-from titus.docs_gen import DOCS, GENERATED
-from titus.docs_man import esc
-from titus.docs_options import OptionDoc, all_options
+from titus.config import toml as config_toml
+from titus.config.conf import read_conf
+from titus.config.help import HELP
+from titus.config.model import ConfigError, Source
+from titus.config.options import OPTIONS, Draft, Sourced
+from titus.config.toml import read_toml
+from titus.docs import options as docs_options
+from titus.docs.gen import DOCS, GENERATED
+from titus.docs.man import esc
+from titus.docs.options import OptionDoc, all_options
 
 REPO = DOCS.parent
 DOCUMENTED = all_options()
 
 
 def test_committed_docs_are_what_make_docs_writes(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "titus.docs_gen", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "titus.docs.gen", str(tmp_path)],
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
     for name in GENERATED:

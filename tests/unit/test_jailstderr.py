@@ -7,8 +7,8 @@ import json
 import os
 
 from titus import logs
-from titus.jailstderr import LINES_PER_SECOND, JailStderr
-from titus.loop import Loop
+from titus.supervisor.jailstderr import LINES_PER_SECOND, JailStderr
+from titus.supervisor.loop import Loop
 
 
 def run(payload: bytes) -> list[dict]:

@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_signer import pem_cert, pem_key
-from titus import keyholder, keyproto
-from titus.keyproto import Grant, Op, Request, Status
-from titus.signer import KeyStore, Signer
+from titus.keyholder import serve as keyholder
+from titus.keyholder.signer import KeyStore, Signer
+from titus.wire import keyproto
+from titus.wire.keyproto import Grant, Op, Request, Status
 
 EC_KEY, RSA_KEY = 1, 2
 

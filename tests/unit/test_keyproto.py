@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from titus import keyproto
-from titus.keyproto import (
+from titus.wire import keyproto
+from titus.wire.keyproto import (
     MAX_PAYLOAD,
     Grant,
     Op,

@@ -1,11 +1,11 @@
-"""titus/loop.py: events of a closed fd never reach the socket that took its number."""
+"""titus/supervisor/loop.py: events of a closed fd never reach the socket that took its number."""
 
 from __future__ import annotations
 
 import selectors
 import socket
 
-from titus.loop import Loop
+from titus.supervisor.loop import Loop
 
 
 def test_an_event_of_a_closed_fd_does_not_reach_its_successor() -> None:

@@ -1,4 +1,4 @@
-"""titus/ocsp.py: which OCSP responses may be stapled, how a file change is noticed, and
+"""titus/supervisor/ocsp.py: which OCSP responses may be stapled, how a file change is noticed, and
 that the ctypes status callback staples a real response in a real handshake (Python's
 ssl as the server, pyOpenSSL's own OpenSSL as the client, over memory BIOs)."""
 
@@ -20,8 +20,9 @@ from OpenSSL import SSL
 
 from tests.pki import CA, Leaf
 from tests.unit.test_config_support import basic_conf, write
-from titus import logs, ocsp
-from titus.config import ConfigError, load_config
+from titus import logs
+from titus.config.load import ConfigError, load_config
+from titus.supervisor import ocsp
 
 HOUR, DAY = datetime.timedelta(hours=1), datetime.timedelta(days=1)
 

@@ -8,7 +8,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from titus import proxyproto as pp
+from titus.wire import proxyproto as pp
 
 
 def test_v1_ipv4_and_mapped():

@@ -23,8 +23,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from titus.keyproto import Op, Status
-from titus.signer import (
+from titus.keyholder.signer import (
     DIGESTINFO_PREFIXES,
     Budget,
     KeyStore,
@@ -33,6 +32,7 @@ from titus.signer import (
     Signer,
     pss_hash,
 )
+from titus.wire.keyproto import Op, Status
 
 HASHES = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}
 
@@ -146,7 +146,7 @@ def pss_sig(key: rsa.RSAPrivateKey, msg: bytes, h: str, salt=padding.PSS.DIGEST_
 
 
 def emsa_pss(msg_hash: bytes, mod_bits: int, h: str, salt: bytes) -> bytes:
-    """EMSA-PSS-ENCODE (RFC 8017 §9.1.1), written independently of titus.signer."""
+    """EMSA-PSS-ENCODE (RFC 8017 §9.1.1), written independently of titus.keyholder.signer."""
     em_bits = mod_bits - 1
     em_len = (em_bits + 7) // 8
     m_prime = b"\0" * 8 + msg_hash + salt

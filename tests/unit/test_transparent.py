@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from titus.transparent import IP_TRANSPARENT, bind_as_client, client_source
+from titus.supervisor.transparent import IP_TRANSPARENT, bind_as_client, client_source
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="IP_TRANSPARENT needs CAP_NET_ADMIN")
 

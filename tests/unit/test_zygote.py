@@ -1,4 +1,4 @@
-"""titus/zygote.py's warm-up: a handshake per TLS version, up to the remote signature,
+"""titus/worker/zygote.py's warm-up: a handshake per TLS version, up to the remote signature,
 in the zygote, and no trace of it in what workers report."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import ssl
 import pytest
 
 from tests.pki import CA
-from titus import remotekey
-from titus.zygote import warm_up
+from titus.worker import remotekey
+from titus.worker.zygote import warm_up
 
 
 @pytest.mark.parametrize(("low", "high", "reached"), [

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of the worker's ClientHello parser (titus.clienthello).
+"""Coverage-guided fuzzing of the worker's ClientHello parser (titus.worker.clienthello).
 
 parse_sni sees every byte a client sends before TLS starts: it may answer
 "need more", a server name, or NotTLS, and nothing else.  A name it returns
@@ -13,7 +13,7 @@ import atheris
 import runner
 
 with atheris.instrument_imports(include=["titus"]):
-    from titus.clienthello import NotTLS, parse_sni
+    from titus.worker.clienthello import NotTLS, parse_sni
 
 
 def one_input(data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of the configuration loader (titus.config.load_config).
+"""Coverage-guided fuzzing of the configuration loader (titus.config.load.load_config).
 
 The first byte picks the format (titus.conf or TOML), the rest is the file.
 Files it may name exist: certificates and keys, an include, a FIFO.  Only
@@ -18,7 +18,7 @@ import runner
 with atheris.instrument_imports(include=["titus", "tomllib"]):  # before anything imports them
     from tests.fuzz.test_config_fuzz import conf_seed, toml_seed
     from tests.unit.test_config_support import make_cert, write
-    from titus.config import ConfigError, load_config
+    from titus.config.load import ConfigError, load_config
 
 ERROR_FORMAT = re.compile(r"^[^\n]+:\d+: [^\n]+$")
 WORKDIR = Path(tempfile.mkdtemp(prefix="titus-atheris-config-"))

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of the supervisor's parser for worker messages (titus.control).
+"""Coverage-guided fuzzing of the supervisor's parser for worker messages (titus.wire.control).
 
 A compromised worker controls every byte: decode_from_worker must raise
 ControlError or return a message the supervisor can safely use (see
@@ -13,7 +13,7 @@ import runner
 
 with atheris.instrument_imports(include=["titus", "json"]):  # before anything imports them
     from tests.fuzz.test_control_fuzz import VALID, assert_usable
-    from titus.control import ControlError, decode_from_worker
+    from titus.wire.control import ControlError, decode_from_worker
 
 
 def one_input(data: bytes) -> None:

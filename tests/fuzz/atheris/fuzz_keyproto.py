@@ -16,9 +16,9 @@ import runner
 
 with atheris.instrument_imports(include=["titus"]):  # before anything imports them
     from tests.fuzz.keymodel import frame, refusals, shared, verify
-    from titus import keyproto
-    from titus.keyproto import ProtocolError
-    from titus.signer import Budget, Refused
+    from titus.keyholder.signer import Budget, Refused
+    from titus.wire import keyproto
+    from titus.wire.keyproto import ProtocolError
 
 KEYS = shared()
 
@@ -47,7 +47,7 @@ def seeds() -> list[bytes]:
 
     from tests.fuzz.keymodel import HASH_OIDS, P256, RSA2048, RSA2049, digest_info
     from tests.unit.test_signer import emsa_pss
-    from titus.keyproto import Op
+    from titus.wire.keyproto import Op
 
     digest = hashlib.sha256(b"seed").digest()
     out = [frame(Op.SIGN_ECDSA, P256, 1, digest),

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of the PROXY protocol encoder (titus.proxyproto).
+"""Coverage-guided fuzzing of the PROXY protocol encoder (titus.wire.proxyproto).
 
 The input chooses addresses (IPv4, IPv6, IPv4-mapped), ports and the TLS
 facts (any Unicode, lone surrogates included, lengths up to the limits).
@@ -16,7 +16,7 @@ import runner
 
 with atheris.instrument_imports(include=["titus"]):  # before anything imports them
     from tests.fuzz.test_proxyproto_fuzz import _check_v2, encodable, expected_pair, parse_v1
-    from titus import proxyproto as pp
+    from titus.wire import proxyproto as pp
 
 
 def _address(fdp: atheris.FuzzedDataProvider) -> str:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from sandbox.forkserver import Recipe
 from sandbox.spec import JailSpec
-from titus import remotekey
-from titus.config_model import VHost
-from titus.remotekey import CertChain
-from titus.tlsconfig import build_contexts
-from titus.worker import WorkerTable, worker_main
+from titus.config.model import VHost
+from titus.worker import remotekey
+from titus.worker.connection import WorkerTable, worker_main
+from titus.worker.contexts import build_contexts
+from titus.worker.remotekey import CertChain
 
 WORKER = "worker"
 

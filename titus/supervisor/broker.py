@@ -13,8 +13,8 @@ import errno
 import socket
 from collections.abc import Callable, Sequence
 
-from titus.loop import Loop, Timer
-from titus.transparent import bind_as_client
+from titus.supervisor.loop import Loop, Timer
+from titus.supervisor.transparent import bind_as_client
 
 SockAddr = tuple  # (host, port) or (host, port, flowinfo, scope_id)
 

@@ -18,8 +18,8 @@ import ssl
 import stat
 from pathlib import Path
 
-from titus.config_model import DHGroup, one_line
-from titus.config_values import BadValue
+from titus.config.model import DHGroup, one_line
+from titus.config.values import BadValue
 
 # group id -> (bits, k) from RFC 3526 sections 3-5.
 RFC3526_GROUPS = {"14": (2048, 124476), "15": (3072, 1690314), "16": (4096, 240904)}

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from titus import config_values as v
-from titus.config_model import ConfigError, IPAddress, Notice, ProxyProtocol, Source, one_line
+from titus.config import values as v
+from titus.config.model import ConfigError, IPAddress, Notice, ProxyProtocol, Source, one_line
 
 T = TypeVar("T")
 

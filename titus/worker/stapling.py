@@ -1,6 +1,6 @@
 """Stapling an OCSP response in the worker: the TLS status callback, through ctypes.
 
-Apart from titus/ocsp.py (which reads and checks response files with
+Apart from titus/supervisor/ocsp.py (which reads and checks response files with
 `cryptography` and logs) because this part runs in the zygote and its
 workers, which must stay small and never import those.
 
@@ -21,7 +21,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from titus import remotekey
+from titus.worker import remotekey
 
 _SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB = 63
 _SSL_CTRL_SET_TLSEXT_STATUS_REQ_OCSP_RESP = 71  # (65 is ..._STATUS_REQ_TYPE)

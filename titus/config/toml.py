@@ -20,8 +20,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from titus.config_model import ConfigError, Source
-from titus.config_options import OPTIONS, Draft, IncludeFn, VHostDraft, apply_option, unknown_option
+from titus.config.model import ConfigError, Source
+from titus.config.options import OPTIONS, Draft, IncludeFn, VHostDraft, apply_option, unknown_option
 
 ROOT_KEYS = (
     "config",

@@ -20,9 +20,9 @@ from typing import Any
 
 from cryptography import x509
 
-from titus.config_dh import resolve_dhgroup
-from titus.config_files import check_cert_file, check_key_file
-from titus.config_model import (
+from titus.config.dh import resolve_dhgroup
+from titus.config.files import check_cert_file, check_key_file
+from titus.config.model import (
     DEFAULT_CIPHERS,
     DEFAULT_DHE_CIPHERS,
     Config,
@@ -34,9 +34,9 @@ from titus.config_model import (
     TLSSettings,
     VHost,
 )
-from titus.config_options import Draft, Sourced, TLSDraft, VHostDraft, shown
-from titus.config_values import BadValue
-from titus.ocsp import OCSPError, parse_response, read_response_file
+from titus.config.options import Draft, Sourced, TLSDraft, VHostDraft, shown
+from titus.config.values import BadValue
+from titus.supervisor.ocsp import OCSPError, parse_response, read_response_file
 
 # Appended to an operator's cipher string: a worker signs through the key holder
 # and can never decrypt (no RSA key exchange), static (EC)DH needs the key in the

@@ -15,11 +15,11 @@ import ssl
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
-from titus import config_toml as toml
-from titus.config_help import HELP
-from titus.config_model import Config, TLSSettings, VHost
-from titus.config_options import OPTIONS, Option
-from titus.config_values import parse_listen
+from titus.config import toml as toml
+from titus.config.help import HELP
+from titus.config.model import Config, TLSSettings, VHost
+from titus.config.options import OPTIONS, Option
+from titus.config.values import parse_listen
 
 # titus(8) of titus 0.4, in its order: a fixed fact about the old program.
 TITUS_04 = (

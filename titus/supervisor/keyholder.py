@@ -17,9 +17,9 @@ from pathlib import Path
 from sandbox.errors import JailError
 from sandbox.launcher import JailProcess, Launcher
 from sandbox.spec import JailSpec
-from titus import keyholder
-from titus.keyproto import Grant
-from titus.signer import KeyStore, KeyStoreError, Signer
+from titus.keyholder import serve as keyholder
+from titus.keyholder.signer import KeyStore, KeyStoreError, Signer
+from titus.wire.keyproto import Grant
 
 STARTUP_TIMEOUT = 10.0
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from titus.config_options import OPTIONS
+from titus.config.options import OPTIONS
 
 HELP: dict[str, str] = {
     "config": "include another configuration file (titus.conf, or TOML if it ends in .toml)",

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 
-from titus.config_model import Config
+from titus.config.model import Config
 
 
 def check_keys(config: Config) -> str | None:
-    from titus.signer import KeyStore, KeyStoreError
+    from titus.keyholder.signer import KeyStore, KeyStoreError
     from titus.supervisor import key_slots
 
     slots, _ = key_slots(config)

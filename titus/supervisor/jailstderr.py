@@ -13,7 +13,7 @@ import os
 import time
 
 from titus import logs
-from titus.loop import Loop
+from titus.supervisor.loop import Loop
 
 MAX_LINE = 1000
 LINES_PER_SECOND = 50

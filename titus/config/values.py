@@ -14,7 +14,7 @@ import re
 import socket
 import ssl
 
-from titus.config_model import IPAddress, LogFormat, ProxyProtocol, Transparency
+from titus.config.model import IPAddress, LogFormat, ProxyProtocol, Transparency
 
 
 class BadValue(Exception):
@@ -229,7 +229,7 @@ _CURVE_ALIASES = {
 
 @functools.cache
 def _openssl_knows_curve(name: str) -> bool:
-    from titus.tlsconfig import openssl_knows_groups  # ctypes on OpenSSL: only when asked
+    from titus.worker.contexts import openssl_knows_groups  # ctypes on OpenSSL: only when asked
 
     return openssl_knows_groups(name)
 

@@ -6,7 +6,7 @@ worker reports its handshake and asks for its vhost's backend, which the
 broker connects and passes back.  When the worker exits the supervisor logs
 one record for the connection and tops the pool up again.
 
-Workers are cloned by the generation's zygote (titus/zygote.py), asked
+Workers are cloned by the generation's zygote (titus/worker/zygote.py), asked
 without waiting: the supervisor never forks on the connection path, and the
 workers are still its children, which it reaps.
 """
@@ -32,17 +32,19 @@ from sandbox.profile import Profile, load_profile
 from sandbox.seccomp import syscall_name
 from sandbox.spec import JailSpec, NetworkMode, UidRange
 from sandbox.uids import UidExhausted, process_uid
-from titus import control, logs, ocsp, proxyproto, sdnotify
-from titus.broker import BackendConnect
-from titus.config_model import Config, Listener, VHost
-from titus.jailstderr import JailStderr
-from titus.keyservice import KeyHolder, KeyHolderError, KeySlot
-from titus.loop import Loop, Timer
-from titus.metrics import Metrics, MetricsEndpoint
-from titus.remotekey import CertChain, RemoteKeyError, read_chain
-from titus.resolve import resolve_backend
-from titus.transparent import set_transparent
-from titus.zygote import WORKER, ZygoteSetup
+from titus import logs
+from titus.config.model import Config, Listener, VHost
+from titus.supervisor import ocsp, sdnotify
+from titus.supervisor.broker import BackendConnect
+from titus.supervisor.jailstderr import JailStderr
+from titus.supervisor.keyholder import KeyHolder, KeyHolderError, KeySlot
+from titus.supervisor.loop import Loop, Timer
+from titus.supervisor.metrics import Metrics, MetricsEndpoint
+from titus.supervisor.resolve import resolve_backend
+from titus.supervisor.transparent import set_transparent
+from titus.wire import control, proxyproto
+from titus.worker.remotekey import CertChain, RemoteKeyError, read_chain
+from titus.worker.zygote import WORKER, ZygoteSetup
 
 ACCEPT_BATCH = 32
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
@@ -185,7 +187,7 @@ def key_slots(config: Config) -> tuple[list[KeySlot], list[int]]:
 
 class Supervisor:
     # What the zygote runs to build its workers (module:function, see sandbox.forkserver).
-    zygote_setup = "titus.zygote:setup"
+    zygote_setup = "titus.worker.zygote:setup"
 
     def __init__(self, config: Config, config_path: str | None = None,
                  overrides: Sequence[tuple[str, str]] = ()) -> None:
@@ -892,7 +894,7 @@ class Supervisor:
             sdnotify.notify("READY=1")
 
     def _reload(self) -> None:
-        from titus.config import ConfigError, load_config
+        from titus.config.load import ConfigError, load_config
 
         opened: dict[Listener, socket.socket] = {}
         gen: Generation | None = None

@@ -31,7 +31,7 @@ from _thread import allocate_lock  # threading's Lock, without threading's after
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from titus.keyproto import (
+from titus.wire.keyproto import (
     EC_CURVES,
     MAX_RESPONSE,
     RSA_MAX_BITS,

@@ -4,7 +4,7 @@ A worker has no filesystem, so the response must already be in its memory when
 it is forked: each vhost with ``ocsp-response`` gets a ``Staple`` that the
 supervisor refreshes every second (one stat of the file; it is re-read only
 when it changed) and sends to the zygote when what may be stapled changed;
-workers cloned from then on have it (titus/stapling.py staples it).  A response
+workers cloned from then on have it (titus/worker/stapling.py staples it).  A response
 that is unsuccessful, for another certificate, not yet valid or expired is not
 stapled, and said once as a warning.
 
@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp
 
 from titus import logs
-from titus.config_model import VHost
-from titus.stapling import Stapled, enable
+from titus.config.model import VHost
+from titus.worker.stapling import Stapled, enable
 
 __all__ = ["OCSPError", "Staple", "check_response", "enable", "issuer_of",
            "read_response_file"]

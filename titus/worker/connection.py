@@ -17,10 +17,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from titus import control, remotekey, stapling
-from titus.clienthello import NotTLS, parse_sni
-from titus.config_model import VHost
-from titus.pump import Counters, Reset, TLSPump, handshake, relay
+from titus.config.model import VHost
+from titus.wire import control
+from titus.worker import remotekey, stapling
+from titus.worker.clienthello import NotTLS, parse_sni
+from titus.worker.pump import Counters, Reset, TLSPump, handshake, relay
 
 CONTROL_FD = 0
 KEYHOLDER_FD = 1

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from titus.config_values import BadValue
+from titus.config.values import BadValue
 
 MAX_CERT_FILE = 1024 * 1024
 MIN_RSA_BITS = 2048

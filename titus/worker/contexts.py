@@ -13,8 +13,8 @@ import ctypes
 import ssl
 from collections.abc import Sequence
 
-from titus import remotekey
-from titus.config_model import TLSSettings, VHost
+from titus.config.model import TLSSettings, VHost
+from titus.worker import remotekey
 
 _SSL_CTRL_SET_SESS_CACHE_MODE = 44
 _SSL_SESS_CACHE_OFF = 0

@@ -22,9 +22,9 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from titus.config_build import build_config
-from titus.config_conf import COMMAND_LINE, parse_command_line, read_conf
-from titus.config_model import (
+from titus.config.build import build_config
+from titus.config.conf import COMMAND_LINE, parse_command_line, read_conf
+from titus.config.model import (
     Config,
     ConfigError,
     DHGroup,
@@ -34,8 +34,8 @@ from titus.config_model import (
     TLSSettings,
     VHost,
 )
-from titus.config_options import Draft, apply_option, cwd, resolve_path, shown
-from titus.config_toml import read_toml
+from titus.config.options import Draft, apply_option, cwd, resolve_path, shown
+from titus.config.toml import read_toml
 
 __all__ = [
     "Config",

@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from titus.keyproto import EC_CURVES, RSA_MAX_BITS, RSA_MIN_BITS, Op, Status
+from titus.wire.keyproto import EC_CURVES, RSA_MAX_BITS, RSA_MIN_BITS, Op, Status
 
 DEFAULT_BUDGET = 1  # one full TLS handshake needs exactly one server signature
 ECDSA_DIGEST_SIZES = frozenset({32, 48, 64})
@@ -101,7 +101,7 @@ def _load_libcrypto() -> ctypes.CDLL:
         fn.restype = restype
     if lib.OpenSSL_version_num() < 0x30000000:
         # Before 3.0 EVP_PKEY_CTX_set_rsa_padding was a macro, and this code assumes 3.x.
-        raise ImportError("titus.signer needs OpenSSL 3")
+        raise ImportError("titus.keyholder.signer needs OpenSSL 3")
     return lib
 
 

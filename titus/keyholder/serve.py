@@ -30,7 +30,8 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from titus.keyproto import (
+from titus.keyholder.signer import Budget, Refused, Signer
+from titus.wire.keyproto import (
     MAX_GRANT,
     MAX_GRANT_KEYS,
     MAX_REQUEST,
@@ -44,7 +45,6 @@ from titus.keyproto import (
     encode_grant,
     encode_response,
 )
-from titus.signer import Budget, Refused, Signer
 
 MAX_KEY_FILE = 1 << 20
 _FD_SIZE = array.array("i").itemsize

@@ -1,0 +1,1 @@
+"""Code that runs in the key-holder jail: the only process that reads private keys."""

@@ -1,0 +1,1 @@
+"""Code that runs in the zygote and in every per-connection worker jail."""
