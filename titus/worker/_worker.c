@@ -368,6 +368,7 @@ static int table_init(Table *self, PyObject *args, PyObject *kw)
         return -1;
     }
     wk_probe_install(self->t.probe);
+    BIO_free(wk_client_bio(-1, NULL, 0)); /* its BIO_METHOD, made here once for every clone */
     self->t.handshake_timeout_ms = (int)(hs * 1000 + 0.5);
     self->t.keyholder_timeout_ms = (int)(kh * 1000 + 0.5);
     for (Py_ssize_t i = 0; i < n; i++) {
