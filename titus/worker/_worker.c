@@ -29,30 +29,44 @@ static int runtime_checked;
 
 /* ------------------------------------------------------------------ the same OpenSSL */
 
-static int check_runtime(void)
+/* Whether the library at `path` (an extension module) resolves libssl and libcrypto
+ * to the very ones this module links: dlsym through its handle searches its own
+ * dependencies, so a second OpenSSL in the process is never mistaken for ours. */
+static int same_openssl(const char *path)
 {
-    if (runtime_checked)
-        return 0;
-    PyObject *ssl_mod = PyImport_ImportModule("_ssl");
-    if (ssl_mod == NULL)
-        return -1;
-    PyObject *file = PyModule_GetFilenameObject(ssl_mod);
-    Py_DECREF(ssl_mod);
-    if (file == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_ssl is built into Python: no shared OpenSSL 3 to hook");
-        return -1;
-    }
-    PyObject *bytes = PyUnicode_EncodeFSDefault(file);
-    Py_DECREF(file);
-    if (bytes == NULL)
-        return -1;
-    void *h = dlopen(PyBytes_AS_STRING(bytes), RTLD_NOW | RTLD_NOLOAD);
-    Py_DECREF(bytes);
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
     void *their_ssl = h != NULL ? dlsym(h, "SSL_CTX_new") : NULL;
     void *their_crypto = h != NULL ? dlsym(h, "OPENSSL_init_crypto") : NULL;
     if (h != NULL)
         dlclose(h);
-    if (their_ssl != (void *)&SSL_CTX_new || their_crypto != (void *)&OPENSSL_init_crypto) {
+    return their_ssl == (void *)&SSL_CTX_new && their_crypto == (void *)&OPENSSL_init_crypto;
+}
+
+static int check_runtime(const char *path)
+{
+    PyObject *bytes = NULL;
+    if (path == NULL) {
+        if (runtime_checked)
+            return 0;
+        PyObject *ssl_mod = PyImport_ImportModule("_ssl");
+        if (ssl_mod == NULL)
+            return -1;
+        PyObject *file = PyModule_GetFilenameObject(ssl_mod);
+        Py_DECREF(ssl_mod);
+        if (file == NULL) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "_ssl is built into Python: no shared OpenSSL 3 to hook");
+            return -1;
+        }
+        bytes = PyUnicode_EncodeFSDefault(file);
+        Py_DECREF(file);
+        if (bytes == NULL)
+            return -1;
+        path = PyBytes_AS_STRING(bytes);
+    }
+    int same = same_openssl(path), ours = bytes != NULL;
+    Py_XDECREF(bytes);
+    if (!same) {
         PyErr_SetString(PyExc_RuntimeError,
                         "titus.worker._worker and _ssl do not run the same libssl/libcrypto");
         return -1;
@@ -63,7 +77,7 @@ static int check_runtime(void)
                      OpenSSL_version(OPENSSL_VERSION));
         return -1;
     }
-    runtime_checked = 1;
+    runtime_checked = runtime_checked || ours;
     return 0;
 }
 
@@ -71,7 +85,7 @@ static int check_runtime(void)
  * proved by flipping an option in Python and reading it back in C. */
 static SSL_CTX *ctx_of(PyObject *obj)
 {
-    if (check_runtime() < 0)
+    if (check_runtime(NULL) < 0)
         return NULL;
     PyObject *ssl_mod = PyImport_ImportModule("_ssl");
     PyObject *type = ssl_mod != NULL ? PyObject_GetAttrString(ssl_mod, "_SSLContext") : NULL;
@@ -114,10 +128,11 @@ static SSL_CTX *ctx_of(PyObject *obj)
     return ctx;
 }
 
-static PyObject *py_check_runtime(PyObject *self, PyObject *unused)
+static PyObject *py_check_runtime(PyObject *self, PyObject *args)
 {
-    (void)self, (void)unused;
-    if (check_runtime() < 0)
+    (void)self;
+    const char *path = NULL; /* another extension module to compare with (tests) */
+    if (!PyArg_ParseTuple(args, "|s", &path) || check_runtime(path) < 0)
         return NULL;
     return PyUnicode_FromString(OpenSSL_version(OPENSSL_VERSION));
 }
@@ -558,7 +573,7 @@ static PyObject *py_run(PyObject *self, PyObject *capsule)
 }
 
 static PyMethodDef methods[] = {
-    {"check_runtime", py_check_runtime, METH_NOARGS,
+    {"check_runtime", py_check_runtime, METH_VARARGS,
      "Refuse (RuntimeError) unless this module and _ssl run the same OpenSSL 3."},
     {"ctx_pointer", py_ctx_pointer, METH_O, "The validated SSL_CTX* of an ssl.SSLContext."},
     {"install_key", (PyCFunction)(void (*)(void))py_install_key, METH_VARARGS | METH_KEYWORDS,

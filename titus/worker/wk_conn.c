@@ -578,7 +578,7 @@ static void serve(struct conn *c, int ctl)
     ssize_t n = recv_ctl(ctl, buf, sizeof buf, &fd);
     if (n <= 0 || wk_decode_sup(buf, (size_t)n, &msg) < 0 ||
         (msg.type != WK_MSG_BACKEND_READY && msg.type != WK_MSG_BACKEND_FAILED) ||
-        (msg.type == WK_MSG_BACKEND_READY) != (fd >= 0)) {
+        (msg.type == WK_MSG_BACKEND_READY) != (fd > 2)) {
         if (fd >= 0)
             close(fd);
         goodbye(c);
@@ -622,7 +622,7 @@ noreturn void wk_main(const struct wk_table *t)
                                    .next_id = 1};
     reseed();
     ssize_t n = recv_ctl(CTL_FD, buf, sizeof buf, &fd);
-    if (n <= 0 || fd < 0 || wk_decode_sup(buf, (size_t)n, &msg) < 0 ||
+    if (n <= 0 || fd <= 2 || wk_decode_sup(buf, (size_t)n, &msg) < 0 ||
         msg.type != WK_MSG_CONNECTION)
         _exit(0); /* the supervisor retired this idle worker */
     c = (struct conn){.t = t, .cfd = fd, .bfd = -1, .local = msg.local, .start_us = wk_now_us(),
