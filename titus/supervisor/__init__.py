@@ -601,8 +601,8 @@ class Supervisor:
         self.next_conn_id += 1
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            socket.send_fds(worker.ctl, [control.encode(control.Connection(
-                conn.conn_id, conn.peer, conn.local))], [client.fileno()])
+            socket.send_fds(worker.ctl, [control.encode(control.Connection(conn.local))],
+                            [client.fileno()])
         except OSError as e:
             worker.notes.append(f"hand-off failed: {e}")
             self.kill(worker, "hand-off failed")
@@ -822,12 +822,15 @@ class Supervisor:
         else:
             outcome = "worker-died"
         level = logging.WARNING if outcome in ("policy-violation", "killed") else logging.INFO
-        vhost = worker.gen.config.vhosts[worker.vhost].name if worker.vhost is not None else None
+        index = worker.vhost
+        if index is None and fin is not None and fin.vhost is not None:
+            index = self.reachable_vhost(worker, fin.vhost)  # a handshake that failed
+        vhost = worker.gen.config.vhosts[index].name if index is not None else None
         self.count_connection(worker, outcome, vhost)
         logs.event(
             "connection", level,
             conn_id=conn.conn_id, client=_addr(conn.peer), local=_addr(conn.local),
-            sni=hs.sni if hs else None, vhost=vhost,
+            sni=hs.sni if hs else fin.sni if fin else None, vhost=vhost,
             tls_version=hs.version if hs else None, cipher=hs.cipher if hs else None,
             alpn=hs.alpn if hs else None, client_cn=hs.client_cn if hs else None,
             backend=worker.backend,
@@ -839,6 +842,14 @@ class Supervisor:
             worker_pid=jail.pid, worker_uid=jail.uid, worker_exit=jail.exit_status,
             violation=str(jail.violation) if jail.violation else None,
             syscall=jail.violation.syscall if jail.violation else None)
+
+    def reachable_vhost(self, worker: Worker, index: int) -> int | None:
+        """`index` if that vhost serves the connection's local address (what a worker
+        reports is believed only that far), else None."""
+        vhosts = worker.gen.config.vhosts
+        if worker.conn is None or not 0 <= index < len(vhosts):
+            return None
+        return index if vhosts[index].matches_local(*worker.conn.local) else None
 
     def count_connection(self, worker: Worker, outcome: str, vhost: str | None) -> None:
         m, conn, hs, fin = self.metrics, worker.conn, worker.handshake, worker.finished
