@@ -10,10 +10,12 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo pyth
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # Debian packages: python3-venv lets Debian's python3 make the venv; libcap-dev builds
-# python-prctl; groff-base checks the man page; the rest are real TLS clients for the
-# tests (testssl.sh and sslscan grade the default TLS settings).
-SYSTEM_PACKAGES := python3-venv gcc libcap-dev libseccomp2 openssl curl iproute2 groff-base \
-                   nftables testssl.sh sslscan
+# python-prctl; python3-dev and libssl-dev build the C extensions (the worker links the
+# system's libssl, the one Python's _ssl runs); clang and libclang-rt-dev build the
+# libFuzzer harnesses of the C decoders; groff-base checks the man page; the rest are
+# real TLS clients for the tests (testssl.sh and sslscan grade the default TLS settings).
+SYSTEM_PACKAGES := python3-venv python3-dev gcc libssl-dev libcap-dev libseccomp2 openssl curl \
+                   iproute2 groff-base nftables testssl.sh sslscan clang libclang-rt-dev
 BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk
 
 .PHONY: run test soak test-container lint docs fuzz deps bench clean
@@ -43,10 +45,13 @@ lint: $(VENV)/.stamp
 docs: $(VENV)/.stamp
 	$(PY) -m titus.docs.gen
 
-# Coverage-guided fuzzing (atheris), FUZZ_SECONDS per harness; corpora and crash inputs
-# stay in build/fuzz/NAME/.  Longer hypothesis runs: TITUS_FUZZ_EXAMPLES=N pytest tests/fuzz.
+# Coverage-guided fuzzing, FUZZ_SECONDS per harness: libFuzzer on the C worker's decoders
+# (tests/fuzz/c, built with clang; in build/fuzz-c/NAME/), then atheris on the Python
+# parsers (corpora and crash inputs in build/fuzz/NAME/).
+# Longer hypothesis runs: TITUS_FUZZ_EXAMPLES=N pytest tests/fuzz.
 FUZZ_SECONDS ?= 60
 fuzz: $(VENV)/.stamp
+	$(PY) -m tests.fuzz.cfuzz --seconds $(FUZZ_SECONDS)
 	@for h in tests/fuzz/atheris/fuzz_*.py; do \
 	  n=$$(basename $$h .py); n=$${n#fuzz_}; mkdir -p build/fuzz/$$n/corpus; echo "== $$n"; \
 	  TMPDIR=$(CURDIR)/build/fuzz/$$n $(PY) $$h -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
@@ -66,7 +71,7 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.stamp: requirements.lock pyproject.toml
+$(VENV)/.stamp: requirements.lock pyproject.toml setup.py
 	@$(MAKE) --no-print-directory deps
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.lock

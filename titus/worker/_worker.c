@@ -15,15 +15,10 @@
 #include <openssl/objects.h>
 #include <string.h>
 
+#include "wk_entry.h"
 #include "wk_ssl.h"
 
-#define ENTRY_CAPSULE "titus.worker._worker.entry"
-
-/* What the native entry point gets: the function and its argument. */
-struct wk_entry {
-    void (*main)(void *arg);
-    void *arg;
-};
+#define ENTRY_CAPSULE WK_ENTRY_CAPSULE
 
 static int runtime_checked;
 
@@ -281,6 +276,11 @@ static PyObject *py_disable_session_cache(PyObject *self, PyObject *ctxobj)
 
 static void entry_main(void *arg) { wk_main(arg); }
 
+static void entry_serve(void *arg, const unsigned char *packet, size_t len, int cfd)
+{
+    wk_serve(arg, packet, len, cfd);
+}
+
 typedef struct {
     PyObject_HEAD
     struct wk_table t;
@@ -443,6 +443,7 @@ static int table_init(Table *self, PyObject *args, PyObject *kw)
         }
     }
     self->entry.main = entry_main;
+    self->entry.serve = entry_serve;
     self->entry.arg = &self->t;
     return 0;
 }

@@ -33,79 +33,6 @@
 #define KEYHOLDER_FD 1
 #define MAX_HELLO 65536 /* a ClientHello larger than this is refused */
 
-/* ------------------------------------------------------------------ the vhost chooser */
-
-void wk_normalize_sni(const char *in, size_t len, char *out)
-{
-    while (len > 0 && in[len - 1] == '.')
-        len--;
-    for (size_t i = 0; i < len; i++)
-        out[i] = (char)(in[i] >= 'A' && in[i] <= 'Z' ? in[i] + ('a' - 'A') : in[i]);
-    out[len] = '\0';
-}
-
-/* config_model.sni_matches: exact, or "*.example.com" for exactly one label. */
-static int sni_matches(const char *pattern, const char *name)
-{
-    if (pattern[0] == '*' && pattern[1] == '.') {
-        const char *dot = strchr(name, '.');
-        return dot != NULL && dot != name && strcmp(dot + 1, pattern + 2) == 0;
-    }
-    return strcmp(pattern, name) == 0;
-}
-
-static void unmap(const struct wk_addr *in, struct wk_addr *out)
-{
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    *out = *in;
-    if (in->family == 6 && memcmp(in->ip, mapped, 12) == 0) {
-        out->family = 4;
-        memmove(out->ip, in->ip + 12, 4);
-        memset(out->ip + 4, 0, 12);
-    }
-}
-
-int wk_choose(const struct wk_table *t, const struct wk_addr *local, const char *sni)
-{
-    struct wk_addr a;
-    unmap(local, &a);
-    for (int i = 0; i < t->n; i++) {
-        const struct wk_vhost *v = &t->v[i];
-        if (v->has_addr && (v->addr.family != a.family ||
-                            memcmp(v->addr.ip, a.ip, a.family == 4 ? 4 : 16) != 0))
-            continue;
-        if (v->has_port && v->port != local->port)
-            continue;
-        if (v->n_sni == 0)
-            return i;
-        for (int k = 0; k < v->n_sni; k++)
-            if (sni_matches(v->sni[k], sni))
-                return i;
-    }
-    return -1;
-}
-
-int wk_parse_sni_ext(const unsigned char *ext, size_t len, char *out, size_t cap)
-{
-    /* As OpenSSL will parse it for the real handshake: a list holding exactly one
-     * host_name entry, which fills it. */
-    if (len < 2 || (size_t)(ext[0] << 8 | ext[1]) != len - 2 || len < 5)
-        return -1;
-    if (ext[2] != TLSEXT_NAMETYPE_host_name)
-        return -1;
-    size_t n = (size_t)(ext[3] << 8 | ext[4]);
-    if (n != len - 5)
-        return -1;
-    if (n > WK_MAX_SNI || n >= cap)
-        return -2;
-    for (size_t i = 0; i < n; i++) /* a host name: printable ASCII, no space */
-        if (ext[5 + i] <= 0x20 || ext[5 + i] >= 0x7f)
-            return -2;
-    memcpy(out, ext + 5, n);
-    out[n] = '\0';
-    return (int)n;
-}
-
 /* ------------------------------------------------------------------ the probe */
 
 struct probe {
@@ -611,22 +538,25 @@ static void reseed(void)
             EVP_RAND_reseed(drbgs[i], 0, NULL, 0, (const unsigned char *)&adin, sizeof adin);
 }
 
-noreturn void wk_main(const struct wk_table *t)
+/* One control packet and at most one fd, waiting; 0 EOF, -1 error (for wrappers). */
+ssize_t wk_recv_ctl(int ctl, uint8_t *buf, size_t cap, int *fd)
+{
+    return recv_ctl(ctl, buf, cap, fd);
+}
+
+noreturn void wk_serve(const struct wk_table *t, const uint8_t *packet, size_t len, int cfd)
 {
     static struct conn c;
     uint8_t buf[WK_CTL_MAX];
     struct wk_sup_msg msg;
-    int fd = -1;
 
     wk_kh = (struct wk_keychannel){.fd = KEYHOLDER_FD, .timeout_ms = t->keyholder_timeout_ms,
                                    .next_id = 1};
-    reseed();
-    ssize_t n = recv_ctl(CTL_FD, buf, sizeof buf, &fd);
-    if (n <= 0 || fd <= 2 || wk_decode_sup(buf, (size_t)n, &msg) < 0 ||
-        msg.type != WK_MSG_CONNECTION)
-        _exit(0); /* the supervisor retired this idle worker */
-    c = (struct conn){.t = t, .cfd = fd, .bfd = -1, .local = msg.local, .start_us = wk_now_us(),
+    if (cfd <= 2 || wk_decode_sup(packet, len, &msg) < 0 || msg.type != WK_MSG_CONNECTION)
+        _exit(0); /* not a connection: the supervisor retired this idle worker */
+    c = (struct conn){.t = t, .cfd = cfd, .bfd = -1, .local = msg.local, .start_us = wk_now_us(),
                       .outcome = WK_OK};
+    reseed();
     serve(&c, CTL_FD);
 
     struct wk_finished_msg fin = {
@@ -639,8 +569,16 @@ noreturn void wk_main(const struct wk_table *t)
         .sni = {c.probe.sni, c.probe.sni_state == 1 ? (int)strlen(c.probe.sni) : -1},
         .detail = {c.detail, c.detail[0] != '\0' ? (int)strlen(c.detail) : -1},
     };
-    n = wk_encode_finished(&fin, buf, sizeof buf);
+    int n = wk_encode_finished(&fin, buf, sizeof buf);
     if (n > 0)
         send(CTL_FD, buf, (size_t)n, MSG_NOSIGNAL);
     _exit(0);
+}
+
+noreturn void wk_main(const struct wk_table *t)
+{
+    uint8_t buf[WK_CTL_MAX];
+    int fd = -1;
+    ssize_t n = recv_ctl(CTL_FD, buf, sizeof buf, &fd);
+    wk_serve(t, buf, n > 0 ? (size_t)n : 0, fd);
 }

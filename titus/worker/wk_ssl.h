@@ -5,6 +5,7 @@
 
 #include <openssl/ssl.h>
 #include <stdnoreturn.h>
+#include <sys/types.h>
 
 #include "wk.h"
 
@@ -59,8 +60,12 @@ int wk_parse_sni_ext(const unsigned char *ext, size_t len, char *out, size_t cap
 int wk_probe_memory(const struct wk_table *t, const struct wk_addr *local,
                     const unsigned char *hello, size_t len, char *sni, size_t sni_cap);
 
-/* the connection path (wk_conn.c): fds 0 control, 1 key holder, 2 stderr */
+/* the connection path (wk_conn.c): fds 0 control, 1 key holder, 2 stderr.  wk_main
+ * waits for the Connection message; wk_serve takes one already received (a wrapper's,
+ * e.g. the tests' rogue workers, which read it first). */
 noreturn void wk_main(const struct wk_table *t);
+noreturn void wk_serve(const struct wk_table *t, const uint8_t *packet, size_t len, int cfd);
+ssize_t wk_recv_ctl(int ctl, uint8_t *buf, size_t cap, int *fd);
 
 /* the pump (wk_pump.c): 0 both directions closed cleanly, or the outcome */
 int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out);
