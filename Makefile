@@ -13,9 +13,11 @@ PY     := $(VENV)/bin/python
 # python-prctl; python3-dev and libssl-dev build the C extensions (the worker links the
 # system's libssl, the one Python's _ssl runs); clang and libclang-rt-dev build the
 # libFuzzer harnesses of the C decoders; groff-base checks the man page; the rest are
-# real TLS clients for the tests (testssl.sh and sslscan grade the default TLS settings).
+# real TLS clients for the tests (testssl.sh and sslscan grade the default TLS settings)
+# and nginx-light, a real backend (HTTP/1.1, cleartext HTTP/2, PROXY protocol).
 SYSTEM_PACKAGES := python3-venv python3-dev gcc libssl-dev libcap-dev libseccomp2 openssl curl \
-                   iproute2 groff-base nftables testssl.sh sslscan clang libclang-rt-dev
+                   iproute2 groff-base nftables testssl.sh sslscan nginx-light clang \
+                   libclang-rt-dev
 BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk
 
 .PHONY: run test soak test-container lint docs fuzz deps bench clean

@@ -26,8 +26,8 @@ cflags = SANITIZE_CFLAGS if sanitize else HARDENED_CFLAGS
 ldflags = SANITIZE_LDFLAGS if sanitize else HARDENED_LDFLAGS
 
 WORKER_SOURCES = [f"titus/worker/{name}.c" for name in (
-    "_worker", "wk_conn", "wk_choose", "wk_pump", "wk_ctx", "wk_remotekey", "wk_keyproto",
-    "wk_control")]
+    "_worker", "wk_conn", "wk_choose", "wk_identity", "wk_pump", "wk_ctx", "wk_remotekey",
+    "wk_keyproto", "wk_control")]
 
 setup(ext_modules=[
     Extension("titus.worker._worker", sources=WORKER_SOURCES,

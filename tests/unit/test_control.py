@@ -16,8 +16,14 @@ ASCII = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=
 NAMES = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64)
 CN = st.text(st.characters(exclude_categories=("Cs",)), max_size=256)
 
+UTF8 = st.text(st.characters(exclude_categories=("Cs",)), max_size=64)
+IDENTITY = st.none() | st.tuples(UTF8, st.lists(UTF8, max_size=16).map(tuple),
+                                 st.lists(UTF8, max_size=16).map(tuple))
 HANDSHAKES = st.builds(
-    control.HandshakeDone,
+    lambda identity, **kw: control.HandshakeDone(
+        **kw, client_subject=identity[0] if identity else None,
+        client_dns=identity[1] if identity else (), client_uri=identity[2] if identity else ()),
+    identity=IDENTITY,
     vhost=st.integers(0, 0xFFFE), sni=st.none() | NAMES, version=ASCII, cipher=ASCII,
     alpn=st.none() | NAMES, handshake_ms=st.integers(0, 2**32 - 1).map(lambda us: us / 1000),
     client_cn=st.none() | CN)
@@ -55,7 +61,7 @@ def test_the_wire_format_is_what_the_c_worker_speaks() -> None:
     hs = control.HandshakeDone(3, "a.test", "TLSv1.3", "C", None, 1.5, "é")
     assert control.encode(hs) == (b"\x81\x00\x03\x00\x00\x05\xdc\x06" + b"\x07TLSv1.3\x01C"
                                   + b"\x06a.test" + b"\x00\x02\xc3\xa9")
-    fin = control.Finished("no-vhost", 1, 2, "d", 3, 4, None, "x")
+    fin = control.Finished("no-vhost", 1, 2, "d", 3, 4, "x", None)
     assert control.encode(fin) == (b"\x82\x02\xff\xff" + struct.pack("!QQII", 1, 2, 3, 4)
                                    + b"\x03\x01x\x00\x01d")
 
@@ -72,8 +78,21 @@ def test_what_cannot_be_encoded_is_refused() -> None:
 
 
 REAL = [control.encode(control.HandshakeDone(0, "a.test", "TLSv1.3", "TLS_AES_128_GCM_SHA256",
-                                             "h2", 2.5, "alice")),
-        control.encode(control.Finished("ok", 10, 20, "detail", 1, 0, 0, "a.test"))]
+                                             "h2", 2.5, "alice", "CN=alice", ("a.test",),
+                                             ("spiffe://x/a",))),
+        control.encode(control.Finished("ok", 10, 20, "detail", 1, 0, "a.test", 0))]
+
+
+def test_client_identity_layout() -> None:
+    """A certificate's names: subject, then the DNS SANs, then the URI SANs."""
+    hs = control.HandshakeDone(0, None, "v", "c", None, 0.0, None, "CN=a", ("d",), ("u", "w"))
+    assert control.encode(hs) == (b"\x81\x00\x00\x00\x00\x00\x00\x08\x01v\x01c"
+                                  + b"\x00\x04CN=a" + b"\x01\x00\x01d"
+                                  + b"\x02\x00\x01u\x00\x01w")
+    with pytest.raises(control.ControlError):  # SANs without a certificate
+        control.encode(hs._replace(client_subject=None))
+    with pytest.raises(control.ControlError):
+        control.encode(hs._replace(client_dns=("d",) * 17))
 
 
 @pytest.mark.parametrize("packet", [
@@ -86,6 +105,8 @@ REAL = [control.encode(control.HandshakeDone(0, "a.test", "TLSv1.3", "TLS_AES_12
     b"\x82\x00\x00\x00" + b"\xff" * 8 + REAL[1][12:],  # 2**64 - 1 bytes
     REAL[0].replace(b"a.test", b"a\x00test"), REAL[0].replace(b"a.test", b"a\xc3\xa9est"),
     REAL[0].replace(b"alice", b"\xed\xa0\x80ab"),  # a lone surrogate, CESU-style
+    REAL[0].replace(b"\x01\x00\x0cspiffe", b"\x11\x00\x0cspiffe"),  # 17 URIs
+    REAL[0].replace(b"\x00\x06a.test", b"\x00\xffa.test"),  # a name longer than it is
     b"\x81" + b" " * control.MAX_PACKET,
 ])
 def test_forged_messages_are_refused(packet: bytes) -> None:

@@ -12,16 +12,19 @@ a type byte, then fixed fields, integers big-endian; a string is its length
     0x02 BackendReady                                                         + backend fd
     0x03 BackendFailed  reason str8 (printable ASCII)
   worker -> supervisor
-    0x81 HandshakeDone  vhost u16 | handshake us u32 | flags u8 (1 alpn, 2 sni, 4 cn)
-                        | version str8 | cipher str8 | [alpn str8] | [sni str8] | [cn str16]
+    0x81 HandshakeDone  vhost u16 | handshake us u32 | flags u8 (1 alpn, 2 sni, 4 cn,
+                        8 client certificate) | version str8 | cipher str8 | [alpn str8]
+                        | [sni str8] | [cn str16] | [subject str16 | n u8 | n x dns str16
+                        | m u8 | m x uri str16]
     0x82 Finished       outcome u8 | vhost u16 (0xffff none) | bytes in u64 | bytes out u64
                         | signatures u32 | failed u32 | flags u8 (1 sni, 2 detail)
                         | [sni str8] | [detail str16]
 
 The supervisor treats everything a worker sends as hostile: `decode_from_worker`
 accepts only these exact shapes (every length checked, the packet consumed
-exactly, text printable ASCII, a client CN valid UTF-8) and raises ControlError
-on anything else.  Messages are NamedTuples: cheap to build on the hot path.
+exactly, its own text printable ASCII, a client certificate's names valid UTF-8
+within their limits) and raises ControlError on anything else.  Messages are
+NamedTuples: cheap to build on the hot path.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import socket
 import struct
 from typing import NamedTuple
 
-MAX_PACKET = 2048
+MAX_PACKET = 8192
+MAX_SANS = 16  # DNS or URI SANs in one HandshakeDone (a worker sends those that fit)
 
 CONNECTION, BACKEND_READY, BACKEND_FAILED = 0x01, 0x02, 0x03
 HANDSHAKE_DONE, FINISHED = 0x81, 0x82
@@ -48,7 +52,8 @@ _PORT = struct.Struct("!H")
 _U16 = struct.Struct("!H")
 
 MAX_VERSION, MAX_CIPHER, MAX_ALPN, MAX_SNI = 32, 64, 255, 255
-MAX_CN_CHARS, MAX_CN_BYTES, MAX_DETAIL, MAX_REASON = 256, 1024, 512, 255
+MAX_CN_CHARS, MAX_SUBJECT_CHARS, MAX_DNS_CHARS, MAX_URI_CHARS = 256, 1024, 253, 1024
+MAX_DETAIL, MAX_REASON = 512, 255
 
 
 class ControlError(ValueError):
@@ -84,7 +89,12 @@ class HandshakeDone(NamedTuple):
     cipher: str
     alpn: str | None
     handshake_ms: float
-    client_cn: str | None = None  # subject CN of a client certificate OpenSSL verified
+    # The client certificate OpenSSL verified (all None/empty without one): what the
+    # supervisor's allow-list (client-allow-*) and the log see.
+    client_cn: str | None = None  # its subject CN
+    client_subject: str | None = None  # its subject, RFC 4514 ("CN=alice,O=Example")
+    client_dns: tuple[str, ...] = ()  # its DNS name SANs
+    client_uri: tuple[str, ...] = ()  # its URI SANs (e.g. spiffe://...)
 
 
 class Finished(NamedTuple):
@@ -96,8 +106,10 @@ class Finished(NamedTuple):
     detail: str | None = None
     signatures: int = 0  # key-holder signatures that succeeded / failed (for metrics)
     signature_failures: int = 0
-    vhost: int | None = None  # the vhost chosen, if one was (a failed handshake too)
-    sni: str | None = None  # the client's server name, if it sent one (no-vhost too)
+    # What the worker knew when it ended, for a handshake that failed before HandshakeDone:
+    # the client's SNI and the vhost it chose (None when not known).
+    sni: str | None = None
+    vhost: int | None = None
 
 
 # -- encoding -----------------------------------------------------------------------
@@ -110,10 +122,10 @@ def _str8(text: str, limit: int) -> bytes:
     return bytes((len(data),)) + data
 
 
-def _str16(text: str, limit: int) -> bytes:
-    data = text.encode()
-    if len(data) > limit:
+def _utf8(text: str, chars: int) -> bytes:
+    if len(text) > chars:
         raise ControlError(f"{text[:20]!r}... is too long")
+    data = text.encode()
     return _U16.pack(len(data)) + data
 
 
@@ -144,8 +156,9 @@ def _encode(msg: object) -> bytes:
         reason = "".join(c if c.isascii() and c.isprintable() else "?" for c in msg.reason)
         return bytes((BACKEND_FAILED,)) + _str8(reason[:MAX_REASON], MAX_REASON)
     if isinstance(msg, HandshakeDone):
+        cert = msg.client_subject is not None
         flags = ((msg.alpn is not None) | (msg.sni is not None) << 1
-                 | (msg.client_cn is not None) << 2)
+                 | (msg.client_cn is not None) << 2 | cert << 3)
         out = [_HANDSHAKE.pack(HANDSHAKE_DONE, msg.vhost, round(msg.handshake_ms * 1000), flags),
                _str8(msg.version, MAX_VERSION), _str8(msg.cipher, MAX_CIPHER)]
         if msg.alpn is not None:
@@ -153,17 +166,32 @@ def _encode(msg: object) -> bytes:
         if msg.sni is not None:
             out.append(_str8(msg.sni, MAX_SNI))
         if msg.client_cn is not None:
-            out.append(_str16(msg.client_cn, MAX_CN_BYTES))
+            out.append(_utf8(msg.client_cn, MAX_CN_CHARS))
+        if cert:
+            if len(msg.client_dns) > MAX_SANS or len(msg.client_uri) > MAX_SANS:
+                raise ControlError("too many SANs")
+            out.append(_utf8(msg.client_subject, MAX_SUBJECT_CHARS))
+            out.append(bytes((len(msg.client_dns),)))
+            out += [_utf8(name, MAX_DNS_CHARS) for name in msg.client_dns]
+            out.append(bytes((len(msg.client_uri),)))
+            out += [_utf8(uri, MAX_URI_CHARS) for uri in msg.client_uri]
+        elif msg.client_dns or msg.client_uri:
+            raise ControlError("SANs without a certificate subject")
         return b"".join(out)
     if isinstance(msg, Finished):
         flags = (msg.sni is not None) | (msg.detail is not None) << 1
         vhost = NO_VHOST if msg.vhost is None else msg.vhost
+        if vhost == NO_VHOST and msg.vhost is not None:
+            raise ControlError("vhost out of range")
         out = [_FINISHED.pack(FINISHED, _OUTCOME_CODE[msg.outcome], vhost, msg.bytes_in,
                               msg.bytes_out, msg.signatures, msg.signature_failures, flags)]
         if msg.sni is not None:
             out.append(_str8(msg.sni, MAX_SNI))
         if msg.detail is not None:
-            out.append(_str16(msg.detail, MAX_DETAIL))
+            data = msg.detail.encode()
+            if len(data) > MAX_DETAIL:
+                raise ControlError("detail is too long")
+            out.append(_U16.pack(len(data)) + data)
         return b"".join(out)
     raise ControlError(f"not a control message: {type(msg).__name__}")
 
@@ -194,20 +222,34 @@ def _text(packet: bytes, pos: int, lenbytes: int, limit: int, empty: bool = True
     return text, end
 
 
-def _client_cn(packet: bytes, pos: int) -> tuple[str, int]:
+def _name(packet: bytes, pos: int, chars: int) -> tuple[str, int]:
+    """A name from a client certificate: valid UTF-8 of at most `chars` characters."""
     if pos + 2 > len(packet):
         raise ControlError("truncated message")
     n = _U16.unpack_from(packet, pos)[0]
     end = pos + 2 + n
-    if n > MAX_CN_BYTES or end > len(packet):
-        raise ControlError("bad client CN length")
+    if n > 4 * chars or end > len(packet):
+        raise ControlError("bad name length")
     try:
-        cn = packet[pos + 2:end].decode("utf-8")  # strict: no lone surrogates either
+        text = packet[pos + 2:end].decode("utf-8")  # strict: no lone surrogates
     except UnicodeDecodeError:
-        raise ControlError("client CN is not UTF-8") from None
-    if len(cn) > MAX_CN_CHARS:
-        raise ControlError("client CN is too long")
-    return cn, end
+        raise ControlError("a client certificate name that is not UTF-8") from None
+    if len(text) > chars:
+        raise ControlError("a client certificate name that is too long")
+    return text, end
+
+
+def _names(packet: bytes, pos: int, chars: int) -> tuple[tuple[str, ...], int]:
+    if pos >= len(packet):
+        raise ControlError("truncated message")
+    count, pos = packet[pos], pos + 1
+    if count > MAX_SANS:
+        raise ControlError("too many SANs")
+    out = []
+    for _ in range(count):
+        name, pos = _name(packet, pos, chars)
+        out.append(name)
+    return tuple(out), pos
 
 
 def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
@@ -219,20 +261,27 @@ def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
         if n < _HANDSHAKE.size:
             raise ControlError("truncated message")
         _, vhost, micros, flags = _HANDSHAKE.unpack_from(packet)
-        if flags & ~7 or vhost == NO_VHOST:
+        if flags & ~15 or vhost == NO_VHOST:
             raise ControlError("bad handshake report")
         version, pos = _text(packet, _HANDSHAKE.size, 1, MAX_VERSION)
         cipher, pos = _text(packet, pos, 1, MAX_CIPHER)
-        alpn = sni = cn = None
+        alpn = sni = cn = subject = None
+        dns: tuple[str, ...] = ()
+        uri: tuple[str, ...] = ()
         if flags & 1:
             alpn, pos = _text(packet, pos, 1, MAX_ALPN, empty=False)
         if flags & 2:
             sni, pos = _text(packet, pos, 1, MAX_SNI)
         if flags & 4:
-            cn, pos = _client_cn(packet, pos)
+            cn, pos = _name(packet, pos, MAX_CN_CHARS)
+        if flags & 8:
+            subject, pos = _name(packet, pos, MAX_SUBJECT_CHARS)
+            dns, pos = _names(packet, pos, MAX_DNS_CHARS)
+            uri, pos = _names(packet, pos, MAX_URI_CHARS)
         if pos != n:
             raise ControlError("trailing bytes")
-        return HandshakeDone(vhost, sni, version, cipher, alpn, micros / 1000, cn)
+        return HandshakeDone(vhost, sni, version, cipher, alpn, micros / 1000, cn, subject,
+                             dns, uri)
     if kind == FINISHED:
         if n < _FINISHED.size:
             raise ControlError("truncated message")
@@ -248,8 +297,8 @@ def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
             detail, pos = _text(packet, pos, 2, MAX_DETAIL)
         if pos != n:
             raise ControlError("trailing bytes")
-        return Finished(WORKER_OUTCOMES[code], bytes_in, bytes_out, detail, signs, failed,
-                        None if vhost == NO_VHOST else vhost, sni)
+        return Finished(WORKER_OUTCOMES[code], bytes_in, bytes_out, detail, signs, failed, sni,
+                        None if vhost == NO_VHOST else vhost)
     raise ControlError(f"unknown message type {packet[:1]!r}")
 
 

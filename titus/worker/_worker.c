@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/objects.h>
+#include <openssl/x509.h>
 #include <string.h>
 
 #include "wk_entry.h"
@@ -561,6 +562,56 @@ static PyObject *py_reset_stats(PyObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static PyObject *str_or_none(struct wk_str s)
+{
+    if (s.len < 0)
+        Py_RETURN_NONE;
+    return PyUnicode_DecodeUTF8(s.p, s.len, "strict");
+}
+
+static PyObject *names_tuple(const struct wk_str *names, int n)
+{
+    PyObject *t = PyTuple_New(n);
+    for (int i = 0; t != NULL && i < n; i++) {
+        PyObject *item = str_or_none(names[i]);
+        if (item == NULL) {
+            Py_CLEAR(t);
+            break;
+        }
+        PyTuple_SET_ITEM(t, i, item);
+    }
+    return t;
+}
+
+static PyObject *py_client_identity(PyObject *self, PyObject *der)
+{
+    /* What a worker reports for this (verified) certificate: (cn, subject, dns, uri). */
+    (void)self;
+    char *p;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(der, &p, &n) < 0)
+        return NULL;
+    const unsigned char *q = (const unsigned char *)p;
+    X509 *cert = d2i_X509(NULL, &q, (long)n);
+    if (cert == NULL) {
+        ERR_clear_error();
+        return PyErr_Format(PyExc_ValueError, "not a DER certificate");
+    }
+    static char arena[WK_CTL_MAX];
+    struct wk_handshake_msg m;
+    memset(&m, 0, sizeof m);
+    wk_identity(cert, &m, arena, sizeof arena);
+    X509_free(cert);
+    PyObject *cn = str_or_none(m.client_cn), *subject = str_or_none(m.client_subject);
+    PyObject *dns = names_tuple(m.dns, m.n_dns), *uri = names_tuple(m.uri, m.n_uri);
+    PyObject *out = cn && subject && dns && uri ? PyTuple_Pack(4, cn, subject, dns, uri) : NULL;
+    Py_XDECREF(cn);
+    Py_XDECREF(subject);
+    Py_XDECREF(dns);
+    Py_XDECREF(uri);
+    return out;
+}
+
 static PyObject *py_run(PyObject *self, PyObject *capsule)
 {
     /* Runs the worker in this process (a test's or bench's forked child holding fds 0
@@ -586,6 +637,8 @@ static PyMethodDef methods[] = {
     {"stats", py_stats, METH_NOARGS, "(signatures, failed signatures) in this process."},
     {"reset_stats", py_reset_stats, METH_NOARGS, "Zero the signature counters."},
     {"run", py_run, METH_O, "Run the worker in this process: never returns."},
+    {"client_identity", py_client_identity, METH_O,
+     "(cn, subject, dns, uri) a worker reports for a DER client certificate (tests)."},
     {NULL, NULL, 0, NULL},
 };
 

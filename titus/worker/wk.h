@@ -19,7 +19,7 @@
 
 /* ------------------------------------------------------------------ control messages */
 
-#define WK_CTL_MAX 2048 /* the largest control packet either side sends */
+#define WK_CTL_MAX 8192 /* the largest control packet either side sends */
 
 /* supervisor -> worker */
 #define WK_MSG_CONNECTION 0x01    /* + the client socket */
@@ -61,10 +61,16 @@ struct wk_str {
     int len;
 };
 
+#define WK_MAX_SANS 16
+
 struct wk_handshake_msg {
     uint16_t vhost;
     uint32_t handshake_us;
-    struct wk_str version, cipher, alpn, sni, client_cn;
+    struct wk_str version, cipher, alpn, sni;
+    /* the verified client certificate: subject.len < 0 without one */
+    struct wk_str client_cn, client_subject;
+    int n_dns, n_uri;
+    struct wk_str dns[WK_MAX_SANS], uri[WK_MAX_SANS];
 };
 
 struct wk_finished_msg {
@@ -80,7 +86,11 @@ struct wk_finished_msg {
 #define WK_MAX_CIPHER 64
 #define WK_MAX_ALPN 255
 #define WK_MAX_SNI 255
-#define WK_MAX_CN 256
+#define WK_MAX_CN 256       /* characters, as the supervisor counts them */
+#define WK_MAX_SUBJECT 1024
+#define WK_MAX_DNS 253
+#define WK_MAX_URI 1024
+#define WK_SAN_BUDGET 2048  /* bytes of SANs in one HandshakeDone: those that fit are sent */
 #define WK_MAX_DETAIL 512
 
 /* Decoding returns 0 or -1 (anything malformed); encoding the length or -1. */

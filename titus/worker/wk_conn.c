@@ -387,37 +387,6 @@ static int handshake(struct conn *c, size_t hello_len)
     }
 }
 
-/* The verified client certificate's subject CN, at most 256 characters of UTF-8. */
-static int client_cn(SSL *ssl, char *out, size_t cap)
-{
-    X509 *peer = SSL_get0_peer_certificate(ssl);
-    if (peer == NULL || !(SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER) ||
-        SSL_get_verify_result(ssl) != X509_V_OK)
-        return -1;
-    X509_NAME *name = X509_get_subject_name(peer);
-    int i = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
-    if (i < 0)
-        return -1;
-    unsigned char *utf8 = NULL;
-    int n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i)));
-    if (n < 0)
-        return -1;
-    size_t len = 0, chars = 0;
-    while (len < (size_t)n && chars < WK_MAX_CN) {
-        size_t step = 1; /* whole UTF-8 characters only */
-        while (len + step < (size_t)n && (utf8[len + step] & 0xc0) == 0x80)
-            step++;
-        if (len + step >= cap)
-            break;
-        len += step;
-        chars++;
-    }
-    memcpy(out, utf8, len);
-    out[len] = '\0';
-    OPENSSL_free(utf8);
-    return (int)len;
-}
-
 static struct wk_str str_of(const char *s)
 {
     return (struct wk_str){s, s != NULL ? (int)strlen(s) : -1};
@@ -425,12 +394,11 @@ static struct wk_str str_of(const char *s)
 
 static void report_handshake(struct conn *c, int ctl)
 {
-    uint8_t buf[WK_CTL_MAX];
-    char cn[4 * WK_MAX_CN + 1];
+    static uint8_t buf[WK_CTL_MAX];
+    static char names[WK_CTL_MAX];
     const unsigned char *alpn = NULL;
     unsigned int alpn_len = 0;
     SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
-    int cn_len = client_cn(c->ssl, cn, sizeof cn);
     const SSL_CIPHER *cipher = SSL_get_current_cipher(c->ssl);
     int64_t us = wk_now_us() - c->start_us;
     struct wk_handshake_msg m = {
@@ -440,8 +408,8 @@ static void report_handshake(struct conn *c, int ctl)
         .cipher = str_of(cipher != NULL ? SSL_CIPHER_get_name(cipher) : ""),
         .alpn = {(const char *)alpn, alpn != NULL && alpn_len > 0 ? (int)alpn_len : -1},
         .sni = {c->probe.sni, c->probe.sni_state == 1 ? (int)strlen(c->probe.sni) : -1},
-        .client_cn = {cn, cn_len},
     };
+    wk_client_identity(c->ssl, &m, names, sizeof names);
     int n = wk_encode_handshake(&m, buf, sizeof buf);
     if (n > 0)
         send(ctl, buf, (size_t)n, MSG_NOSIGNAL);

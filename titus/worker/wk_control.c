@@ -94,8 +94,9 @@ static void put_str(struct writer *w, struct wk_str s, int lenbytes, int limit)
 int wk_encode_handshake(const struct wk_handshake_msg *m, uint8_t *buf, size_t cap)
 {
     struct writer w = {buf, cap, 0, 0};
+    int cert = m->client_subject.len >= 0;
     uint8_t flags = (uint8_t)((m->alpn.len >= 0 ? 1 : 0) | (m->sni.len >= 0 ? 2 : 0) |
-                              (m->client_cn.len >= 0 ? 4 : 0));
+                              (m->client_cn.len >= 0 ? 4 : 0) | (cert ? 8 : 0));
     put_u8(&w, WK_MSG_HANDSHAKE);
     put_be(&w, m->vhost, 2);
     put_be(&w, m->handshake_us, 4);
@@ -108,6 +109,19 @@ int wk_encode_handshake(const struct wk_handshake_msg *m, uint8_t *buf, size_t c
         put_str(&w, m->sni, 1, WK_MAX_SNI);
     if (flags & 4)
         put_str(&w, m->client_cn, 2, 4 * WK_MAX_CN);
+    if (cert) {
+        if (m->n_dns < 0 || m->n_dns > WK_MAX_SANS || m->n_uri < 0 || m->n_uri > WK_MAX_SANS)
+            return -1;
+        put_str(&w, m->client_subject, 2, 4 * WK_MAX_SUBJECT);
+        put_u8(&w, (uint8_t)m->n_dns);
+        for (int i = 0; i < m->n_dns; i++)
+            put_str(&w, m->dns[i], 2, 4 * WK_MAX_DNS);
+        put_u8(&w, (uint8_t)m->n_uri);
+        for (int i = 0; i < m->n_uri; i++)
+            put_str(&w, m->uri[i], 2, 4 * WK_MAX_URI);
+    } else if (m->n_dns != 0 || m->n_uri != 0) {
+        return -1;
+    }
     return w.bad || w.n > WK_CTL_MAX ? -1 : (int)w.n;
 }
 

@@ -67,6 +67,10 @@ noreturn void wk_main(const struct wk_table *t);
 noreturn void wk_serve(const struct wk_table *t, const uint8_t *packet, size_t len, int cfd);
 ssize_t wk_recv_ctl(int ctl, uint8_t *buf, size_t cap, int *fd);
 
+/* the client certificate's identity (wk_identity.c), into `m`; names kept in `arena` */
+void wk_identity(X509 *cert, struct wk_handshake_msg *m, char *arena, size_t cap);
+void wk_client_identity(SSL *ssl, struct wk_handshake_msg *m, char *arena, size_t cap);
+
 /* the pump (wk_pump.c): 0 both directions closed cleanly, or the outcome */
 int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out);
 
