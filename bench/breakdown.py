@@ -47,7 +47,7 @@ def main() -> int:
                                   costs=False)
         if args.idle:
             out["idle_memory"] = run.idle_memory(proxy, target, args.idle)
-        out["loadavg"] = open("/proc/loadavg").read().split()[:3]
+        out["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
         print(json.dumps(out, indent=1, default=str))
     finally:
         common.stop_all()
