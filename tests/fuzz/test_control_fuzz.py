@@ -43,7 +43,7 @@ REQUEST = b"GET /control HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 HANDSHAKE = control.HandshakeDone(vhost=0, sni=SNI, version="TLSv1.3",
                                   cipher="TLS_AES_256_GCM_SHA384", alpn="h2", handshake_ms=2.5,
                                   client_cn="alice")
-FINISHED = control.Finished("ok", 10, 20, "detail", 1, 0, 0, SNI)
+FINISHED = control.Finished("ok", 10, 20, "detail", 1, 0, SNI, 0)
 VALID = [control.encode(HANDSHAKE), control.encode(FINISHED)]
 
 

@@ -383,6 +383,16 @@ static int handshake(struct conn *c, size_t hello_len)
             return fail(c, WK_HANDSHAKE_FAILED, strerror(err));
         }
         /* The alert OpenSSL queued went out through the BIO already (or could not). */
+        unsigned long err = ERR_peek_last_error();
+        if (ERR_GET_LIB(err) == ERR_LIB_SSL &&
+            ERR_GET_REASON(err) == SSL_R_CERTIFICATE_VERIFY_FAILED) {
+            /* which check failed: "certificate revoked", "unable to get local issuer ..." */
+            long verify = SSL_get_verify_result(c->ssl);
+            c->outcome = WK_HANDSHAKE_FAILED;
+            snprintf(c->detail, sizeof c->detail, "%s: %s", ERR_reason_error_string(err),
+                     X509_verify_cert_error_string(verify));
+            return -1;
+        }
         return ssl_fail(c, WK_HANDSHAKE_FAILED, "handshake failed");
     }
 }

@@ -61,6 +61,8 @@ struct writer {
 
 static void put(struct writer *w, const void *src, size_t n)
 {
+    if (n == 0)
+        return; /* an empty string may come with no pointer at all */
     if (w->bad || n > w->cap - w->n) {
         w->bad = 1;
         return;
