@@ -2,14 +2,15 @@
 
 The set-up is titus itself: the real Supervisor (forked from the test, like
 tests/faults and tests/fuzz do), its real jailed key holder, its real pool of
-workers built from policies/titus-worker.toml.  The one change: in the forked
-supervisor `titus.worker.connection.serve` is replaced by `attack_or_serve`, so every
-worker runs that function inside its finished jail, exactly where a TLS bug
+workers built from policies/titus-worker.toml.  The one change: the zygote
+wraps each worker's native entry point in the rogue one of tests/native/rogue.c
+(C, like the worker: the jail and its seccomp policy are exactly a worker's),
+so every worker runs it inside its finished jail, exactly where a TLS bug
 would hand an attacker control.  A client that opens with `ATTACK name`
 gets that payload run there, holding what a live worker holds: fd 0 the
 control socket the supervisor serves, fd 1 its key-holder channel, fd 2 the
 jail-stderr pipe, fd 3 the client's TCP socket.  Any other client gets the
-honest `serve`, which is how every test proves afterwards that nothing else
+honest C worker, which is how every test proves afterwards that nothing else
 was affected: the same supervisor and key holder (pids unchanged) still serve
 real TLS 1.3 GETs for an RSA and an ECDSA vhost (`unharmed`).
 

@@ -33,6 +33,8 @@ import socket
 import struct
 from typing import NamedTuple
 
+from titus.wire.outcome import WORKER_OUTCOMES, Outcome
+
 MAX_PACKET = 8192
 MAX_SANS = 16  # DNS or URI SANs in one HandshakeDone (a worker sends those that fit)
 
@@ -40,11 +42,9 @@ CONNECTION, BACKEND_READY, BACKEND_FAILED = 0x01, 0x02, 0x03
 HANDSHAKE_DONE, FINISHED = 0x81, 0x82
 NO_VHOST = 0xFFFF
 
-# A worker's outcomes, by their code on the wire.
-WORKER_OUTCOMES = ("ok", "handshake-failed", "no-vhost", "backend-failed", "client-reset",
-                   "backend-reset", "timeout", "error")
-OUTCOMES = frozenset(WORKER_OUTCOMES)
-_OUTCOME_CODE = {name: code for code, name in enumerate(WORKER_OUTCOMES)}
+# A worker's outcomes: on the wire, their index in WORKER_OUTCOMES.
+OUTCOMES = frozenset(WORKER_OUTCOMES)  # what a Finished message may say
+_OUTCOME_CODE: dict[str, int] = {name: code for code, name in enumerate(WORKER_OUTCOMES)}
 
 _HANDSHAKE = struct.Struct("!BHIB")
 _FINISHED = struct.Struct("!BBHQQIIB")
@@ -100,7 +100,7 @@ class HandshakeDone(NamedTuple):
 class Finished(NamedTuple):
     """The worker's last word: what happened to the connection."""
 
-    outcome: str
+    outcome: Outcome
     bytes_in: int
     bytes_out: int
     detail: str | None = None
