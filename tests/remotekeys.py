@@ -134,7 +134,9 @@ class KeyHolder:
                 def log(line: str) -> None:
                     os.write(log_w, (line + "\n").encode())
 
-                keyholder.serve(theirs, Signer(store), log=log)
+                signer = Signer(store)
+                log("ready")  # keys loaded: a handshake's first request is answered at once
+                keyholder.serve(theirs, signer, log=log)
                 code = 0
             except BaseException:
                 traceback.print_exc()
@@ -148,6 +150,7 @@ class KeyHolder:
         self._log_fd = log_r
         self._log = b""
         self._next = 0
+        self.wait_log("ready", timeout=120)
 
     def channel(self, *names: str, budget: int = 1) -> socket.socket:
         self._next += 1

@@ -9,14 +9,15 @@ settings) with keys held by a real key holder (tests/remotekeys.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
+import select
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -300,23 +301,26 @@ def test_bulk_both_ways_with_half_close_from_the_client(worker, holder, pki) -> 
     got = bytearray()
     with socket.create_connection(("127.0.0.1", worker.port), timeout=20) as raw:
         tls = ctx.wrap_socket(raw, server_hostname="p256.titus.test")
-
-        def send() -> None:
-            tls.sendall(up)
-            with socket.socket(fileno=os.dup(tls.fileno())) as same:
-                same.shutdown(socket.SHUT_WR)  # a FIN without close_notify: a half-close
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        while True:
-            try:
-                data = tls.recv(1 << 20)
-            except ssl.SSLZeroReturnError:
-                break
-            if not data:
-                break
-            got += data
-        sender.join(20)
+        tls.setblocking(False)  # one thread: an SSL object must not read and write at once
+        sent, deadline = 0, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            readable, writable, _ = select.select([tls], [tls] if sent < len(up) else [], [], 5)
+            if writable:
+                with contextlib.suppress(ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    sent += tls.send(up[sent:sent + 65536])
+                if sent == len(up):  # a FIN without close_notify: a half-close for titus
+                    with socket.socket(fileno=os.dup(tls.fileno())) as same:
+                        same.shutdown(socket.SHUT_WR)
+            if readable or tls.pending():
+                try:
+                    data = tls.recv(1 << 20)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    continue
+                except ssl.SSLZeroReturnError:
+                    break
+                if not data:
+                    break
+                got += data
     served.join()
     assert seen == {"sha": hashlib.sha256(up).hexdigest(), "bytes": len(up)}
     assert bytes(got) == down

@@ -183,7 +183,10 @@ def _encode(msg: object) -> bytes:
         vhost = NO_VHOST if msg.vhost is None else msg.vhost
         if vhost == NO_VHOST and msg.vhost is not None:
             raise ControlError("vhost out of range")
-        out = [_FINISHED.pack(FINISHED, _OUTCOME_CODE[msg.outcome], vhost, msg.bytes_in,
+        code = _OUTCOME_CODE.get(msg.outcome)
+        if code is None:  # the supervisor's verdicts are not a worker's to report
+            raise ControlError(f"unknown outcome {msg.outcome!r}")
+        out = [_FINISHED.pack(FINISHED, code, vhost, msg.bytes_in,
                               msg.bytes_out, msg.signatures, msg.signature_failures, flags)]
         if msg.sni is not None:
             out.append(_str8(msg.sni, MAX_SNI))
