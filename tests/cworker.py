@@ -25,12 +25,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sandbox.bpf import load_bpf, prepare_bpf
+from sandbox.privileges import set_no_new_privs
 from titus.config.model import VHost
 from titus.wire import control, keyproto
 from titus.worker import _worker
 from titus.worker.connection import build_table
 
 WAIT = 15.0  # seconds: the bound of every wait here
+
+
+def worker_filter() -> bytes:
+    """The seccomp program of policies/titus-worker.toml, the real workers' filter."""
+    from sandbox.profile import load_profile
+
+    program = load_profile("titus-worker").spec.seccomp_bpf
+    assert program is not None
+    return program
 
 
 def one_vhost_table(ctx: ssl.SSLContext, keyholder_timeout: float = 2.0,
@@ -133,10 +144,16 @@ class Served:
         return out
 
 
-def fork_worker(table: _worker.Table, channel: socket.socket | None) -> tuple[int, socket.socket]:
-    """A child running the C worker on `table`: fd 0 control, fd 1 `channel` (or nothing)."""
+def fork_worker(table: _worker.Table, channel: socket.socket | None,
+                seccomp: bytes | None = None) -> tuple[int, socket.socket]:
+    """A child running the C worker on `table`: fd 0 control, fd 1 `channel` (or nothing).
+
+    With `seccomp` (a BPF program, e.g. the worker profile's) the child loads it right
+    before it enters the worker, as the jail does last: from then on only C runs."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     entry = table.entry
+    if seccomp is not None:
+        prepare_bpf(seccomp)  # built here: the child only calls prctl
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child ends in the C worker's _exit
         try:
@@ -145,6 +162,9 @@ def fork_worker(table: _worker.Table, channel: socket.socket | None) -> tuple[in
                 os.dup2(channel.fileno(), 1)
             else:
                 os.close(1)
+            if seccomp is not None:
+                set_no_new_privs()
+                load_bpf(seccomp)
             _worker.run(entry)
         finally:
             os._exit(99)
@@ -155,7 +175,8 @@ def fork_worker(table: _worker.Table, channel: socket.socket | None) -> tuple[in
 class Worker:
     """Serves one connection at a time on a loopback listener, each in a new C worker."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", seccomp: bytes | None = None) -> None:
+        self.seccomp = seccomp  # every worker runs under this filter (see fork_worker)
         self.listener = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host
                                              else socket.AF_INET)
         self.listener.settimeout(WAIT)
@@ -172,7 +193,7 @@ class Worker:
         if isinstance(table, ssl.SSLContext):
             table = one_vhost_table(table, keyholder_timeout)
         served = Served(tap=tap)
-        served.pid, ctl = fork_worker(table, tap.worker_end if tap else channel)
+        served.pid, ctl = fork_worker(table, tap.worker_end if tap else channel, self.seccomp)
         served.thread = threading.Thread(
             target=self._supervise, args=(served, ctl, backend, before_backend, backend_failed),
             daemon=True)

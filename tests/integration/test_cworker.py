@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import pytest
 from OpenSSL import SSL
 
-from tests.cworker import Served, Worker
+from tests.cworker import Served, Worker, worker_filter
 from tests.pki import CA
 from tests.remotekeys import KEY_IDS, KEYGEN, PKI, KeyHolder
 from titus.config.model import TLSSettings, VHost
@@ -51,7 +51,8 @@ def holder(pki: PKI) -> Iterator[KeyHolder]:
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Worker]:
-    w = Worker()
+    """Every worker runs under the worker profile's seccomp filter (tests/cworker.py)."""
+    w = Worker(seccomp=worker_filter())
     yield w
     w.close()
 
@@ -158,7 +159,7 @@ def test_local_address_comes_before_the_name(holder, pki) -> None:
     t = table(pki, vhost(pki, "p256", "p256.titus.test", local="127.0.0.2"),
               vhost(pki, "p384", local="127.0.0.1"))
     for host, index in [("127.0.0.2", 0), ("127.0.0.1", 1)]:
-        w = Worker(host)
+        w = Worker(host, seccomp=worker_filter())
         try:
             served = w.serve_one(t, holder.channel("p256", "p384"))
             ctx = client_ctx(pki)

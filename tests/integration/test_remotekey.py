@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import pytest
 from cryptography import x509
 
-from tests.cworker import Served, Tap, Worker
+from tests.cworker import Served, Tap, Worker, worker_filter
 from tests.remotekeys import (
     EC_NAMES,
     KEY_IDS,
@@ -89,7 +89,8 @@ def contexts(pki: PKI) -> dict[str, ssl.SSLContext]:
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Worker]:
-    w = Worker()
+    """Every worker runs under the worker profile's seccomp filter (tests/cworker.py)."""
+    w = Worker(seccomp=worker_filter())
     yield w
     w.close()
 
