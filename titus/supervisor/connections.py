@@ -403,14 +403,15 @@ class Connections:
     def count_connection(self, worker: Worker, outcome: Outcome, vhost: str | None) -> None:
         m, conn, hs, fin = self.metrics, worker.conn, worker.handshake, worker.finished
         assert conn is not None
-        m.connections.labels(outcome, vhost or "").inc()
+        m.connection(outcome, vhost or "").inc()
         m.duration.observe(time.monotonic() - conn.accepted)
         if hs is not None:
             m.handshake.observe(hs.handshake_ms / 1000)
         if fin is not None:
-            m.bytes.labels("in").inc(fin.bytes_in)
-            m.bytes.labels("out").inc(fin.bytes_out)
-            m.keyholder_ops.labels("ok").inc(fin.signatures)
-            m.keyholder_ops.labels("failed").inc(fin.signature_failures)
+            m.bytes_in.inc(fin.bytes_in)
+            m.bytes_out.inc(fin.bytes_out)
+            m.keyholder_ok.inc(fin.signatures)
+            if fin.signature_failures:
+                m.keyholder_failed.inc(fin.signature_failures)
         if worker.jail.violation is not None:
             m.violations.labels(worker.jail.violation.syscall or "unknown").inc()

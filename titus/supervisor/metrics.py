@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -48,6 +49,19 @@ class Metrics:
                                      "them, by result", ["result"], registry=r)
         self.forged = Counter("titus_forged_control_messages",
                               "Malformed or forbidden messages from workers", registry=r)
+        # The labelled children a connection updates, looked up once (labels() is most
+        # of the cost of an update).
+        self.bytes_in, self.bytes_out = self.bytes.labels("in"), self.bytes.labels("out")
+        self.keyholder_ok = self.keyholder_ops.labels("ok")
+        self.keyholder_failed = self.keyholder_ops.labels("failed")
+        self._connections: dict[tuple[str, str], Any] = {}
+
+    def connection(self, outcome: str, vhost: str) -> Any:
+        """The counter of connections with this outcome and vhost."""
+        child = self._connections.get((outcome, vhost))
+        if child is None:
+            child = self._connections[(outcome, vhost)] = self.connections.labels(outcome, vhost)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
