@@ -6,7 +6,7 @@ titus's costs between full runs.  CPU time, not wall, so a shared machine
 skews it less.  As root; nginx (the backend) and openssl s_time must be
 installed (`make bench` installs them).
 
-    python bench/breakdown.py [--kind rsa2048] [--seconds 10] [--clients 1] [--idle 100]
+    python bench/breakdown.py [--kind rsa2048] [--seconds 10] [--idle 100] [--costs]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--kind", default="rsa2048", choices=certs.KEY_TYPES)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--idle", type=int, default=100, help="connections for PSS (0: skip)")
+    parser.add_argument("--costs", action="store_true", help="also run titus_costs.py")
     args = parser.parse_args()
     common.private_network()
     os.sched_setaffinity(0, {common.LOAD_CPU})
@@ -44,7 +45,7 @@ def main() -> int:
         target = load.Target(proxy.port, cs.ca)
         conf = tmp / f"titus-{args.kind}.conf"
         out = run.titus_breakdown(proxy, target, conf, tmp, args.seconds, quick=True,
-                                  costs=False)
+                                  costs=args.costs)
         if args.idle:
             out["idle_memory"] = run.idle_memory(proxy, target, args.idle)
         out["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]

@@ -34,5 +34,5 @@ def test_warm_up_reaches_the_signature_per_version_and_leaves_no_trace(
     monkeypatch.setattr(_worker, "reset_stats", reset)
     warm_up([ctx])
     # Each handshake ran its key exchange and stopped at the signature it cannot get.
-    assert seen == [(0, reached)]
-    assert _worker.stats() == (0, 0)
+    assert [stats[:2] for stats in seen] == [(0, reached)]
+    assert _worker.stats()[:2] == (0, 0)

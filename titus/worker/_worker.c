@@ -552,7 +552,24 @@ static PyTypeObject TableType = {
 static PyObject *py_stats(PyObject *self, PyObject *unused)
 {
     (void)self, (void)unused;
-    return Py_BuildValue("(II)", wk_kh.ok, wk_kh.failed);
+    return Py_BuildValue("(IId)", wk_kh.ok, wk_kh.failed, (double)wk_kh.last_us / 1e6);
+}
+
+static PyObject *py_set_keyholder(PyObject *self, PyObject *args)
+{
+    /* Where this process's remote keys send their requests: a worker uses fd 1, set at
+     * its entry; the bench signs in memory through a channel of its own. */
+    (void)self;
+    int fd;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "id", &fd, &timeout))
+        return NULL;
+    if (!(timeout > 0 && timeout < 86400))
+        return PyErr_Format(PyExc_ValueError, "timeout must be positive");
+    wk_kh.fd = fd;
+    wk_kh.timeout_ms = (int)(timeout * 1000 + 0.5);
+    wk_kh.broken = 0;
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_reset_stats(PyObject *self, PyObject *unused)
@@ -634,7 +651,10 @@ static PyMethodDef methods[] = {
     {"set_ciphersuites", py_set_ciphersuites, METH_VARARGS, "SSL_CTX_set_ciphersuites."},
     {"set_groups", py_set_groups, METH_VARARGS, "SSL_CTX_set1_groups_list."},
     {"disable_session_cache", py_disable_session_cache, METH_O, "No server session cache."},
-    {"stats", py_stats, METH_NOARGS, "(signatures, failed signatures) in this process."},
+    {"stats", py_stats, METH_NOARGS,
+     "(signatures, failed signatures, last round trip in seconds) in this process."},
+    {"set_keyholder", py_set_keyholder, METH_VARARGS,
+     "set_keyholder(fd, timeout): the key-holder channel of this process (-1: none)."},
     {"reset_stats", py_reset_stats, METH_NOARGS, "Zero the signature counters."},
     {"run", py_run, METH_O, "Run the worker in this process: never returns."},
     {"client_identity", py_client_identity, METH_O,

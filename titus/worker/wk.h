@@ -124,6 +124,7 @@ struct wk_keychannel {
     int broken;
     uint32_t next_id;
     uint32_t ok, failed; /* signatures, for the Finished report */
+    int64_t last_us;     /* the round trip of the last answered request (the bench) */
 };
 extern struct wk_keychannel wk_kh;
 

@@ -136,9 +136,12 @@ int wk_kp_call(uint8_t op, uint16_t key_id, const uint8_t *payload, size_t len, 
                size_t cap)
 {
     int r = -1;
+    int64_t start = wk_now_us();
     if (wk_kh.fd >= 0 && !wk_kh.broken)
         r = call(op, key_id, payload, len, out, cap);
     if (r < 0)
         wk_kh.broken = 1;
+    else
+        wk_kh.last_us = wk_now_us() - start;
     return r;
 }
