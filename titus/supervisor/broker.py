@@ -10,6 +10,7 @@ protocol) is written here, so a worker cannot forge it.
 from __future__ import annotations
 
 import errno
+import select
 import socket
 from collections.abc import Callable, Sequence
 
@@ -67,6 +68,11 @@ class BackendConnect:
                 continue
             self.sock = sock
             self.target = addr
+            if err == 0 or _writable_now(sock):
+                # Typical of a backend on this host: connected already (a refusal shows
+                # as writable too, with SO_ERROR set): no loop round, no timer.
+                self._writable()
+                return
             self.timer = self.loop.call_later(self.timeout, self._timed_out)
             self.loop.add_writer(sock.fileno(), self._writable)
             return
@@ -79,6 +85,7 @@ class BackendConnect:
         self.sock = None
         if self.timer:
             self.timer.cancel()
+            self.timer = None
         self.errors.append(reason)
 
     def _timed_out(self) -> None:
@@ -106,8 +113,8 @@ class BackendConnect:
             self._next()
             return
         sock = self.sock
-        self.loop.forget(sock.fileno())
-        if self.timer:
+        if self.timer:  # else it never was registered
+            self.loop.forget(sock.fileno())
             self.timer.cancel()
         if self.header:
             try:
@@ -133,3 +140,10 @@ class BackendConnect:
             return
         self.finished = True
         self.done(sock, reason)
+
+
+def _writable_now(sock: socket.socket) -> bool:
+    """Whether a connect in progress has already finished (one poll, no waiting)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    return bool(poller.poll(0))

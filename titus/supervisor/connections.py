@@ -223,6 +223,7 @@ class Connections:
         elif isinstance(msg, control.Finished) and worker.may_enter(Phase.DONE):
             worker.finished = msg
             worker.enter(Phase.DONE)
+            self.loop.forget(worker.ctl.fileno())  # its last word: no need to wait for EOF
         else:
             logs.event("unexpected-control-message", logging.WARNING, pid=worker.jail.pid,
                        state=worker.phase, message=type(msg).__name__)
@@ -257,10 +258,12 @@ class Connections:
         source = None
         if config.transparent in ("yes", "backend-only"):
             source = worker.conn.peer
-        worker.broker = BackendConnect(
+        broker = BackendConnect(
             self.loop, addresses, config.backend_connect_timeout,
             lambda sock, reason: self.on_backend(worker, sock, reason),
             header=self.proxy_header(vhost, worker.conn, msg), source=source)
+        if not broker.finished:  # a backend on this host has connected already
+            worker.broker = broker
 
     def backend_addresses(self, gen: Generation, index: int, vhost: VHost, conn: Conn
                           ) -> list[tuple[int, tuple]]:
