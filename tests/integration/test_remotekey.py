@@ -226,6 +226,7 @@ def test_budget_is_one_handshake_per_channel(worker, holder, contexts, pki) -> N
         python_client(worker.port, pki, "p256", "1.3")
     assert failed(served.join())
     assert (served.finished.signatures, served.finished.signature_failures) == (0, 1)
+    assert "key holder" in served.finished.detail
     holder.wait_log(f"channel {holder._next}: refused REFUSED_BUDGET")
 
 

@@ -383,6 +383,9 @@ static int handshake(struct conn *c, size_t hello_len)
             return fail(c, WK_HANDSHAKE_FAILED, strerror(err));
         }
         /* The alert OpenSSL queued went out through the BIO already (or could not). */
+        if (wk_kh.failed > 0)
+            return fail(c, WK_HANDSHAKE_FAILED,
+                        "the key holder refused or did not answer the signature");
         unsigned long err = ERR_peek_last_error();
         if (ERR_GET_LIB(err) == ERR_LIB_SSL &&
             ERR_GET_REASON(err) == SSL_R_CERTIFICATE_VERIFY_FAILED) {
