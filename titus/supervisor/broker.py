@@ -31,7 +31,8 @@ class BackendConnect:
 
     def __init__(self, loop: Loop, addresses: Sequence[tuple[int, SockAddr]], timeout: float,
                  done: Callable[[socket.socket | None, str | None], None],
-                 header: bytes = b"", source: SockAddr | None = None) -> None:
+                 header: bytes = b"", source: SockAddr | None = None,
+                 start: bool = True) -> None:
         self.loop = loop
         self.addresses = list(addresses)
         self.timeout = timeout
@@ -39,9 +40,16 @@ class BackendConnect:
         self.header = header
         self.source = source
         self.sock: socket.socket | None = None
+        self.local: tuple | None = None  # the connected socket's addresses, once connected
+        self.peer: tuple | None = None
         self.timer: Timer | None = None
         self.errors: list[str] = []
         self.finished = False
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Connect (`done` may be called before this returns: a backend on this host)."""
         self._next()
 
     def _next(self) -> None:
@@ -101,7 +109,8 @@ class BackendConnect:
             self._next()
             return
         try:
-            myself = self.sock.getsockname() == self.sock.getpeername()
+            self.local, self.peer = self.sock.getsockname(), self.sock.getpeername()
+            myself = self.local == self.peer
         except OSError:
             myself = True
         if myself:

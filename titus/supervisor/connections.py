@@ -258,12 +258,11 @@ class Connections:
         source = None
         if config.transparent in ("yes", "backend-only"):
             source = worker.conn.peer
-        broker = BackendConnect(
+        worker.broker = BackendConnect(
             self.loop, addresses, config.backend_connect_timeout,
             lambda sock, reason: self.on_backend(worker, sock, reason),
-            header=self.proxy_header(vhost, worker.conn, msg), source=source)
-        if not broker.finished:  # a backend on this host has connected already
-            worker.broker = broker
+            header=self.proxy_header(vhost, worker.conn, msg), source=source, start=False)
+        worker.broker.start()
 
     def backend_addresses(self, gen: Generation, index: int, vhost: VHost, conn: Conn
                           ) -> list[tuple[int, tuple]]:
@@ -288,7 +287,7 @@ class Connections:
         return b""
 
     def on_backend(self, worker: Worker, sock: socket.socket | None, reason: str | None) -> None:
-        worker.broker = None
+        broker, worker.broker = worker.broker, None
         if worker.jail.returncode is not None or not worker.may_enter(Phase.RELAY):
             if sock:
                 sock.close()
@@ -299,8 +298,9 @@ class Connections:
                 worker.ctl.send(control.encode(control.BackendFailed(reason or "failed")))
             else:
                 with contextlib.suppress(OSError):
-                    worker.backend = (f"{_addr(sock.getsockname())}->"
-                                      f"{_addr(sock.getpeername())}")
+                    local, peer = ((broker.local, broker.peer) if broker and broker.peer
+                                   else (sock.getsockname(), sock.getpeername()))
+                    worker.backend = f"{_addr(local)}->{_addr(peer)}"
                 socket.send_fds(worker.ctl, [control.encode(control.BackendReady())],
                                 [sock.fileno()])
                 worker.enter(Phase.RELAY)
