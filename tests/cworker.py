@@ -15,6 +15,7 @@ answers and records the operations, or answers by itself (`answer`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import signal
@@ -26,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sandbox.bpf import load_bpf, prepare_bpf
-from sandbox.privileges import set_no_new_privs
 from titus.config.model import VHost
 from titus.wire import control, keyproto
 from titus.worker import _worker
@@ -144,6 +144,13 @@ class Served:
         return out
 
 
+def _set_no_new_privs() -> None:
+    """prctl(PR_SET_NO_NEW_PRIVS, 1): what a seccomp filter needs without CAP_SYS_ADMIN."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
 def fork_worker(table: _worker.Table, channel: socket.socket | None,
                 seccomp: bytes | None = None) -> tuple[int, socket.socket]:
     """A child running the C worker on `table`: fd 0 control, fd 1 `channel` (or nothing).
@@ -163,7 +170,7 @@ def fork_worker(table: _worker.Table, channel: socket.socket | None,
             else:
                 os.close(1)
             if seccomp is not None:
-                set_no_new_privs()
+                _set_no_new_privs()
                 load_bpf(seccomp)
             _worker.run(entry)
         finally:

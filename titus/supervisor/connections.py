@@ -223,7 +223,6 @@ class Connections:
         elif isinstance(msg, control.Finished) and worker.may_enter(Phase.DONE):
             worker.finished = msg
             worker.enter(Phase.DONE)
-            self.loop.forget(worker.ctl.fileno())  # its last word: no need to wait for EOF
         else:
             logs.event("unexpected-control-message", logging.WARNING, pid=worker.jail.pid,
                        state=worker.phase, message=type(msg).__name__)
