@@ -29,6 +29,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -338,6 +339,45 @@ static void mount_tmpfs(char *args)
     report_str("mount succeeded");
 }
 
+static void raise_rlimit(char *args)
+{
+    (void)args;
+    struct rlimit lim;
+    if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, NULL, &lim) < 0)
+        return report_error(errno);
+    lim.rlim_cur = lim.rlim_max = lim.rlim_max + 1;
+    if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, &lim, NULL) < 0)
+        return report_error(errno);
+    report_str("raised");
+}
+
+static void exec_memory(char *args)
+{
+    (void)args;
+    void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return report_error(errno);
+    report_str("mapped");
+}
+
+static void mprotect_exec(char *args)
+{
+    (void)args;
+    void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED || mprotect(p, 4096, PROT_READ | PROT_WRITE | PROT_EXEC) < 0)
+        return report_error(errno);
+    report_str("protected");
+}
+
+static void write_root(char *args)
+{
+    (void)args;
+    if (syscall(SYS_mkdirat, AT_FDCWD, "/evil", 0700) < 0)
+        return report_error(errno);
+    report_str("written");
+}
+
 static void do_chroot(char *args)
 {
     (void)args;
@@ -373,8 +413,12 @@ static const char *status_name(int s)
     return s >= 0 && s <= 4 ? names[s] : "?";
 }
 
+/* send(), or sendmsg() with SCM_RIGHTS when there are fds to pass (the worker policy
+ * has no sendmsg: a payload that passes fds is killed there). */
 static int send_with_fds(int sock, const void *data, size_t len, const int *fds, int nfds)
 {
+    if (nfds == 0)
+        return (int)send(sock, data, len, MSG_NOSIGNAL);
     union {
         struct cmsghdr h;
         char space[CMSG_SPACE(sizeof(int) * 8)];
@@ -506,7 +550,8 @@ static const struct {
     {"ptrace_attach", ptrace_attach}, {"read_memory", read_memory}, {"forks", forks},
     {"clone3", clone3}, {"execute", execute},
     {"unshare_user", unshare_user}, {"setns_net", setns_net}, {"mount_tmpfs", mount_tmpfs},
-    {"chroot", do_chroot}, {"memory_bomb", memory_bomb}, {"ask_keyholder", ask_keyholder},
+    {"chroot", do_chroot}, {"memory_bomb", memory_bomb}, {"raise_rlimit", raise_rlimit},
+    {"exec_memory", exec_memory}, {"mprotect_exec", mprotect_exec}, {"write_root", write_root}, {"ask_keyholder", ask_keyholder},
     {"forge_handshake", forge_handshake},
 };
 

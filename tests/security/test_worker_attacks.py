@@ -370,6 +370,10 @@ KILLS = [
     ("setns", "setns_net", [], "setns"),
     ("mount", "mount_tmpfs", [], "mount"),
     ("chroot", "chroot", [], "chroot"),
+    ("write-root", "write_root", [], "mkdirat"),
+    ("raise-rlimit", "raise_rlimit", [], "prlimit64"),
+    ("exec-memory", "exec_memory", [], "mmap"),
+    ("mprotect-exec", "mprotect_exec", [], "mprotect"),
 ]
 
 
