@@ -17,7 +17,8 @@ HELP: dict[str, str] = {
                "address the client connected to",
     "backend-port": "backend port",
     "min-spare-children": "idle, already jailed workers kept ready (default 3)",
-    "max-children": "connections served at once, one worker each (default 100); more wait in "
+    "max-children": "connections served at once, one worker each (default 1000; sizing: "
+                    "docs/sizing.md); more wait in "
                     "the listen backlog",
     "max-handshake-time": "seconds a client may take to finish its TLS handshake (default 10)",
     "network-user": "superseded: every worker gets its own dynamic uid (accepted, ignored)",

@@ -265,7 +265,7 @@ class Config:
     listeners: tuple[Listener, ...]
     vhosts: tuple[VHost, ...]
     min_spare_children: int = 3
-    max_children: int = 100
+    max_children: int = 1000  # docs/sizing.md: what a worker costs, and what limits this
     max_handshake_time: float = 10.0
     transparent: Transparency = "no"
     daemon: bool = False
