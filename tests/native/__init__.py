@@ -77,9 +77,12 @@ def setup(arg: Any) -> dict[str, Any]:
     plans = ([[bytes.fromhex(p) for p in s] for s in json.loads(plan_path.read_text())]
              if plan_path.exists() else [])
     wait_ms = int((arg.handshake_timeout + 2) * 1000)  # outlive the supervisor's timer
-    honest = worker.args[0]
-    rogue = load().entry(honest, plans, wait_ms)
-    recipes[zygote.WORKER] = dataclasses.replace(worker, args=(rogue,))
+    honest = zygote._tables[-1].entry  # the real worker, which serves what is not an attack
+    for_run, for_jail = load().entry(honest, plans, wait_ms)
+    if worker.args:  # entered through _worker.run (no executor yet)
+        recipes[zygote.WORKER] = dataclasses.replace(worker, args=(for_run,))
+    else:  # the executor's native entry point
+        recipes[zygote.WORKER] = dataclasses.replace(worker, target=for_jail)
     return recipes
 
 

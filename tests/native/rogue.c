@@ -38,10 +38,20 @@
 
 #include "wk_entry.h"
 
+/* sandbox's native entry point (its sandbox/jail_entry.h; the same layout). */
+#ifndef SANDBOX_JAIL_ENTRY_H
+#define SANDBOX_JAIL_ENTRY_CAPSULE "sandbox._jail.entry"
+struct sandbox_jail_entry {
+    int (*main)(void *arg);
+    void *arg;
+};
+#endif
+
 #define MAX_PLAN_BYTES (1 << 20)
 
 struct rogue {
-    struct wk_entry self;         /* what _worker.run / the executor call */
+    struct wk_entry self;           /* what _worker.run calls (a forked test child) */
+    struct sandbox_jail_entry jail; /* what the executor calls in the jail */
     const struct wk_entry *honest; /* the real worker */
     int plan_wait_ms;
     int n_scripts;
@@ -674,12 +684,19 @@ static PyObject *py_entry(PyObject *self, PyObject *args)
     r->self.main = rogue_main_void;
     r->self.arg = r;
     r->self.serve = NULL;
-    return PyCapsule_New(&r->self, WK_ENTRY_CAPSULE, NULL);
+    r->jail.main = rogue_main;
+    r->jail.arg = r;
+    PyObject *mine = PyCapsule_New(&r->self, WK_ENTRY_CAPSULE, NULL);
+    PyObject *jail = PyCapsule_New(&r->jail, SANDBOX_JAIL_ENTRY_CAPSULE, NULL);
+    PyObject *out = mine && jail ? PyTuple_Pack(2, mine, jail) : NULL;
+    Py_XDECREF(mine);
+    Py_XDECREF(jail);
+    return out;
 }
 
 static PyMethodDef methods[] = {
     {"entry", py_entry, METH_VARARGS,
-     "entry(worker_entry, plans, plan_wait_ms): the rogue entry wrapping the real worker."},
+     "entry(worker_entry, plans, plan_wait_ms) -> (entry for _worker.run, the executor's)."},
     {NULL, NULL, 0, NULL},
 };
 

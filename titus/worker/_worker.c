@@ -21,6 +21,16 @@
 
 #define ENTRY_CAPSULE WK_ENTRY_CAPSULE
 
+/* The native entry point of sandbox's executor (its sandbox/jail_entry.h, not on this
+ * branch yet: the same layout and capsule name, to be replaced by the include). */
+#ifndef SANDBOX_JAIL_ENTRY_H
+#define SANDBOX_JAIL_ENTRY_CAPSULE "sandbox._jail.entry"
+struct sandbox_jail_entry {
+    int (*main)(void *arg);
+    void *arg;
+};
+#endif
+
 static int runtime_checked;
 
 /* ------------------------------------------------------------------ the same OpenSSL */
@@ -277,6 +287,9 @@ static PyObject *py_disable_session_cache(PyObject *self, PyObject *ctxobj)
 
 static void entry_main(void *arg) { wk_main(arg); }
 
+/* What sandbox's executor calls in the jail, after its last layer. */
+static int jail_main(void *arg) { wk_main(arg); }
+
 static void entry_serve(void *arg, const unsigned char *packet, size_t len, int cfd)
 {
     wk_serve(arg, packet, len, cfd);
@@ -286,6 +299,7 @@ typedef struct {
     PyObject_HEAD
     struct wk_table t;
     struct wk_entry entry;
+    struct sandbox_jail_entry jail_entry;
     PyObject *contexts; /* keeps every SSLContext alive as long as the table */
 } Table;
 
@@ -446,6 +460,8 @@ static int table_init(Table *self, PyObject *args, PyObject *kw)
     self->entry.main = entry_main;
     self->entry.serve = entry_serve;
     self->entry.arg = &self->t;
+    self->jail_entry.main = jail_main;
+    self->jail_entry.arg = &self->t;
     return 0;
 }
 
@@ -530,8 +546,17 @@ static PyMethodDef table_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *table_jail_entry(Table *self, void *closure)
+{
+    (void)closure;
+    return PyCapsule_New(&self->jail_entry, SANDBOX_JAIL_ENTRY_CAPSULE, NULL);
+}
+
 static PyGetSetDef table_getset[] = {
-    {"entry", (getter)table_entry, NULL, "The native entry point: a PyCapsule.", NULL},
+    {"entry", (getter)table_entry, NULL,
+     "The worker's entry for wrappers and tests (wk_entry.h): a PyCapsule.", NULL},
+    {"jail_entry", (getter)table_jail_entry, NULL,
+     "The native entry point sandbox's executor runs in the jail: a PyCapsule.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
