@@ -245,11 +245,15 @@ def serve(
     *,
     log: Log = log_stderr,
     max_channels: int = 4096,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve grants and signing requests until the control socket reaches EOF."""
     if not _is_seqpacket(control_sock):
         raise ValueError("the control socket must be AF_UNIX SOCK_SEQPACKET")
-    _Server(control_sock, signer, log, max_channels).run()
+    server = _Server(control_sock, signer, log, max_channels)
+    if ready is not None:
+        ready()  # the loop's own fds exist: from here on a worker's channel is all that changes
+    server.run()
 
 
 def load_keys_from_fds(fds: Sequence[int], *, max_size: int = MAX_KEY_FILE) -> list[bytes]:
