@@ -11,12 +11,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PROMTOOL := build/promtool/usr/bin/promtool
 # Debian packages: python3-venv lets Debian's python3 make the venv; gcc, python3-dev
-# and libssl-dev build the C extensions (setup.py); libcap-dev builds python-prctl;
-# groff-base checks the man page; the rest are real TLS clients for the tests
-# (testssl.sh and sslscan grade the default TLS settings) and nginx-light, a real
-# backend (HTTP/1.1, cleartext HTTP/2, PROXY protocol).
+# and libssl-dev build the C extensions (setup.py; the worker links the system's libssl,
+# the one Python's _ssl runs); libcap-dev builds python-prctl; clang and
+# libclang-rt-dev build the libFuzzer harnesses of the C decoders; groff-base checks
+# the man page; the rest are real TLS clients for the tests (testssl.sh and sslscan
+# grade the default TLS settings) and nginx-light, a real backend (HTTP/1.1,
+# cleartext HTTP/2, PROXY protocol).
 SYSTEM_PACKAGES := python3-venv gcc python3-dev libssl-dev libcap-dev libseccomp2 openssl curl \
-                   iproute2 groff-base nftables testssl.sh sslscan nginx-light
+                   iproute2 groff-base nftables testssl.sh sslscan nginx-light clang \
+                   libclang-rt-dev
 # bubblewrap: bench/jail_spawn.py measures `sandbox run` side by side with bwrap.
 BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk bubblewrap
 # The C extensions' sources: a change rebuilds them in place (setup.py lists the flags).
@@ -84,10 +87,13 @@ lint: $(VENV)/.stamp
 docs: $(EXTENSIONS)
 	$(PY) -m titus.docs.gen
 
-# Coverage-guided fuzzing (atheris), FUZZ_SECONDS per harness; corpora and crash inputs
-# stay in build/fuzz/NAME/.  Longer hypothesis runs: TITUS_FUZZ_EXAMPLES=N pytest tests/fuzz.
+# Coverage-guided fuzzing, FUZZ_SECONDS per harness: libFuzzer on the C worker's decoders
+# (tests/fuzz/c, built with clang; in build/fuzz-c/NAME/), then atheris on the Python
+# parsers (corpora and crash inputs in build/fuzz/NAME/).
+# Longer hypothesis runs: TITUS_FUZZ_EXAMPLES=N pytest tests/fuzz.
 FUZZ_SECONDS ?= 60
 fuzz: $(EXTENSIONS)
+	$(PY) -m tests.fuzz.cfuzz --seconds $(FUZZ_SECONDS)
 	@for h in tests/fuzz/atheris/fuzz_*.py; do \
 	  n=$$(basename $$h .py); n=$${n#fuzz_}; mkdir -p build/fuzz/$$n/corpus; echo "== $$n"; \
 	  TMPDIR=$(CURDIR)/build/fuzz/$$n $(PY) $$h -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \

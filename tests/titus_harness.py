@@ -607,7 +607,7 @@ def _forked_supervisor(config_path: Path, log_path: Path, zygote_setup: str | No
 
 class ForkedTitus(Titus):
     """A real supervisor forked from the test, whose zygote runs `zygote_setup`
-    (module:function, e.g. one that replaces titus.worker.connection.serve with attacker code):
+    (module:function, e.g. tests.native:setup, which wraps each worker in attacker code):
     the workers are real ones, cloned into real jails, running what the test says."""
 
     def __init__(self, tmp: Path, config: str, zygote_setup: str | None = None) -> None:

@@ -313,6 +313,8 @@ class _Builder:
             raise ConfigError(
                 self.where("uid-count"), f"jail uid range {first}+{count} goes past 4294967294"
             )
+        if count < max_children + 1 and self.setting("max-children") is None:
+            return first, count  # only the default is too big: build() caps max-children
         if count < max_children + 1:
             source = self.where("uid-count") if self.setting("uid-count") else self.where(
                 "max-children"
@@ -352,6 +354,9 @@ class _Builder:
         vhosts = self.vhosts()
         min_spare, max_children = self.children()
         uid_first, uid_count = self.uid_range(max_children)
+        # A uid range smaller than the default max-children (1000) caps it: what fits.
+        max_children = min(max_children, uid_count - 1)
+        min_spare = min(min_spare, max_children)
         self.notices += unreachable(vhosts, listeners,
                                     self.value("transparent", "transparent") == "yes")
         return Config(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -251,16 +250,6 @@ class VHost:
 
 
 
-def choose_vhost(vhosts: Sequence[VHost], local: tuple[IPAddress | str, int],
-                 server_name: str | None) -> int | None:
-    """The index of the first vhost matching the local address and port, then the SNI
-    (titus 0.4: first match wins, in file order); None drops the connection."""
-    for i, vhost in enumerate(vhosts):
-        if vhost.matches_local(local[0], local[1]) and vhost.matches_sni(server_name):
-            return i
-    return None
-
-
 @dataclass(frozen=True)
 class Config:
     """The whole validated configuration.
@@ -277,7 +266,7 @@ class Config:
     listeners: tuple[Listener, ...]
     vhosts: tuple[VHost, ...]
     min_spare_children: int = 3
-    max_children: int = 100
+    max_children: int = 1000  # docs/sizing.md: what a worker costs, and what limits this
     max_handshake_time: float = 10.0
     transparent: Transparency = "no"
     daemon: bool = False

@@ -101,7 +101,7 @@ def _options() -> dict[str, Option]:
                d.setting("min-spare-children", count(0, 100_000)), "int",
                help="idle, already jailed workers kept ready (default 3)"),
         Option("max-children", "global", d.setting("max-children", count(1, 100_000)), "int",
-               help="connections served at once, one worker each (default 100); more wait in "
+               help="connections served at once, one worker each (default 1000); more wait in "
                     "the listen backlog (logged and counted; docs/sizing.md says how to size it)"),
         Option("max-handshake-time", "global",
                d.setting("max-handshake-time", seconds(3600.0)), "seconds",

@@ -1,6 +1,8 @@
 """Notices for vhosts that can never be chosen: shadowed by an earlier one, or matching a
 local port or address titus does not listen on.  Said at load time, with the vhost's line,
-because the first-match rule (titus.config.model.choose_vhost) makes such a vhost dead.
+because the first-match rule (the worker's chooser, titus/worker/wk_choose.c, whose
+agreement with VHost.matches_local/matches_sni tests/integration/test_cworker.py checks)
+makes such a vhost dead.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ def render_markdown() -> str:
     metrics = Metrics()
     rows = []
     for value in vars(metrics).values():
-        if not isinstance(value, MetricWrapperBase):
+        # A labelled child (Metrics keeps some at hand) is not a metric of its own.
+        if not isinstance(value, MetricWrapperBase) or value._labelvalues:
             continue
         name, kind = value._name, value._type
         shown = f"`{name}_total`" if kind == "counter" else f"`{name}`"

@@ -66,5 +66,4 @@ def keyholder_main(slots: Sequence[KeySlot]) -> None:
     except (KeyStoreError, ValueError, OSError) as e:
         control.send(b"E" + str(e).encode(errors="replace")[:3000])
         return
-    control.send(b"R")
-    serve(control, Signer(store))
+    serve(control, Signer(store), ready=lambda: control.send(b"R"))

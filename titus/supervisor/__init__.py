@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Sequence
@@ -44,6 +45,19 @@ from titus.supervisor.startup import StartupError, jail_profile
 __all__ = ["StartupError", "Supervisor"]
 
 EARLY_EXIT_KEEP = 60.0  # how long the exit of a not-yet-reported worker is remembered
+
+
+def raise_fd_limit(max_children: int) -> None:
+    """Room for max-children workers: each holds a control socket here, and one more
+    while its backend connects.  The soft limit goes up to what that needs (never past
+    the hard limit; short of it, out-of-fds is handled as load: pool.out_of_fds)."""
+    want = 2 * max_children + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(hard, want)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
 class Supervisor:
@@ -100,6 +114,7 @@ class Supervisor:
     # -- start-up ------------------------------------------------------------------
 
     def start(self) -> None:
+        raise_fd_limit(self.config.max_children)
         self.generations.resolve_backends(self.gen)
         self.listeners.open(self.config)
         if self.config.metrics_listen is not None:

@@ -105,8 +105,8 @@ class Connections:
         self.next_conn_id += 1
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            socket.send_fds(worker.ctl, [control.encode(control.Connection(
-                conn.conn_id, conn.peer, conn.local))], [client.fileno()])
+            socket.send_fds(worker.ctl, [control.encode(control.Connection(conn.local))],
+                            [client.fileno()])
         except OSError as e:
             worker.notes.append(f"hand-off failed: {e}")
             worker.kill(KillReason.HAND_OFF_FAILED)
@@ -183,8 +183,10 @@ class Connections:
         worker.broker = BackendConnect(
             self.loop, addresses, config.backend_connect_timeout,
             lambda sock, reason: self.on_backend(worker, sock, reason),
-            header=(header := self.proxy_header(vhost, worker.conn, msg)), source=source)
+            header=(header := self.proxy_header(vhost, worker.conn, msg)), source=source,
+            start=False)
         worker.header_bytes = len(header)
+        worker.broker.start()
 
     def backend_addresses(self, gen: Generation, index: int, vhost: VHost, conn: Conn
                           ) -> list[tuple[int, tuple]]:
@@ -209,7 +211,7 @@ class Connections:
         return b""
 
     def on_backend(self, worker: Worker, sock: socket.socket | None, reason: str | None) -> None:
-        worker.broker = None
+        broker, worker.broker = worker.broker, None
         if worker.jail.returncode is not None or not worker.may_enter(Phase.RELAY):
             if sock:
                 sock.close()
@@ -220,10 +222,10 @@ class Connections:
                 worker.ctl.send(control.encode(control.BackendFailed(reason or "failed")))
             else:
                 with contextlib.suppress(OSError):
-                    worker.backend_pair = (sockaddr_pair(sock.getsockname()),
-                                           sockaddr_pair(sock.getpeername()))
-                    worker.backend = (f"{_addr(sock.getsockname())}->"
-                                      f"{_addr(sock.getpeername())}")
+                    local, peer = ((broker.local, broker.peer) if broker and broker.peer
+                                   else (sock.getsockname(), sock.getpeername()))
+                    worker.backend_pair = (sockaddr_pair(local), sockaddr_pair(peer))
+                    worker.backend = f"{_addr(local)}->{_addr(peer)}"
                 socket.send_fds(worker.ctl, [control.encode(control.BackendReady())],
                                 [sock.fileno()])
                 worker.enter(Phase.RELAY)
@@ -331,14 +333,15 @@ class Connections:
                          bytes_in: int, bytes_out: int) -> None:
         m, conn, hs, fin = self.metrics, worker.conn, worker.handshake, worker.finished
         assert conn is not None
-        m.connections.labels(outcome, vhost or NO_VHOST).inc()
+        m.connection(outcome, vhost or NO_VHOST).inc()
         m.duration.observe(time.monotonic() - conn.accepted)
         if hs is not None:
             m.handshake.observe(hs.handshake_ms / 1000)
-        m.bytes.labels("in").inc(bytes_in)
-        m.bytes.labels("out").inc(bytes_out)
+        m.bytes_in.inc(bytes_in)
+        m.bytes_out.inc(bytes_out)
         if fin is not None:
-            m.keyholder_ops.labels("ok").inc(fin.signatures)
-            m.keyholder_ops.labels("failed").inc(fin.signature_failures)
+            m.keyholder_ok.inc(fin.signatures)
+            if fin.signature_failures:
+                m.keyholder_failed.inc(fin.signature_failures)
         if worker.jail.violation is not None:
             m.violations.labels(worker.jail.violation.syscall or "unknown").inc()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -91,6 +92,12 @@ class Metrics:
         self.waiting = Gauge("titus_connections_waiting",
                              "Connections accepted by the kernel that titus has not taken "
                              "yet (the listen sockets' accept queues)", registry=r)
+        # The labelled children a connection updates, looked up once (labels() is most
+        # of the cost of an update).
+        self.bytes_in, self.bytes_out = self.bytes.labels("in"), self.bytes.labels("out")
+        self.keyholder_ok = self.keyholder_ops.labels("ok")
+        self.keyholder_failed = self.keyholder_ops.labels("failed")
+        self._connections: dict[tuple[str, str], Any] = {}
 
     def reloaded(self, ok: bool) -> None:
         """Count a reload; a successful one is the new generation."""
@@ -99,6 +106,13 @@ class Metrics:
         if ok:
             self.reload_time.set_to_current_time()
             self.generation.inc()
+
+    def connection(self, outcome: str, vhost: str) -> Any:
+        """The counter of connections with this outcome and vhost."""
+        child = self._connections.get((outcome, vhost))
+        if child is None:
+            child = self._connections[(outcome, vhost)] = self.connections.labels(outcome, vhost)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

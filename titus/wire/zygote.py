@@ -39,7 +39,7 @@ class ZygoteSetup:
 class Stapled:
     """What a vhost's workers staple: a checked response and when it expires.  The
     supervisor's ocsp.Staple keeps one up to date; a worker's copy is what it was
-    cloned with."""
+    cloned with (its C callback, wk_ctx.c, checks the expiry again by its own clock)."""
 
     def __init__(self, der: bytes | None = None, expires: float | None = None) -> None:
         self.der = der

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import warnings
 from pathlib import Path
 
 import pytest
@@ -121,9 +122,43 @@ def test_refusal() -> None:
     assert refusal(TLSSettings(), hs(None)) is None  # no list: OpenSSL's verdict stands
 
 
-def test_subject_as_rfc4514() -> None:
-    from titus.worker.identity import rfc4514
+def _certificate(subject: list[tuple[object, str]], sans: list[object] = ()) -> bytes:
+    """A self-signed DER certificate with these subject attributes (one RDN each)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-    subject = ((("countryName", "DE"),), (("organizationName", "A, B"),),
-               (("commonName", " alice"),))
-    assert rfc4514(subject) == "CN=\\ alice,O=A\\, B,C=DE"
+    key = ec.generate_private_key(ec.SECP256R1())
+    with warnings.catch_warnings():  # long ones too: cryptography warns, the worker cuts
+        warnings.simplefilter("ignore")
+        name = x509.Name([x509.NameAttribute(oid, value, _validate=False)
+                          for oid, value in subject])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+               .not_valid_after(now + datetime.timedelta(days=1)))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def test_subject_as_rfc4514() -> None:
+    """The C worker's report (titus/worker/wk_identity.c), RDNs last first, RFC 4514
+    escapes, short names where they exist."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from titus.worker import _worker
+
+    der = _certificate([(NameOID.COUNTRY_NAME, "DE"), (NameOID.ORGANIZATION_NAME, "A, B"),
+                        (NameOID.COMMON_NAME, " alice"), (NameOID.EMAIL_ADDRESS, "a@b")],
+                       [x509.DNSName("a.test"), x509.UniformResourceIdentifier("spiffe://x/a"),
+                        x509.RFC822Name("a@b"), x509.DNSName("b.test")])
+    assert _worker.client_identity(der) == (
+        " alice", "emailAddress=a@b,CN=\\ alice,O=A\\, B,C=DE", ("a.test", "b.test"),
+        ("spiffe://x/a",))
+    der = _certificate([(NameOID.COMMON_NAME, "é" * 300), (NameOID.ORGANIZATION_NAME, "#x ")],
+                       [x509.DNSName(f"n{i}.test") for i in range(20)])
+    cn, subject, dns, uri = _worker.client_identity(der)
+    assert cn == "é" * 256 and subject == "O=\\#x\\ ,CN=" + "é" * 300
+    assert dns == tuple(f"n{i}.test" for i in range(16)) and uri == ()

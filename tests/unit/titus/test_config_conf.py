@@ -49,8 +49,8 @@ def test_titus_04_example_loads(tmp_path: Path) -> None:
     assert www.sni_names == ("www.example.com",)
     assert (www.backend_port, wildcard.backend_port) == (7443, 8443)
     assert wildcard.sni_names == () and wildcard.local_address is None
-    # titus 0.4's defaults
-    assert (config.min_spare_children, config.max_children) == (3, 100)
+    # titus 0.4's defaults, but max-children: 1000, not 0.4's 100 (docs/sizing.md)
+    assert (config.min_spare_children, config.max_children) == (3, 1000)
     assert config.max_handshake_time == 10 and config.transparent == "no"
     assert config.daemon is False and config.pid_file is None
     # the user/group/chroot lines are accepted as superseded, each with a notice

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import functools
+import ipaddress
+import ssl
 from pathlib import Path
 
 from cryptography import x509
@@ -11,7 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from titus.config.model import Config, VHost, choose_vhost
+from titus.config.model import Config, VHost
+from titus.worker.connection import build_table
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 REPO = Path(__file__).resolve().parents[3]
@@ -86,6 +89,9 @@ def basic_conf(directory: Path, extra: str = "", *, name: str = "titus.conf") ->
 
 
 def chosen(config: Config, address: str, port: int, server_name: str | None) -> VHost | None:
-    """The vhost the worker's chooser picks for a connection, or None."""
-    index = choose_vhost(config.vhosts, (address, port), server_name)
-    return None if index is None else config.vhosts[index]
+    """The vhost the worker's chooser (C, wk_choose.c) picks for a connection, or None."""
+    contexts = [ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) for _ in config.vhosts]
+    table = build_table(config.vhosts, contexts, 1.0, 1.0)
+    addr = ipaddress.ip_address(address)
+    index = table.choose((addr.version, addr.packed, port), server_name)
+    return None if index < 0 else config.vhosts[index]

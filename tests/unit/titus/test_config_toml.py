@@ -141,6 +141,8 @@ def test_listen_tables(certs: Path) -> None:
 def test_jail_range(certs: Path) -> None:
     config = load_config(toml(certs, "[jail]\nuid-first = 300000\nuid-count = 1000\n"))
     assert (config.uid_first, config.uid_count) == (300000, 1000)
+    # the default max-children (1000) is capped by a smaller range; one set is not
+    assert config.max_children == 999
 
 
 @pytest.mark.parametrize(
@@ -149,7 +151,7 @@ def test_jail_range(certs: Path) -> None:
         ("[jail]\nuid-first = 60000\nuid-count = 10000\n", 7,
          "jail uid range 60000..69999 contains user nobody (uid 65534); jails need uids that "
          "nothing else uses"),
-        ("[jail]\nuid-count = 50\n", 7,
+        ("max-children = 100\n[jail]\nuid-count = 50\n", 8,
          "uid-count 50 is too small: max-children 100 workers and the key holder each need "
          "their own uid"),
         ("max-children = 70000\n", 6,

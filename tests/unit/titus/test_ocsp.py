@@ -22,8 +22,10 @@ from tests.pki import CA, Leaf
 from tests.unit.titus.test_config_support import basic_conf, write
 from titus import logs
 from titus.config.load import ConfigError, load_config
+from titus.config.model import VHost
 from titus.supervisor import ocsp
-from titus.worker import stapling
+from titus.worker import _worker
+from titus.worker.connection import build_table
 
 HOUR, DAY = datetime.timedelta(hours=1), datetime.timedelta(days=1)
 
@@ -300,7 +302,9 @@ def handshake(server_ctx: ssl.SSLContext, ask: bool, version: int
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, ca: CA, leaf: Leaf
-           ) -> tuple[ssl.SSLContext, ocsp.Staple, bytes]:
+           ) -> tuple[ssl.SSLContext, _worker.Table, ocsp.Staple, bytes]:
+    """A context whose worker table staples `leaf`'s response (the C status callback,
+    titus/worker/wk_ctx.c, which any handshake on the context runs)."""
     path = tmp_path_factory.mktemp("served") / "a.ocsp"
     der = ca.ocsp_response(leaf.cert)
     path.write_bytes(der)
@@ -308,13 +312,14 @@ def served(tmp_path_factory: pytest.TempPathFactory, ca: CA, leaf: Leaf
     ctx.load_cert_chain(leaf.cert, leaf.key)
     staple = staple_for(ca, leaf, path)
     staple.refresh()
-    stapling.enable(ctx, staple)
-    return ctx, staple, der
+    vhost = VHost("a", cert=leaf.cert, key=leaf.key, backend_host=None, backend_port=None)
+    table = build_table([vhost], [ctx], 5.0, 2.0, [staple.value])
+    return ctx, table, staple, der
 
 
 @pytest.mark.parametrize("version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION])
 def test_callback_staples_for_a_client_that_asks(served, version: int) -> None:
-    ctx, _staple, der = served
+    ctx, _table, _staple, der = served
     received, from_server = handshake(ctx, ask=True, version=version)
     assert received == [der]
     if version == SSL.TLS1_2_VERSION:  # CertificateStatus travels in clear in TLS 1.2
@@ -322,30 +327,21 @@ def test_callback_staples_for_a_client_that_asks(served, version: int) -> None:
 
 
 def test_a_client_that_does_not_ask_gets_nothing(served) -> None:
-    ctx, _staple, der = served
+    ctx, _table, _staple, der = served
     received, from_server = handshake(ctx, ask=False, version=SSL.TLS1_2_VERSION)
     assert received == [] and der not in from_server
 
 
 def test_nothing_stapled_once_expired_or_gone(served) -> None:
-    ctx, staple, der = served
-    saved = staple.expires
+    ctx, table, staple, der = served
     try:
-        staple.expires = now().timestamp() - 1
+        table.update_staples([(der, now().timestamp() - 1)])  # the worker's clock decides
         assert handshake(ctx, ask=True, version=SSL.TLS1_3_VERSION)[0] == [b""]
+        table.update_staples([(None, None)])  # refused by the supervisor: nothing to staple
+        assert handshake(ctx, ask=True, version=SSL.TLS1_2_VERSION)[0] == [b""]
     finally:
-        staple.expires = saved
+        table.update_staples([staple.value])
     assert handshake(ctx, ask=True, version=SSL.TLS1_3_VERSION)[0] == [der]
-
-
-def test_callback_failure_means_no_staple_not_a_failed_handshake(served, monkeypatch) -> None:
-    ctx, staple, _der = served
-
-    def broken(_now: float) -> bytes:
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(staple, "current", broken)
-    assert handshake(ctx, ask=True, version=SSL.TLS1_2_VERSION)[0] == [b""]
 
 
 # --- the option ------------------------------------------------------------------------------
