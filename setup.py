@@ -49,6 +49,6 @@ setup(
         hardened_extension("titus.worker._worker", WORKER_SOURCES, libraries=["ssl", "crypto"],
                            define_macros=[("_GNU_SOURCE", None)],
                            depends=["titus/worker/wk.h", "titus/worker/wk_ssl.h",
-                                    "titus/worker/wk_entry.h"]),
+                                    "titus/worker/wk_entry.h", "sandbox/jail_entry.h"]),
     ],
 )

@@ -37,7 +37,7 @@ _module: ModuleType | None = None
 def build() -> Path:
     """The shared object for the current source (built if missing; atomic)."""
     tag = hashlib.sha256(SOURCE.read_bytes() + (ROOT / "titus/worker/wk_entry.h").read_bytes()
-                         ).hexdigest()[:16]
+                         + (ROOT / "sandbox/jail_entry.h").read_bytes()).hexdigest()[:16]
     out_dir = ROOT / "build" / "tests-native"
     target = out_dir / f"_rogue.{tag}{sysconfig.get_config_var('EXT_SUFFIX')}"
     if target.exists():
@@ -78,11 +78,8 @@ def setup(arg: Any) -> dict[str, Any]:
              if plan_path.exists() else [])
     wait_ms = int((arg.handshake_timeout + 2) * 1000)  # outlive the supervisor's timer
     honest = zygote._tables[-1].entry  # the real worker, which serves what is not an attack
-    for_run, for_jail = load().entry(honest, plans, wait_ms)
-    if worker.args:  # entered through _worker.run (no executor yet)
-        recipes[zygote.WORKER] = dataclasses.replace(worker, args=(for_run,))
-    else:  # the executor's native entry point
-        recipes[zygote.WORKER] = dataclasses.replace(worker, target=for_jail)
+    _, for_jail = load().entry(honest, plans, wait_ms)
+    recipes[zygote.WORKER] = dataclasses.replace(worker, target=for_jail)  # the jail's entry
     return recipes
 
 

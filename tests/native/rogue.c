@@ -36,16 +36,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "../../sandbox/jail_entry.h"
 #include "wk_entry.h"
-
-/* sandbox's native entry point (its sandbox/jail_entry.h; the same layout). */
-#ifndef SANDBOX_JAIL_ENTRY_H
-#define SANDBOX_JAIL_ENTRY_CAPSULE "sandbox._jail.entry"
-struct sandbox_jail_entry {
-    int (*main)(void *arg);
-    void *arg;
-};
-#endif
 
 #define MAX_PLAN_BYTES (1 << 20)
 

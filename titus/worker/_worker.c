@@ -16,20 +16,11 @@
 #include <openssl/x509.h>
 #include <string.h>
 
+#include "../../sandbox/jail_entry.h" /* the executor's native entry point */
 #include "wk_entry.h"
 #include "wk_ssl.h"
 
 #define ENTRY_CAPSULE WK_ENTRY_CAPSULE
-
-/* The native entry point of sandbox's executor (its sandbox/jail_entry.h, not on this
- * branch yet: the same layout and capsule name, to be replaced by the include). */
-#ifndef SANDBOX_JAIL_ENTRY_H
-#define SANDBOX_JAIL_ENTRY_CAPSULE "sandbox._jail.entry"
-struct sandbox_jail_entry {
-    int (*main)(void *arg);
-    void *arg;
-};
-#endif
 
 static int runtime_checked;
 

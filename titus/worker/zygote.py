@@ -29,18 +29,8 @@ def setup(arg: ZygoteSetup) -> dict[str, Recipe]:
                         arg.staples)
     _tables.append(table)
     warm_up(contexts, table)
-    return {WORKER: Recipe(arg.worker_spec, *_entry(table), update=table.update_staples)}
-
-
-def _entry(table: _worker.Table) -> tuple[object, tuple[object, ...]]:
-    """What a worker jail runs: the table's native entry point, which sandbox's executor
-    calls after the jail's last layer (C only from the clone on).  Until the executor
-    is on this branch, the Python launcher calls _worker.run with the same table."""
-    try:
-        from sandbox import _jail  # noqa: F401 - the executor
-    except ImportError:
-        return _worker.run, (table.entry,)
-    return table.jail_entry, ()
+    # The jail's last layer, then C only: sandbox's executor calls the table's entry point.
+    return {WORKER: Recipe(arg.worker_spec, table.jail_entry, update=table.update_staples)}
 
 
 def warm_up(contexts: list[ssl.SSLContext], table: _worker.Table | None = None) -> None:
