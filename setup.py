@@ -35,7 +35,8 @@ def hardened_extension(name: str, sources: list[str], **kwargs: object) -> Exten
 
 
 JAIL_SOURCES = [f"sandbox/_jail/{name}.c"
-                for name in ("plan", "steps", "confine", "spawn", "module", "entries")]
+                for name in ("plan", "steps", "confine", "spawn", "module", "entries",
+                             "request", "serve", "server")]
 WORKER_SOURCES = [f"titus/worker/{name}.c" for name in (
     "_worker", "wk_conn", "wk_choose", "wk_identity", "wk_pump", "wk_ctx", "wk_remotekey",
     "wk_keyproto", "wk_control")]
@@ -43,7 +44,8 @@ WORKER_SOURCES = [f"titus/worker/{name}.c" for name in (
 setup(
     ext_modules=[
         hardened_extension("sandbox._jail", JAIL_SOURCES,
-                           depends=["sandbox/_jail/jail.h", "sandbox/jail_entry.h"]),
+                           depends=["sandbox/_jail/jail.h", "sandbox/_jail/serve.h",
+                                    "sandbox/jail_entry.h"]),
         # The per-connection worker: links the system's libssl/libcrypto, the ones
         # Python's _ssl runs (titus.worker._worker checks it at start-up).
         hardened_extension("titus.worker._worker", WORKER_SOURCES, libraries=["ssl", "crypto"],

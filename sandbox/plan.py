@@ -36,6 +36,8 @@ _STEP = struct.Struct("=HHIqqqII")
 _RULE = struct.Struct("=QQII")
 _SPECIAL = {_jail.LAYER_EXEC: "exec", _jail.LAYER_IDMAP: "id-map", _jail.LAYER_SPAWN: "spawn"}
 _ID_FILES = ("setgroups", "gid_map", "uid_map")
+# What failed of a spawn itself (a fork server's C loop reports 2 and 3: sandbox/_jail/serve.c).
+_SPAWN_SUBS = {1: "copying the seccomp listener", 2: "the sync socket", 3: "the clone"}
 _CLONE_NEWPID = 0x20000000
 
 
@@ -138,7 +140,7 @@ class Plan:
         if layer_id == _jail.LAYER_SPAWN:
             if err == errno.ETIMEDOUT:
                 return JailError("spawn", err, "the jail did not report in time")
-            what = "copying the seccomp listener" if sub == 1 else "the spawn handshake"
+            what = _SPAWN_SUBS.get(sub, "the spawn handshake")
             return JailError("spawn", err, f"{what}: {_strerror(err)}")
         if layer_id in _SPECIAL or index >= len(self.steps):
             return JailError(_SPECIAL.get(layer_id, "spawn"), err, _strerror(err))

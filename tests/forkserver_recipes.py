@@ -6,8 +6,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from sandbox import _jail
 from sandbox.forkserver import Recipe
-from sandbox.spec import BindMount, JailSpec
+from sandbox.spec import BindMount, JailSpec, NetworkMode
 from tests.jailtools import with_nofile
 
 _said = [b"first"]
@@ -25,6 +26,15 @@ def _update(data: bytes) -> None:
 
 
 def setup(spec: JailSpec) -> dict[str, Recipe]:
+    """Python functions (served by Python) and native entries (served by the C loop)."""
     broken = replace(spec, binds=(BindMount(Path("/nonexistent-forkserver-test"), Path("/x")),))
+    no_netns = replace(spec, network=NetworkMode.NETNS,
+                       netns_path=Path("/nonexistent-forkserver-netns"))
     return {"report": Recipe(with_nofile(spec, 1), _report, (), update=_update),
-            "broken": Recipe(broken, _report, ())}
+            "broken": Recipe(broken, _report, ()),
+            # Native: "pid uid gid" on fd 0, then exit; fd 0 read until EOF; a layer
+            # that fails in the child (after the clone); a root that cannot be built.
+            "native": Recipe(spec, _jail.entry("report")),
+            "hold": Recipe(spec, _jail.entry("hold")),
+            "native-netns": Recipe(no_netns, _jail.entry("report")),
+            "native-broken": Recipe(broken, _jail.entry("report"))}

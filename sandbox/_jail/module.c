@@ -88,6 +88,17 @@ static PyTypeObject PlanType = {
     .tp_getset = plan_getset,
 };
 
+/* For server.c (the fork server's loop): the type, and the C plan of an instance. */
+PyTypeObject *jail_plan_type(void)
+{
+    return &PlanType;
+}
+
+const struct jail_plan *jail_plan_of(PyObject *plan)
+{
+    return ((PlanObject *)plan)->plan;
+}
+
 /* A sequence of fds (-1: none) into out[max]; their number, -1 with an exception. */
 static int int_array(PyObject *seq, int *out, int max, const char *what)
 {
@@ -350,6 +361,8 @@ static PyObject *jail_apply_py(PyObject *module, PyObject *args, PyObject *kwds)
 /* entries.c */
 PyObject *jail_entry_py(PyObject *module, PyObject *args);
 PyObject *jail_is_entry_py(PyObject *module, PyObject *obj);
+/* server.c */
+int jail_server_add(PyObject *m);
 
 static PyMethodDef methods[] = {
     {"spawn", (PyCFunction)(void (*)(void))jail_spawn_py, METH_VARARGS | METH_KEYWORDS,
@@ -409,6 +422,7 @@ PyMODINIT_FUNC PyInit__jail(void)
         return NULL;
     Py_INCREF(&PlanType);
     if (PyModule_AddObject(m, "Plan", (PyObject *)&PlanType) != 0 || add_ints(m) != 0 ||
+        jail_server_add(m) != 0 ||
         PyModule_AddStringConstant(m, "ENTRY_CAPSULE", SANDBOX_JAIL_ENTRY_CAPSULE) != 0) {
         Py_DECREF(&PlanType);
         Py_DECREF(m);
