@@ -2,15 +2,15 @@
 next to bubblewrap (issue 12's targets: <= 0.3 ms CPU in the child from the clone to
 the entry point, <= 0.3 ms in the parent; `sandbox run` <= 20 ms, aim <= 2x bwrap).
 
-1. The titus worker's jail (policies/titus-worker.toml) around a native entry that
-   returns at once: the shape of titus's C worker.  The executor records the child's
-   thread CPU clock when it starts and after every step (Launcher.timings), so each
-   layer's CPU is the sum of its steps, and "clone -> entry point" is the child's
-   clock at the entry: everything it ran since the clone, kernel work and
-   copy-on-write faults included.  The parent's cost is the spawning thread's CPU
-   clock around the spawn (clone, id maps, waiting for ready: blocked time is not
-   CPU).  Made by a raw clone, as the zygote (a fork server) does, and by glibc's
-   fork, as a multithreaded caller does; then a Python function for comparison.
+1. The titus worker's jail (policies/titus-worker.toml, plus `write` for the timings
+   record) around a native entry that returns at once: the shape of titus's C worker.
+   The executor records the child's thread CPU clock when it starts and after every step
+   (Launcher.timings), so each layer's CPU is the sum of its steps, and "clone -> entry
+   point" is the child's clock at the entry: everything it ran since the clone, kernel
+   work and copy-on-write faults included.  The parent's cost is the spawning thread's
+   CPU clock around the spawn (clone, id maps, waiting for ready: blocked time is not
+   CPU).  Made by a raw clone, as the zygote (a fork server) does, and by glibc's fork,
+   as a multithreaded caller does; then a Python function for comparison.
 2. The alternative the executor did not take: CLONE_NEWUSER at clone time.
 3. The same jails from a fork server (sandbox/forkserver.py, as titus's zygote makes
    its workers): the server's CPU per spawn (its scheduler clock, so in ns), the
@@ -104,6 +104,18 @@ class Busy:
                 f"{100 * others / capacity:.0f}% by other processes")
 
 
+def timed_worker_spec():
+    """The titus worker's jail with `write` allowed: the executor's timings record is
+    written after seccomp, and the worker's own policy has no write (it sends)."""
+    text = (ROOT / "policies" / "titus-worker.toml").read_text()
+    if "\nallow = [\n" not in text:
+        raise RuntimeError("policies/titus-worker.toml: no allow list to add write to")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "titus-worker.toml"
+        path.write_text(text.replace("\nallow = [\n", "\nallow = [\n    \"write\",\n", 1))
+        return load_profile(path).spec
+
+
 def spawn_raw(launcher: Launcher, spec, plan: Plan, how: int, entry: object
               ) -> tuple[int, tuple[int, ...]]:
     """One jail by the executor directly (no Launcher bookkeeping); (parent CPU ns, times)."""
@@ -150,7 +162,7 @@ def per_layer(plan: Plan, samples: list[tuple[int, ...]]) -> dict[str, list[floa
 
 
 def measure_jails(n: int) -> list[str]:
-    spec = load_profile("titus-worker").spec
+    spec = timed_worker_spec()
     spec = replace(spec, uid_range=UidRange(3_900_000 + (os.getpid() % 4096) * 16, 16))
     launcher = Launcher()
     entry = _jail.entry("exit")
@@ -227,7 +239,7 @@ def measure_userns_at_clone(n: int) -> list[str]:
     """The same jail minus what a jail born in its own user namespace cannot do (join the
     host-owned shared netns and root): the user namespace by unshare() after the clone,
     as the executor does, against CLONE_NEWUSER|NEWIPC|NEWUTS in the clone itself."""
-    spec = replace(load_profile("titus-worker").spec, network=NetworkMode.HOST,
+    spec = replace(timed_worker_spec(), network=NetworkMode.HOST,
                    empty_root=False, uid_range=UidRange(3_950_000 + (os.getpid() % 4096), 1))
     launcher = Launcher()
     entry = _jail.entry("exit")
