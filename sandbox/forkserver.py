@@ -228,11 +228,20 @@ class ForkServer:
             self.proc = None
 
 
+# No per-thread cache in malloc (glibc's tcache) in the server, and so in its jails: a
+# jail's freed chunks then go back to the heap, where malloc_trim can give their pages
+# back (a cached chunk pins its page).  Measured: an idle titus worker's heap 300 -> 216
+# kB private with this alone, 120 with the holes taken and a trim after the handshake.
+_TUNABLES = "glibc.malloc.tcache_count=0"
+
+
 def _server_env() -> dict[str, str]:
     # The sanitizers' settings too: under `make test-asan` the server loads an ASan build.
     keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "SYSTEMD_LOG_LEVEL", "LD_PRELOAD",
             "ASAN_OPTIONS", "UBSAN_OPTIONS")
-    return {k: v for k, v in os.environ.items() if k in keep}
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES"), _TUNABLES)))
+    return env
 
 
 # -- the server ----------------------------------------------------------------------
@@ -374,13 +383,18 @@ def _id_map_templates(plan: Any) -> tuple[bytes | None, bytes | None] | bool:
 def _compact() -> None:
     """Every page the server holds is copied into each jail's page tables and torn down
     at its exit: collect, freeze what is left (so no jail's collector writes to it),
-    and hand free heap memory back to the kernel."""
+    and hand free heap memory back to the kernel.  Then keep malloc's free chunks, so
+    that what a native jail allocates comes from fresh pages past the heap, not from
+    holes among the server's data (copy-on-write copies it could never give back)."""
     import ctypes
     import gc
 
     gc.collect()
     gc.freeze()
-    ctypes.CDLL(None).malloc_trim(0)
+    trim = ctypes.CDLL(None).malloc_trim
+    trim(0)
+    _jail.take_heap_holes()
+    trim(0)
 
 
 def main() -> None:

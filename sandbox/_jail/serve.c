@@ -12,6 +12,8 @@
 #include "serve.h"
 
 #include <errno.h>
+#include <malloc.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -209,4 +211,33 @@ int jail_serve_reply(int sock, const unsigned char *reply, size_t len)
         if (errno != EINTR)
             return -1;
     }
+}
+
+static void *holes; /* the chunks jail_take_heap_holes took, linked through their first word */
+
+size_t jail_take_heap_holes(void)
+{
+    struct mallinfo2 mi = mallinfo2();
+    char *end = sbrk(0);
+    if (mi.arena == 0 || mi.fordblks <= mi.keepcost || end == (char *)-1 ||
+        mi.keepcost > (uintptr_t)end)
+        return 0;
+    uintptr_t top = (uintptr_t)end - mi.keepcost; /* the top chunk: past the last chunk */
+    size_t budget = mi.fordblks - mi.keepcost, taken = 0;
+    /* Large first, so that a large hole is taken whole rather than in slivers. */
+    for (size_t n = (size_t)1 << 16; n >= 16 && taken < budget; n /= 2) {
+        while (taken < budget) {
+            void **p = malloc(n);
+            if (p == NULL)
+                return taken;
+            if ((uintptr_t)p >= top) { /* from the top: no hole of this size is left */
+                free(p);
+                break;
+            }
+            *p = holes;
+            holes = p;
+            taken += n;
+        }
+    }
+    return taken;
 }

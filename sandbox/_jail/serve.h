@@ -119,4 +119,12 @@ int jail_serve(const struct jail_server *sv, struct jail_serve_out *out);
 /* Send one encoded reply; 0, or -1 with errno. */
 int jail_serve_reply(int sock, const unsigned char *reply, size_t len);
 
+/* Take every free chunk of malloc's main heap below its top and keep it, so that a
+ * jail cloned afterwards allocates past the server's heap: pages it touches are then
+ * fresh (zero-filled, contiguous, and malloc_trim gives them back) instead of free
+ * chunks among the server's live data (each touched page a copy-on-write copy that
+ * stays while the rest of the page is in use).  glibc's malloc; with another (ASan's)
+ * its statistics are not the heap's and nothing, or little, is taken.  The bytes taken. */
+size_t jail_take_heap_holes(void);
+
 #endif

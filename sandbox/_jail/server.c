@@ -23,6 +23,8 @@
  *                               raises OSError if the socket fails
  *   reply(id, pid, layer, errno, message)
  *                               send one reply (layer "" for a ready jail)
+ *
+ * and _jail.take_heap_holes() -> bytes: malloc's free chunks kept by the server (serve.h)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -317,7 +319,21 @@ static PyTypeObject ServerType = {
     .tp_getset = server_getset,
 };
 
-/* Called by module.c's init: the type and the wire constants forkserver.py encodes with. */
+static PyObject *take_heap_holes(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyLong_FromSize_t(jail_take_heap_holes());
+}
+
+static PyMethodDef server_functions[] = {
+    {"take_heap_holes", take_heap_holes, METH_NOARGS,
+     "take_heap_holes() -> bytes of malloc's free chunks now kept by this process"},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Called by module.c's init: the type, its function and the wire constants
+ * forkserver.py encodes with. */
 int jail_server_add(PyObject *m)
 {
     static const struct {
@@ -330,7 +346,7 @@ int jail_server_add(PyObject *m)
         {"REQ_MAX_FDS", JAIL_REQ_MAX_FDS}, {"REPLY_MAX", JAIL_REPLY_MAX},
         {"REPLY_MAX_LAYER", JAIL_REPLY_MAX_LAYER}, {"IDMAP_HOLE", JAIL_IDMAP_HOLE},
     };
-    if (PyType_Ready(&ServerType) != 0)
+    if (PyType_Ready(&ServerType) != 0 || PyModule_AddFunctions(m, server_functions) != 0)
         return -1;
     Py_INCREF(&ServerType);
     if (PyModule_AddObject(m, "Server", (PyObject *)&ServerType) != 0) {

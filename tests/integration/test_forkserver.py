@@ -242,6 +242,33 @@ def test_the_server_writes_almost_nothing_after_a_clone(server):
     assert max(dirty[:2]) < 100, dirty  # the last one: the server may write more later
 
 
+HOLES = """
+import ctypes, sys
+from sandbox import _jail
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+chunks = [libc.malloc(3000) for _ in range(400)]
+for p in chunks[::2]:
+    libc.free(p)  # 200 holes among live data
+taken = _jail.take_heap_holes()
+fresh = libc.malloc(3000)
+print(taken, int(fresh > max(chunks)))
+"""
+
+
+def test_the_servers_free_chunks_are_kept_and_its_jails_allocate_past_them(server):
+    server, _ = server
+    with open(f"/proc/{server.pid}/environ", "rb") as f:
+        environ = f.read().split(b"\0")
+    assert b"GLIBC_TUNABLES=glibc.malloc.tcache_count=0" in environ  # a freed chunk pins no page
+    if "libasan" in os.environ.get("LD_PRELOAD", ""):
+        return  # ASan's allocator is not glibc's heap
+    out = subprocess.run([sys.executable, "-c", HOLES], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30, check=True).stdout.split()
+    assert int(out[0]) >= 200 * 3000 and out[1] == "1", out
+
+
 CALLER = """
 import sys, time
 from sandbox.forkserver import ForkServer
