@@ -62,7 +62,7 @@ def test_metrics_endpoint(tmp_path):
     assert status.returncode == 0, status.stderr
     assert "titus is running" in status.stdout
     assert "connections: 3 (ok 3)" in status.stdout
-    assert "workers: " in status.stdout and "at most 100 (max-children)" in status.stdout
+    assert "workers: " in status.stdout and "at most 1000 (max-children)" in status.stdout
     assert "configuration: generation 1, 0 reloads, 0 refused" in status.stdout
     assert "3 signatures, 0 failed, 0 restarts" in status.stdout
     assert metric(text, 'titus_connections_total{outcome="ok",vhost="default"}') == 3
