@@ -35,7 +35,7 @@ def hardened_extension(name: str, sources: list[str], **kwargs: object) -> Exten
 
 
 JAIL_SOURCES = [f"sandbox/_jail/{name}.c"
-                for name in ("plan", "steps", "confine", "spawn", "module", "entries")]
+                for name in ("plan", "steps", "confine", "spawn", "module", "entries", "arenas")]
 WORKER_SOURCES = [f"titus/worker/{name}.c" for name in (
     "_worker", "wk_conn", "wk_choose", "wk_identity", "wk_pump", "wk_ctx", "wk_remotekey",
     "wk_keyproto", "wk_control")]

@@ -88,9 +88,9 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [self.python, "-m", "sandbox.forkserver", str(theirs.fileno()),
-                 str(os.getpid())], stdin=subprocess.PIPE, stderr=self.stderr,
-                pass_fds=(theirs.fileno(),), close_fds=True, env=_server_env())
+                [self.python, "-c", _SERVER_MAIN, str(theirs.fileno()), str(os.getpid())],
+                stdin=subprocess.PIPE, stderr=self.stderr, pass_fds=(theirs.fileno(),),
+                close_fds=True, env=_server_env())
         finally:
             theirs.close()
         self.sock = ours
@@ -175,6 +175,12 @@ class ForkServer:
             self.proc = None
 
 
+# The server's first statement tracks pymalloc's arenas (sandbox/_jail/arenas.c), so
+# that nearly all of them can be kept out of native jails (sandbox/dontfork.py).
+_SERVER_MAIN = ("from sandbox import _jail; _jail.track_arenas(); "
+                "from sandbox.forkserver import main; main()")
+
+
 def _server_env() -> dict[str, str]:
     # The sanitizers' settings too: under `make test-asan` the server loads an ASan build.
     keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "SYSTEMD_LOG_LEVEL", "LD_PRELOAD",
@@ -243,7 +249,7 @@ def _compact() -> None:
 
 
 def main() -> None:
-    from sandbox import libc
+    from sandbox import dontfork, libc
 
     fd, caller = int(sys.argv[1]), int(sys.argv[2])
     # It dies with its caller; signals meant for the caller's process group are not its.
@@ -262,6 +268,7 @@ def main() -> None:
         raise SystemExit(1) from None
     sys.stdin.close()
     _compact()
+    dontfork.keep_python_out([r.target for r in recipes.values()])
     sock.send(b"R")
     serve(sock, recipes)
 

@@ -551,11 +551,24 @@ static PyGetSetDef table_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* A table lives in malloc's heap, not in pymalloc's arenas: a fork server keeps those
+ * out of its native jails (sandbox/_jail/arenas.c), and the worker reads the table. */
+static PyObject *table_alloc(PyTypeObject *type, Py_ssize_t nitems)
+{
+    (void)nitems;
+    PyObject *obj = PyMem_RawCalloc(1, (size_t)type->tp_basicsize);
+    if (obj == NULL)
+        return PyErr_NoMemory();
+    return PyObject_Init(obj, type);
+}
+
 static PyTypeObject TableType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "titus.worker._worker.Table",
     .tp_basicsize = sizeof(Table),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "The worker table: vhosts in order with their contexts and match rules.",
+    .tp_alloc = table_alloc,
+    .tp_free = PyMem_RawFree,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)table_init,
     .tp_dealloc = (destructor)table_dealloc,
