@@ -37,8 +37,8 @@ def hardened_extension(name: str, sources: list[str], **kwargs: object) -> Exten
 JAIL_SOURCES = [f"sandbox/_jail/{name}.c"
                 for name in ("plan", "steps", "confine", "spawn", "module", "entries", "arenas")]
 WORKER_SOURCES = [f"titus/worker/{name}.c" for name in (
-    "_worker", "wk_table", "wk_conn", "wk_choose", "wk_identity", "wk_pump", "wk_ctx",
-    "wk_remotekey", "wk_keyproto", "wk_control")]
+    "_worker", "wk_table", "wk_conn", "wk_probe", "wk_bio", "wk_choose", "wk_identity",
+    "wk_pump", "wk_ctx", "wk_remotekey", "wk_keyproto", "wk_control")]
 
 setup(
     ext_modules=[
