@@ -140,9 +140,9 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [self.python, "-m", "sandbox.forkserver", str(theirs.fileno()),
-                 str(os.getpid())], stdin=subprocess.PIPE, stderr=self.stderr,
-                pass_fds=(theirs.fileno(),), close_fds=True, env=_server_env())
+                [self.python, "-c", _SERVER_MAIN, str(theirs.fileno()), str(os.getpid())],
+                stdin=subprocess.PIPE, stderr=self.stderr, pass_fds=(theirs.fileno(),),
+                close_fds=True, env=_server_env())
         finally:
             theirs.close()
         self.sock = ours
@@ -226,6 +226,12 @@ class ForkServer:
             with contextlib.suppress(ChildProcessError):
                 self.proc.wait()  # (a caller reaping with waitpid(-1) may have taken it)
             self.proc = None
+
+
+# The server's first statement tracks pymalloc's arenas (sandbox/_jail/arenas.c), so
+# that nearly all of them can be kept out of native jails (sandbox/dontfork.py).
+_SERVER_MAIN = ("from sandbox import _jail; _jail.track_arenas(); "
+                "from sandbox.forkserver import main; main()")
 
 
 # No per-thread cache in malloc (glibc's tcache) in the server, and so in its jails: a
@@ -398,7 +404,7 @@ def _compact() -> None:
 
 
 def main() -> None:
-    from sandbox import libc
+    from sandbox import dontfork, libc
 
     fd, caller = int(sys.argv[1]), int(sys.argv[2])
     # It dies with its caller; signals meant for the caller's process group are not its.
@@ -418,6 +424,7 @@ def main() -> None:
         raise SystemExit(1) from None
     sys.stdin.close()
     _compact()
+    dontfork.keep_python_out([r.target for r in recipes.values()])
     sock.send(b"R")
     served.serve()
 

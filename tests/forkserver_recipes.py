@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -38,3 +39,16 @@ def setup(spec: JailSpec) -> dict[str, Recipe]:
             "hold": Recipe(spec, _jail.entry("hold")),
             "native-netns": Recipe(no_netns, _jail.entry("report")),
             "native-broken": Recipe(broken, _jail.entry("report"))}
+
+
+def native_setup(arg: tuple[JailSpec, str]) -> dict[str, Recipe]:
+    """Native jails only (the built-in `hold` entry): the server keeps its Python out of
+    them (sandbox/dontfork.py).  Writes, to the file the test names, the arenas and
+    the interpreter's data the server leaves out, so that the test can look for them
+    in a jail's memory map."""
+    from sandbox import dontfork
+
+    spec, out = arg
+    Path(out).write_text(json.dumps({"arenas": _jail.tracked_arenas(),
+                                     "interpreter": dontfork.interpreter_data()}))
+    return {"hold": Recipe(with_nofile(spec, 1), _jail.entry("hold"), ())}

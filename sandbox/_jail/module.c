@@ -10,6 +10,8 @@
  *   apply(plan, ...)  apply a plan to this process (fds, Landlock, seccomp alone)
  *   entry(name[, code])
  *                     a built-in native entry capsule (tests, the shared root, bench)
+ *   track_arenas(), arenas_dontfork(), tracked_arenas(), dontfork(addr, length)
+ *                     a fork server's Python memory kept out of native jails (arenas.c)
  *
  * error is None or (layer id, step index, sub-step, errno); plan.py names it.
  */
@@ -361,6 +363,10 @@ static PyObject *jail_apply_py(PyObject *module, PyObject *args, PyObject *kwds)
 /* entries.c */
 PyObject *jail_entry_py(PyObject *module, PyObject *args);
 PyObject *jail_is_entry_py(PyObject *module, PyObject *obj);
+PyObject *jail_track_arenas_py(PyObject *module, PyObject *unused);
+PyObject *jail_arenas_dontfork_py(PyObject *module, PyObject *unused);
+PyObject *jail_dontfork_py(PyObject *module, PyObject *args);
+PyObject *jail_tracked_arenas_py(PyObject *module, PyObject *unused);
 /* server.c */
 int jail_server_add(PyObject *m);
 
@@ -372,6 +378,14 @@ static PyMethodDef methods[] = {
      "apply(plan, *, keep, sync, slots) -> (sync, error): apply a plan to this process"},
     {"entry", jail_entry_py, METH_VARARGS, "entry(name[, code]) -> a built-in entry capsule"},
     {"is_entry", jail_is_entry_py, METH_O, "is_entry(obj) -> whether obj is an entry capsule"},
+    {"track_arenas", jail_track_arenas_py, METH_NOARGS,
+     "track_arenas(): pymalloc's arenas from here on are remembered (arenas.c)"},
+    {"arenas_dontfork", jail_arenas_dontfork_py, METH_NOARGS,
+     "arenas_dontfork() -> arenas now kept out of clones, and every later one too"},
+    {"tracked_arenas", jail_tracked_arenas_py, METH_NOARGS,
+     "tracked_arenas() -> [(address, size)] of the arenas track_arenas() remembers"},
+    {"dontfork", jail_dontfork_py, METH_VARARGS,
+     "dontfork(addr, length): MADV_DONTFORK on that range"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -343,3 +343,51 @@ def test_clone_refuses_a_threaded_caller():
     finally:
         stop.set()
         thread.join()
+
+
+def mapped(pid: int, address: int) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if start <= address < end:
+                return True
+    return False
+
+
+def test_native_jails_are_born_without_the_servers_python(tmp_path):
+    """sandbox/dontfork.py: a server whose every jail is native keeps its pymalloc arenas
+    and the interpreter's data out of them; the jail still runs (it needs neither)."""
+    import json
+
+    out = tmp_path / "where.json"
+    server = ForkServer("tests.forkserver_recipes:native_setup", (SPEC, str(out)))
+    server.start()
+    launcher = Launcher()
+    try:
+        where = json.loads(out.read_text())
+        ours, jail, reply = spawn(server, launcher, "hold")
+        assert reply.error is None and jail is not None
+        try:
+            assert where["arenas"], "the server tracked no arena"
+            assert where["interpreter"], "no interpreter data found to leave out"
+            for start, _length in where["arenas"] + where["interpreter"]:
+                assert mapped(server.pid, start) and not mapped(jail.pid, start)
+            assert jail.poll() is None  # alive: holding fd 0 until we close it
+        finally:
+            ours.close()
+            assert jail.wait(10) == 0
+    finally:
+        server.close()
+        launcher.close()
+
+
+def test_python_jails_keep_the_servers_python(server, tmp_path):
+    """A server with Python recipes leaves its memory alone: the jail runs Python."""
+    srv, launcher = server
+    ours, jail, reply = spawn(srv, launcher)
+    try:
+        assert reply.error is None and ours.recv(16) == b"first"
+    finally:
+        ours.close()
+        if jail is not None:
+            jail.wait(10)
