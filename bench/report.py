@@ -306,7 +306,7 @@ def breakdown(key: dict[str, Any]) -> list[str]:
                 lg["log_record_ms"]["p50"]
             rows += [
                 ("worker remainder (derived)", "workers - jail child side - handshake CPU: "
-                 "pumping one request/response, backend hand-off, Python's own work",
+                 "pumping one request/response, backend hand-off, exit, page faults",
                  _f(pump)),
                 ("supervisor remainder (derived)", "supervisor - reap - log: accept, asking "
                  "the zygote, hand-off, backend connect, event loop", _f(sup_rest)),
