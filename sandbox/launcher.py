@@ -183,6 +183,8 @@ class Launcher:
         self._roots.clear()
         self._pidfork.close()
         self.violations.close()
+        for allocator in self._allocators.values():
+            allocator.close()  # uids handed to a fork server's jails that never came back
 
     # -- internals -------------------------------------------------------------
 

@@ -93,6 +93,9 @@ RLIMIT_NAMES: dict[str, int] = {
 
 # RLIMIT_NOFILE set to this value means "exactly the number of fds passed in".
 NOFILE_KEPT = -1
+# The default RLIMIT_NOFILE: what an ordinary program expects (ld.so alone needs
+# a few fds beyond 0-2).  A profile that wants the tightest limit says "kept".
+DEFAULT_NOFILE = 1024
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class JailSpec:
     writable_tmpfs_size: int = 16 * 1024 * 1024
     mount_proc: bool = False
     # Process limits: name -> (soft, hard); NOFILE_KEPT for "fds passed in".
-    rlimits: tuple[tuple[str, int], ...] = (("nofile", NOFILE_KEPT), ("core", 0))
+    rlimits: tuple[tuple[str, int], ...] = (("nofile", DEFAULT_NOFILE), ("core", 0))
     no_new_privs: bool = True
     dumpable: bool = False
     drop_capabilities: bool = True
