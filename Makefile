@@ -11,9 +11,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # Debian packages: python3-venv lets Debian's python3 make the venv; libcap-dev builds
 # python-prctl; groff-base checks the man page; the rest are real TLS clients for the
-# tests (testssl.sh and sslscan grade the default TLS settings).
+# tests (testssl.sh and sslscan grade the default TLS settings); nginx-light, redis-server
+# and busybox-static are the real daemons and shell the example profiles are tested with
+# (tests/debian.py installs them through `deps` too when a test runs on its own).
 SYSTEM_PACKAGES := python3-venv gcc libcap-dev libseccomp2 openssl curl iproute2 groff-base \
-                   nftables testssl.sh sslscan
+                   nftables testssl.sh sslscan nginx-light redis-server busybox-static
 BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk
 
 .PHONY: run test soak test-container lint docs fuzz deps bench clean
@@ -22,6 +24,7 @@ run: $(VENV)/.stamp
 	$(PY) -m titus.demo
 
 test: $(VENV)/.stamp
+	@$(MAKE) --no-print-directory deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
@@ -63,7 +66,8 @@ deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    -o DPkg::Lock::Timeout=300 $$missing >/dev/null; \
 	fi
 
 $(VENV)/.stamp: requirements.lock pyproject.toml

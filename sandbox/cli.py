@@ -92,7 +92,8 @@ def _bind(text: str, writable: bool) -> BindMount:
     target = target or source
     if not source.startswith("/") or not target.startswith("/"):
         raise argparse.ArgumentTypeError(f"bind paths must be absolute: {text!r}")
-    return BindMount(Path(source), Path(target), writable)
+    return BindMount(Path(source), Path(target), writable,
+                     "--bind-rw" if writable else "--bind-ro")
 
 
 def _bind_ro(text: str) -> BindMount:
@@ -219,7 +220,7 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
 
 def _load(args: argparse.Namespace) -> Profile:
     """The profile with the command line's overrides applied (raises _Fail)."""
-    from sandbox.profile import load_profile
+    from sandbox.profile import check_bind_sources, load_profile
 
     try:
         profile = load_profile(args.profile)
@@ -244,11 +245,16 @@ def _load(args: argparse.Namespace) -> Profile:
         env.update(args.env)
         changes["env"] = tuple(env.items())
     try:
-        return profile.with_jail(**changes) if changes else profile
+        profile = profile.with_jail(**changes) if changes else profile
     except (ValueError, TypeError) as exc:
         raise _Fail(
             EXIT_CANNOT_START, f"cannot apply the command line to {args.profile}: {exc}"
         ) from None
+    try:
+        check_bind_sources(profile.spec)
+    except ValueError as exc:  # PolicyError too: FILE:LINE: bind source ... does not exist
+        raise _Fail(EXIT_CANNOT_START, str(exc)) from None
+    return profile
 
 
 # ---------------------------------------------------------------------------
@@ -401,10 +407,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_profile(args: argparse.Namespace, render: Callable[[Any], str]) -> int:
     """Load the profile (a bad one is a usage error) and print what `render` says of it."""
-    from sandbox.profile import load_profile
+    from sandbox.profile import check_bind_sources, load_profile
 
     try:
         profile = load_profile(args.profile)
+        check_bind_sources(profile.spec)
     except (PolicyError, FileNotFoundError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
@@ -459,6 +466,17 @@ def _with_allowed(base: SeccompPolicy, names: set[str]) -> SeccompPolicy:
     return dataclasses.replace(base, rules=tuple(sorted(rules, key=lambda r: r.syscall)))
 
 
+def _incomplete_note(rounds: int, last_new: int, last_lost: int) -> str | None:
+    """What to say when the last round may have missed something: it still found new
+    syscalls (which may unlock further code paths) or the kernel dropped records."""
+    if not last_new and not last_lost:
+        return None
+    why = (f"the kernel dropped {last_lost} log records in the last run" if last_lost
+           else f"the last run still found {last_new} new syscalls")
+    return (f"learn: {why}: the list may be incomplete; run again with "
+            f"--rounds {rounds + 1} or more")
+
+
 def cmd_learn(args: argparse.Namespace) -> int:
     from sandbox.explain import learned_policy_toml
     from sandbox.launcher import Launcher
@@ -488,6 +506,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
             raise _Fail(EXIT_CANNOT_START, "learn needs to read the kernel's audit records "
                         "from /dev/kmsg, which cannot be opened")
         outcome: Outcome | None = None
+        new: set[str] = set()
+        lost = 0
         with _ratelimit_lifted(args.keep_ratelimit) as window:
             for round_no in range(1, args.rounds + 1):
                 if round_no > 1 and window:
@@ -529,9 +549,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
              f"{len(allowed)} that profile "
              f"{args.profile} allows" + (f": {' '.join(added)}" if added else "")
              + f"; policy written to {where}")
-        if log.dropped:
-            _say(f"learn: the kernel dropped {log.dropped} log records: the list may be "
-                 "incomplete; run again with --rounds 2 or more")
+        note = _incomplete_note(args.rounds, len(new), lost)
+        if note:
+            _say(note)
         return 0
     finally:
         launcher.close()

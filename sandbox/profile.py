@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import resource
 from collections.abc import Iterable
@@ -115,6 +116,44 @@ def find_profile(name: str) -> Path:
     raise FileNotFoundError(f"no profile {name!r}{hint}; searched {searched}")
 
 
+def resolve_profile(text: str) -> Path:
+    """The file a `--profile` argument names: a path (with or without ".toml") when
+    one exists, else a profile name looked up in the search path.
+
+    Raises FileNotFoundError naming what was tried.
+    """
+    candidates = [Path(text)] if text.endswith(".toml") else [Path(text), Path(f"{text}.toml")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    if Path(text).is_dir():
+        raise FileNotFoundError(f"{text} is a directory, not a profile file")
+    tried = " or ".join(str(c) for c in candidates)
+    if text.startswith(("/", "./", "../", "~")) or text in (".", ".."):
+        raise FileNotFoundError(f"no profile file {tried}")
+    try:
+        return find_profile(text)
+    except FileNotFoundError as exc:
+        if "/" in text or text.endswith(".toml"):  # meant as a path, perhaps
+            raise FileNotFoundError(f"{exc}; no file {tried} in {Path.cwd()} either") from None
+        raise
+
+
+def check_bind_sources(spec: JailSpec) -> None:
+    """Raise PolicyError (FILE:LINE: bind ...) for the first bind whose source is missing,
+    or ValueError for one from the command line: `check` must say so, not `run` later
+    with a layer error and no line."""
+    for bind in spec.binds:
+        if os.path.lexists(bind.source):
+            continue
+        message = f"bind source {bind.source} does not exist" + (
+            f" (to be bound at {bind.target})" if bind.target != bind.source else "")
+        path, _, line = bind.origin.rpartition(":")
+        if path and line.isdigit():
+            raise PolicyError(path, int(line), message)
+        raise ValueError(f"{bind.origin or 'bind'}: {message}")
+
+
 def load_profile(path_or_name: str | Path, **jail_overrides: Any) -> Profile:
     """Load, validate and compile a profile given as a path or a bare name.
 
@@ -122,12 +161,7 @@ def load_profile(path_or_name: str | Path, **jail_overrides: Any) -> Profile:
     binds=[...], ...), so callers need not edit a file for a one-off change.
     Raises PolicyError (FILE:LINE: message) or FileNotFoundError.
     """
-    text = str(path_or_name)
-    path = Path(path_or_name)
-    if not path.is_file():
-        if text.startswith(("/", ".")):
-            raise FileNotFoundError(f"no profile file {text}")
-        path = find_profile(text)
+    path = resolve_profile(str(path_or_name))
     src = SourceFile.read(path)
     check_keys(src, src.data, _TOP_KEYS, "")
 
@@ -279,7 +313,7 @@ def _parse_binds(src: SourceFile, raw: list[Any], line: int) -> tuple[BindMount,
             raise src.error(here, f"bind paths must be absolute: {source!r} -> {target!r}")
         if not isinstance(writable, bool):
             raise src.error(here, "bind 'writable' must be true or false")
-        binds.append(BindMount(Path(source), Path(target), writable))
+        binds.append(BindMount(Path(source), Path(target), writable, f"{src.path}:{here}"))
     return tuple(binds)
 
 
@@ -307,4 +341,7 @@ def _parse_rlimits(
     return tuple(merged.items())
 
 
-__all__ = ["PolicyError", "Profile", "find_profile", "load_profile", "parse_size"]
+__all__ = [
+    "PolicyError", "Profile", "check_bind_sources", "find_profile", "load_profile", "parse_size",
+    "resolve_profile",
+]

@@ -62,6 +62,8 @@ class BindMount:
     source: Path
     target: Path
     writable: bool = False
+    # Where it was asked for, for error messages: "FILE:LINE" or "--bind-ro".
+    origin: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -293,14 +293,23 @@ def test_command_not_found_and_not_executable(www: Path) -> None:
 
 
 def test_layer_failure_exits_125(tmp_path: Path, www: Path) -> None:
-    """A missing bind source fails the rootfs layer, and the message says so."""
-    out = sandbox("run", *example(www, "--bind-ro", f"{tmp_path}/absent:/srv/absent"),
+    """A bind that cannot be made fails the rootfs layer, and the message says so
+    (its target would be inside the read-only /usr bind)."""
+    out = sandbox("run", *example(www, "--bind-ro", f"{tmp_path}:/usr/absent-dir"),
                   "--", PYTHON, "-V")
     assert out.returncode == 125
     assert re.fullmatch(
-        r"sandbox: cannot start: jail layer 'rootfs' failed \(ENOENT\): .*absent.*\n",
+        r"sandbox: cannot start: jail layer 'rootfs' failed \(EROFS\): .*\n",
         out.stderr,
     ), out.stderr
+
+
+def test_missing_bind_source_is_named_before_start(tmp_path: Path, www: Path) -> None:
+    out = sandbox("run", *example(www, "--bind-ro", f"{tmp_path}/absent:/srv/absent"),
+                  "--", PYTHON, "-V")
+    assert out.returncode == 125
+    assert out.stderr == (f"sandbox: --bind-ro: bind source {tmp_path}/absent does not exist "
+                          "(to be bound at /srv/absent)\n")
 
 
 @pytest.mark.parametrize(
