@@ -405,13 +405,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         launcher.close()
 
 
-def _print_profile(args: argparse.Namespace, render: Callable[[Any], str]) -> int:
+def _print_profile(args: argparse.Namespace, render: Callable[[Any], str],
+                   binds_must_exist: bool = False) -> int:
     """Load the profile (a bad one is a usage error) and print what `render` says of it."""
     from sandbox.profile import check_bind_sources, load_profile
 
     try:
         profile = load_profile(args.profile)
-        check_bind_sources(profile.spec)
+        if binds_must_exist:
+            check_bind_sources(profile.spec)
     except (PolicyError, FileNotFoundError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
@@ -422,7 +424,7 @@ def _print_profile(args: argparse.Namespace, render: Callable[[Any], str]) -> in
 def cmd_check(args: argparse.Namespace) -> int:
     from sandbox.explain import summary
 
-    return _print_profile(args, summary)
+    return _print_profile(args, summary, binds_must_exist=True)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

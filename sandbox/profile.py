@@ -309,8 +309,14 @@ def _parse_binds(src: SourceFile, raw: list[Any], line: int) -> tuple[BindMount,
         writable = item.get("writable", False)
         if not isinstance(source, str) or not isinstance(target, str):
             raise src.error(here, "bind source and target must be strings")
+        if source.startswith(("./", "../")):
+            # Shipped beside the profile (a daemon's config file): where it goes must be said.
+            if "target" not in item:
+                raise src.error(here, f"bind source {source!r} is relative: give it a target")
+            source = os.path.normpath(src.path.resolve().parent / source)
         if not source.startswith("/") or not target.startswith("/"):
-            raise src.error(here, f"bind paths must be absolute: {source!r} -> {target!r}")
+            raise src.error(here, f"bind paths must be absolute (a source may also be "
+                            f"./PATH, beside the profile): {source!r} -> {target!r}")
         if not isinstance(writable, bool):
             raise src.error(here, "bind 'writable' must be true or false")
         binds.append(BindMount(Path(source), Path(target), writable, f"{src.path}:{here}"))

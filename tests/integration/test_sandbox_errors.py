@@ -39,7 +39,8 @@ def test_missing_bind_source_is_an_error_in_check_with_file_and_line(tmp_path: P
     message = f"{profile}:4: bind source {tmp_path}/data does not exist (to be bound at /data)\n"
     out = sandbox("check", str(profile))
     assert (out.returncode, out.stdout, out.stderr) == (2, "", message)
-    assert sandbox("explain", str(profile)).stderr == message
+    # explain describes the profile wherever it is read (a reviewer's machine).
+    assert sandbox("explain", str(profile)).returncode == 0
     ran = sandbox("run", "--profile", str(profile), "--", "/bin/true")
     assert (ran.returncode, ran.stderr) == (125, f"sandbox: {message}")
     # Replacing that bind on the command line is what an operator does: then it runs.
