@@ -11,9 +11,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # Debian packages: python3-venv lets Debian's python3 make the venv; libcap-dev builds
 # python-prctl; groff-base checks the man page; the rest are real TLS clients for the
-# tests (testssl.sh and sslscan grade the default TLS settings); nginx-light, redis-server
-# and busybox-static are the real daemons and shell the example profiles are tested with
-# (tests/debian.py installs them through `deps` too when a test runs on its own).
+# tests (testssl.sh and sslscan grade the default TLS settings), nginx-light, a real
+# backend (HTTP/1.1, cleartext HTTP/2, PROXY protocol); nginx-light, redis-server and
+# busybox-static are also the real daemons and shell the example profiles are tested
+# with (tests/debian.py installs them through `deps` too when a test runs on its own).
 SYSTEM_PACKAGES := python3-venv gcc libcap-dev libseccomp2 openssl curl iproute2 groff-base \
                    nftables testssl.sh sslscan nginx-light redis-server busybox-static
 BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk
@@ -58,7 +59,7 @@ fuzz: $(VENV)/.stamp
 
 bench: $(VENV)/.stamp
 	@$(MAKE) --no-print-directory deps PACKAGES="$(BENCH_PACKAGES)"
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(TITUS04),--titus04 $(TITUS04))
 
 deps:
 	@missing=""; for p in $(or $(PACKAGES),$(SYSTEM_PACKAGES)); do \

@@ -11,6 +11,10 @@ Common TLS settings (where each proxy lets us set them):
     one supervisor + key holder + one jailed worker per connection.
   * pyfork (pyfork.py) is titus's process model without the isolation: the
     floor under titus's costs, same settings, same Python and OpenSSL.
+  * titus04 (optional: `--titus04 PATH` to a binary built from AGWA/titus 0.4, the
+    C++ original) forks a process per connection from one parent, signs in a
+    separate key server, RSA keys only; it binds the any-address, which is why
+    the whole benchmark runs in a network namespace of its own (run.py).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from certs import CertSet
 from sandbox.uids import process_uid
 
 ROOT = Path(__file__).resolve().parent.parent
-PROXY_NAMES = ("titus", "pyfork", "stunnel", "hitch")
+PROXY_NAMES = ("titus", "titus04", "pyfork", "stunnel", "hitch")
+# The titus 0.4 binary, when the run was given one (run.py --titus04).
+TITUS04_BINARY: Path | None = None
 
 # titus's default TLS <= 1.2 cipher list (titus/config/model.py DEFAULT_CIPHERS).
 CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
@@ -194,5 +200,44 @@ def start_pyfork(tmp: Path, certs: CertSet, backend_port: int) -> Proxy:
     return Proxy("pyfork", port, proc, log)
 
 
-STARTERS = {"titus": start_titus, "pyfork": start_pyfork, "stunnel": start_stunnel,
-            "hitch": start_hitch}
+TITUS04_CONFIG = """\
+port {port}
+network-user nobody
+network-group nogroup
+keyserver-user daemon
+keyserver-group nogroup
+chroot {chroot}
+min-spare-children 16
+max-children 256
+ciphers {ciphers}
+vhost
+\tkey {key}
+\tcert {cert}
+\tbackend 127.0.0.1
+\tbackend-port {backend}
+"""
+
+
+def start_titus04(tmp: Path, certs: CertSet, backend_port: int) -> Proxy:
+    """titus 0.4 with titus's pool sizes: its own users (nobody for the network side,
+    daemon for the key server) and an empty root-owned chroot directory."""
+    if TITUS04_BINARY is None:
+        raise common.BenchError("no titus 0.4 binary given (--titus04 PATH)")
+    if certs.kind != "rsa2048":
+        raise common.BenchError("titus 0.4 serves RSA keys only")
+    port = common.free_port()
+    chroot = tmp / "titus04-empty"
+    chroot.mkdir(mode=0o755, exist_ok=True)
+    conf = tmp / f"titus04-{certs.kind}.conf"
+    conf.write_text(TITUS04_CONFIG.format(port=port, chroot=chroot, ciphers=CIPHERS,
+                                          key=certs.key, cert=certs.cert,
+                                          backend=backend_port))
+    log = tmp / f"titus04-{certs.kind}.log"
+    proc = common.start([str(TITUS04_BINARY), "--config", str(conf)], common.PROXY_CPU,
+                        log=log)
+    common.wait_port(port, proc)
+    return Proxy("titus04", port, proc, log)
+
+
+STARTERS = {"titus": start_titus, "titus04": start_titus04, "pyfork": start_pyfork,
+            "stunnel": start_stunnel, "hitch": start_hitch}

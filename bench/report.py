@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-PROXIES = ("titus", "pyfork", "stunnel", "hitch")
+PROXIES = ("titus", "titus04", "pyfork", "stunnel", "hitch")
 LOAD_SATURATED = 0.90
 NOISY = 0.20
 
@@ -547,6 +547,8 @@ def render(results: dict[str, Any]) -> str:
         f"| titus | git {m['titus']} |",
         f"| stunnel | {' / '.join(m['stunnel'])} |",
         f"| hitch | {m['hitch']} |",
+        *([f"| titus 0.4 | `{m['titus04']}` (AGWA/titus 0.4, built from its public source) |"]
+          if m.get("titus04") else []),
         f"| nginx | {m['nginx']} |",
         f"| load tools | {m['wrk']}; {m['curl']}; `openssl s_time` |",
         "",

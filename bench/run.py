@@ -355,6 +355,7 @@ def machine() -> dict[str, Any]:
                     if line.startswith(("stunnel ", "Compiled with", "Running  with",
                                         "Running with"))][:3],
         "hitch": common.run(["hitch", "--version"]),
+        "titus04": str(proxies.TITUS04_BINARY) if proxies.TITUS04_BINARY else None,
         "nginx": common.run(["nginx", "-v"]),
         "wrk": common.run(["wrk", "--version"]).splitlines()[0],
         "curl": common.run(["curl", "--version"]).splitlines()[0],
@@ -373,8 +374,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="seconds per rate/latency window (default 5, quick 2)")
     p.add_argument("--keys", default=",".join(certs.KEY_TYPES),
                    help=f"key types, comma-separated (default {','.join(certs.KEY_TYPES)})")
-    p.add_argument("--proxies", default=",".join(proxies.PROXY_NAMES),
-                   help="proxies, comma-separated (default titus,stunnel,hitch)")
+    p.add_argument("--proxies",
+                   help="proxies, comma-separated (default titus,pyfork,stunnel,hitch, and "
+                        "titus04 with --titus04)")
+    p.add_argument("--titus04", type=Path, metavar="PATH",
+                   help="a titus 0.4 binary (built from AGWA/titus) to measure as a peer")
     p.add_argument("--repeats", type=int,
                    help="100 MB transfers per single-connection measurement (default 3, "
                         "quick 2)")
@@ -392,7 +396,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.max_minutes = args.max_minutes or (6.0 if args.quick else 15.0)
     args.keys = [k for k in args.keys.split(",") if k]
-    args.proxies = [k for k in args.proxies.split(",") if k]
+    default = [n for n in proxies.PROXY_NAMES if n != "titus04" or args.titus04]
+    args.proxies = [k for k in (args.proxies or ",".join(default)).split(",") if k]
+    if "titus04" in args.proxies:
+        if args.titus04 is None or not os.access(args.titus04, os.X_OK):
+            p.error("titus04 needs --titus04 PATH to an executable titus 0.4 binary")
+        proxies.TITUS04_BINARY = args.titus04.resolve()
     for k in args.keys:
         if k not in certs.KEY_TYPES:
             p.error(f"unknown key type {k!r}")
@@ -429,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
+    # Everything (backend, proxies, load) in a network namespace of the run's own: its
+    # loopback only, whatever address a proxy binds (titus 0.4 binds the any-address).
+    common.private_network()
     os.sched_setaffinity(0, {common.LOAD_CPU})
     # Sampling must happen on time even when 64 clients keep CPU 1 busy; what this script
     # starts runs at normal priority again (common.start).

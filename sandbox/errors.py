@@ -1,8 +1,11 @@
-"""Errors that name the jail layer that failed."""
+"""Errors that name what failed: a jail layer, or a line of a policy or profile file."""
 
 from __future__ import annotations
 
+import difflib
 import errno as _errno
+from collections.abc import Iterable
+from pathlib import Path
 
 
 class JailError(RuntimeError):
@@ -15,3 +18,19 @@ class JailError(RuntimeError):
         self.pid: int | None = None  # set when the failed jail is another process's child
         code = _errno.errorcode.get(err, str(err)) if err else "-"
         super().__init__(f"jail layer '{layer}' failed ({code}): {message}")
+
+
+class PolicyError(ValueError):
+    """A policy or profile file is wrong; str() is ``FILE:LINE: message``."""
+
+    def __init__(self, path: Path | str, line: int, message: str) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.message = message
+        super().__init__(f"{path}:{line}: {message}")
+
+
+def suggest(word: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` or nothing: every error should point at the fix."""
+    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,4 +1,4 @@
-"""Human-readable views of a profile: `sandbox check` (summary), `sandbox explain`, `learn`.
+"""Human-readable views of a profile: `sandbox check` (summary) and `sandbox explain`.
 
 Every sentence is computed from the loaded policy and JailSpec, never canned:
 an operator who edits a profile must see the consequence in `explain`.
@@ -6,116 +6,24 @@ an operator who edits a profile must see the consequence in `explain`.
 
 from __future__ import annotations
 
-import json
-import resource
 from collections.abc import Iterable
 
-from sandbox.policy import (
-    ARCHES,
-    ArgCond,
-    Rule,
-    SeccompPolicy,
-    action_label,
-    known_syscalls,
-    native_arch,
-    syscall_number,
-)
 from sandbox.profile import Profile
+from sandbox.rules import Rule, SeccompPolicy, action_label
 from sandbox.seccomp import compile_policy, instruction_count
-from sandbox.spec import NOFILE_KEPT, JailSpec, NetworkMode
-
-# Argument names for the syscalls that rules usually filter, for readable conditions.
-ARG_NAMES: dict[str, tuple[str, ...]] = {
-    "mmap": ("addr", "length", "prot", "flags", "fd", "offset"),
-    "mprotect": ("addr", "length", "prot"),
-    "pkey_mprotect": ("addr", "length", "prot", "pkey"),
-    "socket": ("domain", "type", "protocol"),
-    "socketpair": ("domain", "type", "protocol", "sv"),
-    "ioctl": ("fd", "request", "arg"),
-    "fcntl": ("fd", "cmd", "arg"),
-    "open": ("path", "flags", "mode"),
-    "openat": ("dirfd", "path", "flags", "mode"),
-    "clone": ("flags", "stack", "parent_tid", "child_tid", "tls"),
-    "prlimit64": ("pid", "resource", "new_limit", "old_limit"),
-    "setrlimit": ("resource", "rlim"),
-    "prctl": ("option", "arg2", "arg3", "arg4", "arg5"),
-    "kill": ("pid", "sig"),
-    "unshare": ("flags",),
-    "sendto": ("fd", "buf", "len", "flags", "dest_addr", "addrlen"),
-    "recvfrom": ("fd", "buf", "len", "flags", "src_addr", "addrlen"),
-    "sendmsg": ("fd", "msg", "flags"),
-    "recvmsg": ("fd", "msg", "flags"),
-}
-
-_NETWORK_WORDS = {
-    NetworkMode.SHARED_EMPTY: "the one shared, empty network namespace (no interfaces at all)",
-    NetworkMode.NEW: "a new, empty network namespace (no interfaces at all)",
-    NetworkMode.LOOPBACK: "a new network namespace with only the loopback interface",
-    NetworkMode.NETNS: "the existing network namespace {path} (whatever interfaces it has)",
-    NetworkMode.HOST: "the HOST's network namespace (no network isolation)",
-}
-
-
-def _network_words(spec: JailSpec) -> str:
-    return _NETWORK_WORDS[spec.network].format(path=spec.netns_path)
-
+from sandbox.spec import JailSpec
+from sandbox.syscalls import ARCHES, native_arch, syscall_number
+from sandbox.wording import (
+    binds_text,
+    conds_text,
+    listing,
+    network_text,
+    rlimits_text,
+    size_text,
+)
 
 # ---------------------------------------------------------------------------
-# Small helpers
-
-
-def _join(names: Iterable[str], word: str = "and") -> str:
-    """ "a, b and c" — lists in sentences."""
-    items = list(names)
-    if not items:
-        return ""
-    if len(items) == 1:
-        return items[0]
-    return f"{', '.join(items[:-1])} {word} {items[-1]}"
-
-
-def _size(n: int) -> str:
-    """Bytes as 16M / 1G when exact, else the number."""
-    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
-        if n and n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return str(n)
-
-
-def _describe(cond: ArgCond, name: str) -> str:
-    """One comparison in words where the shape is common: "prot has no PROT_EXEC"."""
-    if cond.op != "masked-eq" or not cond.mask_text:
-        return cond.describe(name)
-    bits = [b.strip() for b in cond.mask_text.split("|")]
-    wanted = [b.strip() for b in str(cond.value_text).split("|")] if cond.value else []
-    if not set(wanted) <= set(bits):  # not flags-shaped: say it as it is
-        mask = f"({cond.mask_text})" if len(bits) > 1 else cond.mask_text
-        return f"{name} & {mask} == {cond.value_text or cond.value}"
-    parts = []
-    if wanted:
-        parts.append(f"has {_join(wanted)}")
-    absent = [b for b in bits if b not in wanted]
-    if absent:
-        parts.append(
-            f"has no {absent[0]}" if len(absent) == 1 else f"has none of {_join(absent, 'or')}"
-        )
-    text = f"{name} {' and '.join(parts)}"
-    if "O_ACCMODE" in absent:
-        text += " (read-only)"
-    return text
-
-
-def _cond(rule: Rule) -> str:
-    """``prot has no PROT_EXEC and ...`` for one rule (args are ANDed)."""
-    names = ARG_NAMES.get(rule.syscall, ())
-    return " and ".join(
-        _describe(c, names[c.arg] if c.arg < len(names) else f"arg{c.arg}") for c in rule.args
-    )
-
-
-def _conds(rules: Iterable[Rule]) -> str:
-    """Several rules are ORed."""
-    return " or ".join(f"({_cond(r)})" if len(r.args) > 1 else _cond(r) for r in rules)
+# The policy, one syscall at a time
 
 
 def _exists(name: str) -> bool:
@@ -184,28 +92,6 @@ def _arch_counts(policy: SeccompPolicy, arch: str) -> str:
     )
 
 
-def _rlimits(spec: JailSpec) -> str:
-    parts = []
-    for name, value in spec.rlimits:
-        if value == NOFILE_KEPT:
-            text = "kept (the fds passed in)"
-        elif value == resource.RLIM_INFINITY:
-            text = "unlimited"
-        elif name in ("as", "data", "fsize", "stack", "memlock", "msgqueue"):
-            text = _size(value)
-        else:
-            text = str(value)
-        parts.append(f"{name}={text}")
-    return ", ".join(parts) or "none"
-
-
-def _binds(spec: JailSpec) -> str:
-    out = []
-    for b in spec.binds:
-        where = str(b.source) if b.source == b.target else f"{b.source} at {b.target}"
-        out.append(f"{where} ({'writable' if b.writable else 'read-only'})")
-    return ", ".join(out) or "none"
-
 
 def summary(profile: Profile) -> str:
     """The facts of a profile in a compact listing, for `sandbox check`."""
@@ -215,7 +101,7 @@ def summary(profile: Profile) -> str:
         lines.append(f"  {profile.description}")
     last_uid = spec.uid_range.first + spec.uid_range.count - 1
     tmpfs = (
-        f"{spec.writable_tmpfs} ({_size(spec.writable_tmpfs_size)})"
+        f"{spec.writable_tmpfs} ({size_text(spec.writable_tmpfs_size)})"
         if spec.writable_tmpfs
         else "none"
     )
@@ -224,12 +110,12 @@ def summary(profile: Profile) -> str:
         f"  network: {spec.network_label}; hostname: {spec.hostname}",
         f"  root: {'empty, read-only' if spec.empty_root else 'the host root'}; "
         f"/proc: {'mounted' if spec.mount_proc else 'not mounted'}",
-        f"  binds: {_binds(spec)}",
+        f"  binds: {binds_text(spec)}",
         f"  writable tmpfs: {tmpfs}",
         f"  uids: {spec.uid_range.first}-{last_uid} ({spec.uid_range.count})",
         f"  no_new_privs: {_yes(spec.no_new_privs)}; dumpable: {_yes(spec.dumpable)}; "
         f"capabilities dropped: {_yes(spec.drop_capabilities)}; landlock: {_yes(spec.landlock)}",
-        f"  rlimits: {_rlimits(spec)}",
+        f"  rlimits: {rlimits_text(spec)}",
     ]
     if policy is None:
         lines.append("seccomp: NONE (no [seccomp] table: every syscall is allowed)")
@@ -250,7 +136,7 @@ def summary(profile: Profile) -> str:
             for r in rules:
                 by_action.setdefault(policy.effective_action(r), []).append(r)
             for action, rs in by_action.items():
-                lines.append(f"    {name:<{width}}  {action_label(action)} if {_conds(rs)}")
+                lines.append(f"    {name:<{width}}  {action_label(action)} if {conds_text(rs)}")
     others = [r for r in policy.rules if not r.args and r.action not in ("allow", "deny")]
     if others:
         lines.append("  other actions:")
@@ -273,7 +159,7 @@ def _yes(flag: bool) -> str:
 
 
 def _not_allowed(names: list[str]) -> str:
-    return f"{_join(names)} {'is' if len(names) == 1 else 'are'} not allowed"
+    return f"{listing(names)} {'is' if len(names) == 1 else 'are'} not allowed"
 
 
 def _filesystem(spec: JailSpec) -> str:
@@ -283,10 +169,10 @@ def _filesystem(spec: JailSpec) -> str:
         return "there is no filesystem (empty read-only root)"
     seen = []
     if spec.binds:
-        seen.append(_binds(spec))
+        seen.append(binds_text(spec))
     if spec.writable_tmpfs:
         seen.append(
-            f"a writable tmpfs at {spec.writable_tmpfs} ({_size(spec.writable_tmpfs_size)})"
+            f"a writable tmpfs at {spec.writable_tmpfs} ({size_text(spec.writable_tmpfs_size)})"
         )
     text = f"its otherwise empty read-only root holds only {'; and '.join(seen)}"
     if spec.landlock:
@@ -301,14 +187,14 @@ def _files(view: _View, spec: JailSpec) -> str:
     fs = _filesystem(spec)
     if not allowed and not conditional:
         return f"It cannot open files: {fs} and {_not_allowed(forbidden)}."
-    parts = [f"{n} only when {_conds(view.allow_rules(n))}" for n in conditional]
-    how = _join([*(f"{n} is allowed" for n in allowed), *parts])
+    parts = [f"{n} only when {conds_text(view.allow_rules(n))}" for n in conditional]
+    how = listing([*(f"{n} is allowed" for n in allowed), *parts])
     return f"It can open files ({how}), but {fs}."
 
 
 def _network(view: _View, spec: JailSpec) -> str:
     _, conditional, forbidden = view.split(["socket", "socketpair"])
-    net = f"Its network is {_network_words(spec)}."
+    net = f"Its network is {network_text(spec)}."
     if "socket" in forbidden:
         client = view.split(["connect", "bind", "listen", "accept", "accept4"])
         extra = f" ({_not_allowed(client[2])} either)" if client[2] else ""
@@ -316,13 +202,13 @@ def _network(view: _View, spec: JailSpec) -> str:
             n for n in ("recvmsg", "sendmsg", "recvfrom", "sendto") if view.state(n) != "forbidden"
         ]
         given = (
-            f"it can only use sockets it is given ({_join(io)})"
+            f"it can only use sockets it is given ({listing(io)})"
             if io
             else "it cannot use sockets at all"
         )
         return f"{net} It cannot create sockets: socket is not allowed{extra}, so {given}."
     if "socket" in conditional:
-        return f"{net} It can create sockets only when {_conds(view.allow_rules('socket'))}."
+        return f"{net} It can create sockets only when {conds_text(view.allow_rules('socket'))}."
     return f"{net} It can create sockets of any family (socket is allowed)."
 
 
@@ -333,22 +219,22 @@ def _processes(view: _View, spec: JailSpec) -> str:
     if not allowed and not conditional:
         text = f"It cannot start processes or threads: {_not_allowed(forbidden)}{limit}."
     elif conditional and not allowed:
-        ways = "; ".join(f"{n} only when {_conds(view.allow_rules(n))}" for n in conditional)
+        ways = "; ".join(f"{n} only when {conds_text(view.allow_rules(n))}" for n in conditional)
         refused = [
             f"{n} fails with {view.action(n)}"
             for n in forbidden
             if view.action(n).startswith("errno")
         ]
-        refused_text = f" ({_join(refused)})" if refused else ""
+        refused_text = f" ({listing(refused)})" if refused else ""
         text = f"It can start threads but not processes: {ways}{refused_text}{limit}."
     else:
-        text = f"It can start processes ({_join(allowed)} allowed){limit}."
+        text = f"It can start processes ({listing(allowed)} allowed){limit}."
     exe_allowed, exe_cond, exe_forbidden = view.split(["execve", "execveat"])
     if not exe_allowed and not exe_cond:
         text += f" It cannot run other programs: {_not_allowed(exe_forbidden)}."
     else:
         text += (
-            f" It can execute programs ({_join(exe_allowed + exe_cond)}), only those inside "
+            f" It can execute programs ({listing(exe_allowed + exe_cond)}), only those inside "
             "its root, and no_new_privs "
             + ("keeps them from gaining privileges." if spec.no_new_privs else "is NOT set.")
         )
@@ -360,8 +246,8 @@ def _memory(view: _View) -> str:
     states = {n: view.state(n) for n in names}
     pkey = view.state("pkey_mprotect")
     if all(s == "conditional" for s in states.values()):
-        conds = "; ".join(f"{n} only when {_conds(view.allow_rules(n))}" for n in names)
-        exec_bit = all("PROT_EXEC" in _conds(view.allow_rules(n)) for n in names)
+        conds = "; ".join(f"{n} only when {conds_text(view.allow_rules(n))}" for n in names)
+        exec_bit = all("PROT_EXEC" in conds_text(view.allow_rules(n)) for n in names)
         head = (
             "It cannot make memory executable"
             if exec_bit and pkey == "forbidden"
@@ -406,13 +292,13 @@ def _others(view: _View, spec: JailSpec) -> list[str]:
             f"It cannot create or join namespaces or change mounts: {_not_allowed(forbidden_ns)}."
         )
     elif allowed_ns or cond_ns:
-        out.append(f"Careful: {_join(allowed_ns + cond_ns)} may be used.")
+        out.append(f"Careful: {listing(allowed_ns + cond_ns)} may be used.")
     lim_allowed, lim_cond, lim_forbidden = view.split(["setrlimit", "prlimit64"])
-    limits = _rlimits(spec)
+    limits = rlimits_text(spec)
     if not lim_allowed and not lim_cond:
         out.append(f"It cannot change its limits ({limits}): {_not_allowed(lim_forbidden)}.")
     elif lim_cond and not lim_allowed:
-        ways = "; ".join(f"{n} only when {_conds(view.allow_rules(n))}" for n in lim_cond)
+        ways = "; ".join(f"{n} only when {conds_text(view.allow_rules(n))}" for n in lim_cond)
         out.append(f"Its limits are {limits}; it may read them ({ways}) but not raise them.")
     else:
         out.append(f"Its limits are {limits}, and it may change them within the hard limits.")
@@ -427,7 +313,7 @@ def _others(view: _View, spec: JailSpec) -> list[str]:
         f"It runs as an unprivileged uid ({uids}) in its own user namespace, with {caps} and {nnp}"
     )
     if id_allowed:
-        who += f"; it may call {_join(id_allowed)}"
+        who += f"; it may call {listing(id_allowed)}"
     out.append(who + ".")
     return out
 
@@ -435,11 +321,11 @@ def _others(view: _View, spec: JailSpec) -> list[str]:
 def _can(view: _View, policy: SeccompPolicy) -> str:
     plain = [n for n in policy.allowed() if _exists(n)]
     cond = [
-        f"{n} only when {_conds(view.allow_rules(n))}"
+        f"{n} only when {conds_text(view.allow_rules(n))}"
         for n in policy.conditional()
         if _exists(n) and view.allow_rules(n)
     ]
-    text = f"What it can do, in full ({native_arch()}): {_join(plain)}"
+    text = f"What it can do, in full ({native_arch()}): {listing(plain)}"
     if cond:
         text += f"; and {'; '.join(cond)}"
     return text + "."
@@ -465,7 +351,7 @@ def _violations(policy: SeccompPolicy) -> str:
         denied = [r.syscall for r in policy.rules if not r.args and r.action != "allow"]
         return (
             f"Every system call is allowed except {len(denied)} denied ones "
-            f"({_join(denied)}): a deny-list, weaker than an allowlist."
+            f"({listing(denied)}): a deny-list, weaker than an allowlist."
         )
     return (
         f"Any other system call fails with {action_label(d).split(':', 1)[1]} ({action_label(d)})."
@@ -481,7 +367,7 @@ def explain(profile: Profile) -> str:
         paras.append(
             "It has NO seccomp filter: every system call is allowed; only the namespaces, "
             f"mounts and limits confine it. {_filesystem(spec).capitalize()}. "
-            f"Its network is {_network_words(spec)}."
+            f"Its network is {network_text(spec)}."
         )
         return "\n\n".join(paras) + "\n"
     view = _View(policy)
@@ -497,127 +383,4 @@ def explain(profile: Profile) -> str:
     return "\n\n".join(paras) + "\n"
 
 
-# ---------------------------------------------------------------------------
-# sandbox learn
-
-
-def _toml_str(value: str) -> str:
-    """A TOML basic string (JSON escapes are valid TOML)."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _jail_toml(spec: JailSpec) -> list[str]:
-    lines = [
-        "[jail]",
-        f"network = {_toml_str(spec.network_label)}",
-        f"hostname = {_toml_str(spec.hostname)}",
-        f"empty_root = {str(spec.empty_root).lower()}",
-        f"mount_proc = {str(spec.mount_proc).lower()}",
-    ]
-    if spec.writable_tmpfs is not None:
-        lines.append(f"writable_tmpfs = {_toml_str(str(spec.writable_tmpfs))}")
-        lines.append(f"writable_tmpfs_size = {_toml_str(_size(spec.writable_tmpfs_size))}")
-    if spec.binds:
-        lines.append("binds = [")
-        for b in spec.binds:
-            lines.append(
-                f"    {{ source = {_toml_str(str(b.source))}, target = {_toml_str(str(b.target))}"
-                f", writable = {str(b.writable).lower()} }},"
-            )
-        lines.append("]")
-    lines += [
-        f"no_new_privs = {str(spec.no_new_privs).lower()}",
-        f"dumpable = {str(spec.dumpable).lower()}",
-        f"landlock = {str(spec.landlock).lower()}",
-        f"uid_first = {spec.uid_range.first}",
-        f"uid_count = {spec.uid_range.count}",
-        f"cwd = {_toml_str(str(spec.cwd))}",
-        "env = { " + ", ".join(f"{_toml_str(k)} = {_toml_str(v)}" for k, v in spec.env) + " }",
-        "",
-        "[jail.rlimits]",
-    ]
-    for name, value in spec.rlimits:
-        if value == NOFILE_KEPT:
-            lines.append(f'{name} = "kept"')
-        elif value == resource.RLIM_INFINITY:
-            lines.append(f'{name} = "unlimited"')
-        else:
-            lines.append(f"{name} = {value}")
-    return lines
-
-
-def _arg_toml(cond: ArgCond) -> str:
-    """One argument filter as an inline table; values as strings keep their constants
-    (and 64-bit values that a TOML integer cannot hold)."""
-    parts = [f"arg = {cond.arg}", f"op = {_toml_str(cond.op)}"]
-    if cond.mask is not None:
-        parts.append(f"mask = {_toml_str(cond.mask_text or hex(cond.mask))}")
-    parts.append(f"value = {_toml_str(cond.value_text or hex(cond.value))}")
-    return "{ " + ", ".join(parts) + " }"
-
-
-def _kept_rules(policy: SeccompPolicy, names: set[str]) -> tuple[list[str], list[Rule]]:
-    """The base policy's deny list and its rules that are not plain allows, minus `names`."""
-    deny = [r.syscall for r in policy.rules if r.action == "deny" and r.syscall not in names]
-    rules = [
-        r
-        for r in policy.rules
-        if r.syscall not in names and r.action != "deny" and (r.args or r.action != "allow")
-    ]
-    return deny, rules
-
-
-def learned_policy_toml(
-    syscalls: Iterable[str], based_on: Profile | None = None, *, keep_rules: bool = False
-) -> str:
-    """A profile that allows exactly `syscalls` (what `sandbox learn` observed).
-
-    The [profile] and [jail] parts are copied from `based_on`.  Without
-    `keep_rules`, argument rules are not carried over: review the list and
-    add them by hand.  With it, the base policy's argument rules, other
-    actions (e.g. clone3 -> errno:ENOSYS) and deny list are kept for every
-    syscall not in `syscalls` (one in `syscalls` is allowed outright: it was
-    called in a way the rules did not allow).
-    """
-    names = sorted(set(syscalls))
-    unknown = [n for n in names if n not in known_syscalls()]
-    if unknown:
-        raise ValueError(f"unknown syscall names: {', '.join(unknown)}")
-    source = f" from {based_on.name}" if based_on else ""
-    description = f"learned{source}" + (f": {based_on.description}" if based_on else "")
-    kept = keep_rules and based_on is not None and based_on.policy is not None
-    what = "allowed by it or observed" if kept else "that were observed"
-    review = "# Review before use: every entry is allowed without argument filters"
-    if kept and based_on is not None:
-        review += f";\n# the deny list and the rules at the end are kept from {based_on.name}."
-    else:
-        review += "."
-    lines = [
-        f"# Learned by `sandbox learn`{source}: the {len(names)} syscalls {what}.",
-        review,
-        "",
-        "[profile]",
-        f"description = {_toml_str(description)}",
-        "",
-    ]
-    default = "kill-process"
-    if based_on is not None:
-        lines += [*_jail_toml(based_on.spec), ""]
-        if based_on.policy is not None and based_on.policy.default not in ("log", "allow"):
-            default = based_on.policy.default
-    lines += ["[seccomp]", f"default = {_toml_str(action_label(default))}", "allow = ["]
-    lines += [f"    {_toml_str(n)}," for n in names]
-    lines.append("]")
-    if keep_rules and based_on is not None and based_on.policy is not None:
-        deny, rules = _kept_rules(based_on.policy, set(names))
-        if deny:
-            lines.append("deny = [" + ", ".join(_toml_str(n) for n in deny) + "]")
-        for rule in rules:
-            lines += ["", "[[seccomp.rules]]", f"syscall = {_toml_str(rule.syscall)}"]
-            lines.append(f"action = {_toml_str(action_label(rule.action))}")
-            if rule.args:
-                lines.append("args = [" + ", ".join(_arg_toml(c) for c in rule.args) + "]")
-    return "\n".join(lines) + "\n"
-
-
-__all__ = ["explain", "learned_policy_toml", "summary"]
+__all__ = ["explain", "summary"]

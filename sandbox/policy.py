@@ -24,462 +24,27 @@ Group files ``groups/<name>.toml`` define ``@<name>`` in a ``[group]`` table
 
 from __future__ import annotations
 
-import difflib
-import errno
-import functools
 import os
 import re
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyseccomp
-
-# ---------------------------------------------------------------------------
-# Errors
-
-
-class PolicyError(ValueError):
-    """A policy or profile file is wrong; str() is ``FILE:LINE: message``."""
-
-    def __init__(self, path: Path | str, line: int, message: str) -> None:
-        self.path = Path(path)
-        self.line = line
-        self.message = message
-        super().__init__(f"{path}:{line}: {message}")
-
-
-def _suggest(word: str, candidates: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` or nothing: every error should point at the fix."""
-    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-# ---------------------------------------------------------------------------
-# Syscall names, per architecture
-
-ARCHES: dict[str, int] = {"x86_64": pyseccomp.Arch.X86_64, "aarch64": pyseccomp.Arch.AARCH64}
-# The highest syscall number worth probing: both arches end in the 450s today.
-_MAX_SYSCALL_NR = 1024
-
-
-def native_arch() -> str:
-    """The name of the machine's arch, as used in `ARCHES`."""
-    token = pyseccomp.system_arch()
-    for name, value in ARCHES.items():
-        if value == token:
-            return name
-    raise OSError(errno.ENOSYS, f"unsupported seccomp architecture 0x{token:x}")
-
-
-def arch_token(arch: str | None) -> int:
-    """libseccomp's token for an arch name (None = native)."""
-    name = arch or native_arch()
-    try:
-        return ARCHES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown architecture {name!r}{_suggest(name, ARCHES)}; known: {', '.join(ARCHES)}"
-        ) from None
-
-
-@functools.cache
-def syscall_table(arch: str) -> dict[int, str]:
-    """number -> name for every syscall libseccomp knows on `arch` (a few ms, once)."""
-    token = arch_token(arch)
-    table: dict[int, str] = {}
-    for nr in range(_MAX_SYSCALL_NR):
-        try:
-            table[nr] = pyseccomp.resolve_syscall(token, nr).decode()
-        except ValueError:
-            continue
-    return table
-
-
-@functools.cache
-def known_syscalls() -> frozenset[str]:
-    """Every syscall name that exists on at least one supported arch."""
-    names: set[str] = set()
-    for arch in ARCHES:
-        names.update(syscall_table(arch).values())
-    return frozenset(names)
-
-
-def syscall_number(name: str, arch: str | None = None) -> int | None:
-    """The syscall's number on `arch`, or None where it does not exist there."""
-    nr = pyseccomp.resolve_syscall(arch_token(arch), name)
-    return nr if nr >= 0 else None
-
-
-# ---------------------------------------------------------------------------
-# Actions
-
-_FIXED_ACTIONS = ("kill-process", "kill-thread", "trap", "log", "allow")
-# Marker for `deny = [...]` entries: the policy's default action, or
-# kill-process when the default is allow.  Resolved when compiling, so that a
-# learning run (default overridden to "log") logs denied calls too.
-DENY = "deny"
-
-
-def parse_action(text: object) -> str:
-    """Normalise an action string; errno actions become ``errno:<number>``."""
-    if not isinstance(text, str):
-        raise ValueError(f"an action must be a string, not {text!r}")
-    if text in _FIXED_ACTIONS:
-        return text
-    if text.startswith("errno:"):
-        code = text[len("errno:") :]
-        if code.isdigit():
-            number = int(code)
-        elif code in errno.errorcode.values():
-            number = getattr(errno, code)
-        else:
-            raise ValueError(f"unknown errno {code!r}{_suggest(code, errno.errorcode.values())}")
-        if not 1 <= number <= 4095:
-            raise ValueError(f"errno {number} is out of range 1..4095")
-        return f"errno:{number}"
-    choices = [*_FIXED_ACTIONS, "errno:EPERM"]
-    raise ValueError(f"unknown action {text!r}{_suggest(text, choices)}")
-
-
-def action_label(action: str) -> str:
-    """The readable form of a normalised action (``errno:1`` -> ``errno:EPERM``)."""
-    if action.startswith("errno:"):
-        number = int(action.split(":", 1)[1])
-        return f"errno:{errno.errorcode.get(number, number)}"
-    return action
-
-
-def deny_action(default: str) -> str:
-    """What `deny = [...]` means under this default action."""
-    return "kill-process" if default == "allow" else default
-
-
-# ---------------------------------------------------------------------------
-# Argument filters and symbolic constants
-
-OPS = ("==", "!=", "<", "<=", ">", ">=", "masked-eq")
-
-# Only constants with the same value on x86_64 and aarch64: a policy is
-# compiled for both, so an arch-dependent value would silently be wrong on one.
-CONSTANTS: dict[str, int] = {
-    # mmap/mprotect protection bits
-    "PROT_NONE": 0x0,
-    "PROT_READ": 0x1,
-    "PROT_WRITE": 0x2,
-    "PROT_EXEC": 0x4,
-    "PROT_GROWSDOWN": 0x01000000,
-    "PROT_GROWSUP": 0x02000000,
-    # mmap flags
-    "MAP_SHARED": 0x01,
-    "MAP_PRIVATE": 0x02,
-    "MAP_FIXED": 0x10,
-    "MAP_ANONYMOUS": 0x20,
-    "MAP_ANON": 0x20,
-    "MAP_GROWSDOWN": 0x0100,
-    "MAP_NORESERVE": 0x4000,
-    "MAP_POPULATE": 0x8000,
-    "MAP_STACK": 0x20000,
-    "MAP_HUGETLB": 0x40000,
-    "MAP_FIXED_NOREPLACE": 0x100000,
-    # socket domains and types
-    "AF_UNSPEC": 0,
-    "AF_UNIX": 1,
-    "AF_LOCAL": 1,
-    "AF_INET": 2,
-    "AF_INET6": 10,
-    "AF_NETLINK": 16,
-    "AF_PACKET": 17,
-    "SOCK_STREAM": 1,
-    "SOCK_DGRAM": 2,
-    "SOCK_RAW": 3,
-    "SOCK_SEQPACKET": 5,
-    "SOCK_NONBLOCK": 0o4000,
-    "SOCK_CLOEXEC": 0o2000000,
-    # send/recv flags
-    "MSG_PEEK": 0x2,
-    "MSG_DONTWAIT": 0x40,
-    "MSG_NOSIGNAL": 0x4000,
-    "MSG_CMSG_CLOEXEC": 0x40000000,
-    # ioctl requests (asm-generic values, shared by both arches)
-    "TCGETS": 0x5401,
-    "TIOCGWINSZ": 0x5413,
-    "FIONREAD": 0x541B,
-    "FIONBIO": 0x5421,
-    "FIONCLEX": 0x5450,
-    "FIOCLEX": 0x5451,
-    # fcntl commands
-    "F_DUPFD": 0,
-    "F_GETFD": 1,
-    "F_SETFD": 2,
-    "F_GETFL": 3,
-    "F_SETFL": 4,
-    "F_GETLK": 5,
-    "F_SETLK": 6,
-    "F_SETLKW": 7,
-    "F_DUPFD_CLOEXEC": 1030,
-    "F_ADD_SEALS": 1033,
-    "F_GET_SEALS": 1034,
-    "FD_CLOEXEC": 1,
-    # open flags (O_DIRECTORY, O_NOFOLLOW, O_DIRECT, O_LARGEFILE differ: not here)
-    "O_RDONLY": 0,
-    "O_WRONLY": 0o1,
-    "O_RDWR": 0o2,
-    "O_ACCMODE": 0o3,
-    "O_CREAT": 0o100,
-    "O_EXCL": 0o200,
-    "O_NOCTTY": 0o400,
-    "O_TRUNC": 0o1000,
-    "O_APPEND": 0o2000,
-    "O_NONBLOCK": 0o4000,
-    "O_DSYNC": 0o10000,
-    "O_SYNC": 0o4010000,
-    "O_NOATIME": 0o1000000,
-    "O_CLOEXEC": 0o2000000,
-    "O_PATH": 0o10000000,
-    "AT_FDCWD": -100,
-    "AT_SYMLINK_NOFOLLOW": 0x100,
-    "AT_EMPTY_PATH": 0x1000,
-    # clone flags
-    "CLONE_VM": 0x00000100,
-    "CLONE_FS": 0x00000200,
-    "CLONE_FILES": 0x00000400,
-    "CLONE_SIGHAND": 0x00000800,
-    "CLONE_PIDFD": 0x00001000,
-    "CLONE_PTRACE": 0x00002000,
-    "CLONE_VFORK": 0x00004000,
-    "CLONE_PARENT": 0x00008000,
-    "CLONE_THREAD": 0x00010000,
-    "CLONE_NEWNS": 0x00020000,
-    "CLONE_SYSVSEM": 0x00040000,
-    "CLONE_SETTLS": 0x00080000,
-    "CLONE_PARENT_SETTID": 0x00100000,
-    "CLONE_CHILD_CLEARTID": 0x00200000,
-    "CLONE_UNTRACED": 0x00800000,
-    "CLONE_CHILD_SETTID": 0x01000000,
-    "CLONE_NEWCGROUP": 0x02000000,
-    "CLONE_NEWUTS": 0x04000000,
-    "CLONE_NEWIPC": 0x08000000,
-    "CLONE_NEWUSER": 0x10000000,
-    "CLONE_NEWPID": 0x20000000,
-    "CLONE_NEWNET": 0x40000000,
-    "CLONE_IO": 0x80000000,
-    # prctl options
-    "PR_SET_PDEATHSIG": 1,
-    "PR_GET_DUMPABLE": 3,
-    "PR_SET_NAME": 15,
-    "PR_GET_NAME": 16,
-    "PR_CAPBSET_READ": 23,
-    # cp's reflink attempt, _IOW(0x94, 9, int) on both arches
-    "FICLONE": 0x40049409,
-}
-_ARCH_DEPENDENT = {"O_DIRECTORY", "O_NOFOLLOW", "O_DIRECT", "O_LARGEFILE", "O_TMPFILE"}
-_U64 = (1 << 64) - 1
-
-
-def parse_value(value: object) -> int:
-    """An int, or ``"PROT_READ|PROT_WRITE"``-style constants (and numbers) joined by '|'."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number or a constant name, not {value!r}")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str):
-        number = 0
-        for part in (p.strip() for p in value.split("|")):
-            if part in CONSTANTS:
-                number |= CONSTANTS[part] & _U64
-            elif re.fullmatch(r"-?(0x[0-9a-fA-F]+|0o[0-7]+|[0-9]+)", part):
-                number |= int(part, 0) & _U64
-            elif part in _ARCH_DEPENDENT:
-                raise ValueError(
-                    f"constant {part!r} differs between x86_64 and aarch64; write a separate "
-                    "policy per arch with the number"
-                )
-            else:
-                raise ValueError(f"unknown constant {part!r}{_suggest(part, CONSTANTS)}")
-    else:
-        raise ValueError(f"expected a number or a constant name, not {value!r}")
-    if not -(1 << 63) <= number <= _U64:
-        raise ValueError(f"value {value!r} does not fit in 64 bits")
-    return number & _U64
-
-
-@dataclass(frozen=True)
-class ArgCond:
-    """One comparison on a syscall argument; several in a rule are ANDed."""
-
-    arg: int
-    op: str
-    value: int
-    mask: int | None = None
-    # As written in the file, for summaries ("PROT_EXEC" rather than 4).
-    value_text: str = field(default="", compare=False)
-    mask_text: str = field(default="", compare=False)
-
-    def describe(self, name: str | None = None) -> str:
-        """``arg2 & PROT_EXEC == 0`` style text."""
-        who = name or f"arg{self.arg}"
-        value = self.value_text or str(self.value)
-        if self.op == "masked-eq":
-            return f"{who} & {self.mask_text or hex(self.mask or 0)} == {value}"
-        return f"{who} {self.op} {value}"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What happens to one syscall, optionally only when its arguments match."""
-
-    syscall: str
-    action: str  # normalised action, or DENY
-    args: tuple[ArgCond, ...] = ()
-    # Where the rule came from ("FILE:LINE") and through which group.
-    origin: str = field(default="", compare=False)
-    via: str = field(default="", compare=False)
-
-
-@dataclass(frozen=True)
-class SeccompPolicy:
-    """A validated, merged policy: the input of `sandbox.seccomp.compile_policy`."""
-
-    default: str
-    rules: tuple[Rule, ...]
-    source: Path | None = field(default=None, compare=False)
-    groups: tuple[str, ...] = field(default=(), compare=False)
-    includes: tuple[Path, ...] = field(default=(), compare=False)
-
-    def rules_for(self, syscall: str) -> tuple[Rule, ...]:
-        """The rules that mention `syscall` (empty: the default action applies)."""
-        return tuple(r for r in self.rules if r.syscall == syscall)
-
-    def syscalls(self) -> list[str]:
-        """Every syscall with a rule, sorted."""
-        return sorted({r.syscall for r in self.rules})
-
-    def effective_action(self, rule: Rule) -> str:
-        """The action of `rule` with DENY resolved."""
-        return deny_action(self.default) if rule.action == DENY else rule.action
-
-    def allowed(self) -> list[str]:
-        """Syscalls allowed without conditions."""
-        return sorted(r.syscall for r in self.rules if r.action == "allow" and not r.args)
-
-    def conditional(self) -> dict[str, tuple[Rule, ...]]:
-        """Syscalls whose fate depends on their arguments."""
-        out: dict[str, list[Rule]] = {}
-        for r in self.rules:
-            if r.args:
-                out.setdefault(r.syscall, []).append(r)
-        return {k: tuple(v) for k, v in sorted(out.items())}
-
-    def denied(self) -> list[str]:
-        """Syscalls named in a deny list or given an unconditional non-allow action."""
-        return sorted(r.syscall for r in self.rules if not r.args and r.action != "allow")
-
-    def is_allowed(self, syscall: str) -> bool | None:
-        """True: always allowed; None: depends on arguments; False: never."""
-        rules = self.rules_for(syscall)
-        if any(r.action == "allow" and not r.args for r in rules):
-            return True
-        if any(r.args for r in rules):
-            return None
-        if rules:
-            return self.effective_action(rules[0]) == "allow"
-        return self.default == "allow"
-
-
-# ---------------------------------------------------------------------------
-# Reading TOML with approximate line numbers
-
-
-class SourceFile:
-    """A TOML file's text and data; finds lines because tomllib gives none."""
-
-    def __init__(self, path: Path, text: str, data: dict[str, Any]) -> None:
-        self.path = path
-        self.text = text
-        self.lines = text.splitlines()
-        self.data = data
-
-    @classmethod
-    def read(cls, path: Path | str) -> SourceFile:
-        """Read and parse `path`; syntax errors become PolicyError with the line."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError(path, 1, f"cannot read: {exc.strerror or exc}") from exc
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            m = re.search(r"\(at line (\d+)", str(exc))
-            line = int(m.group(1)) if m else 1
-            raise PolicyError(path, line, f"TOML syntax error: {exc}") from exc
-        return cls(path, text, data)
-
-    def error(self, line: int, message: str) -> PolicyError:
-        """A PolicyError for this file."""
-        return PolicyError(self.path, line, message)
-
-    def find(self, pattern: str, start: int = 1, nth: int = 0) -> int | None:
-        """Line (1-based) of the `nth` match of regex `pattern` at or after `start`."""
-        rx = re.compile(pattern)
-        for i in range(max(start, 1) - 1, len(self.lines)):
-            if rx.search(self._code(self.lines[i])):
-                if nth == 0:
-                    return i + 1
-                nth -= 1
-        return None
-
-    @staticmethod
-    def _code(line: str) -> str:
-        """The line without a trailing comment (a '#' outside quotes)."""
-        quote = ""
-        for i, ch in enumerate(line):
-            if quote:
-                if ch == quote:
-                    quote = ""
-            elif ch in "\"'":
-                quote = ch
-            elif ch == "#":
-                return line[:i]
-        return line
-
-    def table_line(self, dotted: str, nth: int = 0) -> int | None:
-        """Line of the ``[a.b]`` (or nth ``[[a.b]]``) header."""
-        parts = r"\s*\.\s*".join(re.escape(p) for p in dotted.split("."))
-        return self.find(rf"^\s*\[\[?\s*{parts}\s*\]\]?", nth=nth)
-
-    def key_line(self, key: str, start: int = 1) -> int | None:
-        """Line of ``key =`` at or after `start`."""
-        return self.find(rf"(^|[{{,\s]){re.escape(key)}\s*=", start)
-
-    def quoted_line(self, word: str, start: int = 1) -> int | None:
-        """Line of ``"word"`` (or 'word') at or after `start`, else anywhere."""
-        pattern = rf"[\"']{re.escape(word)}[\"']"
-        return self.find(pattern, start) or self.find(pattern)
-
-    def best(self, *candidates: int | None) -> int:
-        """The first line found, else 1."""
-        for c in candidates:
-            if c:
-                return c
-        return 1
-
-
-def check_keys(
-    src: SourceFile, table: dict[str, Any], allowed: Iterable[str], where: str, start: int = 1
-) -> None:
-    """Unknown keys are errors: a misspelt option must not be silently ignored."""
-    allowed = list(allowed)
-    for key in table:
-        if key not in allowed:
-            table_name = f"{where}.{key}" if where else key
-            line = src.best(src.key_line(key, start), src.table_line(table_name))
-            place = f"in [{where}]" if where else "at top level"
-            raise src.error(line, f"unknown key {key!r} {place}{_suggest(key, allowed)}")
-
+from sandbox.constants import parse_value
+from sandbox.errors import PolicyError, suggest
+from sandbox.rules import (
+    DENY,
+    OPS,
+    ArgCond,
+    Rule,
+    SeccompPolicy,
+    action_label,
+    deny_action,
+    parse_action,
+)
+from sandbox.syscalls import known_syscalls
+from sandbox.tomlsource import SourceFile, check_keys
 
 # ---------------------------------------------------------------------------
 # Search path for profiles and groups
@@ -569,7 +134,7 @@ def _check_syscall(src: SourceFile, name: str, line: int) -> None:
         raise src.error(
             line,
             f"unknown syscall {name!r} (not known to libseccomp on x86_64 or aarch64)"
-            f"{_suggest(name, known_syscalls())}",
+            f"{suggest(name, known_syscalls())}",
         )
 
 
@@ -596,7 +161,7 @@ def _parse_args(src: SourceFile, raw: object, rule_line: int) -> tuple[ArgCond, 
             if key not in _ARG_KEYS:
                 raise src.error(
                     src.best(src.key_line(key, rule_line), line),
-                    f"unknown key {key!r} in an argument filter{_suggest(key, _ARG_KEYS)}",
+                    f"unknown key {key!r} in an argument filter{suggest(key, _ARG_KEYS)}",
                 )
         arg = item.get("arg")
         if isinstance(arg, bool) or not isinstance(arg, int) or not 0 <= arg <= 5:
@@ -605,7 +170,7 @@ def _parse_args(src: SourceFile, raw: object, rule_line: int) -> tuple[ArgCond, 
         if op not in OPS:
             raise src.error(
                 src.best(src.quoted_line(str(op), rule_line), line),
-                f"unknown op {op!r}{_suggest(str(op), OPS)}; ops: {', '.join(OPS)}",
+                f"unknown op {op!r}{suggest(str(op), OPS)}; ops: {', '.join(OPS)}",
             )
         if "value" not in item:
             raise src.error(line, "an argument filter needs a 'value'")
@@ -676,7 +241,7 @@ def _resolve_group(src: SourceFile, name: str, line: int, col: _Collector) -> No
     )
     if path is None:
         raise src.error(
-            line, f"unknown group {name!r}{_suggest(name, available_groups(col.group_dirs))}"
+            line, f"unknown group {name!r}{suggest(name, available_groups(col.group_dirs))}"
         )
     gsrc = SourceFile.read(path)
     check_keys(gsrc, gsrc.data, ("group",), "")

@@ -17,14 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox.policy import (
-    PolicyError,
-    SeccompPolicy,
-    SourceFile,
-    check_keys,
-    parse_policy,
-    policy_search_path,
-)
+from sandbox.errors import PolicyError
+from sandbox.policy import parse_policy, policy_search_path
+from sandbox.rules import SeccompPolicy
 from sandbox.seccomp import compile_policy
 from sandbox.spec import (
     NOFILE_KEPT,
@@ -35,6 +30,7 @@ from sandbox.spec import (
     UidRange,
     parse_network,
 )
+from sandbox.tomlsource import SourceFile, check_keys
 
 _TOP_KEYS = ("profile", "jail", "seccomp")
 _PROFILE_KEYS = ("description",)

@@ -16,18 +16,8 @@ import os
 import pyseccomp
 
 from sandbox.bpf import _BPF_MAXINSNS, _SOCK_FILTER_SIZE, prepare_bpf
-from sandbox.policy import (
-    ARCHES,
-    DENY,
-    ArgCond,
-    SeccompPolicy,
-    arch_token,
-    deny_action,
-    native_arch,
-    parse_action,
-    syscall_number,
-    syscall_table,
-)
+from sandbox.rules import DENY, ArgCond, SeccompPolicy, deny_action, parse_action
+from sandbox.syscalls import ARCHES, arch_token, native_arch, syscall_number, syscall_table
 
 _OPS = {
     "==": pyseccomp.EQ,

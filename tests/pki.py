@@ -48,7 +48,10 @@ class CA:
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, name: str, kind: str = "p256", extra_names: tuple[str, ...] = (),
-              filename: str | None = None) -> Leaf:
+              filename: str | None = None, uris: tuple[str, ...] = (),
+              valid: tuple[datetime.timedelta, datetime.timedelta] | None = None) -> Leaf:
+        """A leaf for `name` (CN and SAN); `valid` is (notBefore, notAfter) relative to now
+        (default: an hour ago, in 30 days); `uris` are URI SANs (e.g. spiffe://...)."""
         key = new_key(kind)
         now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = []
@@ -57,10 +60,12 @@ class CA:
                 sans.append(x509.IPAddress(ipaddress.ip_address(n)))
             except ValueError:
                 sans.append(x509.DNSName(n))
+        sans.extend(x509.UniformResourceIdentifier(uri) for uri in uris)
+        before, after = valid or (datetime.timedelta(hours=-1), datetime.timedelta(days=30))
         cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(self.cert.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(hours=1))
-                .not_valid_after(now + datetime.timedelta(days=30))
+                .not_valid_before(now + before)
+                .not_valid_after(now + after)
                 .add_extension(x509.SubjectAlternativeName(sans), False)
                 .sign(self.key, hashes.SHA256()))
         stem = filename or f"{name}-{kind}"
@@ -90,3 +95,20 @@ class CA:
             revocation_time=revoked, revocation_reason=None,
         ).responder_id(ocsp.OCSPResponderEncoding.HASH, self.cert)
         return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+    def crl(self, revoked: list[Leaf], path: Path | None = None,
+            next_update: datetime.timedelta = datetime.timedelta(days=1)) -> Path:
+        """A PEM CRL of this CA revoking `revoked` (leaves it issued), written to `path`."""
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
+                   .last_update(now - datetime.timedelta(hours=1))
+                   .next_update(now + next_update))
+        for leaf in revoked:
+            serial = x509.load_pem_x509_certificate(leaf.cert.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+                .build())
+        path = path or self.dir / "ca.crl.pem"
+        path.write_bytes(builder.sign(self.key, hashes.SHA256())
+                         .public_bytes(serialization.Encoding.PEM))
+        return path

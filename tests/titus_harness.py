@@ -9,6 +9,7 @@ checksums what it receives and answers with a deterministic stream.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -30,8 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class Titus:
     def __init__(self, tmp: Path, config: str, suffix: str = ".conf",
-                 args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> None:
-        """`prefix` runs titus through an exec-ing wrapper, e.g. `nsenter --net=PATH`."""
+                 args: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
+                 pass_fds: tuple[int, ...] = ()) -> None:
+        """`prefix` runs titus through an exec-ing wrapper, e.g. `nsenter --net=PATH`;
+        `pass_fds` are inherited by it (e.g. sockets for socket activation)."""
+        self.pass_fds = pass_fds
         self.config_path = tmp / f"titus{suffix}"
         self.config_path.write_text(config)
         self.log_path = tmp / "titus.log"
@@ -45,7 +49,7 @@ class Titus:
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "titus.cli", "--config", str(self.config_path),
              "--log-format", "json", *self.args],
-            stdout=log, stderr=log, cwd=ROOT, start_new_session=True)
+            stdout=log, stderr=log, cwd=ROOT, start_new_session=True, pass_fds=self.pass_fds)
         log.close()
         try:
             started = self.wait_event(lambda r: r.get("event") == "started", timeout)
@@ -142,13 +146,47 @@ class Titus:
     def __enter__(self) -> Titus:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, *exc: object) -> None:
         self.stop()
+        if kind is None:  # a failing test keeps its own error
+            self.assert_records_valid()
+
+    def assert_records_valid(self) -> None:
+        """Every record this titus wrote matches docs/logging.schema.json."""
+        bad = invalid_records(self.records())
+        assert not bad, "records that do not match docs/logging.schema.json:\n" + \
+            "\n".join(bad[:10])
+
+
+@functools.cache
+def _log_validators() -> dict[str, Any]:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((ROOT / "docs" / "logging.schema.json").read_text())
+    return {name: Draft202012Validator({**schema, "oneOf": [{"$ref": f"#/$defs/{name}"}]})
+            for name in schema["$defs"]}
+
+
+def invalid_records(records: list[dict[str, Any]]) -> list[str]:
+    """One line per record that the log schema refuses: its event and the first reason."""
+    validators = _log_validators()
+    bad = []
+    for record in records:
+        validator = validators.get(record.get("event"))  # type: ignore[arg-type]
+        if validator is None:
+            bad.append(f"undocumented event: {record}")
+            continue
+        error = next(iter(validator.iter_errors(record)), None)
+        if error is not None:
+            path = "/".join(map(str, error.absolute_path))
+            bad.append(f"{record.get('event')}: {path}: {error.message}")
+    return bad
 
 
 def _parse_addr(text: str) -> tuple[str, int]:
-    host, port = text.strip("()").replace("'", "").split(", ")
-    return host, int(port)
+    """"127.0.0.1:443" or "[::1]:443", as titus's records write addresses."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 # -- backends -------------------------------------------------------------------------

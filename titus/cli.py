@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, metavar="FILE",
                         help="configuration file: titus.conf format, or TOML if it ends in .toml")
     parser.add_argument("--check", action="store_true",
-                        help="validate the configuration and keys, then exit")
+                        help="validate the configuration, keys, listen addresses and backend "
+                             "names, then exit")
     return parser
 
 
@@ -79,17 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.check:
-        from titus.keyholder.checks import check_keys
-
-        problem = check_keys(config)
-        if problem:
-            print(f"titus: {problem}", file=sys.stderr)
-            return 2
-        for notice in config.notices:
-            print(f"titus: note: {notice}", file=sys.stderr)
-        print(f"titus: {args.config}: OK ({len(config.vhosts)} vhosts, "
-              f"{len(config.listeners)} listeners)")
-        return 0
+        return _check(config, args.config)
     if os.geteuid() != 0:
         print("titus: must run as root: it builds a jail (namespaces, seccomp) per connection",
               file=sys.stderr)
@@ -98,6 +89,25 @@ def main(argv: list[str] | None = None) -> int:
         return _run_daemon(config, (args.config, overrides))
     logs.setup(config.log_format)
     return _serve(config, ready=None, source=(args.config, overrides))
+
+
+def _check(config: Config, path: str) -> int:
+    """`--check`: the configuration, every key against its certificate, and what start-up
+    needs from the system (ports free, backend names resolving); 2 on the first problem."""
+    from titus.keyholder.checks import check_keys
+    from titus.supervisor.preflight import preflight
+
+    problem = check_keys(config)
+    notes: list[str] = []
+    if not problem:
+        problem, notes = preflight(config)
+    if problem:
+        print(f"titus: {problem}", file=sys.stderr)
+        return 2
+    for note in [*map(str, config.notices), *notes]:
+        print(f"titus: note: {note}", file=sys.stderr)
+    print(f"titus: {path}: OK ({len(config.vhosts)} vhosts, {len(config.listeners)} listeners)")
+    return 0
 
 
 def _serve(config: Config, ready: int | None,

@@ -7,6 +7,7 @@ printed as readable text.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import sys
 from typing import Any
@@ -24,7 +25,25 @@ class _TextFormatter(logging.Formatter):
         return f"{when} {record.levelname.lower():7} {record.getMessage()} {extra}".rstrip()
 
 
+def endpoint(addr: tuple[Any, ...] | list[Any]) -> str:
+    """An address as every record writes it: `127.0.0.1:443`, `[::1]:443`; an IPv4-mapped
+    IPv6 address (a dual-stack listener's peer) as the IPv4 address it is."""
+    host, port = str(addr[0]), int(addr[1])
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def rfc3339(created: float) -> str:
+    """A record's time: RFC 3339 in UTC with milliseconds, `2026-12-02T17:10:39.896Z`."""
+    when = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class _Json(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return rfc3339(record.created)
+
     def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord,
                    message_dict: dict[str, Any]) -> None:
         super().add_fields(log_record, record, message_dict)

@@ -35,7 +35,8 @@ from titus.config.load import ConfigError, load_config, parse_command_line
 from titus.config.options import OPTIONS
 from titus.config.toml import ARRAYS, ROOT_KEYS, SECTIONS, VHOST_KEYS
 
-ERROR_FORMAT = re.compile(r"^[^\n]+:\d+: [^\n]+$")
+# FILE:LINE: message, or FILE: message for what is missing from a whole file (never :0).
+ERROR_FORMAT = re.compile(r"^[^\n]+?(:[1-9][0-9]*)?: [^\n]+$")
 
 
 def conf_seed(d: Path) -> str:
@@ -67,6 +68,7 @@ vhost www
 \tcert certs/b.crt
 \tkey certs/b.key
 \talpn h2,http/1.1
+\tbackend-h2 yes
 \tproxy-protocol v2
 vhost
 \tlocal-address 127.0.0.1
@@ -87,6 +89,7 @@ cert = "certs/a.crt"
 key = "certs/a.key"
 backend = "localhost"
 backend-port = 8080
+backend-h2 = true
 max-children = 8
 min-spare-children = 1
 max-handshake-time = 2.5

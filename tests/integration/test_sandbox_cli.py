@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.policy import native_arch, syscall_number
+from sandbox.syscalls import native_arch, syscall_number
 
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "policies"

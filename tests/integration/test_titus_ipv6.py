@@ -41,5 +41,5 @@ def test_ipv6_listener_and_backend(tmp_path):
             assert host == "::1"
             assert get(ca, socket.AF_INET6, ("::1", port)).endswith(b"backend six path /six\n")
             record = titus.wait_connections(1)[0]
-            assert record["client"].startswith("::1:") and record["outcome"] == "ok"
+            assert record["client"].startswith("[::1]:") and record["outcome"] == "ok"
 

@@ -78,6 +78,7 @@ vhost
 	key {two.key}
 	proxy-protocol v2
 	alpn h2,http/1.1
+	backend-h2 yes
 """
         with Titus(tmp_path, config) as titus:
             answer, tls = ask(ca, titus.port, "one.test")

@@ -36,6 +36,7 @@ import pytest
 from sandbox import libc
 from tests.pki import CA
 from tests.titus_harness import TCPBackend, Titus
+from titus.logs import endpoint
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and titus need root"),
@@ -262,9 +263,8 @@ def test_transparent_yes_keeps_source_and_destination(lab: Lab, ca: CA, tmp_path
             seen_pairs.append((seen.client, destination))
         records = titus.wait_connections(3)
         assert [r["outcome"] for r in records] == ["ok"] * 3
-        unmapped = {(r["client"].removeprefix("::ffff:"), r["local"].removeprefix("::ffff:"))
-                    for r in records}
-        assert unmapped == {(f"{c[0]}:{c[1]}", f"{d[0]}:{d[1]}") for c, d in seen_pairs}
+        logged = {(r["client"], r["local"]) for r in records}  # IPv4-mapped ones as IPv4
+        assert logged == {(endpoint(c), endpoint(d)) for c, d in seen_pairs}
         assert (a.accepted, b.accepted, six.accepted) == (1, 1, 1)
 
 
@@ -290,7 +290,7 @@ def test_backend_only_keeps_source(lab: Lab, ca: CA, tmp_path: Path) -> None:
 
             assert fetch(lab, ca, lab.client, (PROXY6_C, PORT)) is None
             records = titus.wait_connections(3)
-            failed = [r for r in records if r["client"].startswith(CLIENT6)]
+            failed = [r for r in records if r["client"].startswith(f"[{CLIENT6}]:")]
             assert failed and failed[0]["notes"] == (
                 f"backend: {BACKEND4_A}: transparent: cannot connect as the IPv6 client "
                 f"{CLIENT6} to an IPv4 backend"), failed

@@ -154,7 +154,14 @@ WORKS: dict[str, tuple[str, Callable[[Config], object]]] = {
         "ciphersuites TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256\n",
         lambda c: tls(c).ciphersuites == "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256",
     ),
-    "alpn": ("alpn h2, http/1.1\n", lambda c: tls(c).alpn == ("h2", "http/1.1")),
+    "alpn": ("alpn http/1.1\n", lambda c: tls(c).alpn == ("http/1.1",)),
+    "alpn h2": ("alpn h2, http/1.1\nbackend-h2 yes\n",
+                lambda c: tls(c).alpn == ("h2", "http/1.1") and c.vhosts[0].backend_h2),
+    "backend-h2 per vhost": (
+        "alpn h2\nvhost\n\tbackend-h2 yes\n\tsni-name a.example\nvhost\n\talpn http/1.1\n",
+        lambda c: [(v.backend_h2, v.tls.alpn) for v in c.vhosts] == [(True, ("h2",)),
+                                                                    (False, ("http/1.1",))],
+    ),
     "proxy-protocol": ("proxy-protocol V2\n", lambda c: c.vhosts[0].proxy_protocol == "v2"),
     "proxy-protocol per vhost": (
         "proxy-protocol v1\nvhost\n\tproxy-protocol no\nvhost\n",
@@ -291,6 +298,16 @@ REFUSED: dict[str, tuple[str, str, int]] = {
         "ciphersuites TLS_FOO\n", "ciphersuites TLS_FOO: unknown TLS 1.3 suite TLS_FOO", EXTRA_LINE
     ),
     "alpn empty item": ("alpn h2,,x\n", "alpn h2,,x: empty item in the list", EXTRA_LINE),
+    "alpn h2 without backend-h2": (
+        "alpn h2,http/1.1\n",
+        "alpn offers h2, but the backend is not declared to speak HTTP/2: clients that choose "
+        "h2 would get empty replies from an HTTP/1.1 backend; leave h2 out, or set "
+        "`backend-h2 yes` if the backend speaks cleartext HTTP/2", EXTRA_LINE,
+    ),
+    "alpn h2 inherited by a vhost whose backend is not h2": (
+        "alpn h2\nbackend-h2 yes\nvhost a\n\tbackend-h2 no\n",
+        "vhost a: alpn offers h2, but the backend is not declared", EXTRA_LINE,
+    ),
     "proxy-protocol yes": (
         "proxy-protocol yes\n", "proxy-protocol yes: expected v1, v2 or no", EXTRA_LINE
     ),

@@ -57,7 +57,7 @@ def test_annotated_example_loads(tmp_path: Path) -> None:
     assert [v.name for v in config.vhosts] == ["www", "internal", "wildcard", "fallback"]
     assert www.sni_names == ("www.example.com", "example.com")
     assert www.tls.min_version == ssl.TLSVersion.TLSv1_3
-    assert www.tls.alpn == ("h2", "http/1.1")  # inherited from [tls]
+    assert www.tls.alpn == ("http/1.1",)  # inherited from [tls]; h2 only with backend-h2
     assert (www.backend_host, www.backend_port) == ("127.0.0.1", 7443)
     assert internal.local_address == ipaddress.ip_address("127.0.0.1")
     assert (internal.local_port, internal.proxy_protocol) == (8443, "v1")
@@ -79,7 +79,8 @@ def test_both_formats_give_the_same_model(certs: Path) -> None:
         "max-children 50\nmin-spare-children 5\nmax-handshake-time 4\ndaemon yes\n"
         "transparent backend-only\nproxy-protocol v2\n"
         "ciphers ECDHE-RSA-AES128-GCM-SHA256\necdhcurve X25519\ndhgroup 14\n"
-        "honor-client-cipher-order yes\nalpn h2\nciphersuites TLS_AES_128_GCM_SHA256\n"
+        "honor-client-cipher-order yes\nalpn h2\nbackend-h2 yes\n"
+        "ciphersuites TLS_AES_128_GCM_SHA256\n"
         "log-format json\nmetrics-listen 127.0.0.1:9100\nkeyholder-budget 2\n"
         "vhost www\n\tsni-name www.example.com\n\tsni-name *.www.example.com\n"
         "\tcert certs/www.example.com.crt\n\tkey certs/www.example.com.key\n\ttlsv1.2 no\n"
@@ -89,7 +90,7 @@ def test_both_formats_give_the_same_model(certs: Path) -> None:
     native = toml(
         certs,
         'max-children = 50\nmin-spare-children = 5\nmax-handshake-time = 4.0\ndaemon = true\n'
-        'transparent = "backend-only"\nproxy-protocol = "v2"\n'
+        'transparent = "backend-only"\nproxy-protocol = "v2"\nbackend-h2 = true\n'
         '[tls]\nciphers = ["ECDHE-RSA-AES128-GCM-SHA256"]\ncurves = ["X25519"]\ndhgroup = 14\n'
         'honor-client-cipher-order = true\nalpn = ["h2"]\n'
         'ciphersuites = "TLS_AES_128_GCM_SHA256"\n'
@@ -112,13 +113,13 @@ def test_both_formats_give_the_same_model(certs: Path) -> None:
 def test_vhost_tls_inherits_field_by_field(certs: Path) -> None:
     config = load_config(toml(
         certs,
-        '[tls]\nalpn = ["h2"]\ncurves = ["secp384r1"]\n'
+        '[tls]\nalpn = ["http/1.1"]\ncurves = ["secp384r1"]\n'
         '[[vhost]]\n[vhost.tls]\ncurves = "X25519"\n'
         '[[vhost]]\n',
     ))
     first, second = config.vhosts
-    assert (first.tls.alpn, first.tls.curves) == (("h2",), ("X25519",))
-    assert (second.tls.alpn, second.tls.curves) == (("h2",), ("secp384r1",))
+    assert (first.tls.alpn, first.tls.curves) == (("http/1.1",), ("X25519",))
+    assert (second.tls.alpn, second.tls.curves) == (("http/1.1",), ("secp384r1",))
 
 
 def test_empty_sni_name_in_toml(certs: Path) -> None:
@@ -174,8 +175,20 @@ def test_jail_range_errors(certs: Path, text: str, line: int, message: str) -> N
         ("max-handshake-time = nan\n", 6, "max-handshake-time: expected a finite number"),
         ("max-handshake-time = 0.0\n", 6, "max-handshake-time 0: must be more than 0"),
         ("max-childern = 5\n", 6, "unknown key 'max-childern'; did you mean 'max-children'?"),
-        ("ciphers = \"x\"\n", 6, "ciphers belongs in the [tls] table"),
-        ("sni-name = \"a.example\"\n", 6, "sni-name belongs in a [[vhost]] table"),
+        ("ciphers = \"x\"\n", 6, "'ciphers' belongs in [tls] or [vhost.tls], not the top level"),
+        ("sni-name = \"a.example\"\n", 6, "'sni-name' belongs in [[vhost]], not the top level"),
+        ("[[vhost]]\nciphers = \"x\"\n", 7,
+         "'ciphers' belongs in [vhost.tls] or [tls], not [[vhost]]"),
+        ("[[vhost]]\n[vhost.tls]\nbackend = \"x\"\n", 8,
+         "'backend' belongs in [[vhost]] or the top level, not [vhost.tls]"),
+        ("[tls]\nmin-tls-version = \"1.3\"\n", 7,
+         "'min-tls-version' is written 'min-version' in [tls]"),
+        ("log-format = \"json\"\n", 6, "'log-format' is written 'format' in [log]"),
+        ("[log]\nlisten = \"127.0.0.1:9100\"\n", 7, "'listen' is a table of its own"),
+        ("[metrics]\nformat = \"json\"\n", 7, "'format' belongs in [log], not [metrics]"),
+        ("[[listen]]\nsni-name = \"a\"\n", 7, "'sni-name' belongs in [[vhost]], not [[listen]]"),
+        ("[[vhost]]\n[vhost.tls]\nciphres = \"x\"\n", 8,
+         "unknown key in [vhost.tls] 'ciphres'; did you mean 'ciphers'?"),
         ("sslv3 = false\n", 6, "unknown key 'sslv3'"),
         ("network-user = \"titus\"\n", 6, "unknown key 'network-user'"),
         ("\n[tls]\nmin-version = \"1.0\"\n", 8,
@@ -230,7 +243,7 @@ def test_missing_cert_in_vhost_names_the_vhost_header(certs: Path) -> None:
 
 def test_missing_port(certs: Path) -> None:
     path = write(certs / "t.toml", "[tls]\n")
-    assert error_of(path) == f"{path}:0: no port to listen on; set `port` (e.g. 443)"
+    assert error_of(path) == f"{path}: no port to listen on; set `port` (e.g. 443)"
 
 
 def test_command_line_overrides_apply_to_toml(certs: Path) -> None:

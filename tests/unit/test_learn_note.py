@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sandbox.cli import _incomplete_note
+from sandbox.learn import incomplete_note as _incomplete_note
 
 
 def test_complete_last_round_says_nothing() -> None:

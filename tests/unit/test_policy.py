@@ -9,16 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sandbox.policy import (
-    CONSTANTS,
-    DENY,
-    PolicyError,
-    known_syscalls,
-    load_policy,
-    parse_action,
-    parse_value,
-    syscall_number,
-)
+from sandbox.constants import CONSTANTS, parse_value
+from sandbox.errors import PolicyError
+from sandbox.policy import load_policy
+from sandbox.rules import DENY, parse_action
+from sandbox.syscalls import known_syscalls, syscall_number
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.explain import explain, learned_policy_toml, summary
-from sandbox.policy import PolicyError, syscall_number
+from sandbox.errors import PolicyError
+from sandbox.explain import explain, summary
+from sandbox.learn import learned_policy_toml
 from sandbox.profile import Profile, find_profile, load_profile, parse_size
 from sandbox.seccomp import compile_policy
 from sandbox.spec import DEFAULT_NOFILE, NOFILE_KEPT, BindMount, NetworkMode
+from sandbox.syscalls import syscall_number
 from tests.unit.test_seccomp import run_filtered, start_filtered, wait_filtered
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"

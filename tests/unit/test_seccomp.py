@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from sandbox.bpf import load_bpf
-from sandbox.policy import SeccompPolicy, load_policy
+from sandbox.policy import load_policy
+from sandbox.rules import SeccompPolicy
 from sandbox.seccomp import compile_policy, instruction_count, syscall_name
 
 _libc = ctypes.CDLL(None, use_errno=True)

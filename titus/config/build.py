@@ -18,10 +18,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
+from titus.config.clientauth import client_settings
 from titus.config.dh import resolve_dhgroup
-from titus.config.files import check_cert_file, check_key_file
+from titus.config.files import check_cert_file, check_key_file, validity_problem
 from titus.config.model import (
     DEFAULT_CIPHERS,
     DEFAULT_DHE_CIPHERS,
@@ -48,6 +47,9 @@ FORCED_EXCLUSIONS = (
 NO_DHE = ":!kDHE"
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}
+# TLSDraft attribute -> option name, where they differ by more than "_" for "-".
+_TLS_OPTION = {"min_version": "min-tls-version", "max_version": "max-tls-version",
+               "curves": "ecdhcurve"}
 _UNSPECIFIED_V4 = ipaddress.IPv4Address("0.0.0.0")
 _UNSPECIFIED_V6 = ipaddress.IPv6Address("::")
 
@@ -192,23 +194,8 @@ class _Builder:
             dhgroup=dh,
             honor_client_cipher_order=value("honor_client_cipher_order"),
             alpn=value("alpn"),
-            **self.client_auth(pick("client_auth"), pick("client_ca")),
+            **client_settings(pick, self.notices),
         )
-
-    def client_auth(self, auth: Sourced[str] | None, ca: Sourced[Path] | None
-                    ) -> dict[str, Any]:
-        mode = auth.value if auth else "none"
-        if mode != "none" and ca is None:
-            assert auth is not None
-            raise ConfigError(auth.source, f"client-auth {mode} needs client-ca (the CA file "
-                                           "that signs client certificates)")
-        if ca is not None and mode != "none":
-            try:
-                x509.load_pem_x509_certificates(ca.value.read_bytes())
-            except (OSError, ValueError) as e:
-                raise ConfigError(ca.source, f"client-ca {ca.value}: not a readable PEM "
-                                             f"certificate file ({e})") from None
-        return {"client_auth": mode, "client_ca": ca.value if ca and mode != "none" else None}
 
     def files(self, cert: Sourced[Path], key: Sourced[Path]) -> None:
         if key.value not in self.checked_keys:
@@ -219,10 +206,14 @@ class _Builder:
             self.checked_keys.add(key.value)
         if (cert.value, key.value) not in self.checked_certs:
             try:
-                check_cert_file(cert.value, key.value)
+                leaf = check_cert_file(cert.value, key.value)
             except BadValue as e:
                 raise ConfigError(cert.source, f"cert {shown(str(cert.value))}: {e}") from None
             self.checked_certs.add((cert.value, key.value))
+            problem = validity_problem(leaf)
+            if problem:
+                self.notices.append(Notice(cert.source, f"cert {shown(str(cert.value))}: "
+                                                        f"{problem}"))
 
     def ocsp_file(self, chosen: Sourced[Path]) -> None:
         """It must exist and be an OCSP response; whether it fits the certificate and is
@@ -270,24 +261,44 @@ class _Builder:
         elif backend_port is None:
             raise ConfigError(own.source, f"{what}no backend-port; set `backend-port` {where}")
         proxy = pick("proxy_protocol")
+        backend_h2 = pick("backend_h2")
         ocsp_response = pick("ocsp_response")
         if ocsp_response is not None:
             self.ocsp_file(ocsp_response)
         local_address = own.local_address.value if own.local_address else None
+        lines = {name: chosen.source for name, chosen in (
+            ("cert", cert), ("key", key), ("backend", backend), ("backend-port", backend_port),
+            ("proxy-protocol", proxy), ("ocsp-response", ocsp_response),
+            ("backend-h2", backend_h2)) if chosen is not None}
+        for attr in vars(own.tls):
+            chosen = getattr(own.tls, attr) or getattr(inherited.tls, attr)
+            if chosen is not None:
+                lines[_TLS_OPTION.get(attr, attr.replace("_", "-"))] = chosen.source
+        tls = self.tls(own.tls, inherited.tls)
+        speaks_h2 = bool(backend_h2 and backend_h2.value)
+        if "h2" in tls.alpn and not speaks_h2:
+            raise ConfigError(
+                lines["alpn"],
+                f"{what}alpn offers h2, but the backend is not declared to speak HTTP/2: "
+                "clients that choose h2 would get empty replies from an HTTP/1.1 backend; "
+                "leave h2 out, or set `backend-h2 yes` if the backend speaks cleartext HTTP/2",
+            )
         return VHost(
             name=name,
             cert=cert.value,
             key=key.value,
             backend_host=backend.value if backend else None,
             backend_port=backend_port.value if backend_port else None,
-            tls=self.tls(own.tls, inherited.tls),
+            tls=tls,
             local_address=local_address,
             local_port=own.local_port.value if own.local_port else None,
             sni_names=sni_names,
             proxy_protocol=proxy.value if proxy else None,
+            backend_h2=speaks_h2,
             ocsp_response=ocsp_response.value if ocsp_response else None,
             source=own.source,
             key_source=key.source,
+            lines=tuple(lines.items()),
         )
 
     def vhosts(self) -> tuple[VHost, ...]:

@@ -9,6 +9,7 @@ for a private-key PEM marker and wiped before anything copies it.
 
 from __future__ import annotations
 
+import datetime
 import os
 import stat
 from pathlib import Path
@@ -102,3 +103,23 @@ def check_cert_file(path: Path, key: Path | None = None) -> x509.Certificate:
     else:
         raise BadValue("only RSA and EC (P-256/384/521) certificates are supported")
     return leaf
+
+
+def rfc3339(when: datetime.datetime) -> str:
+    """A UTC time as logs and messages write it: 2026-12-02T17:10:39Z."""
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def validity_problem(leaf: x509.Certificate, now: datetime.datetime | None = None) -> str | None:
+    """Why clients will refuse the certificate today, naming the date, or None.
+
+    Not an error: the operator may be about to install the renewed one, and a
+    reload must not fail over it; start-up and `--check` warn.
+    """
+    now = now or datetime.datetime.now(datetime.UTC)
+    if leaf.not_valid_after_utc < now:
+        return f"expired: notAfter {rfc3339(leaf.not_valid_after_utc)}; clients will refuse it"
+    if leaf.not_valid_before_utc > now:
+        return (f"not valid yet: notBefore {rfc3339(leaf.not_valid_before_utc)}; clients will "
+                f"refuse it until then")
+    return None

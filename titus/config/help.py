@@ -47,10 +47,23 @@ HELP: dict[str, str] = {
     "min-tls-version": "1.2 or 1.3",
     "max-tls-version": "1.2 or 1.3",
     "ciphersuites": "TLS 1.3 cipher suites (OpenSSL syntax)",
-    "alpn": "ALPN protocols offered, comma separated, e.g. h2,http/1.1",
+    "alpn": "ALPN protocols offered, comma separated, e.g. http/1.1; h2 only with "
+            "backend-h2 yes",
+    "backend-h2": "yes: the backend speaks HTTP/2 in cleartext (prior knowledge), so alpn may "
+                  "offer h2; without it h2 is refused (an HTTP/1.1 backend would answer h2 "
+                  "clients with nothing)",
     "client-auth": "none | optional | required: ask clients for a certificate, verified "
                    "against client-ca; the identity goes to the backend in PROXY v2",
     "client-ca": "CA certificates (PEM) that client certificates must chain to",
+    "client-crl": "revoked client certificates: a PEM file of CRLs issued by client-ca, "
+                  "re-read on every reload (SIGHUP); a revoked certificate fails the handshake",
+    "client-allow-cn": "only clients whose certificate's subject CN is this (repeatable; "
+                       "with client-allow-dns/-uri: any one listed identity admits); needs "
+                       "client-auth required; a refused client is logged with its subject",
+    "client-allow-dns": "only clients whose certificate has this DNS name SAN (repeatable, "
+                        "case-insensitive); see client-allow-cn",
+    "client-allow-uri": "only clients whose certificate has this URI SAN, e.g. "
+                        "spiffe://example.org/web (repeatable, exact); see client-allow-cn",
     "proxy-protocol": "v1 | v2 | no: send a PROXY header to the backend (written by the "
                       "supervisor, never by a worker)",
     "ocsp-response": "a DER OCSP response file to staple for this vhost's certificate; "

@@ -42,7 +42,8 @@ DEFAULT_UID_COUNT = 65_536
 class Source:
     """Where a setting came from, for error messages: a file and a 1-based line.
 
-    Line 0 means "the file as a whole" (e.g. a setting that is missing from it).
+    Line 0 means "the file as a whole" (e.g. a setting that is missing from it) and
+    is written as the file name alone: no message cites a line 0.
     Command-line settings use the file name ``<command line>`` and the number of
     the ``--option`` argument as the line.
     """
@@ -51,7 +52,7 @@ class Source:
     line: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.line}" if self.line else self.file
 
 
 def one_line(text: str) -> str:
@@ -149,6 +150,16 @@ class TLSSettings:
     # Client certificates: "none", "optional" (verified when sent) or "required".
     client_auth: Literal["none", "optional", "required"] = "none"
     client_ca: Path | None = None
+    client_crl: Path | None = None  # PEM CRLs of client_ca, checked for the leaf
+    # Identities admitted (any one listed suffices); all empty: any certificate client_ca
+    # signed.  Decided by the supervisor on the worker's report (supervisor/clientid.py).
+    client_allow_cn: tuple[str, ...] = ()
+    client_allow_dns: tuple[str, ...] = ()  # lower case
+    client_allow_uri: tuple[str, ...] = ()
+
+    @property
+    def client_allow_list(self) -> bool:
+        return bool(self.client_allow_cn or self.client_allow_dns or self.client_allow_uri)
 
     def __post_init__(self) -> None:
         if self.min_version < ssl.TLSVersion.TLSv1_2:
@@ -208,10 +219,20 @@ class VHost:
     local_port: int | None = None
     sni_names: tuple[str, ...] = ()
     proxy_protocol: ProxyProtocol | None = None
+    # The backend speaks HTTP/2 in cleartext: only then may ALPN offer clients h2.
+    backend_h2: bool = False
     # A DER OCSP response file to staple (re-read when it changes); None: no stapling.
     ocsp_response: Path | None = None
     source: Source = field(default=Source("<built-in>", 0), compare=False)
     key_source: Source = field(default=Source("<built-in>", 0), compare=False)
+    # Where each setting in effect was written (option name -> file and line), so an
+    # error found after loading (a backend that does not resolve) names its line.
+    lines: tuple[tuple[str, Source], ...] = field(default=(), compare=False)
+
+    def where(self, option: str) -> Source:
+        """The line that set `option` for this vhost (its own or the global one), else
+        the vhost's."""
+        return next((src for name, src in self.lines if name == option), self.source)
 
     def matches_local(self, address: IPAddress | str, port: int) -> bool:
         if (

@@ -54,6 +54,10 @@ class TLSDraft:
     alpn: Sourced[tuple[str, ...]] | None = None
     client_auth: Sourced[str] | None = None
     client_ca: Sourced[Path] | None = None
+    client_crl: Sourced[Path] | None = None
+    client_allow_cn: Sourced[tuple[str, ...]] | None = None
+    client_allow_dns: Sourced[tuple[str, ...]] | None = None
+    client_allow_uri: Sourced[tuple[str, ...]] | None = None
 
 
 @dataclass
@@ -69,6 +73,7 @@ class VHostDraft:
     key: Sourced[Path] | None = None
     backend: Sourced[str] | None = None
     backend_port: Sourced[int] | None = None
+    backend_h2: Sourced[bool] | None = None
     proxy_protocol: Sourced[ProxyProtocol | None] | None = None
     ocsp_response: Sourced[Path] | None = None
     tls: TLSDraft = field(default_factory=TLSDraft)
@@ -158,6 +163,22 @@ def _tls_path(attr: str) -> Handler:
 def _tls(attr: str, parse: Callable[[str], Any]) -> Handler:
     def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
         setattr(target.tls, attr, Sourced(parse(text), src))
+
+    return handler
+
+
+def _tls_each(attr: str, parse: Callable[[str], str]) -> Handler:
+    """A repeatable TLS option: each line (or TOML list item) adds one value; a vhost that
+    sets its own list replaces the inherited one."""
+    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
+        value = parse(text)
+        before = getattr(target.tls, attr)
+        if before is None:
+            setattr(target.tls, attr, Sourced((value,), src))
+        elif value in before.value:
+            raise v.BadValue("listed twice")
+        else:
+            before.value = (*before.value, value)
 
     return handler
 
@@ -278,8 +299,16 @@ def _options() -> dict[str, Option]:
         Option("max-tls-version", "any", _tls("max_version", v.parse_tls_version), "str"),
         Option("ciphersuites", "any", _tls("ciphersuites", v.parse_ciphersuites), "list"),
         Option("alpn", "any", _tls("alpn", v.parse_alpn), "list", separator=","),
+        Option("backend-h2", "any", _field("backend_h2", v.parse_bool), "bool"),
         Option("client-auth", "any", _tls("client_auth", v.parse_client_auth), "str"),
         Option("client-ca", "any", _tls_path("client_ca"), "str"),
+        Option("client-crl", "any", _tls_path("client_crl"), "str"),
+        Option("client-allow-cn", "any", _tls_each("client_allow_cn", v.parse_client_cn),
+               "each"),
+        Option("client-allow-dns", "any", _tls_each("client_allow_dns", v.parse_client_dns),
+               "each"),
+        Option("client-allow-uri", "any", _tls_each("client_allow_uri", v.parse_client_uri),
+               "each"),
         Option("proxy-protocol", "any", _field("proxy_protocol", v.parse_proxy_protocol), "str"),
         Option("ocsp-response", "any", _path_field("ocsp_response"), "str"),
         Option("backend-connect-timeout", "global",

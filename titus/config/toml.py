@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from titus.config.model import ConfigError, Source
-from titus.config.options import OPTIONS, Draft, IncludeFn, VHostDraft, apply_option, unknown_option
+from titus.config.options import (
+    OPTIONS,
+    Draft,
+    IncludeFn,
+    VHostDraft,
+    apply_option,
+    unknown_option,
+)
 
 ROOT_KEYS = (
     "config",
@@ -37,6 +44,7 @@ ROOT_KEYS = (
     "key",
     "backend",
     "backend-port",
+    "backend-h2",
     "proxy-protocol",
     "backend-connect-timeout",
     "dns-timeout",
@@ -54,6 +62,10 @@ TLS_KEYS = {
     "honor-client-cipher-order": "honor-client-cipher-order",
     "client-auth": "client-auth",
     "client-ca": "client-ca",
+    "client-crl": "client-crl",
+    "client-allow-cn": "client-allow-cn",
+    "client-allow-dns": "client-allow-dns",
+    "client-allow-uri": "client-allow-uri",
     "alpn": "alpn",
 }
 SECTIONS = {
@@ -73,6 +85,7 @@ VHOST_KEYS = (
     "key",
     "backend",
     "backend-port",
+    "backend-h2",
     "proxy-protocol",
     "ocsp-response",
 )
@@ -155,6 +168,38 @@ class KeyLines:
             # an inline table: its key in the parent table
             key = table[-1] if isinstance(table[-1], str) else None
             table = table[:-1]
+
+
+def places() -> dict[str, dict[str, str]]:
+    """Every table an operator can write, with its TOML keys and the option each one sets."""
+    found = {"the top level": {key: key for key in ROOT_KEYS}}
+    for name, keys in SECTIONS.items():
+        found[f"[{name}]"] = keys
+    found["[[vhost]]"] = {key: key for key in VHOST_KEYS}
+    found["[vhost.tls]"] = TLS_KEYS
+    found["[[listen]]"] = {"address": "listen", "port": "listen"}
+    return found
+
+
+def misplaced(key: str, here: str) -> str | None:
+    """Where `key` belongs when it is unknown `here`: "'ciphers' belongs in [vhost.tls]", or
+    how titus.toml spells a titus.conf option ("'log-format' is 'format' in [log]")."""
+    if key in ARRAYS:
+        return f"'{key}' is a table of its own: write [[{key}]] after the top-level keys"
+    tables = places()
+    homes = [name for name, keys in tables.items() if key in keys and name != here]
+    if homes:
+        # From a vhost, its own [vhost.tls] before the global [tls]; at most two places.
+        near = {"[[vhost]]": "[vhost.tls]", "[vhost.tls]": "[[vhost]]"}.get(here)
+        homes.sort(key=lambda name: name != near)
+        return f"'{key}' belongs in {' or '.join(homes[:2])}"
+    spelled = [(toml_key, name) for name, keys in tables.items()
+               for toml_key, option in keys.items()
+               if option == key and toml_key != key and name != "[[listen]]"]
+    if spelled:
+        toml_key, name = spelled[0]
+        return f"'{key}' is written '{toml_key}' in {name}"
+    return None
 
 
 def _syntax_line(message: str, text: str) -> int:
@@ -243,10 +288,21 @@ class _Reader:
 
     def section(self, table: Table, data: dict[str, Any], keys: dict[str, str],
                 vhost: VHostDraft | None) -> None:
+        here = "[vhost.tls]" if vhost is not None else f"[{table[-1]}]"
         for key, value in data.items():
             if key not in keys:
-                unknown_option(key, self.src(table, key), list(keys), f"key in [{table[-1]}]")
+                self.unknown(table, key, here, list(keys))
             self.apply(table, key, keys[key], value, vhost)
+
+    def unknown(self, table: Table, key: str, here: str, candidates: list[str]) -> None:
+        """A key this table does not know: where it belongs if it belongs anywhere, else the
+        closest spelling."""
+        src = self.src(table, key)
+        hint = misplaced(key, here)
+        if hint is not None:
+            raise ConfigError(src, hint if " is " in hint else f"{hint}, not {here}")
+        unknown_option(key, src, candidates, f"key in {here}" if here != "the top level"
+                       else "key")
 
     def read(self, data: dict[str, Any]) -> None:
         root_keys = {key: key for key in ROOT_KEYS}
@@ -256,12 +312,7 @@ class _Reader:
             if key in root_keys:
                 self.apply((), key, key, value, None)
                 continue
-            where = next((name for name, keys in SECTIONS.items() if key in keys), None)
-            if where is not None:
-                raise ConfigError(self.src((), key), f"{key} belongs in the [{where}] table")
-            if key in VHOST_KEYS:
-                raise ConfigError(self.src((), key), f"{key} belongs in a [[vhost]] table")
-            unknown_option(key, self.src((), key), [*ROOT_KEYS, *SECTIONS, *ARRAYS], "key")
+            self.unknown((), key, "the top level", [*ROOT_KEYS, *SECTIONS, *ARRAYS])
         for name, keys in SECTIONS.items():
             if name in data:
                 table = self.table((name,), data[name], f"[{name}]")
@@ -274,7 +325,7 @@ class _Reader:
     def listen(self, table: Table, entry: dict[str, Any]) -> None:
         for key in entry:
             if key not in LISTEN_KEYS:
-                unknown_option(key, self.src(table, key), list(LISTEN_KEYS), "key in [[listen]]")
+                self.unknown(table, key, "[[listen]]", list(LISTEN_KEYS))
         address = entry.get("address", "::")
         if not isinstance(address, str):
             raise ConfigError(self.src(table, "address"), "address: expected a string")
@@ -299,8 +350,7 @@ class _Reader:
             elif key in VHOST_KEYS:
                 self.apply(table, key, key, value, vhost)
             else:
-                unknown_option(key, self.src(table, key), [*VHOST_KEYS, "tls"],
-                               "key in [[vhost]]")
+                self.unknown(table, key, "[[vhost]]", [*VHOST_KEYS, "tls"])
 
 
 def read_toml(draft: Draft, path: Path, text: str, include: IncludeFn) -> None:

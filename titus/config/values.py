@@ -290,6 +290,28 @@ def parse_client_auth(text: str) -> str:
     return word
 
 
+def parse_client_cn(text: str) -> str:
+    """A client certificate's subject CN, as written in it (spaces allowed)."""
+    if not text.isprintable() or len(text) > 256:
+        raise BadValue("expected a common name: printable, at most 256 characters")
+    return text
+
+
+def parse_client_dns(text: str) -> str:
+    """A DNS name a client certificate may carry as a SAN (compared without case)."""
+    return parse_dns_name(text)
+
+
+def parse_client_uri(text: str) -> str:
+    """A URI SAN, e.g. spiffe://example.org/service (compared exactly)."""
+    scheme, colon, rest = text.partition(":")
+    if not colon or not rest or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        raise BadValue("expected a URI with a scheme, e.g. spiffe://example.org/service")
+    if not text.isascii() or not text.isprintable() or " " in text or len(text) > 1024:
+        raise BadValue("a URI is printable ASCII without spaces, at most 1024 characters")
+    return text
+
+
 def parse_name(text: str) -> str:
     """A user, group or vhost name: printable, no whitespace."""
     if not text.isprintable() or any(ch.isspace() for ch in text) or len(text) > 255:

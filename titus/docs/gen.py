@@ -1,4 +1,5 @@
-"""Write docs/options.md and docs/titus.8 from the option table: `python -m titus.docs.gen`.
+"""Write docs/options.md and docs/titus.8 from the option table, docs/logging.md and
+docs/logging.schema.json from the log schema: `python -m titus.docs.gen`.
 
 `make docs` runs this; tests/unit/test_docs.py regenerates into a temporary
 directory and fails when the committed files differ, so the reference can
@@ -13,11 +14,12 @@ import re
 import sys
 from pathlib import Path
 
+from titus.docs import logdocs
 from titus.docs.man import SCOPES, render_man
 from titus.docs.options import TITUS_04, OptionDoc, all_options
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-GENERATED = ("options.md", "titus.8")
+GENERATED = ("options.md", "titus.8", "logging.md", "logging.schema.json")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_<>\[\]|])")
 _STATUS = {
     "titus 0.4": "titus 0.4",
@@ -146,7 +148,8 @@ def render_all() -> dict[str, str]:
     """File name -> content of every generated file."""
     docs = all_options()
     version = importlib.metadata.version("titus")
-    return {"options.md": render_markdown(docs), "titus.8": render_man(docs, version)}
+    return {"options.md": render_markdown(docs), "titus.8": render_man(docs, version),
+            "logging.md": logdocs.render_markdown(), "logging.schema.json": logdocs.render_schema()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,7 +119,10 @@ def render_man(docs: list[OptionDoc], version: str) -> str:
         ".TP",
         "\\fB\\-\\-check\\fP",
         "Read and validate the configuration, check that every key matches its certificate, "
-        "print the notices, and exit without starting anything.",
+        "that every listener's address can be bound (a port held by a running titus, or by a "
+        "systemd socket unit with ReusePort=yes, is fine) and that every backend name "
+        "resolves; print the notices (a certificate out of its validity dates among them), "
+        "and exit without starting anything.",
         ".TP",
         "\\fB\\-\\-\\fP\\fIOPTION VALUE\\fP, \\fB\\-\\-\\fP\\fIOPTION\\fP\\fB=\\fP\\fIVALUE\\fP",
         "Any global titus.conf option from CONFIGURATION below; the command line wins over "

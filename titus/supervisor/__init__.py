@@ -34,13 +34,13 @@ from sandbox.spec import JailSpec, NetworkMode, UidRange
 from sandbox.uids import UidExhausted, process_uid
 from titus import logs
 from titus.config.model import Config, Listener, VHost
-from titus.supervisor import ocsp, sdnotify
+from titus.supervisor import activation, clientid, ocsp, sdnotify
 from titus.supervisor.broker import BackendConnect
 from titus.supervisor.jailstderr import JailStderr
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError, KeySlot
 from titus.supervisor.loop import Loop, Timer
 from titus.supervisor.metrics import Metrics, MetricsEndpoint
-from titus.supervisor.resolve import resolve_backend
+from titus.supervisor.resolve import resolve_vhosts
 from titus.supervisor.transparent import set_transparent
 from titus.wire import control, proxyproto
 from titus.worker.remotekey import CertChain, RemoteKeyError, read_chain
@@ -111,6 +111,7 @@ class Worker:
     killed_for: str | None = None
     vhost: int | None = None
     backend: str | None = None  # "local->peer" of the backend connection handed over
+    refused: str | None = None  # why the vhost's client-allow-* refused the client
     notes: list[str] = field(default_factory=list)
 
 
@@ -139,9 +140,8 @@ def _sockaddr_pair(addr: tuple) -> tuple[str, int]:
 
 
 def _addr(addr: tuple) -> str:
-    """host:port, as the log's client and local fields write it."""
-    host, port = _sockaddr_pair(addr)
-    return f"{host}:{port}"
+    """127.0.0.1:443 or [::1]:443, as every record writes an address."""
+    return logs.endpoint(addr)
 
 
 def _children() -> list[int]:
@@ -272,7 +272,14 @@ class Supervisor:
 
     def start(self) -> None:
         self.resolve_backends()
-        self.listener_of = {lst: open_listener(lst, self.config.transparent == "yes")
+        transparent = self.config.transparent == "yes"
+        try:  # systemd socket activation: the sockets titus.socket bound, passed in
+            passed = activation.match(self.config.listeners, activation.passed_sockets())
+        except activation.ActivationError as e:
+            raise StartupError(str(e)) from None
+        for sock in passed.values() if transparent else ():
+            set_transparent(sock)
+        self.listener_of = {lst: passed.get(lst) or open_listener(lst, transparent)
                             for lst in self.config.listeners}
         self.listeners = list(self.listener_of.values())
         if self.config.metrics_listen is not None:
@@ -294,8 +301,8 @@ class Supervisor:
             self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
         sdnotify.notify("READY=1", f"MAINPID={os.getpid()}",
                         f"STATUS=serving {len(self.config.vhosts)} vhosts")
-        logs.event("started", listeners=[str(sock.getsockname()[:2]) for sock in self.listeners],
-                   metrics=(str(self.metrics_endpoint.sock.getsockname()[:2])
+        logs.event("started", listeners=[_addr(sock.getsockname()) for sock in self.listeners],
+                   metrics=(_addr(self.metrics_endpoint.sock.getsockname())
                             if self.metrics_endpoint else None),
                    vhosts=len(self.config.vhosts), min_spare=self.config.min_spare_children,
                    max_children=self.config.max_children)
@@ -305,16 +312,10 @@ class Supervisor:
     def resolve_backends(self, gen: Generation | None = None) -> None:
         """Resolve every backend name now: never on the connection path."""
         gen = gen or self.gen
-        for i, vhost in enumerate(gen.config.vhosts):
-            if vhost.backend_host is None:
-                continue
-            try:
-                addrs = resolve_backend(vhost.backend_host, vhost.backend_port or 0,
-                                        gen.config.dns_timeout)
-            except OSError as e:
-                raise StartupError(f"{vhost.source}: backend {vhost.backend_host}: {e}") from None
-            gen.backends[i] = [(socket.AF_INET6 if len(a) == 4 else socket.AF_INET, a)
-                               for a in addrs]
+        try:
+            gen.backends.update(resolve_vhosts(gen.config))
+        except OSError as e:
+            raise StartupError(str(e)) from None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -674,6 +675,11 @@ class Supervisor:
         self.note_success()
         worker.handshake, worker.vhost, worker.state = msg, msg.vhost, "backend"
         vhost = vhosts[msg.vhost]
+        worker.refused = clientid.refusal(vhost.tls, msg)
+        if worker.refused is not None:  # the worker closes the TLS session, no backend
+            with contextlib.suppress(OSError):
+                worker.ctl.send(control.encode(control.BackendFailed("client not allowed")))
+            return
         addresses = self.backend_addresses(worker.gen, msg.vhost, vhost, worker.conn)
         source = None
         if config.transparent in ("yes", "backend-only"):
@@ -821,28 +827,45 @@ class Supervisor:
             outcome = "timeout"
         elif worker.killed_for:
             outcome = "killed"
+        elif worker.refused is not None:
+            outcome = "client-not-allowed"
         elif fin is not None:
             outcome = fin.outcome
         else:
             outcome = "worker-died"
-        level = logging.WARNING if outcome in ("policy-violation", "killed") else logging.INFO
-        vhost = worker.gen.config.vhosts[worker.vhost].name if worker.vhost is not None else None
+        level = (logging.WARNING if outcome in ("policy-violation", "killed", "client-not-allowed")
+                 else logging.INFO)
+        vhost = self.vhost_name(worker)
         self.count_connection(worker, outcome, vhost)
         logs.event(
             "connection", level,
             conn_id=conn.conn_id, client=_addr(conn.peer), local=_addr(conn.local),
-            sni=hs.sni if hs else None, vhost=vhost,
+            sni=hs.sni if hs else fin.sni if fin else None, vhost=vhost,
             tls_version=hs.version if hs else None, cipher=hs.cipher if hs else None,
             alpn=hs.alpn if hs else None, client_cn=hs.client_cn if hs else None,
+            client_subject=hs.client_subject if hs else None,
             backend=worker.backend,
             bytes_in=fin.bytes_in if fin else 0, bytes_out=fin.bytes_out if fin else 0,
             handshake_ms=hs.handshake_ms if hs else None,
             duration_ms=round((time.monotonic() - conn.accepted) * 1000, 3),
-            outcome=outcome, detail=(fin.detail if fin else None) or worker.killed_for,
+            outcome=outcome,
+            detail=worker.refused or (fin.detail if fin else None) or worker.killed_for,
             notes="; ".join(worker.notes) or None,
             worker_pid=jail.pid, worker_uid=jail.uid, worker_exit=jail.exit_status,
             violation=str(jail.violation) if jail.violation else None,
             syscall=jail.violation.syscall if jail.violation else None)
+
+    def vhost_name(self, worker: Worker) -> str | None:
+        """The vhost of the connection: the one it was served by, else the one the worker
+        had chosen when its handshake failed (if that vhost can serve this local address)."""
+        vhosts, conn = worker.gen.config.vhosts, worker.conn
+        index = worker.vhost
+        if index is None and worker.finished is not None and conn is not None:
+            index = worker.finished.vhost
+            if index is not None and not (0 <= index < len(vhosts) and
+                                          vhosts[index].matches_local(*conn.local)):
+                index = None
+        return vhosts[index].name if index is not None else None
 
     def count_connection(self, worker: Worker, outcome: str, vhost: str | None) -> None:
         m, conn, hs, fin = self.metrics, worker.conn, worker.handshake, worker.finished
@@ -938,7 +961,7 @@ class Supervisor:
         self.idle.clear()
         self.retire_generations()
         logs.event("reloaded", vhosts=len(config.vhosts),
-                   listeners=[str(s.getsockname()[:2]) for s in self.listeners])
+                   listeners=[_addr(s.getsockname()) for s in self.listeners])
         self.schedule_refill(0)
 
     def retire_generations(self) -> None:

@@ -164,7 +164,7 @@ class Staple(Stapled):
         try:
             chain = x509.load_pem_x509_certificates(vhost.cert.read_bytes())
         except (OSError, ValueError) as e:
-            raise OCSPError(f"{vhost.source} (vhost {vhost.name}): cannot read the "
+            raise OCSPError(f"{vhost.where('cert')} (vhost {vhost.name}): cannot read the "
                             f"certificate {vhost.cert}: {e}") from None
         return cls(vhost.name, vhost.ocsp_response, chain[0], issuer_of(chain[0], chain),
                    interval)

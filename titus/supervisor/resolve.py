@@ -133,3 +133,27 @@ def resolve_backend(
         details = "; ".join(lookup.describe() for lookup in lookups)
         raise ResolveError(f"cannot resolve backend {host}: {details}")
     return addresses
+
+
+Backends = dict[int, list[tuple[int, Sockaddr]]]  # vhost index -> [(family, sockaddr)]
+
+
+def resolve_vhosts(config: Any, timeout: float | None = None) -> Backends:
+    """Every vhost's backend name, resolved as start-up and `--check` need it.
+
+    ResolveError's message is one line naming the file and line of the vhost's
+    `backend` setting.  Vhosts without a backend name (the local address, or
+    transparent mode) have no entry.
+    """
+    found: Backends = {}
+    for index, vhost in enumerate(config.vhosts):
+        if vhost.backend_host is None:
+            continue
+        try:
+            addresses = resolve_backend(vhost.backend_host, vhost.backend_port or 0,
+                                        timeout or config.dns_timeout)
+        except OSError as e:
+            raise ResolveError(f"{vhost.where('backend')}: {e}") from None
+        found[index] = [(socket.AF_INET6 if len(a) == 4 else socket.AF_INET, a)
+                        for a in addresses]
+    return found

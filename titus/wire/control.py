@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_PACKET = 4096
+MAX_SANS = 16  # DNS or URI SANs in one HandshakeDone (a worker sends those that fit)
 
 
 class ControlError(ValueError):
@@ -55,7 +56,12 @@ class HandshakeDone:
     cipher: str
     alpn: str | None
     handshake_ms: float
-    client_cn: str | None = None  # subject CN of a client certificate OpenSSL verified
+    # The client certificate OpenSSL verified (all None/empty without one): what the
+    # supervisor's allow-list (client-allow-*) and the log see.
+    client_cn: str | None = None  # its subject CN
+    client_subject: str | None = None  # its subject, RFC 4514 ("CN=alice,O=Example")
+    client_dns: tuple[str, ...] = ()  # its DNS name SANs
+    client_uri: tuple[str, ...] = ()  # its URI SANs (e.g. spiffe://...)
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,10 @@ class Finished:
     detail: str | None = None
     signatures: int = 0  # key-holder signatures that succeeded / failed (for metrics)
     signature_failures: int = 0
+    # What the worker knew when it ended, for a handshake that failed before HandshakeDone:
+    # the client's SNI and the vhost it chose (None when not known).
+    sni: str | None = None
+    vhost: int | None = None
 
 
 _TO_WORKER = {"C": Connection, "B": BackendReady, "F": BackendFailed}
@@ -144,6 +154,16 @@ def _field(
     return value
 
 
+def _strings(body: dict[str, Any], name: str, limit: int) -> tuple[str, ...]:
+    """An optional list of at most MAX_SANS strings, each checked as _field checks one."""
+    value = body.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_SANS:
+        raise ControlError(f"field {name!r} is not a list of at most {MAX_SANS} strings")
+    return tuple(_field({name: item}, name, str, limit=limit) for item in value)
+
+
 def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
     cls, body = _body(packet, _TO_SUPERVISOR)
     if set(body) - {f for f in cls.__dataclass_fields__}:
@@ -157,6 +177,9 @@ def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
             alpn=_field(body, "alpn", str, optional=True, limit=64),
             handshake_ms=float(_field(body, "handshake_ms", (int, float))),
             client_cn=_field(body, "client_cn", str, optional=True, limit=256),
+            client_subject=_field(body, "client_subject", str, optional=True, limit=1024),
+            client_dns=_strings(body, "client_dns", limit=253),
+            client_uri=_strings(body, "client_uri", limit=1024),
         )
     outcome = _field(body, "outcome", str, limit=32)
     if outcome not in OUTCOMES:
@@ -168,6 +191,8 @@ def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
         detail=_field(body, "detail", str, optional=True, limit=512),
         signatures=_field(body, "signatures", int, optional=True) or 0,
         signature_failures=_field(body, "signature_failures", int, optional=True) or 0,
+        sni=_field(body, "sni", str, optional=True),
+        vhost=_field(body, "vhost", int, optional=True),
     )
 
 

@@ -21,6 +21,7 @@ from titus.config.model import VHost
 from titus.wire import control
 from titus.worker import remotekey, stapling
 from titus.worker.clienthello import NotTLS, parse_sni
+from titus.worker.identity import client_identity
 from titus.worker.pump import Counters, Reset, TLSPump, handshake, relay
 
 CONTROL_FD = 0
@@ -58,6 +59,19 @@ class WorkerTable:
                 staple.der, staple.expires = value
 
 
+@dataclass
+class Seen:
+    """What this worker learned of its connection before it could fail: the SNI, the vhost
+    chosen.  Reported in Finished, so a failed handshake's record keeps them.  (Module
+    state: a worker serves one connection in its life.)"""
+
+    sni: str | None = None
+    vhost: int | None = None
+
+
+SEEN = Seen()
+
+
 class Finish(Exception):
     def __init__(self, outcome: str, detail: str | None = None) -> None:
         super().__init__(detail or outcome)
@@ -88,7 +102,8 @@ def worker_main(table: WorkerTable) -> None:
         outcome, detail = "timeout", str(e)
     signs = remotekey.stats()
     result = control.Finished(outcome, counters.bytes_in, counters.bytes_out, detail,
-                              sum(signs.ok.values()), sum(signs.failed.values()))
+                              sum(signs.ok.values()), sum(signs.failed.values()),
+                              sni=SEEN.sni, vhost=SEEN.vhost)
     ctl.send(control.encode(result))
 
 
@@ -138,7 +153,8 @@ def serve(
     started = time.monotonic()
     client.setblocking(False)
     hello, sni = read_client_hello(client, table.handshake_timeout)
-    index = choose_vhost(table.vhosts, conn.local, sni)
+    SEEN.sni = sni
+    index = SEEN.vhost = choose_vhost(table.vhosts, conn.local, sni)
     if index is None:
         raise Finish("no-vhost", f"no vhost for {conn.local[0]}:{conn.local[1]} sni={sni}")
 
@@ -153,6 +169,9 @@ def serve(
         # OpenSSL's errors carry .reason; one raised by titus itself has its text alone
         # (str() of an SSLError made from one string shows the args tuple).
         text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+        if isinstance(e, ssl.SSLCertVerificationError) and e.verify_message:
+            text = f"client certificate: {e.verify_message}"  # e.g. "certificate revoked"
+            raise Finish("handshake-failed", text) from None
         raise Finish("handshake-failed", getattr(e, "reason", None) or text) from None
     except Reset:
         # e.g. the client sent its ClientHello and closed: our answer drew a reset.
@@ -167,7 +186,7 @@ def serve(
                 cipher=cipher[0] if cipher else "",
                 alpn=tls.selected_alpn_protocol(),
                 handshake_ms=round((time.monotonic() - started) * 1000, 3),
-                client_cn=_client_cn(tls),
+                **client_identity(tls),
             )
         )
     )
@@ -184,16 +203,6 @@ def serve(
         relay(pump, backend, counters)
     finally:
         backend.close()
-
-
-def _client_cn(tls: ssl.SSLObject) -> str | None:
-    """The verified client certificate's subject CN (getpeercert is empty unless verified)."""
-    cert = tls.getpeercert()
-    for rdn in (cert or {}).get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)[:256]
-    return None
 
 
 def _goodbye(pump: TLSPump) -> None:

@@ -87,6 +87,9 @@ def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
         ctx.load_verify_locations(cafile=str(tls.client_ca))
         ctx.verify_mode = (ssl.CERT_REQUIRED if tls.client_auth == "required"
                            else ssl.CERT_OPTIONAL)
+        if tls.client_crl is not None:  # read anew by every generation's zygote (SIGHUP)
+            ctx.load_verify_locations(cafile=str(tls.client_crl))
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
 def _load_dh(ctx: ssl.SSLContext, pem: bytes) -> None:

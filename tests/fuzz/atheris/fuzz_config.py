@@ -2,13 +2,13 @@
 
 The first byte picks the format (titus.conf or TOML), the rest is the file.
 Files it may name exist: certificates and keys, an include, a FIFO.  Only
-ConfigError may come out, its text one `FILE:LINE: message` line.
+ConfigError may come out, its text one `FILE:LINE: message` line (`FILE: message`
+for a setting missing from the whole file).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -16,11 +16,10 @@ import atheris
 import runner
 
 with atheris.instrument_imports(include=["titus", "tomllib"]):  # before anything imports them
-    from tests.fuzz.test_config_fuzz import conf_seed, toml_seed
+    from tests.fuzz.test_config_fuzz import ERROR_FORMAT, conf_seed, toml_seed
     from tests.unit.test_config_support import make_cert, write
     from titus.config.load import ConfigError, load_config
 
-ERROR_FORMAT = re.compile(r"^[^\n]+:\d+: [^\n]+$")
 WORKDIR = Path(tempfile.mkdtemp(prefix="titus-atheris-config-"))
 
 

@@ -1,0 +1,230 @@
+"""Running one jailed program for `sandbox run` and `sandbox learn`.
+
+The profile gets the command line's overrides, the program starts in its jail,
+signals are relayed, and the exit status is computed.
+
+The jailed program is PID 1 of its own PID namespace, and a PID 1 ignores
+every signal it has no handler for (SIGKILL aside).  `run` therefore does not
+just forward SIGTERM/SIGINT/SIGHUP: when the program has not installed a
+handler, it ends it as the signal would have ended an ordinary process, so
+`sandbox run` exits 128+N like the program would have.  A program that
+handles (or explicitly ignores) SIGTERM/SIGINT gets the signal and
+--stop-timeout seconds to exit before SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sandbox.errors import JailError, PolicyError
+from sandbox.spec import BindMount, JailSpec
+
+if TYPE_CHECKING:  # imported lazily at run time: `check` need not load the launcher
+    from sandbox.launcher import JailProcess, Launcher
+    from sandbox.profile import Profile
+
+EXIT_USAGE = 2
+EXIT_CANNOT_START = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+EXIT_SECCOMP = 128 + signal.SIGSYS  # 159
+
+# Signals `run` relays; the first two also start the --stop-timeout countdown
+# (SIGHUP is a reload request for many daemons, so it never leads to SIGKILL).
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOPPING = (signal.SIGTERM, signal.SIGINT)
+_SI_KERNEL = 0x80  # siginfo.si_code of a signal the kernel sent (e.g. the tty's ^C)
+
+
+# ---------------------------------------------------------------------------
+# Messages
+
+
+def say(message: str) -> None:
+    print(f"sandbox: {message}", file=sys.stderr, flush=True)
+
+
+class Fail(Exception):
+    """A one-line error for the user and the exit status that goes with it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------
+# Profiles with command-line overrides
+
+
+def profile_from_args(args: argparse.Namespace) -> Profile:
+    """The profile with the command line's overrides applied (raises Fail)."""
+    from sandbox.profile import check_bind_sources, load_profile
+
+    try:
+        profile = load_profile(args.profile)
+    except (PolicyError, FileNotFoundError) as exc:
+        raise Fail(EXIT_CANNOT_START, str(exc)) from None
+    spec = profile.spec
+    changes: dict[str, Any] = {}
+    extra: list[BindMount] = [*args.bind_ro, *args.bind_rw]
+    if extra:
+        replaced = {b.target for b in extra}
+        changes["binds"] = (*(b for b in spec.binds if b.target not in replaced), *extra)
+    if args.net:
+        changes["network"] = args.net
+    if args.tmpfs:
+        if not args.tmpfs.startswith("/"):
+            raise Fail(EXIT_USAGE, f"--tmpfs must be an absolute path, not {args.tmpfs!r}")
+        changes["writable_tmpfs"] = args.tmpfs
+    if args.hostname:
+        changes["hostname"] = args.hostname
+    if args.env:
+        env = dict(spec.env)
+        env.update(args.env)
+        changes["env"] = tuple(env.items())
+    try:
+        profile = profile.with_jail(**changes) if changes else profile
+    except (ValueError, TypeError) as exc:
+        raise Fail(
+            EXIT_CANNOT_START, f"cannot apply the command line to {args.profile}: {exc}"
+        ) from None
+    try:
+        check_bind_sources(profile.spec)
+    except ValueError as exc:  # PolicyError too: FILE:LINE: bind source ... does not exist
+        raise Fail(EXIT_CANNOT_START, str(exc)) from None
+    return profile
+
+
+# ---------------------------------------------------------------------------
+# Running one jail and relaying signals
+
+
+@contextlib.contextmanager
+def _blocked(signals: Sequence[int]) -> Iterator[None]:
+    """Block `signals` so they queue for sigtimedwait (the launcher unblocks them in
+    the jail); afterwards discard what is still pending and restore the mask, so a
+    SIGTERM that raced with the jail's exit does not kill us after the fact."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        while signal.sigtimedwait(signals, 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _disposition(pid: int, sig: int) -> str:
+    """'caught', 'ignored' or 'default': what the process does with `sig`."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return "caught"  # gone already: nothing to emulate
+    bit = 1 << (sig - 1)
+    if int(fields.get("SigCgt", "0"), 16) & bit:
+        return "caught"
+    if int(fields.get("SigIgn", "0"), 16) & bit:
+        return "ignored"
+    return "default"
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How one jailed run ended."""
+
+    jail: JailProcess
+    status: int  # what `sandbox run` exits with
+    note: str | None = None  # a line for stderr
+
+
+def supervise(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
+              tick: Callable[[], None] | None = None, tick_every: float = 0.05,
+              fds: Sequence[int] = (0, 1, 2)) -> Outcome:
+    """Start `argv` in a jail, relay signals until it ends, compute the exit status.
+
+    Signals are blocked and taken with sigtimedwait, so none is lost between
+    the spawn and the wait, and a ^C the terminal already sent to the jail
+    (same process group) is not sent twice.  Raises JailError.
+    """
+    waited = (*FORWARDED, signal.SIGCHLD)
+    with _blocked(waited):
+        jail = launcher.run(spec, argv, fds=fds)
+        kill_at: float | None = None
+        stopped_by: int | None = None  # signal whose default action we carried out
+        escalated: int | None = None
+        while jail.poll() is None:
+            timeout = tick_every if tick else 3600.0
+            if kill_at is not None:
+                timeout = min(timeout, max(0.0, kill_at - time.monotonic()))
+            info = signal.sigtimedwait(waited, timeout)
+            if tick:
+                tick()
+            if info is not None and info.si_signo in FORWARDED:
+                sig = info.si_signo
+                state = _disposition(jail.pid, sig)
+                if state == "default":
+                    # What the signal would do to any process that is not a PID 1.
+                    stopped_by = sig
+                    jail.kill(signal.SIGKILL)
+                elif state == "caught" and info.si_code != _SI_KERNEL:
+                    jail.kill(sig)  # from the tty it reached the jail already
+                if sig in STOPPING and kill_at is None and stopped_by is None:
+                    escalated = sig
+                    kill_at = time.monotonic() + stop_timeout
+            if kill_at is not None and time.monotonic() >= kill_at and jail.poll() is None:
+                jail.kill(signal.SIGKILL)
+                jail.wait()
+                note = (f"the program did not exit within {stop_timeout:g} s of "
+                        f"{signal.Signals(escalated or signal.SIGTERM).name}: killed it")
+                return Outcome(jail, jail.exit_status or 128 + signal.SIGKILL, note)
+    code = jail.returncode
+    if stopped_by is not None and code == -signal.SIGKILL:
+        return Outcome(jail, 128 + stopped_by)
+    return Outcome(jail, jail.exit_status if jail.exit_status is not None else 1)
+
+
+def seccomp_line(jail: JailProcess, profile_name: str) -> str:
+    v = jail.violation
+    if v is not None and v.syscall:
+        return (f"killed by seccomp: the program called {v.syscall} (#{v.number}, {v.arch}), "
+                f"which profile {profile_name} does not allow")
+    return (f"killed by seccomp: the program called a syscall that profile {profile_name} "
+            "does not allow (the kernel log did not say which: /dev/kmsg unreadable, records "
+            "rate-limited, or taken by auditd)")
+
+
+def _start_failure(exc: JailError, argv: list[str], spec: JailSpec) -> Fail:
+    if exc.layer == "exec":
+        path = dict(spec.env).get("PATH", "")
+        if exc.errno == errno.ENOENT:
+            return Fail(EXIT_NOT_FOUND, f"cannot run {argv[0]!r}: not found inside the jail "
+                        f"(PATH={path}; is its directory bound into the jail?)")
+        return Fail(EXIT_CANNOT_EXECUTE,
+                    f"cannot run {argv[0]!r}: {os.strerror(exc.errno) if exc.errno else exc}")
+    return Fail(EXIT_CANNOT_START, f"cannot start: {exc}")
+
+
+def run_once(launcher: Launcher, spec: JailSpec, argv: list[str], args: argparse.Namespace,
+              tick: Callable[[], None] | None = None, fds: Sequence[int] = (0, 1, 2)) -> Outcome:
+    try:
+        return supervise(launcher, spec, argv, args.stop_timeout, tick, fds=fds)
+    except JailError as exc:
+        raise _start_failure(exc, argv, spec) from None
+    except (OSError, RuntimeError) as exc:  # fork failed, uids exhausted, ...
+        raise Fail(EXIT_CANNOT_START, f"cannot start: {exc}") from None
+
+
+def check_root() -> None:
+    if os.geteuid() != 0:
+        raise Fail(EXIT_CANNOT_START, "cannot start: jails need root (CAP_SYS_ADMIN, "
+                   "CAP_SETUID, CAP_SETGID in the initial namespaces)")
+
