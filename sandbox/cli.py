@@ -12,6 +12,8 @@ Each command is a module: `sandbox.supervise` (run: signals and exit status),
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -33,6 +35,7 @@ from sandbox.supervise import (
     run_once,
     say,
     seccomp_line,
+    violation_line,
 )
 
 EXIT_CODES = f"""\
@@ -189,6 +192,13 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
 # Commands
 
 
+def _kill(pid: int) -> None:
+    """SIGKILL a jail's PID 1 (the kernel then kills the rest of its PID namespace);
+    it is our unreaped child while one of its processes waits on the listener."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sandbox.launcher import Launcher
 
@@ -196,11 +206,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise Fail(EXIT_USAGE, "run needs a command: sandbox run --profile P -- CMD ARGS")
     profile = profile_from_args(args)
     check_root()
+    from sandbox.callwatch import ViolationWatch
+    from sandbox.notify import notifying
+
     launcher = Launcher()
+    spec = notifying(profile.spec, profile.policy) or profile.spec
+    watches: list[ViolationWatch] = []
+
+    def watch(pid: int) -> Callable[..., None]:
+        watches.append(ViolationWatch(lambda: _kill(pid)))
+        return watches[-1].handle
+
     try:
-        outcome = run_once(launcher, profile.spec, args.command, args)
+        outcome = run_once(launcher, spec, args.command, args, watch=watch)
         if outcome.note:
             say(outcome.note)
+        seen = watches[0].first if watches else None
+        if seen is not None:
+            say(violation_line(seen, len(watches[0].seen), args.profile))
+            return EXIT_SECCOMP
         if outcome.jail.returncode == -signal.SIGSYS:
             say(seccomp_line(outcome.jail, args.profile))
         return outcome.status

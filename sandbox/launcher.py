@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from sandbox import clone, landlock, libc, namespaces, privileges, rootfs
 from sandbox import fds as fdlayer
-from sandbox.bpf import load_bpf, prepare_bpf
+from sandbox.bpf import load_bpf, load_bpf_listener, prepare_bpf
 from sandbox.errors import JailError
 from sandbox.spec import JailSpec, NetworkMode, UidRange
 from sandbox.uids import UidAllocator
@@ -67,6 +67,9 @@ class JailProcess:
     launcher: Launcher = field(repr=False)
     returncode: int | None = None  # exit code, or -signal as in subprocess
     violation: Violation | None = None
+    # The seccomp user-notification listener, when the spec asked for one; closed
+    # when the jail is reaped.
+    listener: int | None = None
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -136,14 +139,18 @@ class Launcher:
         caller does); by default it comes from this launcher's allocator."""
         return self._start(spec, list(fds), lambda: _call(target, args), uid=uid)
 
-    def run(self, spec: JailSpec, argv: Sequence[str], fds: Sequence[int] = (0, 1, 2)
-            ) -> JailProcess:
-        """Exec `argv` in a new jail; the exec's success is the spawn's success."""
+    def run(self, spec: JailSpec, argv: Sequence[str], fds: Sequence[int] = (0, 1, 2),
+            on_listener: Callable[[int, int], None] | None = None) -> JailProcess:
+        """Exec `argv` in a new jail; the exec's success is the spawn's success.
+
+        `on_listener(pid, fd)` is called as soon as the jail's seccomp listener is
+        ours (spec.seccomp_listener), before the exec: whatever answers the calls
+        must be running by then, as the exec itself runs under the filter."""
         if not argv:
             raise ValueError("run needs a command")
         env = dict(spec.env)
         return self._start(spec, list(fds), lambda: _exec(list(argv), env, str(spec.cwd)),
-                           restore_signals=True)
+                           restore_signals=True, on_listener=on_listener)
 
     def uids(self, uid_range: UidRange) -> UidAllocator:
         if uid_range not in self._allocators:
@@ -162,6 +169,9 @@ class Launcher:
         if entry is None:
             return None
         jail, allocator = entry
+        if jail.listener is not None:
+            os.close(jail.listener)
+            jail.listener = None
         jail.returncode = os.waitstatus_to_exitcode(status)
         allocator.release(jail.uid)
         if jail.returncode == -signal.SIGSYS:
@@ -235,7 +245,8 @@ class Launcher:
         return -1, -1
 
     def _start(self, spec: JailSpec, fds: list[int], body: Callable[[], None],
-               restore_signals: bool = False, uid: int | None = None) -> JailProcess:
+               restore_signals: bool = False, uid: int | None = None,
+               on_listener: Callable[[int, int], None] | None = None) -> JailProcess:
         if spec.seccomp_bpf is not None:
             prepare_bpf(spec.seccomp_bpf)  # in the parent: the child only loads it
         root_fd = self._shared_root_fd(spec)
@@ -269,7 +280,7 @@ class Launcher:
         if not self.for_parent:
             self._live[pid] = (jail, allocator or self.uids(spec.uid_range))
         try:
-            _parent_handshake(parent_end, pid, uid)
+            jail.listener = _parent_handshake(parent_end, pid, uid, on_listener)
         except BaseException as e:
             jail.kill()
             if self.for_parent:  # our parent reaps it; it must know the pid
@@ -283,8 +294,12 @@ class Launcher:
         return jail
 
 
-def _parent_handshake(sock: socket.socket, pid: int, uid: int) -> None:
+def _parent_handshake(sock: socket.socket, pid: int, uid: int,
+                      on_listener: Callable[[int, int], None] | None = None) -> int | None:
+    """The spawn's messages: id maps, the seccomp listener (returned, ours to close),
+    an error, or EOF for ready."""
     sock.settimeout(SPAWN_TIMEOUT)
+    listener = None
     try:
         first = sock.recv(4096)
         if first[:1] == b"U":
@@ -293,18 +308,48 @@ def _parent_handshake(sock: socket.socket, pid: int, uid: int) -> None:
             except OSError as e:
                 raise JailError("id-map", e.errno or 0, str(e)) from None
             sock.sendall(b"M")
-            rest = b""
+            first = sock.recv(4096)
+            if first[:1] == b"L":
+                listener = _take_fd(pid, int(first[1:]))
+                if on_listener is not None:
+                    on_listener(pid, listener)
+                sock.sendall(b"T")
+                first = b""
             while chunk := sock.recv(4096):
-                rest += chunk
-            first = rest
+                first += chunk
     except TimeoutError:
+        if listener is not None:
+            os.close(listener)
         raise JailError("spawn", errno.ETIMEDOUT, "the jail did not report in time") from None
+    if first and listener is not None:
+        os.close(listener)
     if first.startswith(b"E"):
         layer, err, message = first[1:].split(b"\0", 2)
         raise JailError(layer.decode(), int(err), message.decode(errors="replace"))
     if first:
         raise JailError("spawn", errno.EPROTO, f"unexpected message {first[:20]!r}")
     # EOF with no message: ready (the sync socket was closed or exec'd away).
+    return listener
+
+
+_NR_PIDFD_GETFD = 438  # x86_64 and aarch64
+
+
+def _take_fd(pid: int, fd: int) -> int:
+    """A copy of the child's fd `fd` (pidfd_getfd, Linux >= 5.6; close-on-exec)."""
+    import ctypes
+
+    pidfd = os.pidfd_open(pid)
+    try:
+        libc_ = ctypes.CDLL(None, use_errno=True)
+        libc_.syscall.restype = ctypes.c_long
+        copy = libc_.syscall(_NR_PIDFD_GETFD, pidfd, fd, 0)
+        if copy < 0:
+            err = ctypes.get_errno()
+            raise JailError("seccomp", err, f"copying the seccomp listener: {os.strerror(err)}")
+        return int(copy)
+    finally:
+        os.close(pidfd)
 
 
 # -- the child ---------------------------------------------------------------------
@@ -432,7 +477,16 @@ def _build_jail(spec: JailSpec, sync: int, netns_fd: int, root_fd: int, fds: lis
     privileges.set_parent_death_signal(spec.parent_death_signal)
     if select.select([sync], [], [], 0)[0]:
         raise OSError(errno.EPIPE, "the parent went away")
-    if spec.seccomp_bpf is not None:
+    if spec.seccomp_bpf is not None and spec.seccomp_listener:
+        layer.name = "seccomp"
+        # The parent copies the listener (pidfd_getfd) while we wait: the filter must
+        # allow write and read on the sync fd.
+        listener = load_bpf_listener(spec.seccomp_bpf)
+        os.write(sync, b"L%d" % listener)
+        if os.read(sync, 1) != b"T":
+            raise OSError(errno.EPIPE, "the parent did not take the seccomp listener")
+        os.close(listener)
+    elif spec.seccomp_bpf is not None:
         layer.name = "seccomp"
         load_bpf(spec.seccomp_bpf)
     layer.name = "ready"

@@ -93,6 +93,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
         raise Fail(EXIT_USAGE, "--rounds must be at least 1")
     profile = profile_from_args(args)
     check_root()
+    from sandbox.learnnotify import learn_by_notification
+
+    done = learn_by_notification(args, profile)
+    if done is not None:
+        return done
     try:
         logged = _ACTIONS_LOGGED.read_text().split()
     except OSError:

@@ -128,6 +128,9 @@ class JailSpec:
     dumpable: bool = False
     drop_capabilities: bool = True
     seccomp_bpf: bytes | None = None
+    # Load the filter with a user-notification listener and hand it to the parent
+    # (JailProcess.listener): a filter whose default is "notify" needs it.
+    seccomp_listener: bool = False
     # Landlock: deny all filesystem access except the bind mounts (exec'd daemons).
     landlock: bool = False
     # Signal the jail receives when the process that spawned it dies.

@@ -29,7 +29,9 @@ from sandbox.errors import JailError, PolicyError
 from sandbox.spec import BindMount, JailSpec
 
 if TYPE_CHECKING:  # imported lazily at run time: `check` need not load the launcher
+    from sandbox.callwatch import Seen
     from sandbox.launcher import JailProcess, Launcher
+    from sandbox.notify import Call, Listener, Watcher
     from sandbox.profile import Profile
 
 EXIT_USAGE = 2
@@ -146,50 +148,100 @@ class Outcome:
     note: str | None = None  # a line for stderr
 
 
+# What answers a jail's forbidden calls: given the jail, a handler for its listener.
+Handler = Callable[["Listener", "Call"], None]
+
+
 def supervise(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
               tick: Callable[[], None] | None = None, tick_every: float = 0.05,
-              fds: Sequence[int] = (0, 1, 2)) -> Outcome:
+              fds: Sequence[int] = (0, 1, 2),
+              watch: Callable[[int], Handler] | None = None) -> Outcome:
     """Start `argv` in a jail, relay signals until it ends, compute the exit status.
 
     Signals are blocked and taken with sigtimedwait, so none is lost between
     the spawn and the wait, and a ^C the terminal already sent to the jail
-    (same process group) is not sent twice.  Raises JailError.
+    (same process group) is not sent twice.  With `watch` (and a spec that asks
+    for a seccomp listener) a thread answers the jail's forbidden calls with
+    `watch(pid)` from the moment the listener exists (the launcher's own exec
+    runs under the filter) until the jail is gone.  Raises JailError.
     """
     waited = (*FORWARDED, signal.SIGCHLD)
-    with _blocked(waited):
-        jail = launcher.run(spec, argv, fds=fds)
-        kill_at: float | None = None
-        stopped_by: int | None = None  # signal whose default action we carried out
-        escalated: int | None = None
-        while jail.poll() is None:
-            timeout = tick_every if tick else 3600.0
-            if kill_at is not None:
-                timeout = min(timeout, max(0.0, kill_at - time.monotonic()))
-            info = signal.sigtimedwait(waited, timeout)
-            if tick:
-                tick()
-            if info is not None and info.si_signo in FORWARDED:
-                sig = info.si_signo
-                state = _disposition(jail.pid, sig)
-                if state == "default":
-                    # What the signal would do to any process that is not a PID 1.
-                    stopped_by = sig
-                    jail.kill(signal.SIGKILL)
-                elif state == "caught" and info.si_code != _SI_KERNEL:
-                    jail.kill(sig)  # from the tty it reached the jail already
-                if sig in STOPPING and kill_at is None and stopped_by is None:
-                    escalated = sig
-                    kill_at = time.monotonic() + stop_timeout
-            if kill_at is not None and time.monotonic() >= kill_at and jail.poll() is None:
+    with _blocked(waited), _Watching(watch) as watching:
+        jail = launcher.run(spec, argv, fds=fds,
+                            on_listener=watching.start if watch else None)
+        return _until_exit(jail, waited, stop_timeout, tick, tick_every)
+
+
+class _Watching:
+    """Answers a jail's calls on a thread, on a copy of its listener: the launcher
+    closes its own when it reaps the jail, possibly while the thread still polls."""
+
+    def __init__(self, watch: Callable[[int], Handler] | None) -> None:
+        self._watch = watch
+        self._watcher: Watcher | None = None
+
+    def start(self, pid: int, fd: int) -> None:
+        from sandbox.notify import Listener, Watcher
+
+        assert self._watch is not None
+        self._watcher = Watcher(Listener(os.dup(fd)), self._watch(pid))
+
+    def __enter__(self) -> _Watching:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        watcher = self._watcher
+        if watcher is None:
+            return
+        watcher.stop()
+        watcher.listener.close()
+        if watcher.error is not None and exc[0] is None:
+            raise watcher.error
+
+
+def _until_exit(jail: JailProcess, waited: tuple[int, ...], stop_timeout: float,
+                tick: Callable[[], None] | None, tick_every: float) -> Outcome:
+    """Relay signals until the jail has ended; its outcome."""
+    kill_at: float | None = None
+    stopped_by: int | None = None  # signal whose default action we carried out
+    escalated: int | None = None
+    while jail.poll() is None:
+        timeout = tick_every if tick else 3600.0
+        if kill_at is not None:
+            timeout = min(timeout, max(0.0, kill_at - time.monotonic()))
+        info = signal.sigtimedwait(waited, timeout)
+        if tick:
+            tick()
+        if info is not None and info.si_signo in FORWARDED:
+            sig = info.si_signo
+            state = _disposition(jail.pid, sig)
+            if state == "default":
+                # What the signal would do to any process that is not a PID 1.
+                stopped_by = sig
                 jail.kill(signal.SIGKILL)
-                jail.wait()
-                note = (f"the program did not exit within {stop_timeout:g} s of "
-                        f"{signal.Signals(escalated or signal.SIGTERM).name}: killed it")
-                return Outcome(jail, jail.exit_status or 128 + signal.SIGKILL, note)
+            elif state == "caught" and info.si_code != _SI_KERNEL:
+                jail.kill(sig)  # from the tty it reached the jail already
+            if sig in STOPPING and kill_at is None and stopped_by is None:
+                escalated = sig
+                kill_at = time.monotonic() + stop_timeout
+        if kill_at is not None and time.monotonic() >= kill_at and jail.poll() is None:
+            jail.kill(signal.SIGKILL)
+            jail.wait()
+            note = (f"the program did not exit within {stop_timeout:g} s of "
+                    f"{signal.Signals(escalated or signal.SIGTERM).name}: killed it")
+            return Outcome(jail, jail.exit_status or 128 + signal.SIGKILL, note)
     code = jail.returncode
     if stopped_by is not None and code == -signal.SIGKILL:
         return Outcome(jail, 128 + stopped_by)
     return Outcome(jail, jail.exit_status if jail.exit_status is not None else 1)
+
+
+def violation_line(seen: Seen, calls: int, profile_name: str) -> str:
+    """The forbidden call a jail was killed for, with its arguments and its process."""
+    who = "the program" if seen.pid == 1 else f"{seen.who}, started by the program,"
+    more = f" (and {calls - 1} more forbidden calls)" if calls > 1 else ""
+    return (f"killed by seccomp: {who} called {seen.text}, which profile {profile_name} "
+            f"does not allow{more}")
 
 
 def seccomp_line(jail: JailProcess, profile_name: str) -> str:
@@ -214,9 +266,10 @@ def _start_failure(exc: JailError, argv: list[str], spec: JailSpec) -> Fail:
 
 
 def run_once(launcher: Launcher, spec: JailSpec, argv: list[str], args: argparse.Namespace,
-              tick: Callable[[], None] | None = None, fds: Sequence[int] = (0, 1, 2)) -> Outcome:
+             tick: Callable[[], None] | None = None, fds: Sequence[int] = (0, 1, 2),
+             watch: Callable[[int], Handler] | None = None) -> Outcome:
     try:
-        return supervise(launcher, spec, argv, args.stop_timeout, tick, fds=fds)
+        return supervise(launcher, spec, argv, args.stop_timeout, tick, fds=fds, watch=watch)
     except JailError as exc:
         raise _start_failure(exc, argv, spec) from None
     except (OSError, RuntimeError) as exc:  # fork failed, uids exhausted, ...
