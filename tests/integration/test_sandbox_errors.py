@@ -5,14 +5,13 @@ that lets ordinary programs run."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.debian import require
+from tests.jailtools import sandbox_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,10 +20,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="jails need root")
 SYSTEM = '["/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache"]'
 
 
-def sandbox(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "sandbox", *args], capture_output=True,
-                          text=True, timeout=60, cwd=cwd, env=env, check=False)
+sandbox = sandbox_cli
 
 
 def test_missing_bind_source_is_an_error_in_check_with_file_and_line(tmp_path: Path) -> None:
