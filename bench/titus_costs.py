@@ -44,7 +44,8 @@ from sandbox.forkserver import ForkServer
 from sandbox.launcher import JailProcess
 from titus import logs
 from titus.config.load import load_config
-from titus.supervisor import Supervisor, key_slots
+from titus.keyholder.main import key_slots
+from titus.supervisor import Supervisor
 from titus.supervisor.keyholder import KeyHolder
 from titus.worker import remotekey
 from titus.worker.contexts import build_contexts
@@ -337,7 +338,7 @@ def main() -> int:
     config = load_config(args.config)
     config = replace(config, uid_first=args.uid_first, uid_count=1024)
     sup = Supervisor(config)
-    sup.start_zygote(sup.gen)
+    sup.generations.start_zygote(sup.gen)
     zygote = sup.gen.zygote
     assert zygote is not None
     try:

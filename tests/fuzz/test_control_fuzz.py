@@ -168,7 +168,7 @@ KILL_EVENTS = {
 
 
 def expected(script: list[bytes], vhosts_reachable: set[int]) -> Expected:
-    """What supervisor.on_worker_message's rules make of a script of packets."""
+    """What Connections.on_worker_message's rules make of a script of packets."""
     state, finished = "handshake", None
     for index, packet in enumerate(script):
         if not packet:

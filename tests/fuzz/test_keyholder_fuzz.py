@@ -50,7 +50,8 @@ from tests.pki import CA
 from tests.titus_harness import open_fds
 from tests.unit.test_keyholder import Holder
 from tests.unit.test_signer import emsa_pss
-from titus.supervisor.keyholder import KeyHolder, KeySlot
+from titus.keyholder.main import KeySlot
+from titus.supervisor.keyholder import KeyHolder
 from titus.wire import keyproto
 from titus.wire.keyproto import Op, Status
 

@@ -36,6 +36,7 @@ from OpenSSL import SSL
 
 from titus.keyholder import serve as keyholder
 from titus.keyholder.signer import KeyStore, Signer
+from titus.supervisor.keyholder import new_channel
 from titus.wire import keyproto
 from titus.wire.keyproto import Grant, Op, Response, Status
 from titus.worker import remotekey
@@ -171,7 +172,7 @@ class KeyHolder:
     def channel(self, *names: str, budget: int = 1) -> socket.socket:
         self._next += 1
         grant = Grant(self._next, budget, tuple(KEY_IDS[n] for n in names))
-        return keyholder.new_channel(self.control, grant)
+        return new_channel(self.control, grant)
 
     def log(self) -> str:
         with contextlib.suppress(BlockingIOError):

@@ -55,4 +55,4 @@ def test_failing_spawns_back_off(tmp_path):
     # Without the back-off the loop would retry hundreds of times in 1.5 s
     # (each failed spawn costs ~1 ms); with it: a handful (0.1, 0.2, 0.4, 0.8 s).
     assert 3 <= len(attempts) <= 10, len(attempts)
-    assert not sup.workers
+    assert not sup.pool.workers

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from tests.unit.test_signer import pem_cert, pem_key
 from titus.keyholder import serve as keyholder
 from titus.keyholder.signer import KeyStore, Signer
+from titus.supervisor.keyholder import new_channel
 from titus.wire import keyproto
 from titus.wire.keyproto import Grant, Op, Request, Status
 
@@ -40,7 +41,7 @@ class Holder:
 
     def channel(self, keys: tuple[int, ...] = (EC_KEY,), budget: int = 1) -> socket.socket:
         self._next += 1
-        sock = keyholder.new_channel(self.control, Grant(self._next, budget, keys))
+        sock = new_channel(self.control, Grant(self._next, budget, keys))
         sock.settimeout(5)
         return sock
 

@@ -13,8 +13,8 @@ from titus.config.model import Config
 
 
 def check_keys(config: Config) -> str | None:
+    from titus.keyholder.main import key_slots
     from titus.keyholder.signer import KeyStore, KeyStoreError
-    from titus.supervisor import key_slots
 
     slots, _ = key_slots(config)
     r, w = os.pipe()

@@ -1,4 +1,4 @@
-"""The key holder's serving loop, and the supervisor's side of handing it channels.
+"""The key holder's serving loop (inside its jail).
 
 The key holder runs in its own jail (set up by others).  Once serving, this
 loop makes only these syscalls (measured with strace): poll, recvmsg, sendmsg,
@@ -8,7 +8,8 @@ and opens no file.  Everything arriving on a worker
 channel is hostile; the worst a worker can get is its channel closed.
 
 Transport: every worker channel is an AF_UNIX SOCK_SEQPACKET socket, one
-keyproto frame per packet.  The supervisor creates the pair, keeps one end for
+keyproto frame per packet.  The supervisor (titus/supervisor/keyholder.py,
+`new_channel`) creates the pair, keeps one end for
 the worker and sends the other here over the control socket (also AF_UNIX
 SOCK_SEQPACKET) as one packet: a keyproto grant (channel id, budget, key ids)
 with the fd as SCM_RIGHTS.  EOF on the control socket means the supervisor is
@@ -33,7 +34,6 @@ from dataclasses import dataclass
 from titus.keyholder.signer import Budget, Refused, Signer
 from titus.wire.keyproto import (
     MAX_GRANT,
-    MAX_GRANT_KEYS,
     MAX_REQUEST,
     Grant,
     ProtocolError,
@@ -42,7 +42,6 @@ from titus.wire.keyproto import (
     Status,
     decode_grant,
     decode_request_packet,
-    encode_grant,
     encode_response,
 )
 
@@ -270,29 +269,3 @@ def load_keys_from_fds(fds: Sequence[int], *, max_size: int = MAX_KEY_FILE) -> l
         for fd in fds:
             _close_fd(fd)
     return out
-
-
-# --- the supervisor's side --------------------------------------------------------------------
-
-
-def send_grant(control_sock: socket.socket, channel_end: socket.socket, grant: Grant) -> None:
-    """Hand one channel end to the key holder (the caller closes its copy afterwards)."""
-    if len(grant.key_ids) > MAX_GRANT_KEYS:
-        raise ValueError(f"at most {MAX_GRANT_KEYS} keys per channel")
-    fds = array.array("i", [channel_end.fileno()])
-    control_sock.sendmsg(
-        [encode_grant(grant)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())]
-    )
-
-
-def new_channel(control_sock: socket.socket, grant: Grant) -> socket.socket:
-    """Create a worker channel, give the key holder its end, return the worker's end."""
-    worker_end, holder_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        send_grant(control_sock, holder_end, grant)
-    except BaseException:
-        worker_end.close()
-        raise
-    finally:
-        holder_end.close()
-    return worker_end

@@ -1,62 +1,29 @@
-"""The supervisor's side of the key holder: start it jailed, check it, restart it.
+"""The supervisor's side of the key holder: start it jailed, check it, restart it, and
+hand it one signing channel per worker.
 
 The supervisor opens each key file and passes the open fd: it never reads a
-byte of a private key.  Inside its jail the key holder reads the keys, checks
-each against its certificate, answers "ready" (or the one-line reason it
-cannot start) on its control socket, then serves signing channels.
+byte of a private key.  What runs inside the key holder's jail is
+titus/keyholder/main.py.
 """
 
 from __future__ import annotations
 
+import array
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from sandbox.errors import JailError
 from sandbox.launcher import JailProcess, Launcher
 from sandbox.spec import JailSpec
-from titus.keyholder import serve as keyholder
-from titus.keyholder.signer import KeyStore, KeyStoreError, Signer
-from titus.wire.keyproto import Grant
+from titus.keyholder.main import KeySlot, keyholder_main
+from titus.wire.keyproto import MAX_GRANT_KEYS, Grant, encode_grant
 
 STARTUP_TIMEOUT = 10.0
 
 
 class KeyHolderError(RuntimeError):
     """The key holder could not start (bad key, key/cert mismatch, jail failure)."""
-
-
-@dataclass(frozen=True)
-class KeySlot:
-    """One private key the key holder serves, with the certificate it must match."""
-
-    key_id: int
-    key_path: Path
-    cert_path: Path
-    cert_pem: bytes
-    source: str = ""  # "FILE:LINE" of the `key` setting, for error messages
-
-
-def _keyholder_main(slots: Sequence[KeySlot]) -> None:
-    """Runs inside the key holder's jail: fd 0 control, 1-2 stderr, 3.. key files."""
-    control = socket.socket(fileno=0)
-    try:
-        pems = keyholder.load_keys_from_fds(range(3, 3 + len(slots)))
-        store = KeyStore()
-        for slot, pem in zip(slots, pems, strict=True):
-            try:
-                store.add(slot.key_id, pem, slot.cert_pem, key_name=str(slot.key_path),
-                          cert_name=str(slot.cert_path))
-            except (KeyStoreError, ValueError) as e:
-                raise KeyStoreError(f"{slot.source}: {e}" if slot.source else str(e)) from None
-        del pems
-    except (KeyStoreError, ValueError, OSError) as e:
-        control.send(b"E" + str(e).encode(errors="replace")[:3000])
-        return
-    control.send(b"R")
-    keyholder.serve(control, Signer(store))
 
 
 class KeyHolder:
@@ -84,7 +51,7 @@ class KeyHolder:
                     key_fds.append(os.open(slot.key_path, os.O_RDONLY | os.O_CLOEXEC))
                 except OSError as e:
                     raise KeyHolderError(f"{slot.key_path}: {e.strerror}") from None
-            self.jail = self.launcher.spawn(self.spec, _keyholder_main, (self.slots,),
+            self.jail = self.launcher.spawn(self.spec, keyholder_main, (self.slots,),
                                             fds=[theirs.fileno(), self.stderr_fd, self.stderr_fd,
                                                   *key_fds])
         except (OSError, JailError) as e:
@@ -117,7 +84,7 @@ class KeyHolder:
         self._next_channel = self._next_channel % 0xFFFFFFFF + 1
         self.control.setblocking(True)
         try:
-            return keyholder.new_channel(self.control, grant)
+            return new_channel(self.control, grant)
         finally:
             self.control.setblocking(False)
 
@@ -132,3 +99,26 @@ class KeyHolder:
         if self.jail is not None and self.jail.returncode is None:
             self.jail.kill()
             self.jail.wait()
+
+
+def send_grant(control_sock: socket.socket, channel_end: socket.socket, grant: Grant) -> None:
+    """Hand one channel end to the key holder (the caller closes its copy afterwards)."""
+    if len(grant.key_ids) > MAX_GRANT_KEYS:
+        raise ValueError(f"at most {MAX_GRANT_KEYS} keys per channel")
+    fds = array.array("i", [channel_end.fileno()])
+    control_sock.sendmsg(
+        [encode_grant(grant)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())]
+    )
+
+
+def new_channel(control_sock: socket.socket, grant: Grant) -> socket.socket:
+    """Create a worker channel, give the key holder its end, return the worker's end."""
+    worker_end, holder_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        send_grant(control_sock, holder_end, grant)
+    except BaseException:
+        worker_end.close()
+        raise
+    finally:
+        holder_end.close()
+    return worker_end

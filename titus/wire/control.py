@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from titus.wire.outcome import WORKER_OUTCOMES, Outcome
+
 MAX_PACKET = 4096
 MAX_SANS = 16  # DNS or URI SANs in one HandshakeDone (a worker sends those that fit)
 
@@ -68,7 +70,7 @@ class HandshakeDone:
 class Finished:
     """The worker's last word: what happened to the connection."""
 
-    outcome: str
+    outcome: Outcome
     bytes_in: int
     bytes_out: int
     detail: str | None = None
@@ -84,18 +86,7 @@ _TO_WORKER = {"C": Connection, "B": BackendReady, "F": BackendFailed}
 _TO_SUPERVISOR = {"H": HandshakeDone, "D": Finished}
 _TYPE_OF = {cls: code for code, cls in (_TO_WORKER | _TO_SUPERVISOR).items()}
 
-OUTCOMES = frozenset(
-    {
-        "ok",
-        "handshake-failed",
-        "no-vhost",
-        "backend-failed",
-        "client-reset",
-        "backend-reset",
-        "timeout",
-        "error",
-    }
-)
+OUTCOMES = frozenset(WORKER_OUTCOMES)  # what a Finished message may say
 
 
 def encode(msg: object) -> bytes:
@@ -185,7 +176,7 @@ def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
     if outcome not in OUTCOMES:
         raise ControlError(f"unknown outcome {outcome!r}")
     return Finished(
-        outcome=outcome,
+        outcome=Outcome(outcome),
         bytes_in=_field(body, "bytes_in", int),
         bytes_out=_field(body, "bytes_out", int),
         detail=_field(body, "detail", str, optional=True, limit=512),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from titus.config.model import VHost
 from titus.wire import control
+from titus.wire.outcome import Outcome
 from titus.worker import remotekey, stapling
 from titus.worker.clienthello import NotTLS, parse_sni
 from titus.worker.identity import client_identity
@@ -73,7 +74,7 @@ SEEN = Seen()
 
 
 class Finish(Exception):
-    def __init__(self, outcome: str, detail: str | None = None) -> None:
+    def __init__(self, outcome: Outcome, detail: str | None = None) -> None:
         super().__init__(detail or outcome)
         self.outcome = outcome
         self.detail = detail
@@ -91,15 +92,15 @@ def worker_main(table: WorkerTable) -> None:
         return
     client = socket.socket(fileno=fds[0])
     counters = Counters()
-    outcome, detail = "ok", None
+    outcome, detail = Outcome.OK, None
     try:
         serve(table, ctl, client, conn, counters)
     except Finish as e:
         outcome, detail = e.outcome, e.detail
     except Reset as e:
-        outcome = f"{e.side}-reset"
+        outcome = Outcome(f"{e.side}-reset")
     except TimeoutError as e:
-        outcome, detail = "timeout", str(e)
+        outcome, detail = Outcome.TIMEOUT, str(e)
     signs = remotekey.stats()
     result = control.Finished(outcome, counters.bytes_in, counters.bytes_out, detail,
                               sum(signs.ok.values()), sum(signs.failed.values()),
@@ -117,7 +118,7 @@ def read_client_hello(client: socket.socket, timeout: float) -> tuple[bytes, str
         try:
             complete, sni = parse_sni(data)
         except NotTLS as e:
-            raise Finish("handshake-failed", str(e)) from None
+            raise Finish(Outcome.HANDSHAKE_FAILED, str(e)) from None
         if complete:
             return data, sni
         left = deadline - time.monotonic()
@@ -130,7 +131,7 @@ def read_client_hello(client: socket.socket, timeout: float) -> tuple[bytes, str
         except BlockingIOError:
             continue
         if not chunk:
-            raise Finish("handshake-failed", "client closed before its ClientHello")
+            raise Finish(Outcome.HANDSHAKE_FAILED, "client closed before its ClientHello")
         data += chunk
 
 
@@ -156,7 +157,7 @@ def serve(
     SEEN.sni = sni
     index = SEEN.vhost = choose_vhost(table.vhosts, conn.local, sni)
     if index is None:
-        raise Finish("no-vhost", f"no vhost for {conn.local[0]}:{conn.local[1]} sni={sni}")
+        raise Finish(Outcome.NO_VHOST, f"no vhost for {conn.local[0]}:{conn.local[1]} sni={sni}")
 
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = table.contexts[index].wrap_bio(incoming, outgoing, server_side=True)
@@ -171,11 +172,11 @@ def serve(
         text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
         if isinstance(e, ssl.SSLCertVerificationError) and e.verify_message:
             text = f"client certificate: {e.verify_message}"  # e.g. "certificate revoked"
-            raise Finish("handshake-failed", text) from None
-        raise Finish("handshake-failed", getattr(e, "reason", None) or text) from None
+            raise Finish(Outcome.HANDSHAKE_FAILED, text) from None
+        raise Finish(Outcome.HANDSHAKE_FAILED, getattr(e, "reason", None) or text) from None
     except Reset:
         # e.g. the client sent its ClientHello and closed: our answer drew a reset.
-        raise Finish("handshake-failed", "the client reset the connection") from None
+        raise Finish(Outcome.HANDSHAKE_FAILED, "the client reset the connection") from None
     cipher = tls.cipher()
     ctl.send(
         control.encode(
@@ -196,7 +197,7 @@ def serve(
     if not isinstance(reply, control.BackendReady) or not fds:
         _goodbye(pump)
         reason = reply.reason if isinstance(reply, control.BackendFailed) else "no backend"
-        raise Finish("backend-failed", reason)
+        raise Finish(Outcome.BACKEND_FAILED, reason)
     backend = socket.socket(fileno=fds[0])
     backend.setblocking(False)
     try:
