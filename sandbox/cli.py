@@ -22,12 +22,14 @@ from typing import Any
 
 from sandbox.errors import PolicyError
 from sandbox.learn import cmd_learn
+from sandbox.limits import parse_limit, parse_rlimit
 from sandbox.spec import BindMount, parse_network
 from sandbox.supervise import (
     EXIT_CANNOT_EXECUTE,
     EXIT_CANNOT_START,
     EXIT_NOT_FOUND,
     EXIT_SECCOMP,
+    EXIT_TIMEOUT,
     EXIT_USAGE,
     Fail,
     check_root,
@@ -42,8 +44,10 @@ EXIT_CODES = f"""\
 exit status:
   run     the program's exit status, or 128+N if it ended by signal N
           (a signal it does not handle, forwarded by sandbox, counts as ending it)
-          {EXIT_SECCOMP}  killed by seccomp (128+SIGSYS): it called a syscall the profile does
-               not allow; the syscall is named on stderr
+          {EXIT_SECCOMP}  killed by seccomp (128+SIGSYS): it (or a process it started) called a
+               syscall the profile does not allow; the call and its arguments are
+               named on stderr
+          {EXIT_TIMEOUT}  it ran longer than --timeout (then SIGTERM, SIGKILL after --stop-timeout)
           {EXIT_CANNOT_START}  the jail was not started: bad profile, or a jail layer failed
           {EXIT_CANNOT_EXECUTE}  the program was found but could not be executed
           {EXIT_NOT_FOUND}  the program was not found inside the jail
@@ -119,7 +123,32 @@ def _add_jail_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-timeout", type=_seconds, default=5.0, metavar="S",
                    help="seconds a program that handles SIGTERM/SIGINT gets to exit before "
                         "SIGKILL (default 5)")
+    p.add_argument("--cwd", metavar="DIR", help="working directory inside the jail")
+    p.add_argument("--proc", action="store_true",
+                   help="mount /proc (the jail's own PID namespace only)")
+    p.add_argument("--rlimit", action="append", type=_limit(parse_rlimit), default=[],
+                   metavar="NAME=VALUE",
+                   help="set a resource limit, e.g. nofile=256, as=1G, core=0 (repeatable)")
+    p.add_argument("--timeout", type=_limit(lambda t: parse_limit("timeout", t)), metavar="S",
+                   help=f"wall-clock seconds, then SIGTERM, then SIGKILL after --stop-timeout;"
+                        f" exit status {EXIT_TIMEOUT}")
+    p.add_argument("--memory", type=_limit(lambda t: parse_limit("memory", t)), metavar="SIZE",
+                   help="memory limit of the whole jail (cgroup), e.g. 256M")
+    p.add_argument("--pids-limit", type=_limit(lambda t: parse_limit("pids_limit", t)),
+                   metavar="N", help="most processes and threads of the whole jail (cgroup)")
+    p.add_argument("--cpus", type=_limit(lambda t: parse_limit("cpus", t)), metavar="FRACTION",
+                   help="CPU time of the whole jail in CPUs, e.g. 0.5 (cgroup)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
+
+
+def _limit(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a limits parser: its ValueError becomes a usage error."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
 def build_parser() -> argparse.ArgumentParser:

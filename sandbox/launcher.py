@@ -29,10 +29,12 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sandbox import clone, landlock, libc, namespaces, privileges, rootfs
 from sandbox import fds as fdlayer
 from sandbox.bpf import load_bpf, load_bpf_listener, prepare_bpf
+from sandbox.cgroups import JailCgroup, Limits
 from sandbox.errors import JailError
 from sandbox.spec import JailSpec, NetworkMode, UidRange
 from sandbox.uids import UidAllocator
@@ -70,6 +72,8 @@ class JailProcess:
     # The seccomp user-notification listener, when the spec asked for one; closed
     # when the jail is reaped.
     listener: int | None = None
+    # The jail's own cgroup (limits), removed when the jail is reaped.
+    cgroup: JailCgroup | None = field(default=None, repr=False)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -172,6 +176,9 @@ class Launcher:
         if jail.listener is not None:
             os.close(jail.listener)
             jail.listener = None
+        if jail.cgroup is not None:
+            jail.cgroup.remove()  # its PID namespace is gone: the cgroup is empty
+            jail.cgroup = None
         jail.returncode = os.waitstatus_to_exitcode(status)
         allocator.release(jail.uid)
         if jail.returncode == -signal.SIGSYS:
@@ -252,10 +259,12 @@ class Launcher:
         root_fd = self._shared_root_fd(spec)
         netns_fd, own_netns_fd = self._open_netns(spec)
         allocator = None if uid is not None else self.uids(spec.uid_range)
+        cgroup = None
         try:
             if allocator is not None:
                 uid = allocator.allocate()
             assert uid is not None
+            cgroup = _jail_cgroup(spec, uid)
             parent_end, child_end = socket.socketpair()
             try:
                 if self.for_parent:
@@ -265,6 +274,8 @@ class Launcher:
             except BaseException:
                 if allocator is not None:
                     allocator.release(uid)
+                if cgroup is not None:
+                    cgroup.remove()
                 parent_end.close()
                 child_end.close()
                 raise
@@ -276,11 +287,11 @@ class Launcher:
             if own_netns_fd >= 0:
                 os.close(own_netns_fd)
         child_end.close()
-        jail = JailProcess(pid, uid, spec.name, self)
+        jail = JailProcess(pid, uid, spec.name, self, cgroup=cgroup)
         if not self.for_parent:
             self._live[pid] = (jail, allocator or self.uids(spec.uid_range))
         try:
-            jail.listener = _parent_handshake(parent_end, pid, uid, on_listener)
+            jail.listener = _parent_handshake(parent_end, pid, uid, on_listener, cgroup)
         except BaseException as e:
             jail.kill()
             if self.for_parent:  # our parent reaps it; it must know the pid
@@ -294,8 +305,20 @@ class Launcher:
         return jail
 
 
+def _jail_cgroup(spec: JailSpec, uid: int) -> JailCgroup | None:
+    """The jail's own cgroup when its spec limits memory, processes or CPU."""
+    limits = Limits(spec.memory_limit, spec.pids_limit, spec.cpus)
+    if not limits:
+        return None
+    try:
+        return JailCgroup(f"sandbox-{uid}", limits)  # the uid is unique host-wide
+    except OSError as e:
+        raise JailError("cgroup", e.errno or 0, str(e)) from None
+
+
 def _parent_handshake(sock: socket.socket, pid: int, uid: int,
-                      on_listener: Callable[[int, int], None] | None = None) -> int | None:
+                      on_listener: Callable[[int, int], None] | None = None,
+                      cgroup: JailCgroup | None = None) -> int | None:
     """The spawn's messages: id maps, the seccomp listener (returned, ours to close),
     an error, or EOF for ready."""
     sock.settimeout(SPAWN_TIMEOUT)
@@ -307,6 +330,11 @@ def _parent_handshake(sock: socket.socket, pid: int, uid: int,
                 namespaces.write_id_maps(pid, uid, uid)
             except OSError as e:
                 raise JailError("id-map", e.errno or 0, str(e)) from None
+            if cgroup is not None:  # before the jail runs anything of its own
+                try:
+                    cgroup.attach(pid)
+                except OSError as e:
+                    raise JailError("cgroup", e.errno or 0, str(e)) from None
             sock.sendall(b"M")
             first = sock.recv(4096)
             if first[:1] == b"L":
@@ -465,7 +493,8 @@ def _build_jail(spec: JailSpec, sync: int, netns_fd: int, root_fd: int, fds: lis
     if spec.landlock:
         layer.name = "landlock"
         landlock.restrict(
-            [b.target for b in spec.binds if not b.writable],
+            ([Path("/proc")] if spec.mount_proc else [])  # the jail's own /proc
+            + [b.target for b in spec.binds if not b.writable],
             [b.target for b in spec.binds if b.writable]
             + ([spec.writable_tmpfs] if spec.writable_tmpfs is not None else []))
     layer.name = "rlimits"

@@ -10,19 +10,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import re
-import resource
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sandbox.errors import PolicyError
+from sandbox.limits import JAIL_KEYS, parse_limit, parse_size, rlimit_value
 from sandbox.policy import parse_policy, policy_search_path
 from sandbox.rules import SeccompPolicy
 from sandbox.seccomp import compile_policy
 from sandbox.spec import (
-    NOFILE_KEPT,
     RLIMIT_NAMES,
     BindMount,
     JailSpec,
@@ -50,10 +48,9 @@ _JAIL_KEYS = (
     "rlimits",
     "cwd",
     "env",
+    *JAIL_KEYS,
 )
 _BIND_KEYS = ("source", "target", "writable")
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -69,21 +66,6 @@ class Profile:
     def with_jail(self, **changes: Any) -> Profile:
         """A copy with JailSpec fields changed (e.g. network="host", extra binds)."""
         return dataclasses.replace(self, spec=_replace_spec(self.spec, changes))
-
-
-def parse_size(value: object) -> int:
-    """Bytes from an int or a ``"16M"``-style string (K, M, G, T are powers of 1024)."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a size, not {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"a size cannot be negative: {value}")
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            return int(m.group(1)) * _UNITS[m.group(2).upper()]
-    raise ValueError(f"expected a size like 16M or a number of bytes, not {value!r}")
 
 
 def find_profile(name: str) -> Path:
@@ -288,7 +270,21 @@ def _parse_jail(src: SourceFile, name: str) -> JailSpec:
         landlock=typed("landlock", bool, defaults.landlock),
         env=env_items,
         cwd=Path(cwd),
+        **_parse_limits(src, jail, line),
     )
+
+
+def _parse_limits(src: SourceFile, jail: dict[str, Any], line: Callable[[str], int]
+                  ) -> dict[str, int | float]:
+    """memory, pids_limit, cpus and timeout as JailSpec fields (FILE:LINE errors)."""
+    out: dict[str, int | float] = {}
+    for key, field_name in JAIL_KEYS.items():
+        if key in jail:
+            try:
+                out[field_name] = parse_limit(key, jail[key])
+            except ValueError as exc:
+                raise src.error(line(key), str(exc)) from None
+    return out
 
 
 def _parse_binds(src: SourceFile, raw: list[Any], line: int) -> tuple[BindMount, ...]:
@@ -329,17 +325,10 @@ def _parse_rlimits(
     merged = dict(defaults)
     for key, value in raw.items():
         line = src.best(src.key_line(key, start), start)
-        if value == "kept":
-            if key != "nofile":
-                raise src.error(line, "'kept' is only for nofile (the number of fds passed in)")
-            merged[key] = NOFILE_KEPT
-        elif value == "unlimited":
-            merged[key] = resource.RLIM_INFINITY
-        else:
-            try:
-                merged[key] = parse_size(value)
-            except ValueError as exc:
-                raise src.error(line, f"rlimit {key}: {exc}") from None
+        try:
+            merged[key] = rlimit_value(key, value)
+        except ValueError as exc:
+            raise src.error(line, str(exc)) from None
     return tuple(merged.items())
 
 

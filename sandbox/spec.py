@@ -94,7 +94,7 @@ RLIMIT_NAMES: dict[str, int] = {
 }
 
 # RLIMIT_NOFILE set to this value means "exactly the number of fds passed in".
-NOFILE_KEPT = -1
+NOFILE_KEPT = -2  # not -1: that is resource.RLIM_INFINITY ("unlimited")
 # The default RLIMIT_NOFILE: what an ordinary program expects (ld.so alone needs
 # a few fds beyond 0-2).  A profile that wants the tightest limit says "kept".
 DEFAULT_NOFILE = 1024
@@ -133,6 +133,13 @@ class JailSpec:
     seccomp_listener: bool = False
     # Landlock: deny all filesystem access except the bind mounts (exec'd daemons).
     landlock: bool = False
+    # cgroup limits (sandbox.cgroups), None for none: bytes of memory, processes and
+    # threads, CPUs' worth of time.  The jail gets a cgroup of its own only with one.
+    memory_limit: int | None = None
+    pids_limit: int | None = None
+    cpus: float | None = None
+    # `sandbox run`: wall-clock seconds, then SIGTERM, then SIGKILL (exit status 124).
+    timeout: float | None = None
     # Signal the jail receives when the process that spawned it dies.
     parent_death_signal: int = 9
     # Environment for `run` (exec); spawn keeps the Python process as it is.
@@ -156,5 +163,12 @@ class JailSpec:
         for name, value in self.rlimits:
             if name not in RLIMIT_NAMES:
                 raise ValueError(f"unknown rlimit {name!r}")
-            out.append((RLIMIT_NAMES[name], kept_fds if value == NOFILE_KEPT else value))
+            res = RLIMIT_NAMES[name]
+            if name == "nofile" and value == NOFILE_KEPT:
+                value = kept_fds
+            elif value == resource.RLIM_INFINITY:
+                # As high as it goes: raising a hard limit needs a capability the jail
+                # has dropped by then.
+                value = resource.getrlimit(res)[1]
+            out.append((res, value))
         return out

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import JailError, PolicyError
@@ -39,6 +40,7 @@ EXIT_CANNOT_START = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 EXIT_SECCOMP = 128 + signal.SIGSYS  # 159
+EXIT_TIMEOUT = 124  # as timeout(1): the program ran past --timeout
 
 # Signals `run` relays; the first two also start the --stop-timeout countdown
 # (SIGHUP is a reload request for many daemons, so it never leads to SIGKILL).
@@ -93,6 +95,18 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
         env = dict(spec.env)
         env.update(args.env)
         changes["env"] = tuple(env.items())
+    if args.cwd:
+        if not args.cwd.startswith("/"):
+            raise Fail(EXIT_USAGE, f"--cwd must be an absolute path, not {args.cwd!r}")
+        changes["cwd"] = Path(args.cwd)
+    if args.proc:
+        changes["mount_proc"] = True
+    if args.rlimit:
+        changes["rlimits"] = tuple({**dict(spec.rlimits), **dict(args.rlimit)}.items())
+    for option, field in (("timeout", "timeout"), ("memory", "memory_limit"),
+                          ("pids_limit", "pids_limit"), ("cpus", "cpus")):
+        if getattr(args, option) is not None:
+            changes[field] = getattr(args, option)
     try:
         profile = profile.with_jail(**changes) if changes else profile
     except (ValueError, TypeError) as exc:
@@ -169,7 +183,7 @@ def supervise(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout:
     with _blocked(waited), _Watching(watch) as watching:
         jail = launcher.run(spec, argv, fds=fds,
                             on_listener=watching.start if watch else None)
-        return _until_exit(jail, waited, stop_timeout, tick, tick_every)
+        return _until_exit(jail, waited, stop_timeout, tick, tick_every, spec.timeout)
 
 
 class _Watching:
@@ -200,26 +214,34 @@ class _Watching:
 
 
 def _until_exit(jail: JailProcess, waited: tuple[int, ...], stop_timeout: float,
-                tick: Callable[[], None] | None, tick_every: float) -> Outcome:
-    """Relay signals until the jail has ended; its outcome."""
+                tick: Callable[[], None] | None, tick_every: float,
+                run_for: float | None = None) -> Outcome:
+    """Relay signals until the jail has ended; its outcome.  After `run_for` seconds
+    the jail gets SIGTERM as if from the terminal (its exit status is then 124)."""
     kill_at: float | None = None
     stopped_by: int | None = None  # signal whose default action we carried out
     escalated: int | None = None
+    deadline = None if run_for is None else time.monotonic() + run_for
+    timed_out = False
     while jail.poll() is None:
         timeout = tick_every if tick else 3600.0
-        if kill_at is not None:
-            timeout = min(timeout, max(0.0, kill_at - time.monotonic()))
+        for when in (kill_at, None if timed_out else deadline):
+            if when is not None:
+                timeout = min(timeout, max(0.0, when - time.monotonic()))
         info = signal.sigtimedwait(waited, timeout)
         if tick:
             tick()
-        if info is not None and info.si_signo in FORWARDED:
-            sig = info.si_signo
+        sig = info.si_signo if info is not None and info.si_signo in FORWARDED else None
+        if sig is None and not timed_out and deadline is not None \
+                and time.monotonic() >= deadline:
+            timed_out, sig = True, signal.SIGTERM
+        if sig is not None:
             state = _disposition(jail.pid, sig)
             if state == "default":
                 # What the signal would do to any process that is not a PID 1.
                 stopped_by = sig
                 jail.kill(signal.SIGKILL)
-            elif state == "caught" and info.si_code != _SI_KERNEL:
+            elif state == "caught" and (info is None or info.si_code != _SI_KERNEL):
                 jail.kill(sig)  # from the tty it reached the jail already
             if sig in STOPPING and kill_at is None and stopped_by is None:
                 escalated = sig
@@ -229,7 +251,12 @@ def _until_exit(jail: JailProcess, waited: tuple[int, ...], stop_timeout: float,
             jail.wait()
             note = (f"the program did not exit within {stop_timeout:g} s of "
                     f"{signal.Signals(escalated or signal.SIGTERM).name}: killed it")
+            if timed_out:
+                return Outcome(jail, EXIT_TIMEOUT, f"--timeout {run_for:g} s passed; {note}")
             return Outcome(jail, jail.exit_status or 128 + signal.SIGKILL, note)
+    if timed_out:
+        return Outcome(jail, EXIT_TIMEOUT, f"--timeout {run_for:g} s passed: stopped the "
+                       f"program (it ended with status {jail.exit_status})")
     code = jail.returncode
     if stopped_by is not None and code == -signal.SIGKILL:
         return Outcome(jail, 128 + stopped_by)
