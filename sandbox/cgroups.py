@@ -191,7 +191,9 @@ class JailCgroup:
 
 
 def _write(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    """Write a control file.  (O_CREAT: cgroupfs refuses to create one that the kernel
+    did not make, so a typo still fails; a plain directory stands in for it in tests.)"""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, text.encode())
     finally:
