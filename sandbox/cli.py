@@ -180,32 +180,37 @@ def build_parser() -> argparse.ArgumentParser:
     learn = sub.add_parser(
         "learn", help="record the syscalls CMD needs beyond a profile, write a policy",
         epilog=EXIT_CODES + _LEARN_NOTES, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run CMD in the jail of profile P with the seccomp default action set to "
-                    "'log' (nothing is killed), read the kernel's audit records of the syscalls "
-                    "it made that P does not allow, and write P's policy plus those.",
+        description="Run CMD once in the jail of profile P; every call P does not allow "
+                    "reaches sandbox with its arguments (seccomp user notification) and is let "
+                    "through; write P's own text plus what was new, each addition commented "
+                    "with the process and call that needed it.",
     )
     learn.add_argument("--output", "-o", metavar="FILE",
                        help="write the learned profile here (default: stdout)")
     learn.add_argument("--rounds", type=int, default=1, metavar="N",
-                       help="run CMD up to N times, each time with what was learned so far, "
-                            "until a run logs nothing new (default 1)")
+                       help="without user notification only: run CMD up to N times, each time "
+                            "with what was learned so far, until a run logs nothing new "
+                            "(default 1)")
     learn.add_argument("--keep-ratelimit", action="store_true",
-                       help="do not lift kernel.printk_ratelimit while learning (see below)")
+                       help="without user notification only: do not lift "
+                            "kernel.printk_ratelimit while learning (see below)")
     _add_jail_options(learn)
     return parser
 
 
 _LEARN_NOTES = """
 learn notes:
-  The records are the kernel's audit messages (type=1326) read from /dev/kmsg, so learn
-  needs root, "log" in /proc/sys/kernel/seccomp/actions_logged, and no audit daemon
-  (auditd takes the records instead).  Without auditd the kernel prints them through
-  printk_ratelimit (by default 10 per 5 s) and drops the rest: learn sets
+  One run finds every call CMD makes on the paths it takes: exercise them all.  Calls the
+  profile denies by name are refused (EPERM) and not added.  socket, ioctl, fcntl and
+  prctl are added for the values seen; a syscall the profile filters by its arguments
+  gets rules of the same shape.  Where the kernel lacks seccomp user notification
+  (Linux < 5.5), learn falls back to the kernel's audit messages (type=1326) read
+  from /dev/kmsg: it then needs "log" in /proc/sys/kernel/seccomp/actions_logged and no
+  audit daemon (auditd takes the records instead); the kernel prints them through
+  printk_ratelimit (by default 10 per 5 s) and drops the rest, so learn sets
   kernel.printk_ratelimit to 0 while CMD runs and restores it afterwards, unless
   --keep-ratelimit is given (then each further round waits out the rate-limit window).
-  Only what CMD did in this run is learned: exercise every code path.  Argument rules
-  of the profile are kept; a syscall that was called outside its rules is allowed
-  outright: review the result.
+  The fallback allows a syscall called outside its rules outright: review the result.
 """
 
 

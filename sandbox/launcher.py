@@ -26,7 +26,9 @@ import select
 import signal
 import socket
 import sys
+import time
 import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,8 @@ from sandbox import fds as fdlayer
 from sandbox.bpf import load_bpf, load_bpf_listener, prepare_bpf
 from sandbox.cgroups import JailCgroup, Limits
 from sandbox.errors import JailError
+from sandbox.result import JailDied, call_and_send
+from sandbox.result import loads as result_loads
 from sandbox.spec import JailSpec, NetworkMode, UidRange
 from sandbox.uids import UidAllocator
 from sandbox.violations import ViolationLog
@@ -74,6 +78,42 @@ class JailProcess:
     listener: int | None = None
     # The jail's own cgroup (limits), removed when the jail is reaped.
     cgroup: JailCgroup | None = field(default=None, repr=False)
+    # The socket its result comes back on (spawn(..., result=True)), and what of the
+    # result arrived with the ready message.
+    _result: int | None = field(default=None, repr=False)
+    _head: bytes = field(default=b"", repr=False)
+    _closer: Callable[[], object] | None = field(default=None, repr=False)  # closes it once
+
+    def result(self, timeout: float | None = None) -> object:
+        """The jailed function's return value, or its exception raised here; waits for
+        the jail to end (TimeoutError after `timeout` seconds).  Only plain values
+        and exceptions are accepted from the jail (sandbox.result)."""
+        if self._result is None:
+            raise RuntimeError("this jail was not spawned with result=True (or the result "
+                               "was already taken)")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chunks = [self._head] if self._head else []
+        try:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not select.select([self._result], [], [], left)[0]:
+                    raise TimeoutError(f"jail {self.name} pid {self.pid} still running")
+                chunk = os.read(self._result, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError:
+            self._head = b"".join(chunks)  # kept for the next call
+            raise
+        if self._closer is not None:
+            self._closer()
+        self._result = None
+        self.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
+        try:
+            return result_loads(b"".join(chunks))
+        except JailDied:
+            raise JailDied(f"jail {self.name} ended with status {self.exit_status} without "
+                           "sending a result") from None
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -136,12 +176,16 @@ class Launcher:
     # -- public API ------------------------------------------------------------
 
     def spawn(self, spec: JailSpec, target: Callable[..., object], args: Sequence[object] = (),
-              fds: Sequence[int] = (), uid: int | None = None) -> JailProcess:
+              fds: Sequence[int] = (), uid: int | None = None, result: bool = False
+              ) -> JailProcess:
         """Run `target(*args)` in a new jail; `fds[i]` is fd i inside, all others are closed.
 
         `uid` is the jail's host uid when the caller allocated it (a fork server's
-        caller does); by default it comes from this launcher's allocator."""
-        return self._start(spec, list(fds), lambda: _call(target, args), uid=uid)
+        caller does); by default it comes from this launcher's allocator.  With
+        `result`, the jail sends target's return value or exception back for
+        `JailProcess.result()` (its policy must allow write)."""
+        return self._start(spec, list(fds), lambda: _call(target, args, result), uid=uid,
+                           keep_sync=result)
 
     def run(self, spec: JailSpec, argv: Sequence[str], fds: Sequence[int] = (0, 1, 2),
             on_listener: Callable[[int, int], None] | None = None) -> JailProcess:
@@ -253,7 +297,8 @@ class Launcher:
 
     def _start(self, spec: JailSpec, fds: list[int], body: Callable[[], None],
                restore_signals: bool = False, uid: int | None = None,
-               on_listener: Callable[[int, int], None] | None = None) -> JailProcess:
+               on_listener: Callable[[int, int], None] | None = None,
+               keep_sync: bool = False) -> JailProcess:
         if spec.seccomp_bpf is not None:
             prepare_bpf(spec.seccomp_bpf)  # in the parent: the child only loads it
         root_fd = self._shared_root_fd(spec)
@@ -291,7 +336,12 @@ class Launcher:
         if not self.for_parent:
             self._live[pid] = (jail, allocator or self.uids(spec.uid_range))
         try:
-            jail.listener = _parent_handshake(parent_end, pid, uid, on_listener, cgroup)
+            jail.listener, head = _parent_handshake(parent_end, pid, uid, on_listener, cgroup,
+                                                    ready=b"R" if keep_sync else b"")
+            if keep_sync:
+                jail._result = parent_end.detach()
+                jail._head = head
+                jail._closer = weakref.finalize(jail, _close_quietly, jail._result)
         except BaseException as e:
             jail.kill()
             if self.for_parent:  # our parent reaps it; it must know the pid
@@ -303,6 +353,12 @@ class Launcher:
         finally:
             parent_end.close()
         return jail
+
+
+def _close_quietly(fd: int) -> None:
+    """A result never taken: its socket is closed with its JailProcess."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _jail_cgroup(spec: JailSpec, uid: int) -> JailCgroup | None:
@@ -318,9 +374,11 @@ def _jail_cgroup(spec: JailSpec, uid: int) -> JailCgroup | None:
 
 def _parent_handshake(sock: socket.socket, pid: int, uid: int,
                       on_listener: Callable[[int, int], None] | None = None,
-                      cgroup: JailCgroup | None = None) -> int | None:
-    """The spawn's messages: id maps, the seccomp listener (returned, ours to close),
-    an error, or EOF for ready."""
+                      cgroup: JailCgroup | None = None, ready: bytes = b""
+                      ) -> tuple[int | None, bytes]:
+    """The spawn's messages: id maps, the seccomp listener (ours to close), an error,
+    and then EOF for ready, or `ready` (the result's first bytes may follow it).
+    Returns (listener, what followed `ready`)."""
     sock.settimeout(SPAWN_TIMEOUT)
     listener = None
     try:
@@ -343,12 +401,15 @@ def _parent_handshake(sock: socket.socket, pid: int, uid: int,
                     on_listener(pid, listener)
                 sock.sendall(b"T")
                 first = b""
-            while chunk := sock.recv(4096):
+            while not (ready and first.startswith(ready)) and (chunk := sock.recv(4096)):
                 first += chunk
     except TimeoutError:
         if listener is not None:
             os.close(listener)
         raise JailError("spawn", errno.ETIMEDOUT, "the jail did not report in time") from None
+    after = b""
+    if ready and first.startswith(ready):
+        first, after = b"", first[len(ready):]
     if first and listener is not None:
         os.close(listener)
     if first.startswith(b"E"):
@@ -357,7 +418,7 @@ def _parent_handshake(sock: socket.socket, pid: int, uid: int,
     if first:
         raise JailError("spawn", errno.EPROTO, f"unexpected message {first[:20]!r}")
     # EOF with no message: ready (the sync socket was closed or exec'd away).
-    return listener
+    return listener, after
 
 
 _NR_PIDFD_GETFD = 438  # x86_64 and aarch64
@@ -527,9 +588,15 @@ def _build_jail(spec: JailSpec, sync: int, netns_fd: int, root_fd: int, fds: lis
 _SYNC_FD = [-1]
 
 
-def _call(target: Callable[..., object], args: Sequence[object]) -> None:
-    os.close(_SYNC_FD[0])
-    target(*args)
+def _call(target: Callable[..., object], args: Sequence[object], send: bool = False) -> None:
+    if not send:
+        os.close(_SYNC_FD[0])
+        target(*args)
+        return
+    os.write(_SYNC_FD[0], b"R")  # ready: the socket stays open for the result
+    code = call_and_send(_SYNC_FD[0], target, args)
+    if code:
+        raise SystemExit(code)
 
 
 def _exec(argv: list[str], env: dict[str, str], cwd: str) -> None:

@@ -5,7 +5,7 @@ fail as ``FILE:LINE: unknown syscall 'opnat' (did you mean 'openat'?)`` at
 start-up, not as a SIGSYS in production.  The result is a frozen, hashable
 `SeccompPolicy` so that `sandbox.seccomp.compile_policy` can cache its BPF.
 
-Format (see the header of ``policies/titus-worker.toml``)::
+Format (documented in docs/sandbox.md)::
 
     [seccomp]
     default = "kill-process"

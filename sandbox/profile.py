@@ -2,7 +2,7 @@
 
 A profile is the unit operators edit (``policies/titus-worker.toml``); the
 launcher only ever sees the resulting immutable `JailSpec`.  The format is
-documented in the header of ``policies/titus-worker.toml``.
+documented in docs/sandbox.md.
 """
 
 from __future__ import annotations
