@@ -22,7 +22,7 @@ from typing import Any
 
 from sandbox.errors import PolicyError
 from sandbox.learn import cmd_learn
-from sandbox.limits import parse_limit, parse_rlimit
+from sandbox.limits import parse_id, parse_limit, parse_rlimit, parse_tmpfs
 from sandbox.spec import BindMount, parse_network
 from sandbox.supervise import (
     EXIT_CANNOT_EXECUTE,
@@ -116,7 +116,12 @@ def _add_jail_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", type=_net, metavar="MODE",
                    help="network: shared-empty, new, loopback, host, netns:NAME (/run/netns/NAME)"
                         " or netns:/path")
-    p.add_argument("--tmpfs", metavar="PATH", help="a writable tmpfs at PATH inside the jail")
+    p.add_argument("--tmpfs", action="append", type=_limit(parse_tmpfs), default=[],
+                   metavar="PATH[:SIZE]",
+                   help="a writable tmpfs at PATH inside the jail, 16M unless SIZE (repeatable)")
+    p.add_argument("--dev", action="store_true",
+                   help="a minimal /dev: null, zero, full, random, urandom, and tty when stdin "
+                        "is one")
     p.add_argument("--hostname", metavar="H", help="the jail's hostname")
     p.add_argument("--env", action="append", type=_env, default=[], metavar="K=V",
                    help="set an environment variable for the program (repeatable)")
@@ -124,6 +129,10 @@ def _add_jail_options(p: argparse.ArgumentParser) -> None:
                    help="seconds a program that handles SIGTERM/SIGINT gets to exit before "
                         "SIGKILL (default 5)")
     p.add_argument("--cwd", metavar="DIR", help="working directory inside the jail")
+    p.add_argument("--uid", type=_limit(lambda t: parse_id("--uid", t)), metavar="N",
+                   help="the uid the program runs as inside the jail (default 0)")
+    p.add_argument("--gid", type=_limit(lambda t: parse_id("--gid", t)), metavar="N",
+                   help="the gid the program runs as inside the jail (default 0)")
     p.add_argument("--proc", action="store_true",
                    help="mount /proc (the jail's own PID namespace only)")
     p.add_argument("--rlimit", action="append", type=_limit(parse_rlimit), default=[],

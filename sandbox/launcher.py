@@ -337,7 +337,8 @@ class Launcher:
             self._live[pid] = (jail, allocator or self.uids(spec.uid_range))
         try:
             jail.listener, head = _parent_handshake(parent_end, pid, uid, on_listener, cgroup,
-                                                    ready=b"R" if keep_sync else b"")
+                                                    ready=b"R" if keep_sync else b"",
+                                                    inside=(spec.uid, spec.gid))
             if keep_sync:
                 jail._result = parent_end.detach()
                 jail._head = head
@@ -374,8 +375,8 @@ def _jail_cgroup(spec: JailSpec, uid: int) -> JailCgroup | None:
 
 def _parent_handshake(sock: socket.socket, pid: int, uid: int,
                       on_listener: Callable[[int, int], None] | None = None,
-                      cgroup: JailCgroup | None = None, ready: bytes = b""
-                      ) -> tuple[int | None, bytes]:
+                      cgroup: JailCgroup | None = None, ready: bytes = b"",
+                      inside: tuple[int, int] = (0, 0)) -> tuple[int | None, bytes]:
     """The spawn's messages: id maps, the seccomp listener (ours to close), an error,
     and then EOF for ready, or `ready` (the result's first bytes may follow it).
     Returns (listener, what followed `ready`)."""
@@ -385,7 +386,7 @@ def _parent_handshake(sock: socket.socket, pid: int, uid: int,
         first = sock.recv(4096)
         if first[:1] == b"U":
             try:
-                namespaces.write_id_maps(pid, uid, uid)
+                namespaces.write_id_maps(pid, uid, uid, *inside)
             except OSError as e:
                 raise JailError("id-map", e.errno or 0, str(e)) from None
             if cgroup is not None:  # before the jail runs anything of its own
@@ -536,8 +537,12 @@ def _build_jail(spec: JailSpec, sync: int, netns_fd: int, root_fd: int, fds: lis
     if os.read(sync, 1) != b"M":
         raise OSError(errno.EPIPE, "the parent went away before writing the id maps")
     layer.name = "credentials"
-    os.setresgid(0, 0, 0)
-    os.setresuid(0, 0, 0)
+    # Only the ids the maps hold: a jail running as another uid becomes it once its
+    # capabilities are gone (privileges.drop_capabilities).
+    if spec.gid == 0:
+        os.setresgid(0, 0, 0)
+    if spec.uid == 0:
+        os.setresuid(0, 0, 0)
     layer.name = "uts"
     libc.sethostname(spec.hostname)
 
@@ -547,7 +552,11 @@ def _build_jail(spec: JailSpec, sync: int, netns_fd: int, root_fd: int, fds: lis
     sync = layer.sync = sync_moved
     if spec.drop_capabilities:
         layer.name = "capabilities"
-        privileges.drop_capabilities()
+        privileges.drop_capabilities(spec.uid, spec.gid)
+    elif spec.uid or spec.gid:
+        layer.name = "credentials"
+        os.setresgid(spec.gid, spec.gid, spec.gid)
+        os.setresuid(spec.uid, spec.uid, spec.uid)
     if spec.no_new_privs:
         layer.name = "no-new-privs"
         privileges.set_no_new_privs()
@@ -556,7 +565,9 @@ def _build_jail(spec: JailSpec, sync: int, netns_fd: int, root_fd: int, fds: lis
         landlock.restrict(
             ([Path("/proc")] if spec.mount_proc else [])  # the jail's own /proc
             + [b.target for b in spec.binds if not b.writable],
-            [b.target for b in spec.binds if b.writable]
+            ([Path("/dev")] if spec.dev else [])  # its devices: read, write, ioctl
+            + [path for path, _ in spec.tmpfs]
+            + [b.target for b in spec.binds if b.writable]
             + ([spec.writable_tmpfs] if spec.writable_tmpfs is not None else []))
     layer.name = "rlimits"
     privileges.apply_rlimits(spec.rlimit_values(len(kept)))

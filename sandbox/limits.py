@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import resource
+from pathlib import Path
 
 from sandbox.spec import NOFILE_KEPT, RLIMIT_NAMES
 
@@ -15,7 +16,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # [jail] keys of this module, with the JailSpec field each sets.
 JAIL_KEYS = {"memory": "memory_limit", "pids_limit": "pids_limit", "cpus": "cpus",
-             "timeout": "timeout"}
+             "timeout": "timeout", "uid": "uid", "gid": "gid"}
 
 
 def parse_size(value: object) -> int:
@@ -60,7 +61,9 @@ def parse_rlimit(text: str) -> tuple[str, int]:
 
 
 def parse_limit(key: str, value: object) -> int | float:
-    """A [jail] limit (memory, pids_limit, cpus, timeout) as its JailSpec value."""
+    """A [jail] limit (memory, pids_limit, cpus, timeout; uid, gid) as its JailSpec value."""
+    if key in ("uid", "gid"):
+        return parse_id(key, value)
     if isinstance(value, bool):
         raise ValueError(f"{key} must be a number, not {value!r}")
     if key == "memory":
@@ -78,3 +81,20 @@ def parse_limit(key: str, value: object) -> int | float:
     if not number > 0:
         raise ValueError(f"{key} must be a positive number, not {value!r}")
     return number
+
+
+def parse_tmpfs(text: str, default_size: int = 16 << 20) -> tuple[Path, int]:
+    """`PATH[:SIZE]` (--tmpfs, and the profile's tmpfs list) as (path, bytes)."""
+    path, _, size = text.partition(":")
+    if not path.startswith("/"):
+        raise ValueError(f"a tmpfs path must be absolute, not {path!r}")
+    return Path(path), parse_size(size) if size else default_size
+
+
+def parse_id(key: str, value: object) -> int:
+    """A uid or gid inside the jail."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32 - 1:
+        raise ValueError(f"{key} must be a number from 0 to 4294967294, not {value!r}")
+    return value

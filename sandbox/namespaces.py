@@ -64,7 +64,8 @@ class PidNamespaceFork:
         os.close(self._own)
 
 
-def write_id_maps(pid: int, host_uid: int, host_gid: int) -> None:
+def write_id_maps(pid: int, host_uid: int, host_gid: int, uid: int = 0, gid: int = 0
+                  ) -> None:
     """Map the jail's root (0) to one unprivileged host uid and gid.
 
     setgroups must be denied before gid_map can be written by an unprivileged
@@ -72,8 +73,8 @@ def write_id_maps(pid: int, host_uid: int, host_gid: int) -> None:
     to escape a negative group permission.
     """
     base = f"/proc/{pid}/"
-    for name, text in (("setgroups", "deny"), ("gid_map", f"0 {host_gid} 1\n"),
-                       ("uid_map", f"0 {host_uid} 1\n")):
+    for name, text in (("setgroups", "deny"), ("gid_map", f"{gid} {host_gid} 1\n"),
+                       ("uid_map", f"{uid} {host_uid} 1\n")):
         fd = os.open(base + name, os.O_WRONLY)
         try:
             os.write(fd, text.encode())

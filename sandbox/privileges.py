@@ -7,6 +7,7 @@ the bounding set is allowed (CAP_SETPCAP there) and affects only the jail.
 
 from __future__ import annotations
 
+import os
 import resource
 
 from sandbox import libc
@@ -29,11 +30,20 @@ def _last_cap() -> int:
 LAST_CAP = _last_cap()
 
 
-def drop_capabilities() -> None:
+def drop_capabilities(uid: int = 0, gid: int = 0) -> None:
+    """No capability now or after any exec; then become uid/gid (ids inside the jail).
+
+    The securebits keep a uid change from touching capabilities (NO_SETUID_FIXUP),
+    so the ids change while CAP_SETUID/SETGID are still there, and capset then
+    empties every set."""
     libc.prctl(libc.PR_SET_SECUREBITS, _SECUREBITS)
     libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
     for cap in range(LAST_CAP + 1):
         libc.prctl(libc.PR_CAPBSET_DROP, cap)
+    if gid:
+        os.setresgid(gid, gid, gid)
+    if uid:
+        os.setresuid(uid, uid, uid)
     libc.capset_empty()
 
 

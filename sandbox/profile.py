@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.errors import PolicyError
-from sandbox.limits import JAIL_KEYS, parse_limit, parse_size, rlimit_value
+from sandbox.limits import JAIL_KEYS, parse_limit, parse_size, parse_tmpfs, rlimit_value
 from sandbox.policy import parse_policy, policy_search_path
 from sandbox.rules import SeccompPolicy
 from sandbox.seccomp import compile_policy
@@ -48,6 +48,8 @@ _JAIL_KEYS = (
     "rlimits",
     "cwd",
     "env",
+    "dev",
+    "tmpfs",
     *JAIL_KEYS,
 )
 _BIND_KEYS = ("source", "target", "writable")
@@ -270,8 +272,23 @@ def _parse_jail(src: SourceFile, name: str) -> JailSpec:
         landlock=typed("landlock", bool, defaults.landlock),
         env=env_items,
         cwd=Path(cwd),
+        dev=typed("dev", bool, defaults.dev),
+        tmpfs=_parse_tmpfs(src, typed("tmpfs", list, []), line("tmpfs")),
         **_parse_limits(src, jail, line),
     )
+
+
+def _parse_tmpfs(src: SourceFile, raw: list[Any], line: int) -> tuple[tuple[Path, int], ...]:
+    out = []
+    for item in raw:
+        here = src.best(src.quoted_line(str(item), line), line)
+        if not isinstance(item, str):
+            raise src.error(here, f'a tmpfs is "PATH" or "PATH:SIZE", not {item!r}')
+        try:
+            out.append(parse_tmpfs(item))
+        except ValueError as exc:
+            raise src.error(here, str(exc)) from None
+    return tuple(out)
 
 
 def _parse_limits(src: SourceFile, jail: dict[str, Any], line: Callable[[str], int]

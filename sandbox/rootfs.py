@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 from sandbox import libc
 from sandbox.spec import JailSpec
@@ -33,6 +34,30 @@ def _bind(fd: int, target_in_root: str, writable: bool) -> None:
     libc.mount(None, target_in_root, None, flags)
 
 
+# The devices of --dev, as bwrap's: harmless to any program, needed by many.
+DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+def _dev(target: str, tty: bool) -> None:
+    """A tmpfs /dev holding binds of the host's harmless devices (each its own mount
+    without nodev, the tmpfs itself nodev) and the usual links into /proc/self/fd."""
+    os.makedirs(target, exist_ok=True)
+    libc.mount("jaildev", target, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
+               "size=64k,nr_inodes=64,mode=0755")
+    for name in (*DEVICES, *(("tty",) if tty else ())):
+        node = f"{target}/{name}"
+        os.close(os.open(node, os.O_CREAT | os.O_WRONLY, 0o666))
+        libc.mount(f"/dev/{name}", node, None, libc.MS_BIND)
+        libc.mount(None, node, None,
+                   libc.MS_REMOUNT | libc.MS_BIND | libc.MS_NOSUID | libc.MS_NOEXEC)
+    for name, to in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                     ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(to, f"{target}/{name}")
+    os.mkdir(f"{target}/shm", 0o1777)  # a directory only: POSIX shm needs a writable one
+    libc.mount(None, target, None, libc.MS_REMOUNT | libc.MS_NOSUID | libc.MS_NODEV
+               | libc.MS_NOEXEC | libc.MS_RDONLY)
+
+
 def build_root(spec: JailSpec) -> None:
     """Replace the root of the calling process's (new) mount namespace."""
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
@@ -42,11 +67,12 @@ def build_root(spec: JailSpec) -> None:
     libc.mount("jail", root, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
                "size=64k,nr_inodes=256,mode=0555")
     # The writable tmpfs first: a bind beneath it must land on it, not under it.
-    if spec.writable_tmpfs is not None:
-        target = root + str(spec.writable_tmpfs)
+    tmpfs = [(spec.writable_tmpfs, spec.writable_tmpfs_size)] if spec.writable_tmpfs else []
+    for path, size in sorted([*tmpfs, *spec.tmpfs], key=lambda t: len(Path(t[0]).parts)):
+        target = root + str(path)
         os.makedirs(target, exist_ok=True)
         libc.mount("jailtmp", target, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
-                   f"size={spec.writable_tmpfs_size},mode=1777")
+                   f"size={size},mode=1777")
     # Parents before children, whatever order the profile lists them in.
     ordered = sorted(zip(spec.binds, sources, strict=True), key=lambda b: len(b[0].target.parts))
     for bind, fd in ordered:
@@ -56,6 +82,8 @@ def build_root(spec: JailSpec) -> None:
         os.makedirs(root + "/proc", exist_ok=True)
         libc.mount("proc", root + "/proc", "proc",
                    libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+    if spec.dev:
+        _dev(root + "/dev", spec.dev_tty)
     # pivot_root(".", ".") stacks the old root under the new one; detaching it
     # leaves only the new root.  No directory for the old root is needed.
     os.chdir(root)
@@ -71,7 +99,7 @@ def shareable(spec: JailSpec) -> bool:
     (a /proc shows its mounter's PID namespace; a writable place would be a channel
     between jails)."""
     return (spec.empty_root and spec.writable_tmpfs is None and not spec.mount_proc
-            and not any(b.writable for b in spec.binds))
+            and not spec.tmpfs and not spec.dev and not any(b.writable for b in spec.binds))
 
 
 class SharedRoot:

@@ -121,7 +121,15 @@ class JailSpec:
     # A writable tmpfs inside the root (e.g. "/tmp"), size in bytes; None for none.
     writable_tmpfs: Path | None = None
     writable_tmpfs_size: int = 16 * 1024 * 1024
+    # More writable tmpfs mounts: (path inside, size in bytes), as --tmpfs PATH[:SIZE].
+    tmpfs: tuple[tuple[Path, int], ...] = ()
     mount_proc: bool = False
+    # A minimal /dev: null, zero, full, random, urandom (and tty with dev_tty).
+    dev: bool = False
+    dev_tty: bool = False
+    # The ids the program runs as inside (mapped to the jail's host uid and gid).
+    uid: int = 0
+    gid: int = 0
     # Process limits: name -> (soft, hard); NOFILE_KEPT for "fds passed in".
     rlimits: tuple[tuple[str, int], ...] = (("nofile", DEFAULT_NOFILE), ("core", 0))
     no_new_privs: bool = True

@@ -86,9 +86,14 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
     if args.net:
         changes["network"] = args.net
     if args.tmpfs:
-        if not args.tmpfs.startswith("/"):
-            raise Fail(EXIT_USAGE, f"--tmpfs must be an absolute path, not {args.tmpfs!r}")
-        changes["writable_tmpfs"] = args.tmpfs
+        given = dict(args.tmpfs)
+        if spec.writable_tmpfs in given:  # the profile's own, at another size
+            changes["writable_tmpfs_size"] = given.pop(spec.writable_tmpfs)
+        changes["tmpfs"] = (*((p, s) for p, s in spec.tmpfs if p not in given),
+                            *given.items())
+    if args.dev or spec.dev:
+        changes["dev"] = True
+        changes["dev_tty"] = os.isatty(0)  # the jail's stdin is ours
     if args.hostname:
         changes["hostname"] = args.hostname
     if args.env:
@@ -104,7 +109,8 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
     if args.rlimit:
         changes["rlimits"] = tuple({**dict(spec.rlimits), **dict(args.rlimit)}.items())
     for option, field in (("timeout", "timeout"), ("memory", "memory_limit"),
-                          ("pids_limit", "pids_limit"), ("cpus", "cpus")):
+                          ("pids_limit", "pids_limit"), ("cpus", "cpus"), ("uid", "uid"),
+                          ("gid", "gid")):
         if getattr(args, option) is not None:
             changes[field] = getattr(args, option)
     try:

@@ -241,7 +241,11 @@ id -u
 date -u +%Y > year.txt
 basename /x/y.txt .txt
 ( exit 3 ) || echo "subshell said $?"
+sleep 0.1 &
+wait $!
+echo "background job: $?"
 kill -0 $$ && echo "kill works"
+ls /nonexistent 2>/dev/null || echo "stderr to /dev/null"
 trap 'echo bye' EXIT
 """
 
@@ -259,7 +263,9 @@ world
 0
 y
 subshell said 3
+background job: 0
 kill works
+stderr to /dev/null
 bye
 """
 

@@ -167,3 +167,42 @@ def test_cgroup_limits_in_a_profile_and_bad_values(tmp_path: Path) -> None:
     out = sandbox("check", str(bad))
     assert (out.returncode, out.stderr) == (
         2, f"{bad}:3: pids_limit must be a whole number of at least 1, not 0\n")
+
+
+def test_dev_tmpfs_uid_and_gid(plain: Path) -> None:
+    script = ("id -u; id -g; ls /dev | tr '\\n' ' '; echo; echo x > /dev/null && echo null; "
+              "head -c 4 /dev/urandom | wc -c; "
+              "df -k /run /cache | tail -2 | tr -s ' ' | cut -d' ' -f2; "
+              "touch /run/f /cache/f && echo writable; touch /usr/f 2>/dev/null || echo ro")
+    out = sandbox("run", "--profile", str(plain), "--dev", "--proc", "--uid", "33", "--gid", "34",
+                  "--tmpfs", "/run:1M", "--tmpfs", "/cache", "--", "sh", "-c", script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "33", "34", "fd full null random shm stderr stdin stdout urandom zero ", "null", "4",
+        "1024", "16384", "writable", "ro"]
+    # Without --dev there is no /dev at all; without --uid the program is root inside.
+    out = sandbox("run", "--profile", str(plain), "--", "sh", "-c", "id -u; ls /dev || true")
+    assert out.stdout == "0\n" and "No such file" in out.stderr
+    # The devices are the host's harmless ones only: no disk, no /dev/mem, no kmsg.
+    out = sandbox("run", "--profile", str(plain), "--dev", "--", "sh", "-c",
+                  "ls /dev/mem /dev/kmsg /dev/sda 2>&1 | grep -c 'No such file'")
+    assert out.stdout == "3\n", out.stderr
+
+
+def test_uid_and_dev_in_a_profile(tmp_path: Path) -> None:
+    profile = tmp_path / "ids.toml"
+    profile.write_text(PLAIN.replace("[jail]\n", '[jail]\nuid = 1000\ngid = 1000\ndev = true\n'
+                                                 'tmpfs = ["/run:2M"]\n'))
+    out = sandbox("run", "--profile", str(profile), "--", "sh", "-c",
+                  "id -u; id -g; test -c /dev/null && echo dev; df -k /run | tail -1")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:3] == ["1000", "1000", "dev"] and lines[3].split()[1] == "2048"
+    check = sandbox("check", str(profile))
+    assert "inside: uid 1000, gid 1000; /dev: minimal" in check.stdout
+    assert "/run (2M)" in check.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[jail]\nhostname = "x"\ntmpfs = ["run"]\n')
+    out = sandbox("check", str(bad))
+    assert (out.returncode, out.stderr) == (
+        2, f"{bad}:3: a tmpfs path must be absolute, not 'run'\n")
