@@ -37,9 +37,12 @@ SOCK_FLAGS = {0o4000: "SOCK_NONBLOCK", 0o2000000: "SOCK_CLOEXEC"}
 IOCTLS = {
     **{v: k for k, v in CONSTANTS.items() if k.startswith(("TC", "TIO", "FIO", "FICLONE"))},
     0x540F: "TIOCGPGRP", 0x5410: "TIOCSPGRP", 0x540E: "TIOCSCTTY", 0x5412: "TIOCSTI",
-    0x5402: "TCSETS", 0x5403: "TCSETSW", 0x5404: "TCSETSF",
+    0x5402: "TCSETS", 0x5403: "TCSETSW", 0x5404: "TCSETSF", 0x5452: "FIOASYNC",
+    0x8912: "SIOCGIFCONF", 0x8933: "SIOCGIFINDEX",
 }
-FCNTL = {v: k for k, v in CONSTANTS.items() if k.startswith("F_") and k != "FD_CLOEXEC"}
+FCNTL = {**{v: k for k, v in CONSTANTS.items() if k.startswith("F_") and k != "FD_CLOEXEC"},
+         8: "F_SETOWN", 9: "F_GETOWN", 10: "F_SETSIG", 11: "F_GETSIG", 1024: "F_SETLEASE",
+         1025: "F_GETLEASE", 1031: "F_SETPIPE_SZ", 1032: "F_GETPIPE_SZ"}
 PRCTL = {**_BY_PREFIX["PR_"], 4: "PR_SET_DUMPABLE", 8: "PR_SET_KEEPCAPS", 22: "PR_SET_SECCOMP",
          24: "PR_CAPBSET_DROP", 38: "PR_SET_NO_NEW_PRIVS", 47: "PR_CAP_AMBIENT"}
 RLIMITS = {0: "RLIMIT_CPU", 1: "RLIMIT_FSIZE", 2: "RLIMIT_DATA", 3: "RLIMIT_STACK",

@@ -72,9 +72,8 @@ def additions(base: SeccompPolicy | None, calls: Iterable[Learned]) -> list[Addi
         name = learned.name
         shaped = [r for r in (base.rules_for(name) if base else ()) if r.args
                   and r.action == "allow"]
-        if shaped:
-            out += _same_shape(name, shaped[0].args, learned)
-        elif name in KEY_ARGS:
+        if name in KEY_ARGS and all(c.arg == KEY_ARGS[name] and c.op == "=="
+                                    for r in shaped for c in r.args):
             i = KEY_ARGS[name]
             mask = 0xFFFFFFFF if name == "ioctl" else _U64
             like = {"socket": "AF_", "fcntl": "F_", "prctl": "PR_"}.get(name, "")
@@ -84,6 +83,8 @@ def additions(base: SeccompPolicy | None, calls: Iterable[Learned]) -> list[Addi
             for v, seen in sorted(firsts.items()):
                 cond = ArgCond(i, "==", v, value_text=_value_text(v, like))
                 out.append(Addition(name, (cond,), _where(seen)))
+        elif shaped:
+            out += _same_shape(name, shaped[0].args, learned)
         else:
             out.append(Addition(name, (), _where(learned.first, learned.count)))
     return out
