@@ -85,9 +85,12 @@ def restrict(read_only: Iterable[Path], writable: Iterable[Path], abi: int | Non
             for path in paths:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
                 try:
+                    # Each path's own access: narrowing `access` itself (as this did)
+                    # took READ_DIR from every directory listed after a file.
+                    allowed = access
                     if not os.path.isdir(path):
-                        access &= EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
-                    rule = _PathBeneath(access & fs, fd)
+                        allowed &= EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
+                    rule = _PathBeneath(allowed & fs, fd)
                     _call(_NR[1], ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule),
                           ctypes.c_uint32(0))
                 finally:
