@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import textwrap
 import tomllib
 from pathlib import Path
@@ -178,3 +179,25 @@ def test_learn_finds_every_call_of_redis_with_bgsave_in_one_run(tmp_path: Path,
     status, output = drive(["run", "--profile", str(learned), *argv])
     assert status == 0, output
     assert "Background saving terminated with success" in output
+
+
+def test_the_audit_log_fallback_still_names_and_learns(tmp_path: Path) -> None:
+    """Where the kernel has no user notification (forced here), run names the syscall
+    from the audit log and learn works in rounds, as before."""
+    www = tmp_path / "www"
+    www.mkdir()
+    args = ["--profile", "examples/http-static", "--bind-ro", f"{www}:/srv/www"]
+    code = "import os; os.getppid(); print('done')"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SANDBOX_SECCOMP_NOTIFY": "0"}
+    run = subprocess.run([sys.executable, "-m", "sandbox", "run", *args, "--", "python3", "-c",
+                          code], capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert run.returncode == 159
+    assert "the program called getppid (#" in run.stderr  # by name, from the audit record
+    learned = tmp_path / "learned.toml"
+    out = subprocess.run([sys.executable, "-m", "sandbox", "learn", *args, "--rounds", "3",
+                          "-o", str(learned), "--", "python3", "-c", code],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "learn: run 1: exit status 0" in out.stderr
+    assert "getppid" in tomllib.loads(learned.read_text())["seccomp"]["allow"]
+    assert "--rounds 2 or more" not in out.stderr
