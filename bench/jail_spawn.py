@@ -1,22 +1,26 @@
-"""What a jail costs, layer by layer, on this machine (DESIGN.md §4: goal <= 2.5 ms).
+"""What a jail costs on this machine, layer by layer, and what `sandbox run` costs
+next to bubblewrap (issue 12's targets: <= 0.3 ms CPU in the child from the clone to
+the entry point, <= 0.3 ms in the parent; `sandbox run` <= 20 ms, aim <= 2x bwrap).
 
-Each row runs the launcher's own child-side steps (the same sandbox.libc,
-rootfs, namespaces and privileges calls, in `_build_jail`'s order) in a
-freshly forked child, one more layer per row, N times:
+1. The titus worker's jail (policies/titus-worker.toml) around a native entry that
+   returns at once: the shape of titus's C worker.  The executor records the child's
+   thread CPU clock when it starts and after every step (Launcher.timings), so each
+   layer's CPU is the sum of its steps, and "clone -> entry point" is the child's
+   clock at the entry: everything it ran since the clone, kernel work and
+   copy-on-write faults included.  The parent's cost is the spawning thread's CPU
+   clock around the spawn (clone, id maps, waiting for ready: blocked time is not
+   CPU).  Made by a raw clone, as the zygote (a fork server) does, and by glibc's
+   fork, as a multithreaded caller does; then a Python function for comparison.
+2. The alternative the executor did not take: CLONE_NEWUSER at clone time.
+3. `sandbox run --profile bench/profiles/true.toml -- /bin/true` (from its plan
+   cache, as every run after the first) against `bwrap --unshare-all` with the same
+   read-only binds, interleaved, and the interpreter's own start as the floor.
 
-* "in child": the time the child spent in that one layer (its clock, its
-  view), sent back over a pipe; for the fork rows, from just before fork()
-  in the parent to the child's first instruction.
-* "fork -> reaped": the whole life of the row's child as the parent sees it,
-  fork to waitpid, so namespace set-up *and* teardown are in it.  The last
-  rows are the real thing: `Launcher.spawn` until it returns (the jail is
-  ready to run untrusted code) and `Launcher.spawn` + `wait`, jailing a
-  function that returns at once.
+    sudo .venv/bin/python bench/jail_spawn.py [--n 400] [--runs 41] [--markdown]
 
-    sudo .venv/bin/python bench/jail_spawn.py [--n 500] [--markdown]
-
---markdown also writes bench/JAIL_SPAWN.md.  Numbers on a shared 2-core VM
-are noisy: read them as proportions.
+--markdown writes bench/JAIL_SPAWN.md and its section of bench/RESULTS.md.  The
+machine is shared: CPU clocks, medians and the load are reported; read wall times
+as proportions.
 """
 
 from __future__ import annotations
@@ -24,258 +28,350 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
-import socket
+import re
+import resource
+import shutil
 import statistics
-import struct
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from sandbox import fds as fdlayer
-from sandbox import libc, namespaces, privileges, rootfs
-from sandbox.bpf import load_bpf
-from sandbox.launcher import Launcher
-from sandbox.profile import load_profile
-from sandbox.spec import JailSpec
+from sandbox import _jail, libc  # noqa: E402
+from sandbox.launcher import Launcher  # noqa: E402
+from sandbox.plan import MODE_CALL, MODE_ENTRY, Plan  # noqa: E402
+from sandbox.profile import load_profile  # noqa: E402
+from sandbox.spec import NetworkMode, UidRange  # noqa: E402
 
-GOAL_MS = 2.5
-
-
-@dataclass
-class Row:
-    """One line of the table: samples in nanoseconds."""
-
-    name: str
-    in_child: list[int] = field(default_factory=list)
-    whole: list[int] = field(default_factory=list)
+TARGET_MS = 0.3
+RUN_TARGET_MS = 20.0
+PROFILE = ROOT / "bench" / "profiles" / "true.toml"
+BINDS = ["/usr", "/lib", "/lib64", "/bin"]
 
 
-def _stats(samples: list[int]) -> tuple[float, float, float] | None:
-    """(mean, median, p95) in ms; the median because a shared VM's bursts skew means."""
-    if not samples:
-        return None
-    ordered = sorted(samples)
+def ms(ns: float) -> float:
+    return ns / 1e6
+
+
+def stats(values: list[float]) -> tuple[float, float, float]:
+    """(mean, median, p95) of values in ms."""
+    ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return statistics.fmean(samples) / 1e6, statistics.median(samples) / 1e6, p95 / 1e6
+    return statistics.fmean(values), statistics.median(values), p95
 
 
-# ---------------------------------------------------------------------------
-# The layers, as `sandbox.launcher._build_jail` applies them
+def row(name: str, values: list[float], extra: str = "") -> str:
+    mean, median, p95 = stats(values)
+    return f"| {name} | {mean:.3f} | {median:.3f} | {p95:.3f} |{extra}"
 
 
-@dataclass
-class Ctx:
-    spec: JailSpec
-    netns_fd: int
-    sync: int  # child end of the id-map handshake socket
-    out: int  # pipe to report timings on
+class Busy:
+    """How busy the machine's CPUs were while a part ran: in all, and by others than us
+    (this process and everything it reaped)."""
+
+    def __init__(self) -> None:
+        self.start, self.ours = self._read(), self._ours()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields) - idle, sum(fields)
+
+    @staticmethod
+    def _ours() -> float:
+        return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+    def words(self) -> str:
+        busy, total = self._read()
+        ticks = os.sysconf("SC_CLK_TCK")
+        all_cpu = (busy - self.start[0]) / ticks
+        capacity = (total - self.start[1]) / ticks
+        others = max(0.0, all_cpu - (self._ours() - self.ours))
+        return (f"the machine's CPUs were {100 * all_cpu / capacity:.0f}% busy meanwhile, "
+                f"{100 * others / capacity:.0f}% by other processes")
 
 
-def step_netns(c: Ctx) -> None:
-    libc.setns(c.netns_fd, libc.CLONE_NEWNET)
+def spawn_raw(launcher: Launcher, spec, plan: Plan, how: int, entry: object
+              ) -> tuple[int, tuple[int, ...]]:
+    """One jail by the executor directly (no Launcher bookkeeping); (parent CPU ns, times)."""
+    slots = launcher._slots(spec, plan)
+    uid = spec.uid_range.first
+    uid_map, gid_map = plan.id_maps(uid, uid)
+    t0 = time.thread_time_ns()
+    result = _jail.spawn(plan.native, plan.mode, how=how, slots=slots, keep=[],
+                         uid_map=uid_map, gid_map=gid_map, entry=entry, timings=True)
+    if result is None:  # a Python function's jail (MODE_CALL): back in Python, done
+        os._exit(0)
+    spent = time.thread_time_ns() - t0
+    pid, error, _, times, _ = result
+    _, status = os.waitpid(pid, 0)
+    if error is not None or os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"bench jail failed: {error} {status}")
+    return spent, times
 
 
-def step_mountns(c: Ctx) -> None:
-    libc.unshare(libc.CLONE_NEWNS)
-
-
-def step_root(c: Ctx) -> None:
-    rootfs.build_root(c.spec)
-
-
-def step_userns(c: Ctx) -> None:
-    libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS)
-    os.write(c.sync, b"U")
-    if os.read(c.sync, 1) != b"M":
-        raise OSError("no id maps")
-    os.setresgid(0, 0, 0)
-    os.setresuid(0, 0, 0)
-    libc.sethostname(c.spec.hostname)
-
-
-def step_fds(c: Ctx) -> None:
-    kept, sync = fdlayer.renumber([c.out], c.sync)
-    c.out, c.sync = kept[0], sync if sync is not None else -1
-
-
-def step_caps(c: Ctx) -> None:
-    privileges.drop_capabilities()
-
-
-def step_limits(c: Ctx) -> None:
-    privileges.set_no_new_privs()
-    privileges.apply_rlimits(c.spec.rlimit_values(1))
-    privileges.set_dumpable(False)
-    privileges.set_parent_death_signal(signal.SIGKILL)
-
-
-def step_seccomp(c: Ctx) -> None:
-    assert c.spec.seccomp_bpf is not None
-    load_bpf(c.spec.seccomp_bpf)
-
-
-LAYERS: list[tuple[str, Callable[[Ctx], None]]] = [
-    ("+ setns into the shared empty netns", step_netns),
-    ("+ unshare mount namespace", step_mountns),
-    ("+ empty read-only root (tmpfs, pivot_root)", step_root),
-    ("+ user/IPC/UTS ns, id maps, setresuid", step_userns),
-    ("+ fds renumbered, others closed", step_fds),
-    ("+ capabilities dropped", step_caps),
-    ("+ no_new_privs, rlimits, dumpable, pdeathsig", step_limits),
-    ("+ seccomp: load the titus-worker BPF", step_seccomp),
-]
-
-
-def one_child(spec: JailSpec, netns_fd: int, layers: int, pid_ns: bool,
-              pidfork: namespaces.PidNamespaceFork) -> tuple[int, list[int]]:
-    """Fork one child that applies the first `layers` layers; (fork->reaped ns, per-step ns)."""
-    r, w = os.pipe()
-    parent_sock, child_sock = socket.socketpair()
-    t0 = time.perf_counter_ns()
-    pid = pidfork.fork() if pid_ns else os.fork()
+def _fork_cost() -> int:
+    """Parent CPU ns of os.fork() alone (the child exits at once)."""
+    t0 = time.thread_time_ns()
+    pid = os.fork()
     if pid == 0:
-        try:
-            t_start = time.perf_counter_ns()
-            parent_sock.close()
-            os.close(r)
-            ctx = Ctx(spec, netns_fd, child_sock.detach(), w)
-            times = [t_start - t0]
-            for _, step in LAYERS[:layers]:
-                t = time.perf_counter_ns()
-                step(ctx)
-                times.append(time.perf_counter_ns() - t)
-            os.write(ctx.out, struct.pack(f"{len(times)}q", *times))
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-    os.close(w)
-    child_sock.close()
-    try:
-        # The parent's half of the user-namespace layer.
-        if layers >= 4 and parent_sock.recv(1) == b"U":
-            namespaces.write_id_maps(pid, spec.uid_range.first, spec.uid_range.first)
-            parent_sock.sendall(b"M")
-        data = b""
-        while chunk := os.read(r, 4096):
-            data += chunk
-        _, status = os.waitpid(pid, 0)
-        elapsed = time.perf_counter_ns() - t0
-    finally:
-        os.close(r)
-        parent_sock.close()
-    if os.waitstatus_to_exitcode(status) != 0 or not data:
-        raise RuntimeError(f"bench child with {layers} layers failed: status {status}")
-    return elapsed, list(struct.unpack(f"{len(data) // 8}q", data))
+        os._exit(0)
+    spent = time.thread_time_ns() - t0
+    os.waitpid(pid, 0)
+    return spent
 
 
-PASSES = 5
+def per_layer(plan: Plan, samples: list[tuple[int, ...]]) -> dict[str, list[float]]:
+    """CPU ms per layer per sample (steps summed), plus the clone's share."""
+    out: dict[str, list[float]] = {"clone -> first step": [ms(t[0]) for t in samples]}
+    for name in plan.layers:
+        out[name] = []
+    for t in samples:
+        sums = dict.fromkeys(plan.layers, 0)
+        for i, s in enumerate(plan.steps):
+            sums[s.layer] += t[i + 1] - t[i]
+        for name, v in sums.items():
+            out[name].append(ms(v))
+    out["whole child: clone -> entry point"] = [ms(t[-1]) for t in samples]
+    return out
 
 
-def measure(n: int) -> list[Row]:
-    """Every row N times: in PASSES passes over all rows, each row a block of N/PASSES
-    in a row.  Blocks keep one row's asynchronous namespace teardown from slowing
-    the next row down; passes spread a burst of load elsewhere over all rows."""
+def measure_jails(n: int) -> list[str]:
     spec = load_profile("titus-worker").spec
-    shared = namespaces.SharedEmptyNetns()
-    pidfork = namespaces.PidNamespaceFork()
-    variants = [("fork (a warm Python)", 0, False), ("fork into a new PID namespace", 0, True)]
-    variants += [(name, i + 1, True) for i, (name, _) in enumerate(LAYERS)]
-    rows = [Row(name) for name, _, _ in variants]
-    ready, full = Row("Launcher.spawn until ready"), Row("Launcher.spawn + wait (whole jail)")
+    spec = replace(spec, uid_range=UidRange(3_900_000 + (os.getpid() % 4096) * 16, 16))
     launcher = Launcher()
+    entry = _jail.entry("exit")
+    lines = []
     try:
-        launcher.spawn(spec, _noop).wait(10)  # its shared netns is made once, here
-        for p in range(PASSES):
-            block = n // PASSES + (1 if p < n % PASSES else 0)
-            for row, (_, layers, pid_ns) in zip(rows, variants, strict=True):
-                for _ in range(block):
-                    whole, times = one_child(spec, shared.fd, layers, pid_ns, pidfork)
-                    row.in_child.append(times[layers])  # times[0]: fork -> child running
-                    row.whole.append(whole)
-            for _ in range(block):
-                t0 = time.perf_counter_ns()
-                jail = launcher.spawn(spec, _noop)
-                t1 = time.perf_counter_ns()
-                if jail.wait(10) != 0:
-                    raise RuntimeError(f"jail failed: {jail.returncode}")
-                t2 = time.perf_counter_ns()
-                ready.whole.append(t1 - t0)
-                full.whole.append(t2 - t0)
+        plan = launcher.plan(spec, MODE_ENTRY)
+        call_plan = launcher.plan(spec, MODE_CALL)
+        for _ in range(20):  # the shared netns and root are built once, here
+            spawn_raw(launcher, spec, plan, _jail.HOW_CLONE, entry)
+        busy = Busy()
+        clone_parent, clone_child, fork_parent, fork_child, call_parent, call_child = (
+            [], [], [], [], [], [])
+        whole, launcher_parent, fork_only = [], [], []
+        for _ in range(n):
+            p, t = spawn_raw(launcher, spec, plan, _jail.HOW_CLONE, entry)
+            clone_parent.append(ms(p))
+            clone_child.append(t)
+            p, t = spawn_raw(launcher, spec, plan, _jail.HOW_FORK, entry)
+            fork_parent.append(ms(p))
+            fork_child.append(t)
+            p, t = spawn_raw(launcher, spec, call_plan, _jail.HOW_FORK, None)
+            call_parent.append(ms(p))
+            call_child.append(t)
+            t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+            jail = launcher.spawn(spec, entry)
+            launcher_parent.append(ms(time.thread_time_ns() - c0))
+            jail.wait(10)
+            whole.append(ms(time.perf_counter_ns() - t0))
+            fork_only.append(ms(_fork_cost()))
+        load = busy.words()
+        layers = per_layer(plan, clone_child)
+        total = stats(layers["whole child: clone -> entry point"])
+        parent = stats(clone_parent)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        lines += [
+            f"The titus worker's jail (titus-worker.toml, {len(plan.steps)} steps) around a "
+            f"native entry that returns at once, N={n} each, the parent a {rss:.0f} MB "
+            f"Python; {load}.",
+            "",
+            "| child CPU by layer (raw clone, as the zygote), ms | mean | median | p95 |",
+            "|---|---|---|---|",
+        ]
+        lines += [row(name, values) for name, values in layers.items()]
+        lines += [
+            "",
+            "| per jail, ms | mean | median | p95 |",
+            "|---|---|---|---|",
+            row("child CPU, clone -> entry point: raw clone (the zygote's way)",
+                [ms(t[-1]) for t in clone_child]),
+            row("child CPU, clone -> entry point: glibc fork (a threaded caller)",
+                [ms(t[-1]) for t in fork_child]),
+            row("child CPU, clone -> back in Python (spawn of a function)",
+                [ms(t[-1]) for t in call_child]),
+            row("parent CPU, raw clone + id maps + ready (_jail.spawn)", clone_parent),
+            row("parent CPU, glibc fork + id maps + ready", fork_parent),
+            row("parent CPU, the same for a Python function (CPython's fork duties)",
+                call_parent),
+            row("parent CPU, Launcher.spawn (what a fork server calls; glibc fork)",
+                launcher_parent),
+            row("for scale: parent CPU of a bare os.fork() of the same process", fork_only),
+            row("wall, Launcher.spawn + wait of the whole jail", whole),
+            "",
+            f"Targets: child <= {TARGET_MS} ms: {'met' if total[1] <= TARGET_MS else 'missed'} "
+            f"(median {total[1]:.3f}, mean {total[0]:.3f}); parent <= {TARGET_MS} ms: "
+            f"{'met' if parent[1] <= TARGET_MS else 'missed'} (median {parent[1]:.3f}, mean "
+            f"{parent[0]:.3f}).",
+        ]
     finally:
         launcher.close()
-        shared.close()
-        pidfork.close()
-    return [*rows, ready, full]
+    return lines
 
 
-def _noop() -> None:
-    pass
-
-
-# ---------------------------------------------------------------------------
-# Output
-
-
-def _cell(samples: list[int]) -> tuple[str, ...]:
-    s = _stats(samples)
-    return ("", "", "") if s is None else tuple(f"{v:.3f}" for v in s)
-
-
-def table(rows: list[Row], n: int) -> str:
-    head = ["layer", "in child mean", "median", "p95", "fork->reaped mean", "median", "p95"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        lines.append("| " + " | ".join([row.name, *_cell(row.in_child), *_cell(row.whole)]) + " |")
-    full = _stats(rows[-1].whole)
-    ready = _stats(rows[-2].whole)
-    assert full is not None and ready is not None
-    verdict = "meets" if full[0] <= GOAL_MS else "misses"
-    lines += [
-        "",
-        f"ms, N={n} each.  Whole jail (spawn + wait): mean {full[0]:.2f}, median {full[1]:.2f}, "
-        f"p95 {full[2]:.2f} ms: the mean {verdict} the {GOAL_MS} ms goal "
-        f"({1000 / full[0]:.0f} jails/s one at a time); ready to run code after "
-        f"{ready[0]:.2f} ms (mean).",
+def measure_userns_at_clone(n: int) -> list[str]:
+    """The same jail minus what a jail born in its own user namespace cannot do (join the
+    host-owned shared netns and root): the user namespace by unshare() after the clone,
+    as the executor does, against CLONE_NEWUSER|NEWIPC|NEWUTS in the clone itself."""
+    spec = replace(load_profile("titus-worker").spec, network=NetworkMode.HOST,
+                   empty_root=False, uid_range=UidRange(3_950_000 + (os.getpid() % 4096), 1))
+    launcher = Launcher()
+    entry = _jail.entry("exit")
+    try:
+        ours = launcher.plan(spec, MODE_ENTRY)
+        flags = libc.CLONE_NEWUSER | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS
+        alt = Plan([s for s in ours.steps if s.layer != "user-namespace"],
+                   ours.clone_flags | flags, ours.slots, ours.mode)
+        samples: dict[str, tuple[list[float], list[float]]] = {"unshare": ([], []),
+                                                                 "clone": ([], [])}
+        for _ in range(n):
+            for name, plan in (("unshare", ours), ("clone", alt)):
+                p, t = spawn_raw(launcher, spec, plan, _jail.HOW_CLONE, entry)
+                samples[name][0].append(ms(t[-1]))
+                samples[name][1].append(ms(p))
+    finally:
+        launcher.close()
+    return [
+        "| user namespace (no shared netns or root), ms | child mean | child median | "
+        "parent mean | parent median |",
+        "|---|---|---|---|---|",
+        *(f"| {label} | {stats(c)[0]:.3f} | {stats(c)[1]:.3f} | {stats(p)[0]:.3f} | "
+          f"{stats(p)[1]:.3f} |" for label, (c, p) in (
+              ("unshare(USER, IPC, UTS) after the clone (the executor)", samples["unshare"]),
+              ("CLONE_NEWUSER, NEWIPC, NEWUTS in the clone", samples["clone"]))),
     ]
-    return "\n".join(lines)
+
+
+def run_once(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall ms, CPU ms of the process and everything it reaped)."""
+    t0 = time.perf_counter()
+    pid = os.posix_spawn(cmd[0], cmd, env)
+    _, status, usage = os.wait4(pid, 0)
+    wall = (time.perf_counter() - t0) * 1e3
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd} failed: {status}")
+    return wall, (usage.ru_utime + usage.ru_stime) * 1e3
+
+
+def measure_run(runs: int) -> list[str]:
+    python = str(ROOT / ".venv" / "bin" / "python")
+    sandbox = str(ROOT / ".venv" / "bin" / "sandbox")
+    bwrap = shutil.which("bwrap")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    # A cache of its own (root's, 0700, as `sandbox run` demands): the first run compiles.
+    env["SANDBOX_CACHE_DIR"] = tempfile.mkdtemp(prefix="jail-spawn-cache-")
+    subprocess.run([python, "-m", "compileall", "-q", str(ROOT / "sandbox")], check=True,
+                   stdout=subprocess.DEVNULL)
+    commands = {
+        "`sandbox run --profile bench/profiles/true.toml -- /bin/true`":
+            [sandbox, "run", "--profile", str(PROFILE), "--", "/bin/true"],
+        "`bwrap --unshare-all` + the same read-only binds, `/bin/true`":
+            [bwrap or "/usr/bin/bwrap", "--unshare-all",
+             *[a for b in BINDS for a in ("--ro-bind", b, b)], "/bin/true"],
+        "`python -c pass` (the venv's interpreter: its start alone)": [python, "-c", "pass"],
+        "`python -S -c pass` (no site)": [python, "-S", "-c", "pass"],
+    }
+    if bwrap is None:
+        del commands[next(k for k in commands if "bwrap" in k)]
+    try:
+        return _measure_run(runs, commands, env)
+    finally:
+        shutil.rmtree(env["SANDBOX_CACHE_DIR"], ignore_errors=True)
+
+
+def _measure_run(runs: int, commands: dict[str, list[str]], env: dict[str, str]) -> list[str]:
+    bwrap = next((cmd[0] for name, cmd in commands.items() if "bwrap" in name), None)
+    first = run_once(commands[next(iter(commands))], env)  # compiles and caches the plan
+    for cmd in commands.values():
+        run_once(cmd, env)
+    results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in commands}
+    busy = Busy()
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            wall, cpu = run_once(cmd, env)
+            results[name][0].append(wall)
+            results[name][1].append(cpu)
+    load = busy.words()
+    lines = [
+        f"{runs} runs of each, interleaved; {load}.  CPU: the process and everything it "
+        "reaped.",
+        "",
+        "| command | wall median, ms | wall p95 | CPU median, ms |",
+        "|---|---|---|---|",
+    ]
+    for name, (walls, cpus) in results.items():
+        _, wmed, wp95 = stats(walls)
+        lines.append(f"| {name} | {wmed:.1f} | {wp95:.1f} | {statistics.median(cpus):.1f} |")
+    sandbox_med = statistics.median(results[next(iter(results))][0])
+    lines += ["", f"`sandbox run` with its plan not yet cached (the first run): "
+              f"{first[0]:.1f} ms wall, {first[1]:.1f} ms CPU."]
+    if bwrap is not None:
+        bwrap_med = statistics.median(next(v for k, v in results.items() if "bwrap" in k)[0])
+        lines.append(
+            f"`sandbox run`: median {sandbox_med:.1f} ms against the {RUN_TARGET_MS:.0f} ms "
+            f"target ({'met' if sandbox_med <= RUN_TARGET_MS else 'missed'}); "
+            f"{sandbox_med / bwrap_med:.1f}x bwrap (aim: 2x).")
+    return lines
 
 
 def machine() -> str:
     load = Path("/proc/loadavg").read_text().split()[:3]
-    return (f"{platform.node()}: Linux {platform.release()}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}, load average {' '.join(load)} at the start")
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    return (f"{platform.node()}: {cpu.group(1) if cpu else '?'}, {os.cpu_count()} CPUs, "
+            f"Linux {platform.release()}, Python {platform.python_version()}, load average "
+            f"{' '.join(load)} at the start")
+
+
+def write_markdown(text: str) -> None:
+    """bench/JAIL_SPAWN.md, and the same section in bench/RESULTS.md (report.py keeps
+    it when `make bench` re-renders that file)."""
+    import report
+
+    report.JAIL_SPAWN.write_text(f"# Jail spawn cost\n\n{text}\n")
+    results = Path(__file__).with_name("RESULTS.md")
+    old = results.read_text() if results.exists() else ""
+    section = "\n".join(report.jail_section())
+    start = old.find(report.JAIL_HEADING)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + section
+    else:
+        end = old.find("\n## ", start + 1)
+        new = old[:start] + section + ("" if end < 0 else old[end:])
+    results.write_text(new)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=500, help="samples per row (default 500)")
+    parser.add_argument("--n", type=int, default=400, help="jails per row (default 400)")
+    parser.add_argument("--runs", type=int, default=41, help="runs per command (default 41)")
     parser.add_argument("--markdown", action="store_true",
-                        help="also write bench/JAIL_SPAWN.md")
+                        help="write bench/JAIL_SPAWN.md and the jail section of RESULTS.md")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("jail_spawn: needs root", file=sys.stderr)
         return 2
+    started = time.monotonic()
     where = machine()
-    start = time.monotonic()
-    rows = measure(max(1, args.n))
-    text = table(rows, args.n)
-    print(where)
+    parts = [f"Measured by `bench/jail_spawn.py` in one run; {where}.", "",
+             *measure_jails(max(1, args.n)), "",
+             *measure_userns_at_clone(max(1, args.n // 2)), "",
+             *measure_run(max(1, args.runs))]
+    end_load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    parts += ["", f"Load average at the end: {end_load}; the whole run took "
+              f"{time.monotonic() - started:.0f} s."]
+    text = "\n".join(parts)
     print(text)
-    print(f"({time.monotonic() - start:.0f} s)")
     if args.markdown:
-        out = Path(__file__).with_name("JAIL_SPAWN.md")
-        out.write_text(
-            "# Jail spawn cost\n\n"
-            "Measured by `bench/jail_spawn.py --markdown` (see its docstring for what each "
-            "column means).\n\n"
-            f"{where}.\n\n{text}\n"
-        )
-        print(f"wrote {out}")
+        write_markdown(text)
+        print("wrote bench/JAIL_SPAWN.md and bench/RESULTS.md")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 PROXIES = ("titus", "titus04", "pyfork", "stunnel", "hitch")
@@ -445,8 +446,9 @@ def meaning(keys: dict[str, Any], names: list[str]) -> list[str]:
             hs_mem = costs["keyholder"]["remote_server_wall_ms"]["p50"]
             out.append(
                 text + f"; the remaining ~{max(rest, 0):.1f} ms (not broken down further) is "
-                "the rest of the work, in Python: accepting, handing the socket over, "
-                "connecting the backend, pumping, reaping, logging. In titus's log a "
+                "the rest of the work: the supervisor's Python (accepting, handing the socket "
+                "over, connecting the backend, reaping, logging) and the C worker's pump and "
+                "exit. In titus's log a "
                 f"handshake takes {hs_log:.1f} ms of wall time (p50) against {hs_mem:.2f} ms "
                 "for the same handshake in a warm process: the worker runs it while it is "
                 "fresh from the clone (taking its faults) and while the zygote clones the "
@@ -468,8 +470,8 @@ def meaning(keys: dict[str, Any], names: list[str]) -> list[str]:
         "What it buys: stunnel and hitch hold every connection, and the private key, in one "
         "address space, so one exploited bug in their TLS stack reaches all clients and the "
         "key; in titus it reaches one connection's process, which holds no key and cannot "
-        "open a file or a socket. The costs above are per connection (a fork, a jail, a "
-        "Python worker, its memory), not per byte: titus suits fewer, longer connections, "
+        "open a file or a socket. The costs above are per connection (a clone, a jail, a "
+        "worker process, its memory), not per byte: titus suits fewer, longer connections, "
         "or a key worth more than the CPU; it is a poor fit for many short connections on "
         "little CPU or for very many idle ones.",
         "Caveat: this machine was shared with other work while the benchmark ran (the "
@@ -571,6 +573,9 @@ def render(results: dict[str, Any]) -> str:
         if pt:
             lines += ["What a default client (`openssl s_client`, Python's ssl) negotiates "
                       "with each:", "", *pt, ""]
+        tt = targets_table(key, names)
+        if tt:
+            lines += [f"### The C worker's targets (issue 13), {title}", "", *tt, ""]
         bd = breakdown(key)
         if bd:
             lines += [f"### titus: one connection, part by part ({title})", "", *bd, ""]
@@ -599,7 +604,61 @@ def render(results: dict[str, Any]) -> str:
     lines += ["## What this means", ""]
     for para in meaning(results["keys"], names):
         lines += [para, ""]
+    lines += jail_section()
     return "\n".join(lines)
+
+
+# Issue 13's Done-when, as ratios of this run: (what, titus's getter, test, peer, bound,
+# "min" (ratio must be at least bound) or "max" (at most)).  PSS is absolute (KiB).
+TARGETS: list[tuple[str, str, Getter, str, float, str]] = [
+    ("new conn/s, 16 clients, vs stunnel", "conn_c16", _get("conns_per_s"), "stunnel", 0.5,
+     "min"),
+    ("new conn/s, 64 clients, vs stunnel", "conn_c64", _get("conns_per_s"), "stunnel", 0.5,
+     "min"),
+    ("new conn/s, 16 clients, vs titus 0.4", "conn_c16", _get("conns_per_s"), "titus04", 1.0,
+     "min"),
+    ("new conn/s, 64 clients, vs titus 0.4", "conn_c64", _get("conns_per_s"), "titus04", 1.0,
+     "min"),
+    ("kept-alive p99 latency vs hitch", "latency_paced", _get("p99_ms"), "hitch", 1.0, "max"),
+    ("download, 1 connection, vs hitch", "download_1", _get("mb_per_s"), "hitch", 1.0, "min"),
+    ("upload, 1 connection, vs hitch", "upload_1", _get("mb_per_s"), "hitch", 1.0, "min"),
+]
+PSS_TARGET_KIB = 465  # titus 0.4's PSS per idle connection, as issue 13 measured it
+
+
+def targets_table(key: dict[str, Any], names: list[str]) -> list[str]:
+    """Each target of issue 13 with this run's ratio and whether it holds."""
+    rows = []
+    for what, test, get, peer, bound, kind in TARGETS:
+        if peer not in names:
+            continue
+        ratio = _ratios(key, [peer], test, get).get(peer)
+        if ratio is None:
+            continue
+        held = ratio >= bound if kind == "min" else ratio <= bound
+        sign = "≥" if kind == "min" else "≤"
+        rows.append(f"| {what} | {sign} {bound:.2f}x | {ratio:.2f}x | "
+                    f"{'met' if held else 'missed'} |")
+    pss = key.get("idle_memory", {}).get("titus", {}).get("per_conn_kib")
+    if pss is not None:
+        rows.append(f"| PSS per idle connection | ≤ {PSS_TARGET_KIB} KiB | {pss:.0f} KiB | "
+                    f"{'met' if pss <= PSS_TARGET_KIB else 'missed'} |")
+    if not rows:
+        return []
+    return ["| target | bound | this run | |", "|---|---|---|---|", *rows]
+
+
+JAIL_SPAWN = Path(__file__).with_name("JAIL_SPAWN.md")
+JAIL_HEADING = "## The jail: CPU per jail, and `sandbox run` next to bwrap"
+
+
+def jail_section() -> list[str]:
+    """bench/jail_spawn.py's numbers (its own run, bench/JAIL_SPAWN.md), kept in
+    RESULTS.md when this report is rendered again."""
+    if not JAIL_SPAWN.exists():
+        return []
+    body = JAIL_SPAWN.read_text().split("\n", 1)[1].strip("\n")
+    return [JAIL_HEADING, "", body, ""]
 
 
 def _short(rec: dict[str, Any]) -> str:

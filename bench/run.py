@@ -202,7 +202,7 @@ def settle_titus(proxy: proxies.Proxy, spares: int, timeout: float = 15) -> None
 
 
 def titus_breakdown(proxy: proxies.Proxy, target: load.Target, conf: Path, tmp: Path,
-                    seconds: float, quick: bool) -> dict[str, Any]:
+                    seconds: float, quick: bool, costs: bool = True) -> dict[str, Any]:
     """Titus only: CPU per connection by process (1 client, in vivo) + titus_costs.py."""
     res: dict[str, Any] = {}
     if proxy.alive():
@@ -235,6 +235,8 @@ def titus_breakdown(proxy: proxies.Proxy, target: load.Target, conf: Path, tmp: 
             "log": summary, "keyholder_pid": kh,
             "supervisor_rss_kib": _rss_kib(proxy.pid),
         }
+    if not costs:
+        return res
     n = 100 if quick else 300
     out = subprocess.run(
         ["taskset", "-c", str(common.PROXY_CPU), sys.executable, str(BENCH / "titus_costs.py"),

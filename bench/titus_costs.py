@@ -16,7 +16,7 @@ root, on the proxy CPU, while nothing else runs there); prints one JSON object.
   benchmark key; TLS 1.3 handshakes in memory between a Python client and a
   server SSLContext built by titus.worker.contexts (remote key: one fresh channel
   per handshake, budget 1, as a worker gets).  Reported: the round trip of
-  the signature request as titus's remotekey module measures it, the server
+  the signature request as the worker's C remote key measures it, the server
   side's wall and CPU per handshake, the key holder's CPU per signature, and
   the same handshake with the key loaded locally for comparison.
 """
@@ -47,9 +47,9 @@ from titus.config.load import load_config
 from titus.keyholder.main import key_slots
 from titus.supervisor import Supervisor
 from titus.supervisor.keyholder import KeyHolder
-from titus.worker import remotekey
+from titus.wire.zygote import WORKER
+from titus.worker import _worker
 from titus.worker.contexts import build_contexts
-from titus.worker.zygote import WORKER
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -281,11 +281,11 @@ def keyholder_cost(sup: Supervisor, count: int) -> dict[str, Any]:
         def open_channel() -> None:
             sock = holder.channel(1)
             channel.append(sock)
-            remotekey.set_channel(sock, config.keyholder_timeout)
+            _worker.set_keyholder(sock.fileno(), config.keyholder_timeout)
 
         def close_channel() -> None:
-            rtts.append((remotekey.stats().last_latency or float("nan")) * 1e3)
-            remotekey.set_channel(None)
+            rtts.append(_worker.stats()[2] * 1e3)
+            _worker.set_keyholder(-1, config.keyholder_timeout)
             channel.pop().close()
 
         assert holder.jail is not None
@@ -295,7 +295,7 @@ def keyholder_cost(sup: Supervisor, count: int) -> dict[str, Any]:
         kh0 = _proc_cpu(kh_pid)
         remote = handshakes(contexts[0], count, open_channel, close_channel)
         kh1 = _proc_cpu(kh_pid)
-        stats = remotekey.stats()
+        signatures_ok, signatures_failed, _ = _worker.stats()
     finally:
         holder.stop()
     local_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -313,7 +313,7 @@ def keyholder_cost(sup: Supervisor, count: int) -> dict[str, Any]:
         "local_server_wall_ms": _summary(local["wall"]),
         "local_server_cpu_ms": _summary(local["cpu"]),
         "keyholder_cpu_ms_per_signature": (kh1 - kh0) * 1e3 / count,
-        "signatures_ok": stats.ok, "signatures_failed": stats.failed,
+        "signatures_ok": signatures_ok, "signatures_failed": signatures_failed,
     }
 
 

@@ -6,28 +6,37 @@ only its PID 1), and the jail is killed; the call itself never runs.
 
 `learn` (LearnWatch): every call is recorded and let through (or refused with
 EPERM when the base profile denies it outright), so one run finds every call.
+
+Lean until a call arrives (no dataclasses, no threading; the decoder is imported
+by the first call): `sandbox run` from its plan cache sets a ViolationWatch up.
 """
 
 from __future__ import annotations
 
+import _thread
 import errno
-import threading
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 
-from sandbox.decode import describe
-from sandbox.notify import Call, Listener
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection
+
+    from sandbox.listener import Call, Listener
 
 
-@dataclass(frozen=True)
 class Seen:
     """A forbidden call, in words, and who made it."""
 
-    name: str
-    args: tuple[int, ...]
-    text: str  # socket(AF_NETLINK, SOCK_RAW|SOCK_CLOEXEC, NETLINK_ROUTE)
-    pid: int  # in the jail's PID namespace (1: the program itself)
-    comm: str  # the process's name
+    __slots__ = ("args", "comm", "name", "pid", "text")
+
+    def __init__(self, name: str, args: tuple[int, ...], text: str, pid: int, comm: str) -> None:
+        self.name = name
+        self.args = args
+        self.text = text  # socket(AF_NETLINK, SOCK_RAW|SOCK_CLOEXEC, NETLINK_ROUTE)
+        self.pid = pid  # in the jail's PID namespace (1: the program itself)
+        self.comm = comm  # the process's name
+
+    def __repr__(self) -> str:
+        return f"Seen({self.text!r}, pid={self.pid}, comm={self.comm!r})"
 
     @property
     def who(self) -> str:
@@ -44,6 +53,8 @@ def _proc(pid: int, name: str) -> str:
 
 def observe(listener: Listener, call: Call) -> Seen:
     """Decode `call` while its thread waits (its memory and /proc entries are stable)."""
+    from sandbox.decode import describe
+
     text = describe(call.name, call.args, lambda a, n: listener.read_memory(call, a, n))
     nspid = call.pid
     for line in _proc(call.pid, "status").splitlines():
@@ -58,7 +69,7 @@ class ViolationWatch:
     def __init__(self, kill: Callable[[], None]) -> None:
         self._kill = kill
         self.seen: list[Seen] = []
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def handle(self, listener: Listener, call: Call) -> None:
         seen = observe(listener, call)
@@ -72,15 +83,15 @@ class ViolationWatch:
             return self.seen[0] if self.seen else None
 
 
-@dataclass
 class Learned:
     """One syscall learn saw: how often, the distinct argument tuples, where first."""
 
-    name: str
-    first: Seen
-    count: int = 0
-    args: list[tuple[int, ...]] = field(default_factory=list)
-    examples: list[Seen] = field(default_factory=list)  # the first call of each args
+    def __init__(self, name: str, first: Seen) -> None:
+        self.name = name
+        self.first = first
+        self.count = 0
+        self.args: list[tuple[int, ...]] = []
+        self.examples: list[Seen] = []  # the first call of each args
 
     def add(self, seen: Seen) -> None:
         self.count += 1
@@ -96,7 +107,7 @@ class LearnWatch:
         self.refuse = frozenset(refuse)
         self.calls: dict[str, Learned] = {}
         self.refused: dict[str, Learned] = {}
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def handle(self, listener: Listener, call: Call) -> None:
         seen = observe(listener, call)

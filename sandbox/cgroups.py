@@ -8,9 +8,10 @@ Each jail gets its own cgroup, named after its host uid (unique host-wide,
 sandbox.uids), below the cgroup of the process that starts it:
 
 - created by the parent before the jail runs anything of its own;
-- the parent puts the jail's PID 1 in it while the child waits for its id maps,
-  so everything the jail ever forks is inside (and counted by pids.max: a fork
-  bomb stops there);
+- the parent puts the jail's PID 1 in it while the child waits for its id maps
+  (the executor writes the pid to each directory's cgroup.procs: spawn.c,
+  attach_cgroups), so everything the jail ever forks is inside (and counted by
+  pids.max: a fork bomb stops there);
 - removed after the jail's PID 1 was reaped (its PID namespace is gone, so the
   cgroup is empty).
 """
@@ -169,10 +170,18 @@ class JailCgroup:
                 _write(path / "cpu.cfs_period_us", str(CPU_PERIOD_US))
                 _write(path / "cpu.cfs_quota_us", str(quota))
 
-    def attach(self, pid: int) -> None:
-        """Put `pid` (the jail's PID 1, not yet running anything of its own) in."""
-        for path in self.dirs:
-            _write(path / "cgroup.procs", str(pid))
+    def open_dirs(self) -> list[int]:
+        """An fd per cgroup directory, for the executor to put the jail's PID 1 in
+        (the caller closes them)."""
+        fds: list[int] = []
+        try:
+            for path in self.dirs:
+                fds.append(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
 
     def remove(self) -> None:
         """Remove the (empty) cgroups; retried briefly while the kernel lets go of them."""
@@ -188,6 +197,14 @@ class JailCgroup:
                         raise
                     time.sleep(0.01)
         self.dirs = []
+
+
+def for_jail(name: str, memory: int | None, pids: int | None, cpus: float | None
+             ) -> JailCgroup | None:
+    """The cgroup of a jail named `name` (unique host-wide: its uid) when it has any
+    limit, else None.  Raises OSError."""
+    limits = Limits(memory, pids, cpus)
+    return JailCgroup(name, limits) if limits else None
 
 
 def _write(path: Path, text: str) -> None:

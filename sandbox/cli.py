@@ -5,26 +5,22 @@
     sandbox explain P
     sandbox learn --profile P [--output FILE] -- CMD ARGS
 
-Each command is a module: `sandbox.supervise` (run: signals and exit status),
+Each command is a module: `sandbox.runjail` (run: signals and exit status),
 `sandbox.explain` (check, explain), `sandbox.learn` (learn).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sandbox.errors import PolicyError
+from sandbox.errors import JailError, PolicyError
 from sandbox.learn import cmd_learn
 from sandbox.limits import parse_id, parse_limit, parse_rlimit, parse_tmpfs
-from sandbox.spec import BindMount, parse_network
-from sandbox.supervise import (
+from sandbox.runjail import (
     EXIT_CANNOT_EXECUTE,
     EXIT_CANNOT_START,
     EXIT_NOT_FOUND,
@@ -34,11 +30,10 @@ from sandbox.supervise import (
     Fail,
     check_root,
     profile_from_args,
-    run_once,
+    run_program,
     say,
-    seccomp_line,
-    violation_line,
 )
+from sandbox.spec import BindMount, parse_network
 
 EXIT_CODES = f"""\
 exit status:
@@ -185,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                              epilog=EXIT_CODES,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     explain.add_argument("profile", metavar="P")
+    explain.add_argument("--plan", action="store_true",
+                         help="also list the jail plan: every step the executor takes, in order")
 
     learn = sub.add_parser(
         "learn", help="record the syscalls CMD needs beyond a profile, write a policy",
@@ -235,44 +232,27 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
 # Commands
 
 
-def _kill(pid: int) -> None:
-    """SIGKILL a jail's PID 1 (the kernel then kills the rest of its PID namespace);
-    it is our unreaped child while one of its processes waits on the listener."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from sandbox import runcache
     from sandbox.launcher import Launcher
+    from sandbox.notify import notifying
+    from sandbox.plan import MODE_EXEC
 
     if not args.command:
         raise Fail(EXIT_USAGE, "run needs a command: sandbox run --profile P -- CMD ARGS")
     profile = profile_from_args(args)
     check_root()
-    from sandbox.callwatch import ViolationWatch
-    from sandbox.notify import notifying
-
-    launcher = Launcher()
+    # Forbidden calls reach us with their arguments where the kernel can notify;
+    # elsewhere the audit log names them (sandbox/notify.py).
     spec = notifying(profile.spec, profile.policy) or profile.spec
-    watches: list[ViolationWatch] = []
-
-    def watch(pid: int) -> Callable[..., None]:
-        watches.append(ViolationWatch(lambda: _kill(pid)))
-        return watches[-1].handle
-
+    launcher = Launcher(shared=False)  # one jail: nothing to share with another
     try:
-        outcome = run_once(launcher, spec, args.command, args, watch=watch)
-        if outcome.note:
-            say(outcome.note)
-        seen = watches[0].first if watches else None
-        if seen is not None:
-            say(violation_line(seen, len(watches[0].seen), args.profile))
-            return EXIT_SECCOMP
-        if outcome.jail.returncode == -signal.SIGSYS:
-            say(seccomp_line(outcome.jail, args.profile))
-        return outcome.status
-    finally:
-        launcher.close()
+        plan = launcher.plan(spec, MODE_EXEC)
+    except JailError:
+        plan = None  # run_program reports it
+    else:  # the next identical `sandbox run` starts from here (sandbox/runcache.py)
+        runcache.store(args.raw_options, profile, spec, plan, args.profile, args.stop_timeout)
+    return run_program(launcher, spec, args.command, args.profile, args.stop_timeout, plan)
 
 
 def _print_profile(args: argparse.Namespace, render: Callable[[Any], str],
@@ -300,7 +280,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from sandbox.explain import explain
 
-    return _print_profile(args, explain)
+    if not args.plan:
+        return _print_profile(args, explain)
+    from sandbox.layers import plan_section
+
+    return _print_profile(args, lambda profile: explain(profile) + plan_section(profile.spec))
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -323,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.action not in ("run", "learn"):
             parser.error(f"'{args.action}' takes no command after '--'")
         args.command = command
+    args.raw_options = options[1:]  # the `sandbox run` cache's key
     try:
         return _COMMANDS[args.action](args)
     except Fail as exc:

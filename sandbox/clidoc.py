@@ -1,7 +1,7 @@
 """The CLI reference in docs/sandbox.md, generated from the argparse parser.
 
 `python -m sandbox.clidoc` rewrites the part of docs/sandbox.md between its
-markers; tests/unit/test_sandbox_docs.py fails when the file is not current,
+markers; tests/unit/sandbox/test_sandbox_docs.py fails when the file is not current,
 so the reference can never drift from what `sandbox --help` says.
 """
 

@@ -48,10 +48,13 @@ START_TIMEOUT = 30.0
 @dataclass
 class Recipe:
     """What one kind of jail runs; `update` takes what the caller sends with
-    ForkServer.update (e.g. new data for the jails cloned from then on)."""
+    ForkServer.update (e.g. new data for the jails cloned from then on).
+
+    `target` is a Python function, or a native entry capsule (sandbox/jail_entry.h):
+    then the jail runs its C function and never Python (titus's C worker)."""
 
     spec: JailSpec
-    target: Callable[..., object]
+    target: Callable[..., object] | object
     args: tuple = ()
     update: Callable[[Any], None] | None = None
 
@@ -173,7 +176,9 @@ class ForkServer:
 
 
 def _server_env() -> dict[str, str]:
-    keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "SYSTEMD_LOG_LEVEL")
+    # The sanitizers' settings too: under `make test-asan` the server loads an ASan build.
+    keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "SYSTEMD_LOG_LEVEL", "LD_PRELOAD",
+            "ASAN_OPTIONS", "UBSAN_OPTIONS")
     return {k: v for k, v in os.environ.items() if k in keep}
 
 
@@ -238,11 +243,11 @@ def _compact() -> None:
 
 
 def main() -> None:
-    from sandbox import privileges
+    from sandbox import libc
 
     fd, caller = int(sys.argv[1]), int(sys.argv[2])
     # It dies with its caller; signals meant for the caller's process group are not its.
-    privileges.set_parent_death_signal(signal.SIGKILL)
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != caller:
         raise SystemExit(1)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):

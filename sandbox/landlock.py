@@ -11,13 +11,14 @@ one hole, closed a second time.  Costs ~0.03 ms.
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
-_NR = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}[os.uname().machine]
+from sandbox import _jail
+from sandbox.plan import Step, apply_here, landlock_rules
+
+_NR_CREATE_RULESET = 444  # the same number on x86_64 and aarch64
 _CREATE_RULESET_VERSION = 1
-_RULE_PATH_BENEATH = 1
 
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 _ALL_V1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
@@ -30,27 +31,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-def _call(nr: int, *args: object) -> int:
-    result = _libc.syscall(nr, *args)
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"landlock: {os.strerror(err)}")
-    return result
-
-
 def abi_version() -> int:
     """0 when the kernel has no Landlock (or it is disabled)."""
-    result = _libc.syscall(_NR[0], None, ctypes.c_size_t(0), ctypes.c_uint32(
+    result = _libc.syscall(_NR_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(
         _CREATE_RULESET_VERSION))
     return max(0, result)
 
@@ -66,35 +49,42 @@ def handled_fs(abi: int) -> int:
     return access
 
 
-def restrict(read_only: Iterable[Path], writable: Iterable[Path], abi: int | None = None
-             ) -> None:
-    """Allow only these trees (and nothing else) from now on, for this process and its children.
+_FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
+LAYER = "landlock"
 
-    Needs no_new_privs (or CAP_SYS_ADMIN).  Raises OSError if Landlock is missing:
-    a profile that asks for it must not silently run without it.
-    """
+
+def ruleset(read_only: Iterable[Path | str], writable: Iterable[Path | str], abi: int
+            ) -> tuple[int, int, int, list[tuple[int, int, str]]]:
+    """(handled fs access, scoped, attribute size, rules) for this kernel's ABI.
+
+    Each rule carries the access for a directory and for a file: the executor
+    picks one when it opens the path.  Each path's access is its own: a file bind
+    listed before a directory does not narrow the directory's rights."""
+    fs = handled_fs(abi)
+    scoped = (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0
+    size = 24 if abi >= 6 else 8  # struct landlock_ruleset_attr grew `scoped` in ABI 6
+    rules = [(access & fs, access & fs & _FILE_RIGHTS, str(path))
+             for paths, access in ((read_only, READ_ONLY), (writable, fs)) for path in paths]
+    return fs, scoped, size, rules
+
+
+def steps(read_only: Iterable[Path | str], writable: Iterable[Path | str],
+          abi: int | None = None) -> list[Step]:
+    """The Landlock step: only these trees (and nothing else) from then on, for the
+    jail and its children.  Needs no_new_privs.  Raises OSError if Landlock is
+    missing: a profile that asks for it must not silently run without it."""
     abi = abi_version() if abi is None else abi
     if abi < 1:
         raise OSError(95, "landlock: not supported by this kernel")
-    fs = handled_fs(abi)
-    attr = _RulesetAttr(fs, 0, (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0)
-    size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else 8
-    ruleset = _call(_NR[0], ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
-    try:
-        for paths, access in ((read_only, READ_ONLY), (writable, fs)):
-            for path in paths:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-                try:
-                    # Each path's own access: narrowing `access` itself (as this did)
-                    # took READ_DIR from every directory listed after a file.
-                    allowed = access
-                    if not os.path.isdir(path):
-                        allowed &= EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
-                    rule = _PathBeneath(allowed & fs, fd)
-                    _call(_NR[1], ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule),
-                          ctypes.c_uint32(0))
-                finally:
-                    os.close(fd)
-        _call(_NR[2], ruleset, ctypes.c_uint32(0))
-    finally:
-        os.close(ruleset)
+    fs, scoped, size, rules = ruleset(read_only, writable, abi)
+    names = ", ".join(path for _, _, path in rules) or "nothing"
+    subs = {i + 1: f"landlock rule for {path}: {{err}}" for i, (_, _, path) in enumerate(rules)}
+    subs |= {0: "landlock ruleset: {err}", 0xFFFF: "landlock_restrict_self: {err}"}
+    return [Step(_jail.OP_LANDLOCK, LAYER, f"Landlock ABI {abi}: only {names} reachable",
+                 args=(fs, 0, scoped), flags=size, data=landlock_rules(rules), subs=subs)]
+
+
+def restrict(read_only: Iterable[Path | str], writable: Iterable[Path | str],
+             abi: int | None = None) -> None:
+    """Apply `steps(...)` to this process now (tests; the jail applies it in C)."""
+    apply_here(steps(read_only, writable, abi))

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandbox.rules import ArgCond, Rule, SeccompPolicy, action_label
-from sandbox.spec import NOFILE_KEPT, JailSpec
-from sandbox.supervise import (
+from sandbox.runjail import (
     EXIT_CANNOT_START,
     EXIT_USAGE,
     Fail,
@@ -31,6 +30,7 @@ from sandbox.supervise import (
     say,
     seccomp_line,
 )
+from sandbox.spec import NOFILE_KEPT, JailSpec
 from sandbox.syscalls import known_syscalls
 from sandbox.wording import size_text
 
@@ -127,7 +127,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
                 spec = dataclasses.replace(profile.spec, seccomp_bpf=program)
                 # Without --output the policy goes to stdout: the program's goes to stderr.
                 fds = (0, 1, 2) if args.output else (0, 2, 2)
-                outcome = run_once(launcher, spec, args.command, args, tick=log.poll, fds=fds)
+                outcome = run_once(launcher, spec, args.command, args.stop_timeout, tick=log.poll,
+                                   fds=fds)
                 time.sleep(0.1)  # kauditd prints asynchronously
                 records = log.records(uids={outcome.jail.uid}, actions={"log"})
                 names = set()

@@ -20,7 +20,7 @@ from sandbox.callwatch import LearnWatch
 from sandbox.learnwrite import additions, extend
 from sandbox.notify import notifying
 from sandbox.rules import DENY
-from sandbox.supervise import EXIT_CANNOT_START, Fail, run_once, say, seccomp_line
+from sandbox.runjail import EXIT_CANNOT_START, Fail, run_once, say, seccomp_line
 
 if TYPE_CHECKING:
     from sandbox.profile import Profile
@@ -40,11 +40,11 @@ def learn_by_notification(args: argparse.Namespace, profile: Profile) -> int | N
             "needed")
     refuse = {r.syscall for r in policy.rules if r.action == DENY and not r.args}
     watch = LearnWatch(refuse)
-    launcher = Launcher()
+    launcher = Launcher(shared=False)  # one jail: nothing to share with another
     try:
         # Without --output the policy goes to stdout: the program's goes to stderr.
         fds = (0, 1, 2) if args.output else (0, 2, 2)
-        outcome = run_once(launcher, spec, args.command, args, fds=fds,
+        outcome = run_once(launcher, spec, args.command, args.stop_timeout, fds=fds,
                            watch=lambda pid: watch.handle)
     finally:
         launcher.close()

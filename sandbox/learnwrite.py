@@ -19,6 +19,7 @@ from pathlib import Path
 from sandbox.callwatch import Learned, Seen
 from sandbox.constants import CONSTANTS
 from sandbox.rules import ArgCond, SeccompPolicy
+from sandbox.tomlsource import without_comment
 
 # The argument that says what a call is for: a rule per value seen.
 KEY_ARGS = {"socket": 0, "ioctl": 1, "fcntl": 1, "prctl": 0}
@@ -132,20 +133,6 @@ _SECCOMP = re.compile(r"^\s*\[seccomp\]\s*(#.*)?$")
 _ALLOW = re.compile(r"^(\s*)allow\s*=\s*\[")
 
 
-def _code(line: str) -> str:
-    """The line without a trailing comment (a '#' outside quotes)."""
-    quote = ""
-    for i, ch in enumerate(line):
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "#":
-            return line[:i]
-    return line
-
-
 def extend(text: str, adds: list[Addition], base_dir: Path | None = None) -> str:
     """`text` (a profile) with `adds` in it: outright allowances in its [seccomp] allow
     list, argument rules as [[seccomp.rules]] at the end.  `base_dir`: where the
@@ -174,12 +161,13 @@ def _add_to_allow(lines: list[str], entries: list[str]) -> list[str]:
         m = _ALLOW.match(lines[i])
         if not m:
             continue
-        code = _code(lines[i])
+        code = without_comment(lines[i])
         if "]" in code[code.index("[") :]:  # allow = ["a", "b"] on one line
             inner = code[code.index("[") + 1 : code.rindex("]")].strip().rstrip(",")
             tail = lines[i][len(code):]
             first = f"{m.group(1)}allow = [" + (f" {inner}," if inner else "") + tail
             return [*lines[:i], first.rstrip(), *entries, f"{m.group(1)}]", *lines[i + 1 :]]
-        close = next(j for j in range(i + 1, end) if _code(lines[j]).strip().startswith("]"))
+        close = next(j for j in range(i + 1, end)
+                     if without_comment(lines[j]).strip().startswith("]"))
         return [*lines[:close], *entries, *lines[close:]]
     return [*lines[: start + 1], "allow = [", *entries, "]", *lines[start + 1 :]]

@@ -1,15 +1,25 @@
-"""Namespace plumbing done by the parent: the shared empty network namespace,
-the PID namespace each jail is born into, and the uid/gid maps.
+"""The jail's namespaces: its PID namespace (a clone flag), its user, IPC and UTS
+namespaces, the id maps and the credentials inside; and the shared empty network
+namespace a launcher keeps.
 
+The user namespace comes after the network and mount work, which needs the
+host's CAP_SYS_ADMIN (setns into shared namespaces, mounts owned by the host).
 The parent, not the child, writes the id maps: once the child has changed its
-credentials it is no longer dumpable and cannot write its own map.
+credentials it is no longer dumpable and cannot write its own map.  setgroups is
+denied first, so the jail can never drop a supplementary group.
 """
 
 from __future__ import annotations
 
 import os
 
-from sandbox import libc
+from sandbox import _jail, libc
+from sandbox.plan import Step
+from sandbox.spec import JailSpec
+
+# The jail's own ids by default, mapped to one host uid and gid per jail (the
+# launcher's); a spec's uid and gid (--uid, --gid) map another id instead.
+INSIDE_UID = INSIDE_GID = 0
 
 
 class SharedEmptyNetns:
@@ -37,46 +47,26 @@ class SharedEmptyNetns:
             self.fd = -1
 
 
-class PidNamespaceFork:
-    """Fork a child that is PID 1 of a fresh PID namespace, with no second fork.
+def user_steps(spec: JailSpec) -> list[Step]:
+    """The jail's own user, IPC and UTS namespaces; one id inside (root unless the spec
+    says another uid/gid), one host uid and gid outside.
 
-    unshare(CLONE_NEWPID) only sets where the *next* child goes; setns back to
-    our own namespace right after the fork lets us do it again for the next
-    jail.  The child's real parent stays the caller, so PR_SET_PDEATHSIG works
-    and no subreaper is needed.
-    """
-
-    def __init__(self) -> None:
-        self._own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-
-    def fork(self) -> int:
-        libc.unshare(libc.CLONE_NEWPID)
-        try:
-            pid = os.fork()
-        except BaseException:
-            libc.setns(self._own, libc.CLONE_NEWPID)
-            raise
-        if pid:
-            libc.setns(self._own, libc.CLONE_NEWPID)
-        return pid
-
-    def close(self) -> None:
-        os.close(self._own)
-
-
-def write_id_maps(pid: int, host_uid: int, host_gid: int, uid: int = 0, gid: int = 0
-                  ) -> None:
-    """Map the jail's root (0) to one unprivileged host uid and gid.
-
-    setgroups must be denied before gid_map can be written by an unprivileged
-    writer; we deny it anyway so the jail can never drop supplementary groups
-    to escape a negative group permission.
-    """
-    base = f"/proc/{pid}/"
-    for name, text in (("setgroups", "deny"), ("gid_map", f"{gid} {host_gid} 1\n"),
-                       ("uid_map", f"{uid} {host_uid} 1\n")):
-        fd = os.open(base + name, os.O_WRONLY)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
+    The ids change while the jail still holds every capability of its namespace:
+    the kernel clears capabilities on a change away from the namespace's root,
+    and the jail's ids until then are the host's root, which is not that; the
+    capabilities layer drops them all later.  No id but the mapped one exists."""
+    uid, gid = spec.uid, spec.gid
+    return [
+        Step(_jail.OP_UNSHARE, "user-namespace", "new user, IPC and UTS namespaces",
+             args=(libc.CLONE_NEWUSER | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS,)),
+        # The parent writes the maps (Plan.id_maps): inside uid, gid, how many ids.
+        Step(_jail.OP_IDMAP_SYNC, "id-map",
+             f"the parent maps uid {uid} and gid {gid} to the jail's host ids",
+             args=(uid, gid, 1),
+             subs={0: "asking the parent for the id maps: {err}",
+                   1: "the parent went away before writing the id maps: {err}"}),
+        Step(_jail.OP_SETRESGID, "credentials", f"setresgid({gid})", args=(gid,)),
+        Step(_jail.OP_SETRESUID, "credentials", f"setresuid({uid})", args=(uid,)),
+        Step(_jail.OP_SETHOSTNAME, "uts", f"hostname {spec.hostname!r}",
+             strings=(spec.hostname,)),
+    ]

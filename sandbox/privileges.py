@@ -1,16 +1,15 @@
 """Dropping privileges inside the jail: capabilities, securebits, no_new_privs,
-dumpable, parent-death signal and rlimits.
+rlimits, dumpable, and the parent-death signal.
 
-Called after the jail has become root of its own user namespace, so dropping
+Applied after the jail has become root of its own user namespace, so dropping
 the bounding set is allowed (CAP_SETPCAP there) and affects only the jail.
 """
 
 from __future__ import annotations
 
-import os
-import resource
-
-from sandbox import libc
+from sandbox import _jail, libc
+from sandbox.plan import Step
+from sandbox.spec import NOFILE_KEPT, RLIMIT_NAMES, JailSpec
 
 # SECBIT_NOROOT, NO_SETUID_FIXUP, KEEP_CAPS(off), NO_CAP_AMBIENT_RAISE, each locked:
 # an exec'd program never regains capabilities by being uid 0 in its namespace.
@@ -30,36 +29,60 @@ def _last_cap() -> int:
 LAST_CAP = _last_cap()
 
 
-def drop_capabilities(uid: int = 0, gid: int = 0) -> None:
-    """No capability now or after any exec; then become uid/gid (ids inside the jail).
-
-    The securebits keep a uid change from touching capabilities (NO_SETUID_FIXUP),
-    so the ids change while CAP_SETUID/SETGID are still there, and capset then
-    empties every set."""
-    libc.prctl(libc.PR_SET_SECUREBITS, _SECUREBITS)
-    libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
-    for cap in range(LAST_CAP + 1):
-        libc.prctl(libc.PR_CAPBSET_DROP, cap)
-    if gid:
-        os.setresgid(gid, gid, gid)
-    if uid:
-        os.setresuid(uid, uid, uid)
-    libc.capset_empty()
+def capability_steps(spec: JailSpec) -> list[Step]:
+    if not spec.drop_capabilities:
+        return []
+    return [Step(_jail.OP_CAPS, "capabilities",
+                 f"securebits {_SECUREBITS:#x} locked, ambient set cleared, bounding set "
+                 f"0..{LAST_CAP} dropped, no capabilities left", args=(_SECUREBITS, LAST_CAP),
+                 subs={0: "prctl(PR_SET_SECUREBITS): {err}", 1: "clearing ambient caps: {err}",
+                       2: "dropping the bounding set: {err}", 3: "capset: {err}"})]
 
 
-def set_no_new_privs() -> None:
-    libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+def no_new_privs_steps(spec: JailSpec) -> list[Step]:
+    if not spec.no_new_privs:
+        return []
+    return [Step(_jail.OP_PRCTL, "no-new-privs", "no_new_privs: exec never gains privileges",
+                 args=(libc.PR_SET_NO_NEW_PRIVS, 1))]
 
 
-def set_dumpable(dumpable: bool) -> None:
+_RLIM_INFINITY = -1  # resource.RLIM_INFINITY: "unlimited" in a profile
+
+
+def rlimit_steps(spec: JailSpec) -> list[Step]:
+    """Soft and hard limit alike, so the jail cannot raise them back.  "kept" (nofile):
+    the number of fds passed in; "unlimited": the hard limit the jail starts with
+    (raising it needs a capability the jail no longer has by then)."""
+    out = []
+    for name, value in spec.rlimits:
+        if name not in RLIMIT_NAMES:
+            raise ValueError(f"unknown rlimit {name!r}")
+        if value == NOFILE_KEPT and name == "nofile":
+            what, raw, flags = "the number of kept fds", 0, _jail.RLIMIT_KEPT
+        elif value == _RLIM_INFINITY:
+            what, raw, flags = "its hard limit (unlimited)", 0, _jail.RLIMIT_HARD
+        elif value < 0:
+            raise ValueError(f"rlimit {name} = {value}")
+        else:
+            what, raw, flags = str(value), min(value, 2**63 - 1), 0
+        out.append(Step(_jail.OP_RLIMIT, "rlimits", f"RLIMIT_{name.upper()} = {what}",
+                        args=(RLIMIT_NAMES[name], raw), flags=flags,
+                        subs={1: "reading the hard limit: {err}"}))
+    return out
+
+
+def dumpable_steps(spec: JailSpec) -> list[Step]:
     """Not dumpable: no ptrace, no /proc/PID/mem, no core file, even by the same uid."""
-    libc.prctl(libc.PR_SET_DUMPABLE, 1 if dumpable else 0)
+    return [Step(_jail.OP_PRCTL, "dumpable", f"dumpable {int(spec.dumpable)}",
+                 args=(libc.PR_SET_DUMPABLE, int(spec.dumpable)))]
 
 
-def set_parent_death_signal(sig: int) -> None:
-    libc.prctl(libc.PR_SET_PDEATHSIG, sig)
-
-
-def apply_rlimits(limits: list[tuple[int, int]]) -> None:
-    for res, value in limits:
-        resource.setrlimit(res, (value, value))
+def parent_death_steps(spec: JailSpec, layer: str) -> list[Step]:
+    """The signal the jail gets when its parent dies.  Set first, and again once the
+    credentials changed (which cleared it), then make sure the parent is still there."""
+    out = [Step(_jail.OP_PRCTL, layer, f"parent-death signal {spec.parent_death_signal}",
+                args=(libc.PR_SET_PDEATHSIG, spec.parent_death_signal))]
+    if layer != "signals":
+        out.append(Step(_jail.OP_PARENT_CHECK, layer, "the parent is still there",
+                        subs={0: "the parent went away: {err}"}))
+    return out

@@ -1,7 +1,10 @@
 """A jailed function's return value (or exception), brought back to the parent.
 
 The child pickles ("ok", value, "") or ("err", exception, traceback text) onto
-the spawn's sync socket, which it kept open for that, and exits.  The parent
+the spawn's sync socket, which the executor kept open for that (keep_sync: the
+child said "ready" with a record instead of closing it), and exits.  The socket
+is SOCK_SEQPACKET: the pickle goes in records of at most CHUNK bytes, and the
+parent reads one record per read of CHUNK bytes.  The parent
 must not trust those bytes: the function ran in a jail precisely because it
 may be hostile, and a pickle can name any callable.  `loads` therefore only
 rebuilds plain values (numbers, strings, bytes, lists, tuples, dicts, sets,
@@ -21,6 +24,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 _PLAIN = {"set", "frozenset", "bytearray", "complex", "range", "slice"}
+CHUNK = 65536  # bytes per record, and per read
 
 
 class ResultRefused(RuntimeError):
@@ -52,7 +56,7 @@ def call_and_send(fd: int, target: Callable[..., object], args: Sequence[object]
         payload, code = _dumps(("err", e, traceback_text(e))), 1
     view = memoryview(payload)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view[:CHUNK]):]
     os.close(fd)
     return code
 

@@ -13,10 +13,9 @@ import errno
 import functools
 import os
 
-import pyseccomp
-
 from sandbox.bpf import _BPF_MAXINSNS, _SOCK_FILTER_SIZE, prepare_bpf
 from sandbox.rules import DENY, ArgCond, SeccompPolicy, deny_action, parse_action
+from sandbox.seccomplib import pyseccomp
 from sandbox.syscalls import ARCHES, arch_token, native_arch, syscall_number, syscall_table
 
 _OPS = {

@@ -10,9 +10,8 @@ from __future__ import annotations
 import errno
 import functools
 
-import pyseccomp
-
 from sandbox.errors import suggest
+from sandbox.seccomplib import pyseccomp
 
 ARCHES: dict[str, int] = {"x86_64": pyseccomp.Arch.X86_64, "aarch64": pyseccomp.Arch.AARCH64}
 # The highest syscall number worth probing: both arches end in the 450s today.

@@ -21,15 +21,17 @@ with the uid lies in wait (the blog's "dynamic UIDs" done right).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
-from pathlib import Path
 
-from sandbox.spec import UidRange
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not at run time: the launcher must not import dataclasses
+    from os import PathLike
 
-LOCK_DIR = Path("/run/sandbox/uids")
+    from sandbox.spec import UidRange
+
+LOCK_DIR = "/run/sandbox/uids"  # a str: pathlib costs `sandbox run` milliseconds
 # How often one uid is retried when its file is swapped under us (a release racing us).
 _RETRIES = 3
 
@@ -46,7 +48,7 @@ class UidAllocator:
     others) until `release`.
     """
 
-    def __init__(self, uid_range: UidRange, lock_dir: Path = LOCK_DIR) -> None:
+    def __init__(self, uid_range: UidRange, lock_dir: str | PathLike[str] = LOCK_DIR) -> None:
         self.range = uid_range
         self.lock_dir = lock_dir
         self._next = 0
@@ -73,8 +75,10 @@ class UidAllocator:
         fd = self._held.pop(uid, None)
         if fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
+        try:  # noqa: SIM105 - not contextlib: it costs milliseconds at start-up
             os.unlink(self._path(uid))
+        except FileNotFoundError:
+            pass
         # LOCK_UN before close: a forked child that has not yet closed its copy of
         # the fd (a jail between fork and its fds layer) must not keep the lock.
         fcntl.flock(fd, fcntl.LOCK_UN)

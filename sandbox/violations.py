@@ -81,13 +81,18 @@ class SeccompRecord:
 class ViolationLog:
     """A reader of /dev/kmsg positioned at its creation: it sees only newer records."""
 
-    def __init__(self) -> None:
+    def __init__(self, fd: int | None = None) -> None:
+        """`fd`: a /dev/kmsg fd opened non-blocking and positioned earlier (-1: none),
+        which the log then owns; by default /dev/kmsg is opened now, at its end."""
         self._kills: dict[int, tuple[str, int]] = {}
         self._records: collections.deque[SeccompRecord] = collections.deque(
             maxlen=_MAX_RECORDS
         )
         # Records the kernel said it dropped (rate limit) or that we read too late.
         self.dropped = 0
+        if fd is not None:
+            self._fd = fd
+            return
         try:
             self._fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             os.lseek(self._fd, 0, os.SEEK_END)

@@ -9,9 +9,39 @@ which also turns randomness back on; `make fuzz` runs the coverage-guided harnes
 from __future__ import annotations
 
 import os
+from collections.abc import Generator, Iterator
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("reproducible", derandomize=True, print_blob=True)
 settings.register_profile("explore", print_blob=True)
 settings.load_profile("explore" if os.environ.get("TITUS_FUZZ_EXAMPLES") else "reproducible")
+
+
+# Every titus a test started writes only records that docs/logging.schema.json describes:
+# checked after each test that passed (a failing test keeps its own error).
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[_PASSED] = report.passed
+    return report
+
+
+_PASSED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def _titus_records_match_the_log_schema(request: pytest.FixtureRequest) -> Iterator[None]:
+    from tests import titus_harness
+
+    before = len(titus_harness.STARTED)
+    yield
+    started = titus_harness.STARTED[before:]
+    del titus_harness.STARTED[before:]
+    if not request.node.stash.get(_PASSED, False):
+        return
+    for titus in started:
+        titus.assert_records_valid()

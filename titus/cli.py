@@ -13,8 +13,8 @@ import os
 import sys
 
 from titus import logs
-from titus.config.help import options_text
 from titus.config.model import Config
+from titus.config.options import options_text
 
 USAGE = ("titus --config FILE [--check] [--OPTION VALUE]...\n"
          "       titus status --config FILE   (what the metrics endpoint says, for a person)")

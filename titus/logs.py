@@ -2,14 +2,19 @@
 
 python-json-logger formats the records (well kept, and the stdlib logging
 machinery stays usable by operators); on a terminal the same records are
-printed as readable text.
+printed as readable text.  With JSON to a stream (what `setup` makes unless it
+is a terminal), `event` writes the same line itself: json.dumps of the same
+fields in the same order, a third of the CPU of a trip through logging, which
+the supervisor pays once per connection.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import sys
+import time
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
@@ -66,6 +71,15 @@ def setup(fmt: str = "auto", stream: Any = None, level: int = logging.INFO) -> N
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+    global _fast
+    _fast = (handler, stream, level) if fmt == "json" else None
+
+
+# (handler, stream, level) of the JSON handler `setup` made: while it is the only one,
+# `event` writes the line itself.
+_fast: tuple[logging.Handler, Any, int] | None = None
+_LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNING",
+           logging.ERROR: "ERROR", logging.CRITICAL: "CRITICAL"}
 
 
 def setup_daemon(fmt: str = "auto") -> None:
@@ -80,6 +94,8 @@ def setup_daemon(fmt: str = "auto") -> None:
                                              facility=logging.handlers.SysLogHandler.LOG_DAEMON)
     handler.ident = "titus: "
     handler.setFormatter(_TextFormatter() if fmt == "text" else _Json("%(message)s"))
+    global _fast
+    _fast = None
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -87,4 +103,16 @@ def setup_daemon(fmt: str = "auto") -> None:
 
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
     """A supervisor event: `name` is a short fixed string, details go in fields."""
-    logger.log(level, name, extra={"fields": fields})
+    fast = _fast
+    if fast is None or level not in _LEVELS or logger.handlers != [fast[0]]:
+        logger.log(level, name, extra={"fields": fields})
+        return
+    _, stream, threshold = fast
+    if level < threshold or logger.level > level:
+        return
+    record = {"time": rfc3339(time.time()), "level": _LEVELS[level], "event": name, **fields}
+    try:
+        stream.write(json.dumps(record, default=str) + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass  # as logging's handleError: a log that cannot be written never stops titus

@@ -126,6 +126,14 @@ EVENTS: dict[str, Event] = {
         "busy": Field("integer", "connections still in flight"),
     }),
     "stopped": Event("the supervisor exits", ("INFO",)),
+    "connection-cap": Event("every one of max-children workers is busy: new connections wait "
+                            "in the listen backlog (at most one record in 10 s; see "
+                            "docs/sizing.md)", ("WARNING",), {
+        "max_children": Field("integer", "max-children"),
+        "busy": Field("integer", "workers serving a connection"),
+        "hits": Field("integer", "times the cap was hit since the last such record"),
+        "waiting": Field("integer", "connections waiting in the listen queues"),
+    }),
     "spawn-failed": Event("a worker jail could not be made", ("WARNING",), {"reason": _ERROR}),
     "spawn-backoff": Event("repeated spawn failures: waiting before the next try", ("ERROR",), {
         "reason": _ERROR,
@@ -182,6 +190,25 @@ EVENTS: dict[str, Event] = {
     }),
     "jail-stderr-dropped": Event("jail stderr lines dropped (rate limit)", ("WARNING",), {
         "lines": Field("integer", "how many"),
+    }),
+    "backend-addresses-changed": Event("a backend name's addresses changed (dns-refresh); new "
+                                       "connections go to the new ones", ("INFO",), {
+        "vhost": Field("string", "the vhost"),
+        "backend": Field("string", "the backend name"),
+        "before": Field("endpoints", "the addresses until now"),
+        "after": Field("endpoints", "the addresses from now on"),
+    }),
+    "backend-refresh-failed": Event("a backend name did not resolve in the background; its "
+                                    "addresses stay (logged once until it resolves again)",
+                                    ("WARNING",), {
+        "vhost": Field("string", "the vhost"),
+        "backend": Field("string", "the backend name"),
+        "error": _ERROR,
+        "kept": Field("endpoints", "the addresses still used"),
+    }),
+    "backend-refresh-recovered": Event("a backend name resolves again", ("INFO",), {
+        "vhost": Field("string", "the vhost"),
+        "backend": Field("string", "the backend name"),
     }),
     "ocsp-response-loaded": Event("an OCSP response is stapled from now on", ("INFO", "WARNING"),
                                   {

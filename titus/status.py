@@ -44,7 +44,18 @@ def summarize(text: str) -> str:
 
     lines = ["titus is running"]
     lines.append(f"workers: {get('titus_workers', state='busy'):.0f} busy, "
-                 f"{get('titus_workers', state='idle'):.0f} idle")
+                 f"{get('titus_workers', state='idle'):.0f} idle, "
+                 f"at most {get('titus_max_children'):.0f} (max-children)")
+    hits = get("titus_connection_cap_hits_total")
+    if hits:
+        lines.append(f"connection cap: hit {hits:.0f} times, "
+                     f"{get('titus_connections_waiting'):.0f} connections waiting now")
+    failed = get("titus_config_reloads_total", result="failure")
+    lines.append(f"configuration: generation {get('titus_config_generation'):.0f}, "
+                 f"{get('titus_config_reloads_total', result='success'):.0f} reloads, "
+                 f"{failed:.0f} refused"
+                 + ("" if get("titus_config_last_reload_successful") else
+                    " (the last reload was refused)"))
     outcomes: dict[str, float] = defaultdict(float)
     vhosts: dict[str, float] = defaultdict(float)
     for labels, value in values.get("titus_connections_total", {}).items():
@@ -66,8 +77,8 @@ def summarize(text: str) -> str:
         mean = get("titus_jail_spawn_seconds_sum") / spawns * 1000
         lines.append(f"jails spawned: {spawns:.0f}, mean {mean:.1f} ms, "
                      f"failed {get('titus_jail_spawn_failures_total'):.0f}")
-    lines.append(f"bytes relayed: in {get('titus_bytes_total', direction='in'):.0f}, "
-                 f"out {get('titus_bytes_total', direction='out'):.0f}")
+    lines.append(f"bytes relayed: in {get('titus_relayed_bytes_total', direction='in'):.0f}, "
+                 f"out {get('titus_relayed_bytes_total', direction='out'):.0f}")
     violations = values.get("titus_seccomp_violations_total", {})
     if violations:
         lines.append("seccomp violations: " + ", ".join(

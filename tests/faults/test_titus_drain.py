@@ -26,7 +26,7 @@ from tests.faults.test_titus_faults import (
 )
 from tests.pki import CA
 from tests.titus_harness import EchoBackend, Titus, session_processes
-from tests.unit.test_config_support import basic_conf
+from tests.unit.titus.test_config_support import basic_conf
 from titus.config.load import ConfigError, load_config
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="titus needs root")
@@ -86,6 +86,9 @@ def test_a_held_connection_is_cut_after_drain_timeout(tmp_path: Path, pki: PKI) 
         assert gone <= DRAIN + 3, f"titus left {gone:.2f}s after SIGTERM"
         record = titus.wait_connections(1)[0]
         assert (record["outcome"], record["detail"]) == ("killed", "shutdown")
+        # the worker could not report: its byte counts are the kernel's, from the backend
+        # connection, read before the cut
+        assert (record["bytes_in"], record["bytes_out"]) == (len(data), len(data)), record
         names = event_names(titus)
         assert names.index("stopping") < names.index("connection") < names.index("stopped")
         wait_until(lambda: not session_processes(sid), 2, "nothing of titus left")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.native import encode_args
 from tests.pki import CA, Leaf
 from tests.titus_harness import (
     EchoBackend,
@@ -369,13 +370,12 @@ max-handshake-time 1
 #
 # titus cannot be told to make its own worker misbehave (by design), so this
 # simulates code execution inside a worker: the REAL Supervisor runs in a
-# forked child of the test (not a subprocess exec), after titus.worker.connection.serve
-# has been replaced in that child by a function that, for connection 1 only,
-# creates an AF_INET socket -- forbidden by policies/titus-worker.toml (deny
-# "socket", and the default action kill-process).  worker_main looks serve up
-# at call time and every worker is forked from that child, so the workers run
-# the patched function; the supervisor's violation detection, logging and
-# pool refill are the real ones.
+# forked child of the test (not a subprocess exec), and its zygote wraps each
+# worker's entry point in the rogue one of tests/native/rogue.c (C, in the real
+# worker jail).  Connection 1 asks it for a payload that creates an AF_INET
+# socket -- forbidden by policies/titus-worker.toml (deny "socket", and the
+# default action kill-process); the supervisor's violation detection, logging
+# and pool refill are the real ones.
 
 
 def test_forbidden_syscall_is_logged_and_worker_replaced(tmp_path, pki):
@@ -383,15 +383,19 @@ def test_forbidden_syscall_is_logged_and_worker_replaced(tmp_path, pki):
     forked = ForkedTitus(tmp_path, conf(pki, backend.port, """
 min-spare-children 2
 max-children 8
-"""), "tests.faults.rogue_zygote:setup")
+"""), "tests.native:setup")
     code = None
     try:
         forked.start_forked()
         with backend:
             ctx = client_context(pki)
             addr = ("127.0.0.1", forked.addresses[0][1])
-            with pytest.raises((ssl.SSLError, ConnectionError)):
-                get(ctx, addr)  # connection 1: its worker is killed by seccomp
+            with socket.create_connection(addr, timeout=10) as attacker:  # connection 1
+                attacker.sendall(b"ATTACK tcp_connect\n")
+                assert attacker.recv(6) == b"ready\n"
+                attacker.sendall(b"go " + encode_args(["127.0.0.1", backend.port]).encode()
+                                 + b"\n")
+                assert attacker.recv(100) == b""  # its worker is killed by seccomp
             record = forked.wait_forked(lambda r: r.get("event") == "connection"
                                         and r.get("conn_id") == 1)
             assert record["outcome"] == "policy-violation", record

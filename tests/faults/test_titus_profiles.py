@@ -50,6 +50,9 @@ def test_a_profile_without_a_layer_is_refused(tmp_path, monkeypatch, name, case,
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert f"{name}.toml" in lines[0] and message in lines[0], lines[0]
+    # --check refuses it too (the systemd unit runs it before starting titus)
+    code, _out, err = run_cli(conf, "--check")
+    assert code == 2 and f"{name}.toml" in err and message in err, err
     # The same copy, untouched, starts (so the refusal is the edit's doing).
     shutil.copy(ROOT / "policies" / f"{name}.toml", policies / f"{name}.toml")
     code, _out, err = run_cli(conf, "--check")

@@ -18,7 +18,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from hypothesis import strategies as st
 
-from tests.unit.test_signer import emsa_pss, openssl_block, pem_cert, pem_key, pss_sig, rsa_2049
+from tests.unit.titus.test_signer import (
+    emsa_pss,
+    openssl_block,
+    pem_cert,
+    pem_key,
+    pss_sig,
+    rsa_2049,
+)
 from titus.keyholder.signer import KeyStore, Signer
 from titus.wire.keyproto import Op, Status
 

@@ -19,8 +19,7 @@ from tests.fuzz.budget import examples
 pytest.importorskip("atheris")
 
 HARNESSES = Path(__file__).resolve().parent / "atheris"
-RUNS = {"config": 400, "keyproto": 3000, "control": 3000, "proxyproto": 2000,
-        "clienthello": 5000}
+RUNS = {"config": 400, "keyproto": 3000, "control": 3000, "proxyproto": 2000}
 
 
 def test_every_harness_is_listed() -> None:

@@ -1,6 +1,6 @@
 """The configuration loader against any input: a Config, or one ConfigError line.
 
-tests/unit/test_config_errors.py throws random bytes and token soup at
+tests/unit/titus/test_config_errors.py throws random bytes and token soup at
 load_config.  Here the inputs start from rich, valid configurations (both
 formats, every option family, includes, several vhosts) and are mutated
 structurally (lines dropped, doubled, swapped, re-indented, values swapped
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz.budget import examples, fuzz_settings
 from tests.titus_harness import run_cli
-from tests.unit.test_config_support import make_cert, write
+from tests.unit.titus.test_config_support import make_cert, write
 from titus.config.load import ConfigError, load_config, parse_command_line
 from titus.config.options import OPTIONS
 from titus.config.toml import ARRAYS, ROOT_KEYS, SECTIONS, VHOST_KEYS

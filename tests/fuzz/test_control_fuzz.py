@@ -2,13 +2,14 @@
 crash of the supervisor.
 
 In-process, hypothesis drives control.decode_from_worker with mutated real
-messages and JSON carrying any Unicode (lone surrogates too): anything it
-accepts must be safe for everything the supervisor then does with it (the
-PROXY v2 header, the JSON log).  Then a real supervisor (forked from the test
-so that its zygote can be tests/fuzz/rogue_zygote.py; the workers are real
-jails) meets workers that send scripted forged messages: each such worker is
-killed for the reason the supervisor's rules give, and the supervisor goes on
-serving real TLS.
+messages and real layouts carrying any bytes in their fields (invalid UTF-8,
+lone surrogates written CESU-style, lengths that lie): anything it accepts must
+be safe for everything the supervisor then does with it (the PROXY v2 header,
+the JSON log).  Then a real supervisor (forked from the test so that its zygote
+can wrap the workers in tests/native/rogue.c; the workers are real jails)
+meets workers that send scripted forged messages: each such worker is killed
+for the reason the supervisor's rules give, and the supervisor goes on serving
+real TLS.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import random
 import shutil
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz.budget import examples, fuzz_settings, scale
-from tests.fuzz.rogue_zygote import PLAN_FILE
+from tests.native import write_plan
 from tests.pki import CA
 from tests.titus_harness import EchoBackend, ForkedTitus, session_processes
 from titus.wire import control, proxyproto
@@ -41,10 +43,8 @@ REQUEST = b"GET /control HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 HANDSHAKE = control.HandshakeDone(vhost=0, sni=SNI, version="TLSv1.3",
                                   cipher="TLS_AES_256_GCM_SHA384", alpn="h2", handshake_ms=2.5,
                                   client_cn="alice")
-FINISHED = control.Finished("ok", 10, 20, "detail", 1, 0)
+FINISHED = control.Finished("ok", 10, 20, "detail", 1, 0, SNI, 0)
 VALID = [control.encode(HANDSHAKE), control.encode(FINISHED)]
-FIELDS = ["vhost", "sni", "version", "cipher", "alpn", "handshake_ms", "client_cn", "outcome",
-          "bytes_in", "bytes_out", "detail", "signatures", "signature_failures", "extra"]
 
 
 def mutate(data: bytes, rng: random.Random, rounds: int = 3) -> bytes:
@@ -56,7 +56,7 @@ def mutate(data: bytes, rng: random.Random, rounds: int = 3) -> bytes:
         if choice == 0 and out:
             out[min(pos, len(out) - 1)] ^= 1 << rng.randrange(8)
         elif choice == 1:
-            out[pos:pos] = bytes([rng.choice(b'{}[]",:\\u0123456789.eE-tfn ')]) \
+            out[pos:pos] = bytes([rng.choice(b"\x00\x01\x02\x7f\x80\xc3\xed\xff")]) \
                 if rng.random() < 0.7 else os.urandom(1)
         elif choice == 2 and out:
             del out[pos:pos + rng.randint(1, 4)]
@@ -73,7 +73,7 @@ def mutate(data: bytes, rng: random.Random, rounds: int = 3) -> bytes:
 
 def assert_usable(msg: control.HandshakeDone | control.Finished) -> None:
     """Everything the supervisor does with an accepted message works on it."""
-    body = asdict(msg)
+    body = msg._asdict()
     for value in body.values():
         if isinstance(value, str):
             value.encode("utf-8")  # a lone surrogate cannot reach a header or a log
@@ -98,15 +98,37 @@ def decode_or_reject(packet: bytes) -> None:
     assert_usable(msg)
 
 
-UNICODE = st.text(st.characters(exclude_categories=()), max_size=30)
-SURROGATE_TEXT = st.builds(
-    lambda a, c, b: a + chr(c) + b, st.text(max_size=4), st.integers(0xD800, 0xDFFF),
-    st.text(max_size=4))
-JSON_SCALAR = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(), UNICODE,
-    SURROGATE_TEXT)
-JSON_VALUE = st.recursive(JSON_SCALAR, lambda inner: st.lists(inner, max_size=3)
-                          | st.dictionaries(UNICODE, inner, max_size=3), max_leaves=8)
+def raw_handshake(fields: dict[str, bytes | None], vhost: int = 0, micros: int = 2500) -> bytes:
+    """A HandshakeDone in the real layout with any bytes in its strings (no checks)."""
+    flags = (fields["alpn"] is not None) | (fields["sni"] is not None) << 1 \
+        | (fields["client_cn"] is not None) << 2
+    out = struct.pack("!BHIB", control.HANDSHAKE_DONE, vhost, micros, flags)
+    for name in ("version", "cipher", "alpn", "sni"):
+        value = fields[name]
+        if value is not None:
+            out += bytes((len(value) & 0xFF,)) + value
+    if fields["client_cn"] is not None:
+        out += struct.pack("!H", len(fields["client_cn"]) & 0xFFFF) + fields["client_cn"]
+    return out
+
+
+def raw_finished(sni: bytes | None, detail: bytes | None, code: int = 0) -> bytes:
+    flags = (sni is not None) | (detail is not None) << 1
+    out = struct.pack("!BBHQQIIB", control.FINISHED, code, 0xFFFF, 1, 2, 3, 4, flags)
+    if sni is not None:
+        out += bytes((len(sni) & 0xFF,)) + sni
+    if detail is not None:
+        out += struct.pack("!H", len(detail) & 0xFFFF) + detail
+    return out
+
+
+FIELD_BYTES = st.one_of(
+    st.binary(max_size=40), st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.builds(lambda a, c, b: a + chr(c).encode("utf-8", "surrogatepass") + b,
+              st.binary(max_size=4), st.integers(0xD800, 0xDFFF), st.binary(max_size=4)),
+    st.just(b"x" * 300), st.just(b"\xc3"), st.just(b"a\x00b"))
+BASE_FIELDS = {"version": b"TLSv1.3", "cipher": b"TLS_AES_256_GCM_SHA384", "alpn": b"h2",
+               "sni": SNI.encode(), "client_cn": b"alice"}
 
 
 @fuzz_settings(800)
@@ -115,22 +137,13 @@ def test_mutated_real_messages(packet: bytes, seed: int, rounds: int) -> None:
     decode_or_reject(mutate(packet, random.Random(seed), rounds))
 
 
-@st.composite
-def real_with_fields_replaced(draw: st.DrawFn) -> bytes:
-    """A real message with one to three of its own fields (or "extra") set to any JSON,
-    escaped or as raw UTF-8 (a lone surrogate raw, the way a C worker could write it)."""
-    kind, base = draw(st.sampled_from([("H", asdict(HANDSHAKE)), ("D", asdict(FINISHED))]))
-    names = draw(st.lists(st.sampled_from([*base, "extra"]), min_size=1, max_size=3,
-                          unique=True))
-    body = {**base, **{name: draw(JSON_VALUE) for name in names}}
-    text = json.dumps(body, ensure_ascii=draw(st.booleans()))
-    return kind.encode() + text.encode("utf-8", "surrogatepass")
-
-
 @fuzz_settings(500)
-@given(real_with_fields_replaced())
-def test_real_messages_with_fields_replaced(packet: bytes) -> None:
-    decode_or_reject(packet)
+@given(st.dictionaries(st.sampled_from(sorted(BASE_FIELDS)), st.none() | FIELD_BYTES,
+                       min_size=1, max_size=3),
+       st.integers(0, 0xFFFF), FIELD_BYTES, st.none() | FIELD_BYTES, st.integers(0, 10))
+def test_real_layouts_with_fields_replaced(fields, vhost, detail, sni, code) -> None:
+    decode_or_reject(raw_handshake({**BASE_FIELDS, **fields}, vhost))
+    decode_or_reject(raw_finished(sni, detail, code))
 
 
 @fuzz_settings(300)
@@ -139,16 +152,20 @@ def test_spliced_bytes(junk: bytes, packet: bytes, at: int) -> None:
     decode_or_reject(packet[:at] + junk + packet[at:])
 
 
-def test_lone_surrogates_are_refused() -> None:
-    """Regression: a forged HandshakeDone whose sni was a lone surrogate passed the decoder
-    and then raised UnicodeEncodeError in the PROXY v2 encoder, inside the supervisor loop."""
+def test_lone_surrogates_and_controls_are_refused() -> None:
+    """Regression (from the JSON format): a forged HandshakeDone whose sni was a lone
+    surrogate passed the decoder and then raised UnicodeEncodeError in the PROXY v2
+    encoder, inside the supervisor loop.  Now neither that nor a control character
+    gets through any text field."""
     for name in ("sni", "version", "cipher", "alpn", "client_cn"):
-        body = {**asdict(HANDSHAKE), name: "a\ud800b"}
-        with pytest.raises(control.ControlError, match=name):
-            control.decode_from_worker(b"H" + json.dumps(body).encode())
-    body = {**asdict(FINISHED), "detail": "\udfff"}
-    with pytest.raises(control.ControlError, match="detail"):
-        control.decode_from_worker(b"D" + json.dumps(body).encode())
+        for bad in (b"a\xed\xa0\x80b", b"a\nb"):
+            if name == "client_cn" and bad == b"a\nb":
+                continue  # a CN is any Unicode: the log escapes it, PROXY v2 carries UTF-8
+            with pytest.raises(control.ControlError):
+                control.decode_from_worker(raw_handshake({**BASE_FIELDS, name: bad}))
+    for bad in (b"\xed\xbf\xbf", b"\x1b[31m"):
+        with pytest.raises(control.ControlError):
+            control.decode_from_worker(raw_finished(None, bad))
 
 
 # --- a real supervisor against forged messages ---------------------------------------------
@@ -197,45 +214,24 @@ def expected(script: list[bytes], vhosts_reachable: set[int]) -> Expected:
     return Expected(finished.outcome if finished else "worker-died", None)
 
 
-def json_junk(rng: random.Random, depth: int = 0) -> object:
-    pick = rng.randrange(9 if depth < 3 else 6)
-    if pick == 0:
-        return None
-    if pick == 1:
-        return rng.choice([True, False])
-    if pick == 2:
-        return rng.choice([0, -1, 1, 2**63, 2**63 - 1, 2**70, 3])
-    if pick == 3:
-        return rng.choice([0.5, 1e308, -0.0, float("nan"), float("inf")])
-    if pick == 4:
-        return "".join(chr(rng.randrange(0x110000)) for _ in range(rng.randrange(6)))
-    if pick == 5:
-        return rng.choice(["ok", "x" * 300, "a\ud800", "TLSv1.3", "\x00", "é" * 200])
-    if pick == 6:
-        return [json_junk(rng, depth + 1) for _ in range(rng.randrange(3))]
-    return {rng.choice(FIELDS): json_junk(rng, depth + 1) for _ in range(rng.randrange(3))}
-
-
 def one_packet(rng: random.Random) -> bytes:
     pick = rng.randrange(7)
     if pick == 0:
         return os.urandom(rng.choice([1, 2, 16, 200, control.MAX_PACKET + 1, 6000]))
     if pick == 1:
         return mutate(rng.choice(VALID), rng)
-    if pick == 2:
-        kind = rng.choice(["H", "D", "C", "B", "X"])
-        return kind.encode() + json.dumps(json_junk(rng)).encode()
+    if pick == 2:  # a supervisor's message, or an unknown type, from a worker
+        return bytes((rng.choice([0x01, 0x02, 0x03, 0x80, 0x83, 0xFF]),)) + os.urandom(8)
     if pick == 3:
-        base = asdict(rng.choice([HANDSHAKE, FINISHED]))
-        base[rng.choice(FIELDS)] = json_junk(rng)
-        kind = "H" if "vhost" in base else "D"
-        return kind.encode() + json.dumps(base).encode("utf-8", "surrogatepass")
+        junk = rng.choice([b"\xed\xa0\x80", b"x" * 300, b"\x00", "é".encode() * 100, b""])
+        return raw_handshake({**BASE_FIELDS, rng.choice(sorted(BASE_FIELDS)): junk},
+                             rng.choice([0, 1, 0xFFFF]))
     if pick == 4:
-        vhost = rng.choice([0, 0, 1, 2, -1, 2**62])
+        vhost = rng.choice([0, 0, 1, 2, 0xFFFE])
         return control.encode(control.HandshakeDone(
-            vhost, rng.choice([SNI, None, "x" * 256]), "TLSv1.3", "c", None, 1.0))
+            vhost, rng.choice([SNI, None, "x" * 255]), "TLSv1.3", "c", None, 1.0))
     if pick == 5:
-        return control.encode(control.Finished(rng.choice(sorted(control.OUTCOMES)),
+        return control.encode(control.Finished(rng.choice(control.WORKER_OUTCOMES),
                                                rng.randrange(2**40), 0))
     return rng.choice(VALID)
 
@@ -244,13 +240,12 @@ def scripts(count: int, seed: int) -> list[list[bytes]]:
     """`count` scripts of 1-3 packets; the first few are the cases that must always run."""
     fixed = [
         # The regression: a lone surrogate for a vhost that writes PROXY v2.
-        [b'H{"vhost":0,"sni":"\\ud800","version":"TLSv1.3","cipher":"c","alpn":null,'
-         b'"handshake_ms":1}'],
+        [raw_handshake({**BASE_FIELDS, "sni": b"\xed\xa0\x80"})],
         [control.encode(control.HandshakeDone(1, SNI, "TLSv1.3", "c", None, 1.0))],
         [VALID[0], VALID[0]],  # a second HandshakeDone
         [VALID[1], VALID[1]],  # a second Finished
-        [b"H" + b"[" * 4000],
-        [b"D" + b" " * 6000],
+        [b"\x81" + b"\xff" * 4000],
+        [b"\x82" + b" " * 6000],
         [b""],  # an empty packet reads as EOF: only the handshake timer ends this worker
         [VALID[0]],  # honest so far, then silent: dies without a word
     ]
@@ -265,8 +260,8 @@ class RogueTitus(ForkedTitus):
     """A supervisor forked from the test whose first workers send forged messages."""
 
     def __init__(self, tmp: Path, config: str, plan: list[list[bytes]]) -> None:
-        super().__init__(tmp, config, "tests.fuzz.rogue_zygote:setup")
-        (tmp / PLAN_FILE).write_text(json.dumps([[p.hex() for p in script] for script in plan]))
+        super().__init__(tmp, config, "tests.native:setup")
+        write_plan(tmp, plan)
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
@@ -340,9 +335,11 @@ vhost b
         with backend:
             for start in range(0, len(plan), BATCH):  # a batch at once: the supervisor
                 end = min(len(plan), start + BATCH)    # juggles them all
-                for _ in range(start, end):
-                    clients.append(socket.create_connection(
-                        ("127.0.0.1", rogue.addresses[0][1]), timeout=10))
+                for index in range(start, end):
+                    client = socket.create_connection(("127.0.0.1", rogue.addresses[0][1]),
+                                                      timeout=10)
+                    client.sendall(b"PLAN %d\n" % index)  # the rogue worker plays it
+                    clients.append(client)
                 wait_for(lambda end=end: len(rogue.connections()) >= end or not rogue.alive(),
                          60, "a record for every forged connection")
                 assert rogue.alive(), f"the supervisor died (seed {seed}): {rogue.log_tail()}"

@@ -1,7 +1,7 @@
 """The key holder's serving loop against a compromised worker, over real sockets.
 
 First a hypothesis state machine drives keyholder.serve (in a thread, as in
-tests/unit/test_keyholder.py) through sequences of grants, well-formed
+tests/unit/titus/test_keyholder.py) through sequences of grants, well-formed
 requests, malformed frames, fds and hang-ups across several channels, and
 checks each answer against the independent model in tests/fuzz/keymodel.py:
 a signature only within the rules and the channel's budget, every refusal and
@@ -48,8 +48,8 @@ from tests.fuzz.keymodel import (
 )
 from tests.pki import CA
 from tests.titus_harness import open_fds
-from tests.unit.test_keyholder import Holder
-from tests.unit.test_signer import emsa_pss
+from tests.unit.titus.test_keyholder import Holder
+from tests.unit.titus.test_signer import emsa_pss
 from titus.keyholder.main import KeySlot
 from titus.supervisor.keyholder import KeyHolder
 from titus.wire import keyproto

@@ -25,9 +25,9 @@ def get(ca: CA, port: int, client) -> bytes:
     ctx.load_cert_chain(client.cert, client.key)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname="mtls.test") as tls:
-        tls.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         data = b""
-        try:
+        try:  # a refusal may already have closed the connection when the request goes out
+            tls.sendall(b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             while chunk := tls.recv(65536):
                 data += chunk
         except (ssl.SSLError, ConnectionError):

@@ -7,11 +7,12 @@ import os
 import signal
 import socket
 import ssl
+import urllib.request
 
 import pytest
 
 from tests.pki import CA
-from tests.titus_harness import HTTPBackend, Titus
+from tests.titus_harness import HTTPBackend, Titus, free_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="titus needs root")
 
@@ -73,3 +74,38 @@ def test_sighup_reload(tmp_path):
             assert request(again, "/4") == b"backend B path /4\n"
             again.close()
         assert titus.proc.returncode == 0
+
+
+def test_what_a_reload_sizes_follows_it_or_is_refused(tmp_path):
+    """metrics-listen moves with a reload; the jail uid range cannot (connections in flight
+    hold uids of it): a reload changing it is refused, saying so."""
+    ca = CA(tmp_path / "pki")
+    leaf = ca.issue("reload.test")
+    first, second = free_port(), free_port()
+    with HTTPBackend("A") as a:
+        base = config(leaf, a.port)
+        titus = Titus(tmp_path, base + f"metrics-listen 127.0.0.1:{first}\n")
+        with titus:
+            urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5).close()
+            titus.config_path.write_text(base + f"metrics-listen 127.0.0.1:{second}\n")
+            assert titus.proc is not None
+            titus.proc.send_signal(signal.SIGHUP)
+            titus.wait_event(lambda r: r.get("event") == "reloaded")
+            text = urllib.request.urlopen(f"http://127.0.0.1:{second}/metrics",
+                                          timeout=5).read().decode()
+            assert "titus_config_generation 2.0" in text
+            with pytest.raises(OSError):
+                urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5)
+    # uid-count is a titus.toml [jail] setting
+    toml = tmp_path / "t"
+    toml.mkdir()
+    text = (f'cert = "{leaf.cert}"\nkey = "{leaf.key}"\nbackend = "127.0.0.1"\n'
+            f'backend-port = 9\nmin-spare-children = 1\n[[listen]]\naddress = "127.0.0.1"\n'
+            'port = 0\n')
+    titus = Titus(toml, text, suffix=".toml")
+    with titus:
+        titus.config_path.write_text(text + "[jail]\nuid-count = 4096\n")
+        assert titus.proc is not None
+        titus.proc.send_signal(signal.SIGHUP)
+        refused = titus.wait_event(lambda r: r.get("event") == "reload-refused")
+        assert "uid-first and uid-count cannot change on reload" in refused["error"]

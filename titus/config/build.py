@@ -1,4 +1,5 @@
-"""Turn a Draft into the frozen Config: inheritance, defaults, file checks, cross-checks.
+"""Turn a Draft into the frozen Config: inheritance, defaults, file checks, cross-checks
+(the cipher string is ciphers.py's, the notices for dead vhosts reach.py's).
 
 Inheritance is titus 0.4's: each vhost setting that a vhost block leaves out
 comes from the global section, wherever in the file that global line stands
@@ -18,8 +19,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from titus.config.ciphers import effective_ciphers
 from titus.config.clientauth import client_settings
 from titus.config.dh import resolve_dhgroup
+from titus.config.draft import Draft, Sourced, TLSDraft, VHostDraft, shown
 from titus.config.files import check_cert_file, check_key_file, validity_problem
 from titus.config.model import (
     DEFAULT_CIPHERS,
@@ -33,18 +36,9 @@ from titus.config.model import (
     TLSSettings,
     VHost,
 )
-from titus.config.options import Draft, Sourced, TLSDraft, VHostDraft, shown
+from titus.config.reach import unreachable
 from titus.config.values import BadValue
 from titus.supervisor.ocsp import OCSPError, parse_response, read_response_file
-
-# Appended to an operator's cipher string: a worker signs through the key holder
-# and can never decrypt (no RSA key exchange), static (EC)DH needs the key in the
-# worker, and the rest is broken.  DHE additionally needs a dhgroup.
-FORCED_EXCLUSIONS = (
-    ":!aNULL:!eNULL:!kRSA:!PSK:!SRP:!aDSS:!kECDHr:!kECDHe:!kDHr:!kDHd"
-    ":!RC4:!DES:!3DES:!MD5:!EXP"
-)
-NO_DHE = ":!kDHE"
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}
 # TLSDraft attribute -> option name, where they differ by more than "_" for "-".
@@ -52,30 +46,6 @@ _TLS_OPTION = {"min_version": "min-tls-version", "max_version": "max-tls-version
                "curves": "ecdhcurve"}
 _UNSPECIFIED_V4 = ipaddress.IPv4Address("0.0.0.0")
 _UNSPECIFIED_V6 = ipaddress.IPv6Address("::")
-
-
-def _tls12_suites(cipher_string: str) -> list[str]:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.set_ciphers(cipher_string)
-    except ssl.SSLError:
-        return []
-    return [c["name"] for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"]
-
-
-def effective_ciphers(text: str, with_dhe: bool, tls13_only: bool) -> tuple[str, list[str]]:
-    """(cipher string to use, suites of the operator's string that it drops)."""
-    wanted = _tls12_suites(text)
-    if not wanted:
-        raise BadValue("selects no cipher suite this OpenSSL knows")
-    effective = text + FORCED_EXCLUSIONS + ("" if with_dhe else NO_DHE)
-    kept = set(_tls12_suites(effective))
-    if not kept and not tls13_only:
-        raise BadValue(
-            "leaves no usable TLS 1.2 suite: RSA key exchange, static DH, null and broken "
-            "ciphers are always removed, DHE too unless a dhgroup is set; use ECDHE suites"
-        )
-    return effective, [name for name in wanted if name not in kept]
 
 
 class _Builder:
@@ -343,6 +313,8 @@ class _Builder:
             raise ConfigError(
                 self.where("uid-count"), f"jail uid range {first}+{count} goes past 4294967294"
             )
+        if count < max_children + 1 and self.setting("max-children") is None:
+            return first, count  # only the default is too big: build() caps max-children
         if count < max_children + 1:
             source = self.where("uid-count") if self.setting("uid-count") else self.where(
                 "max-children"
@@ -377,47 +349,16 @@ class _Builder:
         address, port = chosen.value
         return Listener(address, port, dual_stack=False, source=chosen.source)
 
-    def reachability(self, vhosts: tuple[VHost, ...], listeners: tuple[Listener, ...]) -> None:
-        for later_index, later in enumerate(vhosts):
-            for earlier in vhosts[:later_index]:
-                if _shadows(earlier, later):
-                    self.notices.append(
-                        Notice(
-                            later.source,
-                            f"vhost {later.name} can never be chosen: vhost {earlier.name} "
-                            f"({earlier.source}) comes first and matches all its connections",
-                        )
-                    )
-                    break
-        if self.value("transparent", "transparent") == "yes":
-            return  # local address and port are the client's original destination
-        ports = {listener.port for listener in listeners}
-        for vhost in vhosts:
-            if vhost.local_port is not None and 0 not in ports and vhost.local_port not in ports:
-                self.notices.append(
-                    Notice(
-                        vhost.source,
-                        f"vhost {vhost.name}: local-port {vhost.local_port} is not a port "
-                        f"titus listens on, so it never matches",
-                    )
-                )
-            if vhost.local_address is not None and not any(
-                _listener_covers(listener, vhost.local_address) for listener in listeners
-            ):
-                self.notices.append(
-                    Notice(
-                        vhost.source,
-                        f"vhost {vhost.name}: local-address {vhost.local_address} is not an "
-                        f"address titus listens on, so it never matches",
-                    )
-                )
-
     def build(self) -> Config:
         listeners = self.listeners()
         vhosts = self.vhosts()
         min_spare, max_children = self.children()
         uid_first, uid_count = self.uid_range(max_children)
-        self.reachability(vhosts, listeners)
+        # A uid range smaller than the default max-children (1000) caps it: what fits.
+        max_children = min(max_children, uid_count - 1)
+        min_spare = min(min_spare, max_children)
+        self.notices += unreachable(vhosts, listeners,
+                                    self.value("transparent", "transparent") == "yes")
         return Config(
             listeners=listeners,
             vhosts=vhosts,
@@ -435,31 +376,13 @@ class _Builder:
                 "backend-connect-timeout", "backend_connect_timeout"
             ),
             dns_timeout=self.value("dns-timeout", "dns_timeout"),
+            dns_refresh=self.value("dns-refresh", "dns_refresh"),
             drain_timeout=self.value("drain-timeout", "drain_timeout"),
             log_format=self.value("log-format", "log_format"),
             metrics_listen=self.metrics(),
             sources=tuple(dict.fromkeys(self.draft.sources)),
             notices=tuple(self.notices),
         )
-
-
-def _shadows(earlier: VHost, later: VHost) -> bool:
-    """True if every connection ``later`` matches is taken by ``earlier`` first."""
-    if earlier.local_address not in (None, later.local_address):
-        return False
-    if earlier.local_port not in (None, later.local_port):
-        return False
-    if not earlier.sni_names:
-        return True
-    return bool(later.sni_names) and set(later.sni_names) <= set(earlier.sni_names)
-
-
-def _listener_covers(listener: Listener, address: Any) -> bool:
-    if listener.address == address or listener.port == 0:
-        return True
-    if listener.address == _UNSPECIFIED_V6:
-        return address.version == 6 or listener.dual_stack
-    return listener.address == _UNSPECIFIED_V4 and address.version == 4
 
 
 def _uid_clash(first: int, count: int) -> str | None:

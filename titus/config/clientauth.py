@@ -19,9 +19,9 @@ from typing import Any
 
 from cryptography import x509
 
+from titus.config.draft import Sourced, shown
 from titus.config.files import rfc3339
 from titus.config.model import ConfigError, Notice
-from titus.config.options import Sourced, shown
 
 MAX_CRL_FILE = 16 * 1024 * 1024
 _CRL_BLOCK = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.S)

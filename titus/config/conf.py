@@ -25,8 +25,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from titus.config.draft import Draft, VHostDraft, shown
 from titus.config.model import ConfigError, Source
-from titus.config.options import Draft, IncludeFn, VHostDraft, apply_option, shown
+from titus.config.options import IncludeFn, apply_option
 
 COMMAND_LINE = "<command line>"
 _LINE = re.compile(r"([^ \t]+)(?:[ \t]+(.*))?", re.DOTALL)

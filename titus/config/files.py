@@ -15,13 +15,11 @@ import stat
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from titus.config.values import BadValue
+from titus.keyholder.keyrules import UnsupportedKey, key_kind
 
 MAX_CERT_FILE = 1024 * 1024
-MIN_RSA_BITS = 2048
-_SUPPORTED_EC = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
 
 def _strerror(error: OSError | ValueError) -> str:
@@ -73,7 +71,8 @@ def _read_wiped(path: Path) -> bytes:
 
 
 def check_cert_file(path: Path, key: Path | None = None) -> x509.Certificate:
-    """Parse a PEM chain (leaf first); return the leaf.  Refuses keys we cannot sign with."""
+    """Parse a PEM chain (leaf first); return the leaf.  Refuses keys the key holder cannot
+    serve (titus.keyholder.keyrules)."""
     if key is not None:
         try:
             same = os.path.samefile(path, key)
@@ -93,15 +92,10 @@ def check_cert_file(path: Path, key: Path | None = None) -> x509.Certificate:
     except ValueError:
         raise BadValue(f"{path.name}: not a PEM certificate") from None
     leaf = chain[0]
-    public_key = leaf.public_key()
-    if isinstance(public_key, rsa.RSAPublicKey):
-        if public_key.key_size < MIN_RSA_BITS:
-            raise BadValue(f"{public_key.key_size}-bit RSA is too weak; use at least 2048 bits")
-    elif isinstance(public_key, ec.EllipticCurvePublicKey):
-        if not isinstance(public_key.curve, _SUPPORTED_EC):
-            raise BadValue(f"EC curve {public_key.curve.name} is not supported for signing")
-    else:
-        raise BadValue("only RSA and EC (P-256/384/521) certificates are supported")
+    try:
+        key_kind(leaf.public_key())  # the key holder's rule: it must be able to sign for it
+    except UnsupportedKey as e:
+        raise BadValue(str(e)) from None
     return leaf
 
 

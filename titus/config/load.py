@@ -24,6 +24,7 @@ from pathlib import Path
 
 from titus.config.build import build_config
 from titus.config.conf import COMMAND_LINE, parse_command_line, read_conf
+from titus.config.draft import Draft, resolve_path, shown
 from titus.config.model import (
     Config,
     ConfigError,
@@ -34,7 +35,7 @@ from titus.config.model import (
     TLSSettings,
     VHost,
 )
-from titus.config.options import Draft, apply_option, cwd, resolve_path, shown
+from titus.config.options import apply_option, cwd
 from titus.config.toml import read_toml
 
 __all__ = [

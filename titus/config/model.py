@@ -249,6 +249,7 @@ class VHost:
         return any(sni_matches(pattern, wanted) for pattern in self.sni_names)
 
 
+
 @dataclass(frozen=True)
 class Config:
     """The whole validated configuration.
@@ -265,7 +266,7 @@ class Config:
     listeners: tuple[Listener, ...]
     vhosts: tuple[VHost, ...]
     min_spare_children: int = 3
-    max_children: int = 100
+    max_children: int = 1000  # docs/sizing.md: what a worker costs, and what limits this
     max_handshake_time: float = 10.0
     transparent: Transparency = "no"
     daemon: bool = False
@@ -276,21 +277,10 @@ class Config:
     keyholder_timeout: float = 2.0
     backend_connect_timeout: float = 10.0
     dns_timeout: float = 5.0
+    dns_refresh: float = 60.0  # backend names re-resolved in the background this often
     drain_timeout: float = 30.0  # SIGTERM: how long connections in flight may still run
     log_format: LogFormat = "auto"
     metrics_listen: Listener | None = None
     sources: tuple[Path, ...] = ()
     notices: tuple[Notice, ...] = ()
 
-    def vhosts_for_local(self, address: IPAddress | str, port: int) -> tuple[VHost, ...]:
-        """Stage 1 (before the handshake): the vhosts a local address/port allows."""
-        return tuple(v for v in self.vhosts if v.matches_local(address, port))
-
-    def select_vhost(
-        self, address: IPAddress | str, port: int, server_name: str | None
-    ) -> VHost | None:
-        """First vhost matching local address, port and SNI; None drops the connection."""
-        for vhost in self.vhosts_for_local(address, port):
-            if vhost.matches_sni(server_name):
-                return vhost
-        return None

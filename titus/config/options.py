@@ -1,9 +1,11 @@
-"""Every option both formats understand, and the draft they are applied to.
+"""Every option both formats understand: its scope, how its value lands in the draft
+(titus.config.draft), its TOML form, and its line of help -- the one source for
+`titus --help`, docs/options.md and titus(8).
 
 An option is applied from its titus.conf text form (TOML values are turned
 into that form first), so each value has one parser and one meaning whatever
 the format.  Values land in a mutable Draft together with the file and line
-that set them; config_build turns the Draft into the frozen model, so the
+that set them; titus.config.build turns the Draft into the frozen model, so the
 last setting wins and errors about a missing or bad file can name the line.
 
 titus 0.4 options that our design makes unnecessary are accepted and recorded
@@ -24,80 +26,17 @@ from __future__ import annotations
 
 import difflib
 import os
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Literal
 
+from titus.config import draft as d
 from titus.config import values as v
-from titus.config.model import ConfigError, IPAddress, Notice, ProxyProtocol, Source, one_line
-
-T = TypeVar("T")
-
-
-@dataclass
-class Sourced(Generic[T]):
-    value: T
-    source: Source
-
-
-@dataclass
-class TLSDraft:
-    min_version: Sourced[ssl.TLSVersion] | None = None
-    max_version: Sourced[ssl.TLSVersion] | None = None
-    ciphers: Sourced[str] | None = None
-    ciphersuites: Sourced[str] | None = None
-    curves: Sourced[tuple[str, ...]] | None = None
-    dhgroup: Sourced[tuple[str, Path | None]] | None = None
-    honor_client_cipher_order: Sourced[bool] | None = None
-    alpn: Sourced[tuple[str, ...]] | None = None
-    client_auth: Sourced[str] | None = None
-    client_ca: Sourced[Path] | None = None
-    client_crl: Sourced[Path] | None = None
-    client_allow_cn: Sourced[tuple[str, ...]] | None = None
-    client_allow_dns: Sourced[tuple[str, ...]] | None = None
-    client_allow_uri: Sourced[tuple[str, ...]] | None = None
-
-
-@dataclass
-class VHostDraft:
-    """A vhost block, or (as Draft.defaults) the global section it inherits from."""
-
-    source: Source
-    name: Sourced[str] | None = None
-    local_address: Sourced[IPAddress | None] | None = None
-    local_port: Sourced[int] | None = None
-    sni_names: list[Sourced[str]] = field(default_factory=list)
-    cert: Sourced[Path] | None = None
-    key: Sourced[Path] | None = None
-    backend: Sourced[str] | None = None
-    backend_port: Sourced[int] | None = None
-    backend_h2: Sourced[bool] | None = None
-    proxy_protocol: Sourced[ProxyProtocol | None] | None = None
-    ocsp_response: Sourced[Path] | None = None
-    tls: TLSDraft = field(default_factory=TLSDraft)
-
-
-@dataclass
-class Draft:
-    """Everything read so far; ``main`` is where whole-configuration errors point."""
-
-    main: Source
-    defaults: VHostDraft
-    vhosts: list[VHostDraft] = field(default_factory=list)
-    listen: list[Sourced[tuple[IPAddress, int | None]]] = field(default_factory=list)
-    settings: dict[str, Sourced[Any]] = field(default_factory=dict)
-    sources: list[Path] = field(default_factory=list)
-    notices: list[Notice] = field(default_factory=list)
-
-    @classmethod
-    def new(cls, main: Source) -> Draft:
-        return cls(main=main, defaults=VHostDraft(source=main))
-
+from titus.config.draft import Draft, Handler, VHostDraft, shown
+from titus.config.model import ConfigError, Source
 
 Scope = Literal["global", "any", "vhost"]
-Handler = Callable[[Draft, VHostDraft, str, Source, Path], None]
 # The TOML value kind of an option: "str", "int", "bool", "seconds", "port", "list",
 # "each" (a string or a list, applied once per item), or None if not in titus.toml.
 TomlKind = Literal["str", "int", "bool", "seconds", "port", "list", "each", "dh"] | None
@@ -111,127 +50,7 @@ class Option:
     toml: TomlKind
     conf: bool = True  # False: titus.toml only
     separator: str = ":"  # joins a TOML list into the text form
-
-
-def resolve_path(text: str, base: Path) -> Path:
-    """A path from a config value; relative ones are relative to ``base``."""
-    if "\0" in text:
-        raise v.BadValue("a path cannot contain a NUL character")
-    try:
-        os.fsencode(text)  # argv's undecodable bytes (U+DC80..) pass; other lone surrogates not
-    except UnicodeEncodeError:
-        raise v.BadValue("a path must be valid text (it has a lone surrogate)") from None
-    path = Path(text)
-    return path if path.is_absolute() else base / path
-
-
-def _setting(name: str, parse: Callable[[str], Any]) -> Handler:
-    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-        draft.settings[name] = Sourced(parse(text), src)
-
-    return handler
-
-
-def _path_setting(name: str) -> Handler:
-    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-        draft.settings[name] = Sourced(resolve_path(text, base), src)
-
-    return handler
-
-
-def _field(attr: str, parse: Callable[[str], Any]) -> Handler:
-    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-        setattr(target, attr, Sourced(parse(text), src))
-
-    return handler
-
-
-def _path_field(attr: str) -> Handler:
-    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-        setattr(target, attr, Sourced(resolve_path(text, base), src))
-
-    return handler
-
-
-def _tls_path(attr: str) -> Handler:
-    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-        setattr(target.tls, attr, Sourced(resolve_path(text, base), src))
-
-    return handler
-
-
-def _tls(attr: str, parse: Callable[[str], Any]) -> Handler:
-    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-        setattr(target.tls, attr, Sourced(parse(text), src))
-
-    return handler
-
-
-def _tls_each(attr: str, parse: Callable[[str], str]) -> Handler:
-    """A repeatable TLS option: each line (or TOML list item) adds one value; a vhost that
-    sets its own list replaces the inherited one."""
-    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-        value = parse(text)
-        before = getattr(target.tls, attr)
-        if before is None:
-            setattr(target.tls, attr, Sourced((value,), src))
-        elif value in before.value:
-            raise v.BadValue("listed twice")
-        else:
-            before.value = (*before.value, value)
-
-    return handler
-
-
-def _listen(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-    draft.listen.append(Sourced(v.parse_listen(text), src))
-
-
-def _sni_name(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-    # titus 0.4 kept only the last sni-name of a vhost; we keep them all (any may match).
-    target.sni_names.append(Sourced(v.parse_sni_name(text), src))
-
-
-def _local_address(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-    address = v.parse_ip(text)
-    # The wildcard address matched every connection in titus 0.4; say so explicitly.
-    target.local_address = Sourced(None if address.is_unspecified else address, src)
-
-
-def _dhgroup(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-    """titus 0.4's RFC 3526 group numbers 14/15/16, or (extension) a DH parameter file."""
-    if text.isdigit() and text not in ("14", "15", "16"):
-        raise v.BadValue("unknown DH group; use 14, 15, 16 or the path of a DH parameter file")
-    path = None if text in ("14", "15", "16") else resolve_path(text, base)
-    target.tls.dhgroup = Sourced((text, path), src)
-
-
-def _tls12(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-    # "tlsv1.2 no" leaves only TLS 1.3; "yes" restores the 1.2 minimum.
-    version = ssl.TLSVersion.TLSv1_2 if v.parse_bool(text) else ssl.TLSVersion.TLSv1_3
-    target.tls.min_version = Sourced(version, src)
-
-
-def _tls13(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-    version = ssl.TLSVersion.TLSv1_3 if v.parse_bool(text) else ssl.TLSVersion.TLSv1_2
-    target.tls.max_version = Sourced(version, src)
-
-
-def _refuse_yes(reason: str) -> Handler:
-    """Accept "no" (already our behaviour); refuse "yes" with the reason."""
-    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-        if v.parse_bool(text):
-            raise v.BadValue(reason)
-
-    return handler
-
-
-def _superseded(name: str, why: str) -> Handler:
-    def handler(draft: Draft, target: VHostDraft, text: str, src: Source, base: Path) -> None:
-        value = v.parse_name(text)
-        draft.notices.append(Notice(src, f"{name} {value}: superseded and ignored: {why}"))
-
-    return handler
+    help: str = field(kw_only=True)  # one line, for --help and the docs
 
 
 _NETWORK_USER = (
@@ -250,81 +69,164 @@ def _options() -> dict[str, Option]:
         return lambda t: v.parse_int(t, minimum, maximum)
 
     def refuse(reason: str) -> Handler:
-        return _refuse_yes(reason + "; remove the line")
+        return d.refuse_yes(reason + "; remove the line")
 
     old_tls = "is below the TLS 1.2 minimum and is not supported"
     table = [
         # titus 0.4 options, in titus(8) order.
-        Option("config", "global", None, "each"),
-        Option("config-directory", "global", None, "each"),
-        Option("daemon", "global", _setting("daemon", v.parse_bool), "bool"),
-        Option("pid-file", "global", _path_setting("pid-file"), "str"),
-        Option("port", "global", _setting("port", lambda t: v.parse_port(t, allow_zero=True)),
-               "port"),
-        Option("transparent", "global", _setting("transparent", v.parse_transparent), "str"),
-        Option("backend", "any", _field("backend", v.parse_host), "str"),
-        Option("backend-port", "any", _field("backend_port", v.parse_port), "port"),
+        Option("config", "global", None, "each",
+               help="include another configuration file (titus.conf, or TOML if it ends in "
+                    ".toml)"),
+        Option("config-directory", "global", None, "each",
+               help="include every non-hidden file of a directory, in name order"),
+        Option("daemon", "global", d.setting("daemon", v.parse_bool), "bool",
+               help="yes: detach after start-up succeeded (errors still reach the shell)"),
+        Option("pid-file", "global", d.path_setting("pid-file"), "str",
+               help="write the supervisor's pid here (daemon mode)"),
+        Option("port", "global", d.setting("port", lambda t: v.parse_port(t, allow_zero=True)),
+               "port",
+               help="port to listen on for listeners that name none (default address [::], "
+                    "dual-stack)"),
+        Option("transparent", "global", d.setting("transparent", v.parse_transparent), "str",
+               help="no | yes (backend = the client's original destination, source kept; needs "
+                    "a TPROXY rule) | backend-only (source kept); both need CAP_NET_ADMIN and "
+                    "the backend's replies to clients routed back to titus (fwmark rule)"),
+        Option("backend", "any", d.vhost_field("backend", v.parse_host), "str",
+               help="backend address: IP or DNS name (resolved at start-up and reload, then "
+                    "every dns-refresh seconds in the background); omitted = the local address "
+                    "the client connected to"),
+        Option("backend-port", "any", d.vhost_field("backend_port", v.parse_port), "port",
+               help="backend port"),
         Option("min-spare-children", "global",
-               _setting("min-spare-children", count(0, 100_000)), "int"),
-        Option("max-children", "global", _setting("max-children", count(1, 100_000)), "int"),
+               d.setting("min-spare-children", count(0, 100_000)), "int",
+               help="idle, already jailed workers kept ready (default 3)"),
+        Option("max-children", "global", d.setting("max-children", count(1, 100_000)), "int",
+               help="connections served at once, one worker each (default 1000); more wait in "
+                    "the listen backlog (logged and counted; docs/sizing.md says how to size it)"),
         Option("max-handshake-time", "global",
-               _setting("max-handshake-time", seconds(3600.0)), "seconds"),
-        Option("network-user", "global", _superseded("network-user", _NETWORK_USER), None),
-        Option("network-group", "global", _superseded("network-group", _NETWORK_USER), None),
-        Option("keyserver-user", "global", _superseded("keyserver-user", _KEYSERVER_USER), None),
-        Option("keyserver-group", "global", _superseded("keyserver-group", _KEYSERVER_USER),
-               None),
-        Option("chroot", "global", _superseded("chroot", _CHROOT), None),
-        Option("key", "any", _path_field("key"), "str"),
-        Option("cert", "any", _path_field("cert"), "str"),
-        Option("ciphers", "any", _tls("ciphers", v.parse_cipher_string), "list"),
+               d.setting("max-handshake-time", seconds(3600.0)), "seconds",
+               help="seconds a client may take to finish its TLS handshake (default 10)"),
+        Option("network-user", "global", d.superseded("network-user", _NETWORK_USER), None,
+               help="superseded: every worker gets its own dynamic uid (accepted, ignored)"),
+        Option("network-group", "global", d.superseded("network-group", _NETWORK_USER), None,
+               help="superseded: every worker gets its own dynamic gid (accepted, ignored)"),
+        Option("keyserver-user", "global", d.superseded("keyserver-user", _KEYSERVER_USER), None,
+               help="superseded: the key holder runs under its own jail uid (accepted, ignored)"),
+        Option("keyserver-group", "global", d.superseded("keyserver-group", _KEYSERVER_USER),
+               None,
+               help="superseded: the key holder runs under its own jail gid (accepted, ignored)"),
+        Option("chroot", "global", d.superseded("chroot", _CHROOT), None,
+               help="superseded: every jail has an empty read-only root (accepted, ignored)"),
+        Option("key", "any", d.vhost_path("key"), "str",
+               help="private key (PEM, RSA 2048-4096 or ECDSA P-256/P-384); only the key "
+                    "holder opens it"),
+        Option("cert", "any", d.vhost_path("cert"), "str",
+               help="certificate chain (PEM, leaf first)"),
+        Option("ciphers", "any", d.tls_field("ciphers", v.parse_cipher_string), "list",
+               help="TLS 1.2 cipher suites (OpenSSL syntax); RSA key exchange is always removed"),
         Option("honor-client-cipher-order", "any",
-               _tls("honor_client_cipher_order", v.parse_bool), "bool"),
-        Option("dhgroup", "any", _dhgroup, "dh"),
-        Option("ecdhcurve", "any", _tls("curves", v.parse_curves), "list"),
+               d.tls_field("honor_client_cipher_order", v.parse_bool), "bool",
+               help="yes: the client's preference order wins (default no)"),
+        Option("dhgroup", "any", d.dhgroup, "dh",
+               help="14, 15, 16 (RFC 3526) or a DH parameter file: enables DHE suites"),
+        Option("ecdhcurve", "any", d.tls_field("curves", v.parse_curves), "list",
+               help="key-exchange groups in order, e.g. X25519:prime256v1"),
         Option("compression", "any",
-               refuse("TLS compression leaks secrets (CRIME) and is refused"), None),
-        Option("sslv3", "any", refuse("SSLv3 is broken (POODLE) and is not supported"), None),
-        Option("tlsv1", "any", refuse(f"TLS 1.0 {old_tls}"), None),
-        Option("tlsv1.1", "any", refuse(f"TLS 1.1 {old_tls}"), None),
-        Option("tlsv1.2", "any", _tls12, None),
-        Option("local-address", "vhost", _local_address, "str"),
-        Option("local-port", "vhost", _field("local_port", v.parse_port), "port"),
-        Option("sni-name", "vhost", _sni_name, "each"),
+               refuse("TLS compression leaks secrets (CRIME) and is refused"), None,
+               help="must be no: TLS compression leaks secrets (CRIME)"),
+        Option("sslv3", "any", refuse("SSLv3 is broken (POODLE) and is not supported"), None,
+               help="must be no: SSLv3 is broken (POODLE)"),
+        Option("tlsv1", "any", refuse(f"TLS 1.0 {old_tls}"), None,
+               help="must be no: TLS 1.0 is below the TLS 1.2 minimum"),
+        Option("tlsv1.1", "any", refuse(f"TLS 1.1 {old_tls}"), None,
+               help="must be no: TLS 1.1 is below the TLS 1.2 minimum"),
+        Option("tlsv1.2", "any", d.tls12, None,
+               help="no: TLS 1.3 only"),
+        Option("local-address", "vhost", d.local_address, "str",
+               help="vhost: match connections to this local IP address"),
+        Option("local-port", "vhost", d.vhost_field("local_port", v.parse_port), "port",
+               help="vhost: match connections to this local port"),
+        Option("sni-name", "vhost", d.sni_name, "each",
+               help="vhost: match this server name (repeatable; *.example.com matches one "
+                    "label)"),
         # Extensions (titus 0.5).
-        Option("name", "vhost", _field("name", v.parse_name), "str"),
-        Option("listen", "global", _listen, None),
-        Option("tlsv1.3", "any", _tls13, None),
-        Option("min-tls-version", "any", _tls("min_version", v.parse_tls_version), "str"),
-        Option("max-tls-version", "any", _tls("max_version", v.parse_tls_version), "str"),
-        Option("ciphersuites", "any", _tls("ciphersuites", v.parse_ciphersuites), "list"),
-        Option("alpn", "any", _tls("alpn", v.parse_alpn), "list", separator=","),
-        Option("backend-h2", "any", _field("backend_h2", v.parse_bool), "bool"),
-        Option("client-auth", "any", _tls("client_auth", v.parse_client_auth), "str"),
-        Option("client-ca", "any", _tls_path("client_ca"), "str"),
-        Option("client-crl", "any", _tls_path("client_crl"), "str"),
-        Option("client-allow-cn", "any", _tls_each("client_allow_cn", v.parse_client_cn),
-               "each"),
-        Option("client-allow-dns", "any", _tls_each("client_allow_dns", v.parse_client_dns),
-               "each"),
-        Option("client-allow-uri", "any", _tls_each("client_allow_uri", v.parse_client_uri),
-               "each"),
-        Option("proxy-protocol", "any", _field("proxy_protocol", v.parse_proxy_protocol), "str"),
-        Option("ocsp-response", "any", _path_field("ocsp_response"), "str"),
+        Option("name", "vhost", d.vhost_field("name", v.parse_name), "str",
+               help="vhost: a name for logs and metrics"),
+        Option("listen", "global", d.listen, None,
+               help="ADDRESS:PORT to listen on (repeatable; [v6]:port for IPv6)"),
+        Option("tlsv1.3", "any", d.tls13, None,
+               help="no: TLS 1.2 only"),
+        Option("min-tls-version", "any", d.tls_field("min_version", v.parse_tls_version), "str",
+               help="1.2 or 1.3"),
+        Option("max-tls-version", "any", d.tls_field("max_version", v.parse_tls_version), "str",
+               help="1.2 or 1.3"),
+        Option("ciphersuites", "any", d.tls_field("ciphersuites", v.parse_ciphersuites), "list",
+               help="TLS 1.3 cipher suites (OpenSSL syntax)"),
+        Option("alpn", "any", d.tls_field("alpn", v.parse_alpn), "list", separator=",",
+               help="ALPN protocols offered, comma separated, e.g. http/1.1; h2 only with "
+                    "backend-h2 yes"),
+        Option("backend-h2", "any", d.vhost_field("backend_h2", v.parse_bool), "bool",
+               help="yes: the backend speaks HTTP/2 in cleartext (prior knowledge), so alpn "
+                    "may offer h2; without it h2 is refused (an HTTP/1.1 backend would answer "
+                    "h2 clients with nothing)"),
+        Option("client-auth", "any", d.tls_field("client_auth", v.parse_client_auth), "str",
+               help="none | optional | required: ask clients for a certificate, verified "
+                    "against client-ca; the identity goes to the backend in PROXY v2"),
+        Option("client-ca", "any", d.tls_path("client_ca"), "str",
+               help="CA certificates (PEM) that client certificates must chain to"),
+        Option("client-crl", "any", d.tls_path("client_crl"), "str",
+               help="revoked client certificates: a PEM file of CRLs issued by client-ca, "
+                    "re-read on every reload (SIGHUP); a revoked certificate fails the "
+                    "handshake"),
+        Option("client-allow-cn", "any", d.tls_each("client_allow_cn", v.parse_client_cn),
+               "each",
+               help="only clients whose certificate's subject CN is this (repeatable; with "
+                    "client-allow-dns/-uri: any one listed identity admits); needs client-auth "
+                    "required; a refused client is logged with its subject"),
+        Option("client-allow-dns", "any", d.tls_each("client_allow_dns", v.parse_client_dns),
+               "each",
+               help="only clients whose certificate has this DNS name SAN (repeatable, "
+                    "case-insensitive); see client-allow-cn"),
+        Option("client-allow-uri", "any", d.tls_each("client_allow_uri", v.parse_client_uri),
+               "each",
+               help="only clients whose certificate has this URI SAN, e.g. "
+                    "spiffe://example.org/web (repeatable, exact); see client-allow-cn"),
+        Option("proxy-protocol", "any",
+               d.vhost_field("proxy_protocol", v.parse_proxy_protocol), "str",
+               help="v1 | v2 | no: send a PROXY header to the backend (written by the "
+                    "supervisor, never by a worker)"),
+        Option("ocsp-response", "any", d.vhost_path("ocsp_response"), "str",
+               help="a DER OCSP response file to staple for this vhost's certificate; re-read "
+                    "when it changes (an expired or mismatching one is not stapled)"),
         Option("backend-connect-timeout", "global",
-               _setting("backend-connect-timeout", seconds(3600.0)), "seconds"),
-        Option("dns-timeout", "global", _setting("dns-timeout", seconds(600.0)), "seconds"),
-        Option("drain-timeout", "global", _setting("drain-timeout", seconds(86400.0)),
-               "seconds"),
-        Option("log-format", "global", _setting("log-format", v.parse_log_format), "str"),
-        Option("metrics-listen", "global", _setting("metrics-listen", v.parse_endpoint), "str"),
-        Option("keyholder-budget", "global", _setting("keyholder-budget", count(1, 16)), "int"),
-        Option("keyholder-timeout", "global", _setting("keyholder-timeout", seconds(60.0)),
-               "seconds"),
-        Option("uid-first", "global", _setting("uid-first", count(1, 2**32 - 2)), "int",
-               conf=False),
-        Option("uid-count", "global", _setting("uid-count", count(1, 2**32 - 2)), "int",
-               conf=False),
+               d.setting("backend-connect-timeout", seconds(3600.0)), "seconds",
+               help="seconds to connect to a backend (default 10)"),
+        Option("dns-timeout", "global", d.setting("dns-timeout", seconds(600.0)), "seconds",
+               help="seconds to resolve a backend name; A and AAAA are asked separately "
+                    "(default 5)"),
+        Option("dns-refresh", "global", d.setting("dns-refresh", seconds(86400.0)), "seconds",
+               help="seconds between background re-resolutions of backend names, never on "
+                    "a connection's path; a family (A or AAAA) that does not answer keeps its "
+                    "addresses (default 60)"),
+        Option("drain-timeout", "global", d.setting("drain-timeout", seconds(86400.0)),
+               "seconds",
+               help="seconds connections in flight may still run after SIGTERM before they are "
+                    "cut (default 30)"),
+        Option("log-format", "global", d.setting("log-format", v.parse_log_format), "str",
+               help="json | text | auto (text on a terminal)"),
+        Option("metrics-listen", "global", d.setting("metrics-listen", v.parse_endpoint), "str",
+               help="ADDRESS:PORT of the Prometheus endpoint (GET /metrics)"),
+        Option("keyholder-budget", "global", d.setting("keyholder-budget", count(1, 16)), "int",
+               help="signatures one connection may ask of the key holder (default 1)"),
+        Option("keyholder-timeout", "global", d.setting("keyholder-timeout", seconds(60.0)),
+               "seconds",
+               help="seconds a worker waits for a signature (default 2)"),
+        Option("uid-first", "global", d.setting("uid-first", count(1, 2**32 - 2)), "int",
+               conf=False,
+               help="first host uid of the jail range (titus.toml [jail] only)"),
+        Option("uid-count", "global", d.setting("uid-count", count(1, 2**32 - 2)), "int",
+               conf=False,
+               help="number of host uids in the jail range (titus.toml [jail] only)"),
     ]
     return {option.name: option for option in table}
 
@@ -332,12 +234,6 @@ def _options() -> dict[str, Option]:
 OPTIONS = _options()
 INCLUDES = ("config", "config-directory")
 IncludeFn = Callable[[str, str, Source, Path], None]
-
-
-def shown(text: str, limit: int = 200) -> str:
-    """A value as quoted in an error message: one line, not too long."""
-    text = one_line(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def unknown_option(name: str, src: Source, candidates: list[str], where: str = "option") -> None:
@@ -393,3 +289,12 @@ def apply_option(
 def cwd() -> Path:
     """Base directory for relative paths given on the command line."""
     return Path(os.getcwd())
+
+
+def options_text(width: int = 26) -> str:
+    """`--option  help` lines for every titus.conf option, in the table's order."""
+    lines = []
+    for name, option in OPTIONS.items():
+        if option.conf:
+            lines.append(f"  --{name:<{width}} {option.help}")
+    return "\n".join(lines)

@@ -9,26 +9,20 @@ applied through the same option parsers, so both formats mean the same.
 Top-level keys are applied in file order (``config`` / ``config-directory``
 includes too), then the tables, then listeners, then vhosts: vhosts from an
 included file come before this file's own.  tomllib reports no line numbers
-for keys, so a small scan of the text finds the line of each key and table
-header for error messages.
+for keys: sandbox.tomlsource.KeyLines finds the line of each key and table
+header for error messages (the one TOML line finder, shared with sandbox).
 """
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from sandbox.tomlsource import KeyLines, Table, syntax_error_line
+from titus.config.draft import Draft, VHostDraft
 from titus.config.model import ConfigError, Source
-from titus.config.options import (
-    OPTIONS,
-    Draft,
-    IncludeFn,
-    VHostDraft,
-    apply_option,
-    unknown_option,
-)
+from titus.config.options import OPTIONS, IncludeFn, apply_option, unknown_option
 
 ROOT_KEYS = (
     "config",
@@ -48,6 +42,7 @@ ROOT_KEYS = (
     "proxy-protocol",
     "backend-connect-timeout",
     "dns-timeout",
+    "dns-refresh",
     "drain-timeout",
     "ocsp-response",
 )
@@ -91,85 +86,6 @@ VHOST_KEYS = (
 )
 LISTEN_KEYS = ("address", "port")
 
-_LINE_NUMBER = re.compile(r"at line (\d+)")
-_ARRAY_HEADER = re.compile(r"\[\[\s*([^\]]*?)\s*\]\]")
-_TABLE_HEADER = re.compile(r"\[\s*([^\]]*?)\s*\]")
-_KEY_PART = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)"""
-_KEY = re.compile(rf"({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=(.*)")
-_DOTTED_PART = re.compile(rf"\s*({_KEY_PART})\s*(?:\.|$)")
-
-Table = tuple[Any, ...]
-
-
-def _dotted(text: str) -> tuple[str, ...]:
-    return tuple(part.strip("\"'") for part in _DOTTED_PART.findall(text))
-
-
-class KeyLines:
-    """Line numbers of keys and table headers, by a forgiving scan of the TOML text.
-
-    Tables are named as the reader walks them: () for the top level, ("tls",),
-    ("vhost", 0), ("vhost", 0, "tls"), ("listen", 2) ...  Only used for
-    messages: an unusual layout falls back to the enclosing table's line.
-    """
-
-    def __init__(self, text: str) -> None:
-        self.keys: dict[tuple[Table, str], int] = {}
-        self.tables: dict[Table, int] = {(): 1}
-        counts: dict[str, int] = {}
-        current: Table = ()
-        multiline: str | None = None
-        for number, line in enumerate(text.split("\n"), 1):
-            if multiline is not None:
-                if line.count(multiline) % 2 == 1:
-                    multiline = None
-                continue
-            stripped = line.strip()
-            match = _ARRAY_HEADER.match(stripped)
-            if match:
-                path = _dotted(match.group(1))
-                if path:
-                    counts[path[0]] = index = counts.get(path[0], -1) + 1
-                    current = (path[0], index, *path[1:])
-                    self.tables.setdefault(current, number)
-                continue
-            match = _TABLE_HEADER.match(stripped)
-            if match:
-                path = _dotted(match.group(1))
-                if path and path[0] in counts and len(path) > 1:
-                    current = (path[0], counts[path[0]], *path[1:])
-                else:
-                    current = path
-                self.tables.setdefault(current, number)
-                continue
-            match = _KEY.match(stripped)
-            if match:
-                parts = _dotted(match.group(1))
-                if parts:
-                    table = current + parts[:-1]
-                    self.keys.setdefault((table, parts[-1]), number)
-                    for depth in range(len(parts) - 1):  # dotted keys open implicit tables
-                        self.tables.setdefault(current + parts[: depth + 1], number)
-                for quote in ('"""', "'''"):
-                    if match.group(2).count(quote) % 2 == 1:
-                        multiline = quote
-                        break
-
-    def line(self, table: Table, key: str | None = None) -> int:
-        while True:
-            if key is not None and (table, key) in self.keys:
-                return self.keys[(table, key)]
-            if key is not None and (*table, key) in self.tables:  # a key that is a [table]
-                return self.tables[(*table, key)]
-            if table in self.tables:
-                return self.tables[table]
-            if not table:
-                return 1
-            # an inline table: its key in the parent table
-            key = table[-1] if isinstance(table[-1], str) else None
-            table = table[:-1]
-
-
 def places() -> dict[str, dict[str, str]]:
     """Every table an operator can write, with its TOML keys and the option each one sets."""
     found = {"the top level": {key: key for key in ROOT_KEYS}}
@@ -200,13 +116,6 @@ def misplaced(key: str, here: str) -> str | None:
         toml_key, name = spelled[0]
         return f"'{key}' is written '{toml_key}' in {name}"
     return None
-
-
-def _syntax_line(message: str, text: str) -> int:
-    match = _LINE_NUMBER.search(message)
-    if match:
-        return int(match.group(1))
-    return text.count("\n") + 1  # "at end of document"
 
 
 def _texts(kind: str, separator: str, label: str, value: Any, src: Source) -> list[str]:
@@ -358,7 +267,7 @@ def read_toml(draft: Draft, path: Path, text: str, include: IncludeFn) -> None:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(
-            Source(str(path), _syntax_line(str(e), text)), f"TOML syntax error: {e}"
+            Source(str(path), syntax_error_line(str(e), text)), f"TOML syntax error: {e}"
         ) from None
     except RecursionError:
         raise ConfigError(Source(str(path), 1), "TOML nested too deeply") from None

@@ -1,12 +1,13 @@
 """What the reference docs say about each option, derived from the code that parses it.
 
 Every fact comes from the parser's own tables, so the docs cannot drift: the
-option list, scope and titus.conf/TOML availability from config_options, the
-TOML key and table from config_toml, the description from config_help, and the
-default from the model's dataclass defaults.  Only what the code cannot tell
-is written here: the value placeholder of some options, example values, and
-which options titus 0.4 had.  An option added later still gets a complete
-entry from its kind (a placeholder, and its default as the example).
+option list, scope, titus.conf/TOML availability and the description (each
+option's help) from titus.config.options, the TOML key and table from
+titus.config.toml, and the default from the model's dataclass defaults.  Only
+what the code cannot tell is written here: the value placeholder of some
+options, example values, and which options titus 0.4 had.  An option added
+later still gets a complete entry from its kind (a placeholder, and its
+default as the example).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from titus.config import toml as toml
-from titus.config.help import HELP
 from titus.config.model import Config, TLSSettings, VHost
 from titus.config.options import OPTIONS, Option
 from titus.config.values import parse_listen
@@ -153,15 +153,16 @@ class OptionDoc:
 
 
 def handler_family(option: Option) -> str:
-    """The factory a handler came from ("_superseded", "_refuse_yes", "_path_field" ...)."""
+    """The factory a handler came from ("superseded", "refuse_yes", "vhost_path" ...,
+    in titus.config.draft)."""
     return getattr(option.handler, "__qualname__", "").split(".")[0]
 
 
 def status(option: Option) -> str:
     family = handler_family(option)
-    if family == "_superseded":
+    if family == "superseded":
         return "superseded"
-    if family == "_refuse_yes":
+    if family == "refuse_yes":
         return "refused"
     return "titus 0.4" if option.name in TITUS_04 else "new"
 
@@ -286,7 +287,7 @@ def describe(option: Option) -> OptionDoc:
     value = example(option)
     return OptionDoc(
         name=option.name,
-        help=HELP[option.name],
+        help=option.help,
         syntax=syntax(option),
         scope={"global": "global", "vhost": "vhost", "any": "global, vhost"}[option.scope],
         conf=option.conf,

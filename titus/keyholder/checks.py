@@ -2,7 +2,9 @@
 ever holding a key byte.
 
 The keys are read in a short-lived child process that reports only "ok" or the
-one-line problem; its memory dies with it.
+one-line problem; its memory dies with it.  It opens the key files as the
+supervisor does for the key holder and reads them with the key holder's own
+loader (`main.load_store`), so the check refuses exactly what start-up would.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from titus.config.model import Config
 
 
 def check_keys(config: Config) -> str | None:
-    from titus.keyholder.main import key_slots
-    from titus.keyholder.signer import KeyStore, KeyStoreError
+    from titus.keyholder.main import key_slots, load_store
+    from titus.keyholder.signer import KeyStoreError
 
     slots, _ = key_slots(config)
     r, w = os.pipe()
@@ -23,16 +25,15 @@ def check_keys(config: Config) -> str | None:
         os.close(r)
         message = b""
         try:
-            store = KeyStore()
+            key_fds = []
             for slot in slots:
                 try:
-                    with open(slot.key_path, "rb") as f:
-                        store.add(slot.key_id, f.read(), slot.cert_pem,
-                                  key_name=str(slot.key_path), cert_name=str(slot.cert_path))
-                except (KeyStoreError, OSError) as e:
+                    key_fds.append(os.open(slot.key_path, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError as e:
                     raise KeyStoreError(f"{slot.source}: {e}" if slot.source else str(e)) \
                         from None
-        except (KeyStoreError, OSError) as e:
+            load_store(slots, key_fds)
+        except (KeyStoreError, ValueError, OSError) as e:
             message = str(e).encode(errors="replace")
         finally:
             os.write(w, message[:4000])

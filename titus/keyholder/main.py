@@ -42,21 +42,28 @@ def key_slots(config: Config) -> tuple[list[KeySlot], list[int]]:
     return list(slots.values()), of_vhost
 
 
+def load_store(slots: Sequence[KeySlot], key_fds: Sequence[int]) -> KeyStore:
+    """Read (and close) the key files opened for us, and check each key against its
+    certificate; a refusal names the `key` setting's FILE:LINE.  The key holder's loader,
+    and `titus --check`'s (keyholder/checks.py): both refuse the same keys alike."""
+    pems = load_keys_from_fds(key_fds)
+    store = KeyStore()
+    for slot, pem in zip(slots, pems, strict=True):
+        try:
+            store.add(slot.key_id, pem, slot.cert_pem, key_name=str(slot.key_path),
+                      cert_name=str(slot.cert_path))
+        except (KeyStoreError, ValueError) as e:
+            raise KeyStoreError(f"{slot.source}: {e}" if slot.source else str(e)) from None
+    del pems
+    return store
+
+
 def keyholder_main(slots: Sequence[KeySlot]) -> None:
     """Runs inside the key holder's jail: fd 0 control, 1-2 stderr, 3.. key files."""
     control = socket.socket(fileno=0)
     try:
-        pems = load_keys_from_fds(range(3, 3 + len(slots)))
-        store = KeyStore()
-        for slot, pem in zip(slots, pems, strict=True):
-            try:
-                store.add(slot.key_id, pem, slot.cert_pem, key_name=str(slot.key_path),
-                          cert_name=str(slot.cert_path))
-            except (KeyStoreError, ValueError) as e:
-                raise KeyStoreError(f"{slot.source}: {e}" if slot.source else str(e)) from None
-        del pems
+        store = load_store(slots, range(3, 3 + len(slots)))
     except (KeyStoreError, ValueError, OSError) as e:
         control.send(b"E" + str(e).encode(errors="replace")[:3000])
         return
-    control.send(b"R")
-    serve(control, Signer(store))
+    serve(control, Signer(store), ready=lambda: control.send(b"R"))

@@ -14,7 +14,7 @@ handshake legitimately needs and nothing that could turn it into an oracle:
 * SIGN_ECDSA: a 32, 48 or 64 byte digest, EC keys only.
 * Never a decryption, and at most ``Budget`` signatures per channel.
 
-All signing goes through the system libcrypto (ctypes, EVP_PKEY_sign) because
+All signing goes through the system libcrypto (titus.openssl, EVP_PKEY_sign) because
 `cryptography` cannot do raw RSA; one code path for every operation.  A Signer
 is only ever constructed inside the key holder: it holds the private keys.
 """
@@ -29,7 +29,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from titus.wire.keyproto import EC_CURVES, RSA_MAX_BITS, RSA_MIN_BITS, Op, Status
+from titus import openssl
+from titus.keyholder.keyrules import UnsupportedKey, key_kind
+from titus.wire.keyproto import Op, Status
 
 DEFAULT_BUDGET = 1  # one full TLS handshake needs exactly one server signature
 ECDSA_DIGEST_SIZES = frozenset({32, 48, 64})
@@ -63,49 +65,26 @@ class Refused(Exception):
         self.reason = reason
 
 
-# --- libcrypto --------------------------------------------------------------------------------
+# --- libcrypto (titus.openssl) ---------------------------------------------------------------
 
-
-def _load_libcrypto() -> ctypes.CDLL:
-    """The libcrypto that Python's _ssl links, so the process holds one OpenSSL, not two."""
-    try:
-        import _ssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-        if not hasattr(lib, "OpenSSL_version_num"):  # OpenSSL linked statically into _ssl
-            lib = ctypes.CDLL("libcrypto.so.3")
-    except (ImportError, OSError):
-        lib = ctypes.CDLL("libcrypto.so.3")
-    c_int, c_void_p, c_size_t = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
-    c_ulong = ctypes.c_ulong
-    sigs: dict[str, tuple[list, object]] = {
-        "OpenSSL_version_num": ([], c_ulong),
-        "d2i_AutoPrivateKey": ([c_void_p, ctypes.POINTER(c_void_p), ctypes.c_long], c_void_p),
-        "EVP_PKEY_free": ([c_void_p], None),
-        "EVP_PKEY_get_size": ([c_void_p], c_int),
-        "EVP_PKEY_CTX_new": ([c_void_p, c_void_p], c_void_p),
-        "EVP_PKEY_CTX_free": ([c_void_p], None),
-        "EVP_PKEY_sign_init": ([c_void_p], c_int),
-        "EVP_PKEY_CTX_set_rsa_padding": ([c_void_p, c_int], c_int),
-        "EVP_PKEY_sign": (
-            [c_void_p, c_void_p, ctypes.POINTER(c_size_t), c_void_p, c_size_t],
-            c_int,
-        ),
-        "ERR_get_error": ([], c_ulong),
-        "ERR_error_string_n": ([c_ulong, c_void_p, c_size_t], None),
-        "ERR_clear_error": ([], None),
-    }
-    for name, (argtypes, restype) in sigs.items():
-        fn = getattr(lib, name)
-        fn.argtypes = argtypes
-        fn.restype = restype
-    if lib.OpenSSL_version_num() < 0x30000000:
-        # Before 3.0 EVP_PKEY_CTX_set_rsa_padding was a macro, and this code assumes 3.x.
-        raise ImportError("titus.keyholder.signer needs OpenSSL 3")
-    return lib
-
-
-_lib = _load_libcrypto()
+_c = ctypes
+_PROTOTYPES: openssl.Prototypes = {
+    "d2i_AutoPrivateKey": ([_c.c_void_p, _c.POINTER(_c.c_void_p), _c.c_long], _c.c_void_p),
+    "EVP_PKEY_free": ([_c.c_void_p], None),
+    "EVP_PKEY_get_size": ([_c.c_void_p], _c.c_int),
+    "EVP_PKEY_CTX_new": ([_c.c_void_p, _c.c_void_p], _c.c_void_p),
+    "EVP_PKEY_CTX_free": ([_c.c_void_p], None),
+    "EVP_PKEY_sign_init": ([_c.c_void_p], _c.c_int),
+    "EVP_PKEY_CTX_set_rsa_padding": ([_c.c_void_p, _c.c_int], _c.c_int),
+    "EVP_PKEY_sign": (
+        [_c.c_void_p, _c.c_void_p, _c.POINTER(_c.c_size_t), _c.c_void_p, _c.c_size_t],
+        _c.c_int,
+    ),
+    "ERR_get_error": ([], _c.c_ulong),
+    "ERR_error_string_n": ([_c.c_ulong, _c.c_void_p, _c.c_size_t], None),
+    "ERR_clear_error": ([], None),
+}
+_lib = openssl.bind_libcrypto(_PROTOTYPES)
 
 
 def _openssl_error(what: str) -> str:
@@ -213,28 +192,13 @@ class KeyStore:
             certs = x509.load_pem_x509_certificates(cert_pem)
         except ValueError as e:
             raise KeyStoreError(f"{cert_name}: not a PEM certificate: {e}") from None
-        if isinstance(key, rsa.RSAPrivateKey):
-            bits = key.key_size
-            if not RSA_MIN_BITS <= bits <= RSA_MAX_BITS:
-                raise KeyStoreError(
-                    f"{key_name}: RSA-{bits} is not supported "
-                    f"(RSA keys must have {RSA_MIN_BITS} to {RSA_MAX_BITS} bits)"
-                )
-            kind, curve, sigsize = "rsa", None, (bits + 7) // 8
-        elif isinstance(key, ec.EllipticCurvePrivateKey):
-            curve = key.curve.name
-            if curve not in EC_CURVES:
-                raise KeyStoreError(
-                    f"{key_name}: EC curve {curve} is not supported (use P-256 or P-384)"
-                )
-            kind, bits = "ec", EC_CURVES[curve]
-            sigsize = 0  # set from libcrypto below
-        else:
-            raise KeyStoreError(
-                f"{key_name}: {type(key).__name__} keys are not supported "
-                "(use RSA 2048-4096 or ECDSA P-256/P-384)"
-            )
-        pub = _spki(key.public_key())
+        try:
+            kind = key_kind(key)
+        except UnsupportedKey as e:
+            raise KeyStoreError(f"{key_name}: {e}") from None
+        # RSA: the modulus length; EC: the longest DER signature, from libcrypto below.
+        sigsize = (kind.bits + 7) // 8 if kind.kind == "rsa" else 0
+        pub = _spki(key.public_key())  # type: ignore[union-attr]
         if _spki(certs[0].public_key()) != pub:  # type: ignore[arg-type]
             raise KeyStoreError(f"{cert_name}: certificate does not match private key {key_name}")
         der = key.private_bytes(
@@ -244,7 +208,7 @@ class KeyStore:
         )
         evp = _EvpKey(der)
         del der, key
-        info = KeyInfo(key_id, kind, bits, curve, sigsize or evp.size, pub)
+        info = KeyInfo(key_id, kind.kind, kind.bits, kind.curve, sigsize or evp.size, pub)
         self._keys[key_id] = (info, evp)
         return info
 

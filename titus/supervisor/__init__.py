@@ -9,8 +9,9 @@ one record for the connection and tops the pool up again.
 This module starts the supervisor, reaps its children and stops it; the rest
 is in collaborating parts, one object each, which reach each other through it:
 `generation.Generations` (configurations, their zygotes, reload),
-`pool.Pool` (spawning, refill, back-off, retire) and
-`connections.Connections` (accept through the log record).
+`pool.Pool` (spawning, refill, back-off, retire), `listeners.Listeners` (the
+listening sockets) and `connections.Connections` (accept through the log record).
+docs/architecture.md walks one connection through them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Sequence
@@ -27,12 +29,14 @@ from sandbox.launcher import Launcher
 from sandbox.spec import JailSpec, UidRange
 from titus import logs
 from titus.config.model import Config
-from titus.supervisor import ocsp, sdnotify
-from titus.supervisor.connections import Connections, open_listener, sockaddr_pair
+from titus.supervisor import cutcounts, ocsp, sdnotify
+from titus.supervisor.connections import Connections, sockaddr_pair
+from titus.supervisor.dnsrefresh import BackendRefresh
 from titus.supervisor.generation import Generation, Generations
 from titus.supervisor.jailstderr import JailStderr
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError
-from titus.supervisor.lifecycle import KillReason
+from titus.supervisor.lifecycle import KillReason, Phase
+from titus.supervisor.listeners import Listeners, open_listener
 from titus.supervisor.loop import Loop
 from titus.supervisor.metrics import Metrics, MetricsEndpoint
 from titus.supervisor.pool import BACKOFF_MAX, BACKOFF_MIN, Pool
@@ -41,6 +45,19 @@ from titus.supervisor.startup import StartupError, jail_profile
 __all__ = ["StartupError", "Supervisor"]
 
 EARLY_EXIT_KEEP = 60.0  # how long the exit of a not-yet-reported worker is remembered
+
+
+def raise_fd_limit(max_children: int) -> None:
+    """Room for max-children workers: each holds a control socket here, and one more
+    while its backend connects.  The soft limit goes up to what that needs (never past
+    the hard limit; short of it, out-of-fds is handled as load: pool.out_of_fds)."""
+    want = 2 * max_children + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(hard, want)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
 class Supervisor:
@@ -56,15 +73,14 @@ class Supervisor:
         uid_range = UidRange(config.uid_first, config.uid_count)
         self.worker_spec: JailSpec = replace(jail_profile("titus-worker").spec,
                                              name="titus-worker", uid_range=uid_range)
-        keyholder = jail_profile("titus-keyholder").spec
-        rlimits = tuple((k, v) for k, v in keyholder.rlimits if k != "nofile")
-        self.keyholder_spec: JailSpec = replace(
-            keyholder, name="titus-keyholder", uid_range=uid_range,
-            rlimits=(*rlimits, ("nofile", config.max_children + 64)))
+        # Sized per generation from its max-children (keyholder.sized_spec).
+        self.keyholder_base: JailSpec = replace(jail_profile("titus-keyholder").spec,
+                                                name="titus-keyholder", uid_range=uid_range)
         self.stderr_fd = 2
         self.metrics = Metrics()
         self.generations = Generations(self, config)
         self.pool = Pool(self)
+        self.listeners = Listeners(self)
         self.connections = Connections(self)
         self.stopping = False
         self.keyholder_restarts = 0
@@ -72,7 +88,9 @@ class Supervisor:
         self.metrics.workers.labels("idle").set_function(lambda: len(self.pool.idle))
         self.metrics.workers.labels("busy").set_function(
             lambda: len(self.pool.workers) - len(self.pool.idle))
+        self.metrics.max_children.set_function(lambda: self.config.max_children)
         self.metrics_endpoint: MetricsEndpoint | None = None
+        self.dns_refresh: BackendRefresh | None = None
         self.stderr = JailStderr(self.loop)
         self.gen.keyholder.stderr_fd = self.stderr_fd = self.stderr.write_fd
 
@@ -88,11 +106,17 @@ class Supervisor:
     def keyholder(self) -> KeyHolder:
         return self.gen.keyholder
 
+    @property
+    def keyholder_spec(self) -> JailSpec:
+        """The current generation's key holder jail."""
+        return self.gen.keyholder.spec
+
     # -- start-up ------------------------------------------------------------------
 
     def start(self) -> None:
+        raise_fd_limit(self.config.max_children)
         self.generations.resolve_backends(self.gen)
-        self.connections.open_listeners(self.config)
+        self.listeners.open(self.config)
         if self.config.metrics_listen is not None:
             self.metrics_endpoint = MetricsEndpoint(
                 self.loop, open_listener(self.config.metrics_listen), self.metrics)
@@ -108,8 +132,8 @@ class Supervisor:
             self.loop.add_signal_handler(sig, self.shutdown)
         if self.config_path is not None:
             self.loop.add_signal_handler(signal.SIGHUP, self.reload)
-        self.connections.watch_listeners()
-        listeners = self.connections.listeners
+        self.listeners.watch()
+        listeners = self.listeners.sockets
         sdnotify.notify("READY=1", f"MAINPID={os.getpid()}",
                         f"STATUS=serving {len(self.config.vhosts)} vhosts")
         logs.event("started", listeners=[logs.endpoint(s.getsockname()) for s in listeners],
@@ -119,10 +143,14 @@ class Supervisor:
                    max_children=self.config.max_children)
         self.pool.refill()
         self.loop.call_later(ocsp.REFRESH_INTERVAL, self.generations.refresh_staples)
+        self.dns_refresh = BackendRefresh(
+            self.loop, lambda: self.gen, lambda result: self.metrics.dns_refreshes.labels(
+                result).inc())
+        self.dns_refresh.start()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [sockaddr_pair(s.getsockname()) for s in self.connections.listeners]
+        return [sockaddr_pair(s.getsockname()) for s in self.listeners.sockets]
 
     def serve_forever(self) -> None:
         while not (self.stopping and self.drained):
@@ -211,14 +239,21 @@ class Supervisor:
         self.stopping = True
         sdnotify.notify("STOPPING=1")
         logs.event("stopping", busy=len(self.pool.workers) - len(self.pool.idle))
-        self.connections.close_listeners()
+        self.listeners.close()
         self.pool.kill_idle(KillReason.SHUTDOWN)
         self.loop.call_later(self.config.drain_timeout, self.force_stop)
         if self.drained:
             self.loop.stop()
 
     def force_stop(self) -> None:
-        for worker in self.pool.workers.values():
+        """drain-timeout is over: cut what is left, keeping the byte counts of connections
+        that were relaying (the kernel's, read before the kill)."""
+        workers = list(self.pool.workers.values())
+        relaying = {w.backend_pair: w for w in workers
+                    if w.phase is Phase.RELAY and w.backend_pair is not None}
+        for pair, counts in cutcounts.backend_counts(relaying).items():
+            relaying[pair].cut_counts = counts
+        for worker in workers:
             worker.kill(KillReason.SHUTDOWN)
 
     def close(self) -> None:
@@ -235,10 +270,12 @@ class Supervisor:
         self.keyholder.stop()
         for gen in self.generations.old:
             gen.keyholder.stop()
-        for sock in self.connections.listeners:
+        for sock in self.listeners.sockets:
             sock.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
+        if self.dns_refresh is not None:
+            self.dns_refresh.close()
         self.stderr.drain()
         self.stderr.close()
         self.launcher.close()

@@ -10,6 +10,7 @@ protocol) is written here, so a worker cannot forge it.
 from __future__ import annotations
 
 import errno
+import select
 import socket
 from collections.abc import Callable, Sequence
 
@@ -30,7 +31,8 @@ class BackendConnect:
 
     def __init__(self, loop: Loop, addresses: Sequence[tuple[int, SockAddr]], timeout: float,
                  done: Callable[[socket.socket | None, str | None], None],
-                 header: bytes = b"", source: SockAddr | None = None) -> None:
+                 header: bytes = b"", source: SockAddr | None = None,
+                 start: bool = True) -> None:
         self.loop = loop
         self.addresses = list(addresses)
         self.timeout = timeout
@@ -38,9 +40,16 @@ class BackendConnect:
         self.header = header
         self.source = source
         self.sock: socket.socket | None = None
+        self.local: tuple | None = None  # the connected socket's addresses, once connected
+        self.peer: tuple | None = None
         self.timer: Timer | None = None
         self.errors: list[str] = []
         self.finished = False
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Connect (`done` may be called before this returns: a backend on this host)."""
         self._next()
 
     def _next(self) -> None:
@@ -67,6 +76,11 @@ class BackendConnect:
                 continue
             self.sock = sock
             self.target = addr
+            if err == 0 or _writable_now(sock):
+                # Typical of a backend on this host: connected already (a refusal shows
+                # as writable too, with SO_ERROR set): no loop round, no timer.
+                self._writable()
+                return
             self.timer = self.loop.call_later(self.timeout, self._timed_out)
             self.loop.add_writer(sock.fileno(), self._writable)
             return
@@ -79,6 +93,7 @@ class BackendConnect:
         self.sock = None
         if self.timer:
             self.timer.cancel()
+            self.timer = None
         self.errors.append(reason)
 
     def _timed_out(self) -> None:
@@ -94,7 +109,8 @@ class BackendConnect:
             self._next()
             return
         try:
-            myself = self.sock.getsockname() == self.sock.getpeername()
+            self.local, self.peer = self.sock.getsockname(), self.sock.getpeername()
+            myself = self.local == self.peer
         except OSError:
             myself = True
         if myself:
@@ -106,8 +122,8 @@ class BackendConnect:
             self._next()
             return
         sock = self.sock
-        self.loop.forget(sock.fileno())
-        if self.timer:
+        if self.timer:  # else it never was registered
+            self.loop.forget(sock.fileno())
             self.timer.cancel()
         if self.header:
             try:
@@ -133,3 +149,10 @@ class BackendConnect:
             return
         self.finished = True
         self.done(sock, reason)
+
+
+def _writable_now(sock: socket.socket) -> bool:
+    """Whether a connect in progress has already finished (one poll, no waiting)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    return bool(poller.poll(0))

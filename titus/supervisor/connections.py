@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 from sandbox.launcher import JailProcess, Violation
 from sandbox.seccomp import syscall_name
 from titus import logs
-from titus.config.model import Config, Listener, VHost
-from titus.supervisor import activation, clientid
+from titus.config.model import VHost
+from titus.supervisor import clientid
 from titus.supervisor.broker import BackendConnect
+from titus.supervisor.capwatch import CapWatch
 from titus.supervisor.lifecycle import KillReason, Phase, Worker
-from titus.supervisor.startup import StartupError
-from titus.supervisor.transparent import set_transparent
+from titus.supervisor.metrics import NO_VHOST
 from titus.wire import control, proxyproto
 from titus.wire.outcome import ALARMING, Outcome
 
@@ -46,26 +46,6 @@ class Conn:
     accepted: float
 
 
-def open_listener(listener: Listener, transparent: bool = False) -> socket.socket:
-    """A listening socket; `transparent` (transparent yes) lets TPROXY hand it others' addresses."""
-    sock = socket.socket(listener.family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if transparent:
-            set_transparent(sock)
-        if listener.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
-                            0 if listener.dual_stack else 1)
-        sock.bind(listener.sockaddr)
-        sock.listen(1024)
-    except OSError as e:
-        sock.close()
-        where = f" ({listener.source})" if listener.source else ""
-        raise StartupError(f"cannot listen on {listener}{where}: {e.strerror}") from None
-    sock.setblocking(False)
-    return sock
-
-
 def sockaddr_pair(addr: tuple) -> tuple[str, int]:
     return (str(addr[0]), int(addr[1]))
 
@@ -76,73 +56,14 @@ def _addr(addr: tuple) -> str:
 
 
 class Connections:
-    """The listeners, and every step of a connection from accept to its log record."""
+    """Every step of a connection, from accept on a listener (listeners.py) to its record."""
 
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self.loop = sup.loop
         self.metrics = sup.metrics
-        self.listeners: list[socket.socket] = []
-        self.listener_of: dict[Listener, socket.socket] = {}
-        self.paused = False
         self.next_conn_id = 1
-
-    # -- listeners -------------------------------------------------------------------
-
-    def open_listeners(self, config: Config) -> None:
-        transparent = config.transparent == "yes"
-        try:  # systemd socket activation: the sockets titus.socket bound, passed in
-            passed = activation.match(config.listeners, activation.passed_sockets())
-        except activation.ActivationError as e:
-            raise StartupError(str(e)) from None
-        for sock in passed.values() if transparent else ():
-            set_transparent(sock)
-        self.listener_of = {lst: passed.get(lst) or open_listener(lst, transparent)
-                            for lst in config.listeners}
-        self.listeners = list(self.listener_of.values())
-
-    def watch_listeners(self) -> None:
-        for sock in self.listeners:
-            self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
-
-    def open_new_listeners(self, config: Config, opened: dict[Listener, socket.socket]) -> None:
-        """For a reload: open the listeners `config` adds into `opened` (the caller closes
-        them if the reload fails), and set transparency on those it keeps."""
-        for lst in config.listeners:
-            if lst not in self.listener_of:
-                opened[lst] = open_listener(lst, config.transparent == "yes")
-            else:
-                set_transparent(self.listener_of[lst], config.transparent == "yes")
-
-    def switch_listeners(self, config: Config, opened: dict[Listener, socket.socket]) -> None:
-        """For a reload that succeeded: close the listeners `config` dropped, serve the new."""
-        for lst, sock in list(self.listener_of.items()):
-            if lst not in config.listeners:
-                self.loop.forget(sock.fileno())
-                sock.close()
-                del self.listener_of[lst]
-        self.listener_of.update(opened)
-        self.listeners = [self.listener_of[lst] for lst in config.listeners]
-        if not self.paused:
-            for sock in opened.values():
-                self.loop.add_reader(sock.fileno(), lambda s=sock: self.accept(s))
-
-    def close_listeners(self) -> None:
-        for sock in self.listeners:
-            self.loop.forget(sock.fileno())
-            sock.close()
-        self.listeners = []
-
-    def pause(self) -> None:
-        if not self.paused:
-            self.paused = True
-            for sock in self.listeners:
-                self.loop.remove_reader(sock.fileno())
-
-    def resume(self) -> None:
-        if self.paused and not self.sup.stopping:
-            self.paused = False
-            self.watch_listeners()
+        self.cap = CapWatch(self)
 
     # -- accept, hand-off, handshake, backend ----------------------------------------
 
@@ -154,7 +75,9 @@ class Connections:
                 # Out of fds with no worker on its way, the client is refused below;
                 # otherwise it waits in the kernel's backlog for a worker.
                 if not pool.idle and (pool.fd_short is None or self.sup.gen.pending):
-                    self.pause()
+                    self.sup.listeners.pause()
+                    if pool.at_cap:
+                        self.cap.hit()
                     return
             try:
                 client, peer = listener.accept()
@@ -164,8 +87,8 @@ class Connections:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     if not pool.out_of_fds(e, "accept", spawning=False):
                         logs.event("accept-failed", logging.ERROR, error=e.strerror)
-                    self.pause()
-                    self.loop.call_later(0.1, self.resume)
+                    self.sup.listeners.pause()
+                    self.loop.call_later(0.1, self.sup.listeners.resume)
                     return
                 continue
             if not pool.idle and pool.fd_short is not None:
@@ -182,8 +105,8 @@ class Connections:
         self.next_conn_id += 1
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            socket.send_fds(worker.ctl, [control.encode(control.Connection(
-                conn.conn_id, conn.peer, conn.local))], [client.fileno()])
+            socket.send_fds(worker.ctl, [control.encode(control.Connection(conn.local))],
+                            [client.fileno()])
         except OSError as e:
             worker.notes.append(f"hand-off failed: {e}")
             worker.kill(KillReason.HAND_OFF_FAILED)
@@ -260,7 +183,10 @@ class Connections:
         worker.broker = BackendConnect(
             self.loop, addresses, config.backend_connect_timeout,
             lambda sock, reason: self.on_backend(worker, sock, reason),
-            header=self.proxy_header(vhost, worker.conn, msg), source=source)
+            header=(header := self.proxy_header(vhost, worker.conn, msg)), source=source,
+            start=False)
+        worker.header_bytes = len(header)
+        worker.broker.start()
 
     def backend_addresses(self, gen: Generation, index: int, vhost: VHost, conn: Conn
                           ) -> list[tuple[int, tuple]]:
@@ -285,7 +211,7 @@ class Connections:
         return b""
 
     def on_backend(self, worker: Worker, sock: socket.socket | None, reason: str | None) -> None:
-        worker.broker = None
+        broker, worker.broker = worker.broker, None
         if worker.jail.returncode is not None or not worker.may_enter(Phase.RELAY):
             if sock:
                 sock.close()
@@ -296,8 +222,10 @@ class Connections:
                 worker.ctl.send(control.encode(control.BackendFailed(reason or "failed")))
             else:
                 with contextlib.suppress(OSError):
-                    worker.backend = (f"{_addr(sock.getsockname())}->"
-                                      f"{_addr(sock.getpeername())}")
+                    local, peer = ((broker.local, broker.peer) if broker and broker.peer
+                                   else (sock.getsockname(), sock.getpeername()))
+                    worker.backend_pair = (sockaddr_pair(local), sockaddr_pair(peer))
+                    worker.backend = f"{_addr(local)}->{_addr(peer)}"
                 socket.send_fds(worker.ctl, [control.encode(control.BackendReady())],
                                 [sock.fileno()])
                 worker.enter(Phase.RELAY)
@@ -369,7 +297,8 @@ class Connections:
         outcome = worker.outcome()
         level = logging.WARNING if outcome in ALARMING else logging.INFO
         vhost = self.vhost_name(worker)
-        self.count_connection(worker, outcome, vhost)
+        bytes_in, bytes_out = worker.relayed()
+        self.count_connection(worker, outcome, vhost, bytes_in, bytes_out)
         logs.event(
             "connection", level,
             conn_id=conn.conn_id, client=_addr(conn.peer), local=_addr(conn.local),
@@ -378,7 +307,7 @@ class Connections:
             alpn=hs.alpn if hs else None, client_cn=hs.client_cn if hs else None,
             client_subject=hs.client_subject if hs else None,
             backend=worker.backend,
-            bytes_in=fin.bytes_in if fin else 0, bytes_out=fin.bytes_out if fin else 0,
+            bytes_in=bytes_in, bytes_out=bytes_out,
             handshake_ms=hs.handshake_ms if hs else None,
             duration_ms=round((time.monotonic() - conn.accepted) * 1000, 3),
             outcome=outcome,
@@ -400,17 +329,19 @@ class Connections:
                 index = None
         return vhosts[index].name if index is not None else None
 
-    def count_connection(self, worker: Worker, outcome: Outcome, vhost: str | None) -> None:
+    def count_connection(self, worker: Worker, outcome: Outcome, vhost: str | None,
+                         bytes_in: int, bytes_out: int) -> None:
         m, conn, hs, fin = self.metrics, worker.conn, worker.handshake, worker.finished
         assert conn is not None
-        m.connections.labels(outcome, vhost or "").inc()
+        m.connection(outcome, vhost or NO_VHOST).inc()
         m.duration.observe(time.monotonic() - conn.accepted)
         if hs is not None:
             m.handshake.observe(hs.handshake_ms / 1000)
+        m.bytes_in.inc(bytes_in)
+        m.bytes_out.inc(bytes_out)
         if fin is not None:
-            m.bytes.labels("in").inc(fin.bytes_in)
-            m.bytes.labels("out").inc(fin.bytes_out)
-            m.keyholder_ops.labels("ok").inc(fin.signatures)
-            m.keyholder_ops.labels("failed").inc(fin.signature_failures)
+            m.keyholder_ok.inc(fin.signatures)
+            if fin.signature_failures:
+                m.keyholder_failed.inc(fin.signature_failures)
         if worker.jail.violation is not None:
             m.violations.labels(worker.jail.violation.syscall or "unknown").inc()

@@ -20,13 +20,15 @@ from titus import logs
 from titus.config.model import Config, Listener
 from titus.keyholder.main import key_slots
 from titus.supervisor import ocsp
-from titus.supervisor.keyholder import KeyHolder, KeyHolderError
+from titus.supervisor.keyholder import KeyHolder, KeyHolderError, sized_spec
 from titus.supervisor.lifecycle import KillReason
+from titus.supervisor.listeners import open_listener
+from titus.supervisor.metrics import MetricsEndpoint
 from titus.supervisor.pool import BACKOFF_MIN, SPAWN_REPLY_TIMEOUT, PendingSpawn
 from titus.supervisor.resolve import resolve_vhosts
 from titus.supervisor.startup import StartupError
+from titus.wire.zygote import WORKER, ZygoteSetup
 from titus.worker.remotekey import CertChain, RemoteKeyError, read_chain
-from titus.worker.zygote import WORKER, ZygoteSetup
 
 if TYPE_CHECKING:
     from titus.supervisor import Supervisor
@@ -51,6 +53,14 @@ class Generation:
         return tuple(s.value if s is not None else None for s in self.staples)
 
 
+def fixed_at_start(running: Config, new: Config) -> None:
+    """What a reload cannot change, refused with the reason (ValueError) rather than
+    silently kept: the jail uid range (workers in flight hold uids of it)."""
+    if (new.uid_first, new.uid_count) != (running.uid_first, running.uid_count):
+        raise ValueError("uid-first and uid-count cannot change on reload (connections in "
+                         "flight hold uids of the running range); restart titus to apply them")
+
+
 class Generations:
     """The current generation, and the old ones that workers still use."""
 
@@ -66,7 +76,8 @@ class Generations:
     def build(self, config: Config) -> Generation:
         sup = self.sup
         slots, key_of_vhost = key_slots(config)
-        keyholder = KeyHolder(sup.launcher, sup.keyholder_spec, slots)
+        keyholder = KeyHolder(sup.launcher, sized_spec(sup.keyholder_base, config.max_children),
+                              slots)
         keyholder.stderr_fd = sup.stderr_fd
         try:  # from the bytes the key holder checks its key against
             chains = tuple(read_chain(slot.cert_pem, str(slot.cert_path)) for slot in slots)
@@ -180,28 +191,42 @@ class Generations:
         sup = self.sup
         opened: dict[Listener, socket.socket] = {}
         gen: Generation | None = None
+        endpoint: MetricsEndpoint | None = None
         try:
             config = load_config(sup.config_path, sup.overrides)
+            fixed_at_start(self.current.config, config)
             gen = self.build(config)
             self.resolve_backends(gen)
-            sup.connections.open_new_listeners(config, opened)
+            sup.listeners.open_new(config, opened)
+            if config.metrics_listen != self.current.config.metrics_listen and \
+                    config.metrics_listen is not None:
+                endpoint = MetricsEndpoint(self.loop, open_listener(config.metrics_listen),
+                                           sup.metrics)
             gen.keyholder.start()
             self.start_zygote(gen)
         except (ConfigError, StartupError, KeyHolderError, RuntimeError, OSError,
                 ValueError) as e:
             for sock in opened.values():
                 sock.close()
+            if endpoint is not None:
+                endpoint.close()
             if gen is not None:
                 gen.keyholder.stop()
             logs.event("reload-refused", logging.ERROR, error=str(e))
+            sup.metrics.reloaded(ok=False)
             return
-        sup.connections.switch_listeners(config, opened)
+        sup.listeners.switch(config, opened)
+        if config.metrics_listen != self.current.config.metrics_listen:
+            if sup.metrics_endpoint is not None:
+                sup.metrics_endpoint.close()
+            sup.metrics_endpoint = endpoint
         self.old.append(self.current)
         self.current = gen
         sup.pool.kill_idle(KillReason.RELOAD)  # they hold the old contexts and key holder
         self.retire()
         logs.event("reloaded", vhosts=len(config.vhosts),
-                   listeners=[logs.endpoint(s.getsockname()) for s in sup.connections.listeners])
+                   listeners=[logs.endpoint(s.getsockname()) for s in sup.listeners.sockets])
+        sup.metrics.reloaded(ok=True)
         sup.pool.schedule_refill(0)
 
     def retire(self) -> None:

@@ -12,6 +12,7 @@ import array
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import replace
 
 from sandbox.errors import JailError
 from sandbox.launcher import JailProcess, Launcher
@@ -20,6 +21,15 @@ from titus.keyholder.main import KeySlot, keyholder_main
 from titus.wire.keyproto import MAX_GRANT_KEYS, Grant, encode_grant
 
 STARTUP_TIMEOUT = 10.0
+SPARE_FDS = 64  # the key holder's fds beyond one channel per worker
+
+
+def sized_spec(base: JailSpec, max_children: int) -> JailSpec:
+    """The key holder's jail for a configuration: it holds one channel per live worker,
+    so its nofile limit is sized from max-children.  Every generation (start-up, each
+    reload) starts its own key holder with its own configuration's size."""
+    rlimits = tuple((k, v) for k, v in base.rlimits if k != "nofile")
+    return replace(base, rlimits=(*rlimits, ("nofile", max_children + SPARE_FDS)))
 
 
 class KeyHolderError(RuntimeError):

@@ -79,6 +79,9 @@ class Worker:
     killed_for: KillReason | None = None
     vhost: int | None = None
     backend: str | None = None  # "local->peer" of the backend connection handed over
+    backend_pair: tuple[tuple[str, int], tuple[str, int]] | None = None  # the same, as data
+    header_bytes: int = 0  # the PROXY header the broker wrote to the backend
+    cut_counts: tuple[int, int] | None = None  # the kernel's counts when the drain cut it
     refused: str | None = None  # why the vhost's client-allow-* refused the client
     notes: list[str] = field(default_factory=list)
 
@@ -95,6 +98,17 @@ class Worker:
         if self.killed_for is None:
             self.killed_for = why
         self.jail.kill()
+
+    def relayed(self) -> tuple[int, int]:
+        """(bytes_in, bytes_out): as the worker reported them, or, for a connection cut
+        before it could (drain-timeout), as the kernel counted them on the backend
+        connection (less the PROXY header, which is not the client's)."""
+        if self.finished is not None:
+            return self.finished.bytes_in, self.finished.bytes_out
+        if self.cut_counts is not None:
+            acked, received = self.cut_counts
+            return max(0, acked - self.header_bytes), received
+        return 0, 0
 
     def outcome(self) -> Outcome:
         """The verdict of the connection's log record, once the worker has exited."""

@@ -1,8 +1,9 @@
 """A small single-threaded event loop: readers, writers, timers and signals.
 
 The supervisor forks jails from this loop thousands of times a second, so it
-stays explicit and tiny (selectors + a timer heap), with no threads and no
-state a forked child could trip over.
+stays explicit and tiny (epoll + a timer heap), with no threads and no
+state a forked child could trip over.  It talks to epoll directly: the
+selectors module's bookkeeping cost more than the rest of an event.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import heapq
 import itertools
 import os
-import selectors
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -32,37 +33,56 @@ class Timer:
         self.cancelled = True
 
 
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR  # as selectors counts them
+_WRITABLE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+
+
+class _Registration:
+    """One fd's callbacks; a new object per registration, so an event for an fd that
+    was closed and reused within one round is told apart from the new socket's."""
+
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: Callback | None, writer: Callback | None) -> None:
+        self.reader = reader
+        self.writer = writer
+
+
 class Loop:
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        self._regs: dict[int, _Registration] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._soon: list[Callback] = []
         self._signal_handlers: dict[int, Callback] = {}
         self._previous_handlers: dict[int, Any] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, (self._on_signal, None))
+        self.add_reader(self._wake_r, self._on_signal)
         self.running = False
 
     # -- registration ----------------------------------------------------------------
 
     def _update(self, fd: int, reader: Callback | bool | None, writer: Callback | bool | None
                 ) -> None:
-        try:
-            key = self._selector.get_key(fd)
-            old_r, old_w = key.data
-        except KeyError:
-            key, old_r, old_w = None, None, None
+        reg = self._regs.get(fd)
+        old_r, old_w = (reg.reader, reg.writer) if reg is not None else (None, None)
         r = old_r if reader is False else reader
         w = old_w if writer is False else writer
-        events = (selectors.EVENT_READ if r else 0) | (selectors.EVENT_WRITE if w else 0)
-        if key is None:
+        events = (_IN if r else 0) | (_OUT if w else 0)
+        if reg is None:
             if events:
-                self._selector.register(fd, events, (r, w))
+                self._epoll.register(fd, events)
+                self._regs[fd] = _Registration(r, w)  # type: ignore[arg-type]
         elif events:
-            self._selector.modify(fd, events, (r, w))
+            if bool(old_r) != bool(r) or bool(old_w) != bool(w):
+                self._epoll.modify(fd, events)
+            reg.reader, reg.writer = r, w  # type: ignore[assignment]
         else:
-            self._selector.unregister(fd)
+            del self._regs[fd]
+            with contextlib.suppress(OSError):  # already closed: the kernel forgot it
+                self._epoll.unregister(fd)
 
     def add_reader(self, fd: int, callback: Callback) -> None:
         self._update(fd, callback, False)
@@ -77,8 +97,9 @@ class Loop:
         self._update(fd, False, None)
 
     def forget(self, fd: int) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(fd)
+        if self._regs.pop(fd, None) is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(fd)
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
         timer = Timer(time.monotonic() + delay, callback)
@@ -121,17 +142,21 @@ class Loop:
             timeout = 0
         elif self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
-        for key, mask in self._selector.select(timeout):
-            # An earlier callback of this round may have closed this fd and a new
-            # socket may have its number now: the event was the old one's, so it goes
-            # to nobody (the selector is level-triggered: a real one comes back).
-            if self._current(key) is not key:
+        try:
+            ready = self._epoll.poll(timeout)
+        except InterruptedError:
+            ready = []
+        regs = self._regs
+        # Each event with the registration it was for: an earlier callback of this round
+        # may close that fd and a new socket may get its number; the event was the old
+        # one's, so it goes to nobody (epoll is level-triggered: a real one comes back).
+        for fd, mask, reg in [(fd, mask, regs.get(fd)) for fd, mask in ready]:
+            if reg is None or regs.get(fd) is not reg:
                 continue
-            reader, writer = key.data
-            if mask & selectors.EVENT_READ and reader:
-                reader()
-            if mask & selectors.EVENT_WRITE and writer and self._current(key) is key:
-                writer()  # unless the reader changed or dropped the registration
+            if mask & _READABLE and reg.reader:
+                reg.reader()
+            if mask & _WRITABLE and reg.writer and regs.get(fd) is reg:
+                reg.writer()  # unless the reader changed or dropped the registration
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
@@ -141,18 +166,13 @@ class Loop:
         for callback in soon:
             callback()
 
-    def _current(self, key: selectors.SelectorKey) -> selectors.SelectorKey | None:
-        try:
-            return self._selector.get_key(key.fd)
-        except KeyError:
-            return None
-
     def close(self) -> None:
         if self._signal_handlers:
             signal.set_wakeup_fd(-1)
             for sig, previous in self._previous_handlers.items():
                 signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
             self._signal_handlers.clear()
-        self._selector.close()
+        self._regs.clear()
+        self._epoll.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

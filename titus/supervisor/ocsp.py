@@ -4,7 +4,7 @@ A worker has no filesystem, so the response must already be in its memory when
 it is forked: each vhost with ``ocsp-response`` gets a ``Staple`` that the
 supervisor refreshes every second (one stat of the file; it is re-read only
 when it changed) and sends to the zygote when what may be stapled changed;
-workers cloned from then on have it (titus/worker/stapling.py staples it).  A response
+workers cloned from then on have it (a C callback, titus/worker/wk_ctx.c, staples it).  A response
 that is unsuccessful, for another certificate, not yet valid or expired is not
 stapled, and said once as a warning.
 
@@ -29,19 +29,13 @@ from cryptography.x509 import ocsp
 
 from titus import logs
 from titus.config.model import VHost
-from titus.worker.stapling import Stapled, enable
+from titus.wire.zygote import Stapled
 
-__all__ = ["OCSPError", "Staple", "check_response", "enable", "issuer_of",
-           "read_response_file"]
+__all__ = ["OCSPError", "Staple", "check_response", "issuer_of", "read_response_file"]
 
 MAX_RESPONSE_FILE = 256 * 1024  # real responses are a few KiB, with the responder's chain
 REFRESH_INTERVAL = 1.0  # seconds between two stats of one file
 CLOCK_SKEW = datetime.timedelta(minutes=5)  # a thisUpdate this far ahead is still accepted
-
-_SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB = 63
-_SSL_CTRL_SET_TLSEXT_STATUS_REQ_OCSP_RESP = 71  # (65 is ..._STATUS_REQ_TYPE)
-_SSL_TLSEXT_ERR_OK = 0
-_SSL_TLSEXT_ERR_NOACK = 3
 
 
 class OCSPError(ValueError):

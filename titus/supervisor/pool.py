@@ -24,7 +24,7 @@ from sandbox.launcher import JailProcess
 from sandbox.uids import UidExhausted, process_uid
 from titus import logs
 from titus.supervisor.lifecycle import KillReason, Worker
-from titus.worker.zygote import WORKER
+from titus.wire.zygote import WORKER
 
 if TYPE_CHECKING:
     from titus.supervisor import Supervisor
@@ -75,6 +75,12 @@ class Pool:
         # OCSP response changed): workers asked for before are retired on arrival.
         self.epoch = 0
         self.epoch_reason: KillReason | None = None
+
+    @property
+    def at_cap(self) -> bool:
+        """Every one of max-children workers is serving a connection (none idle, none more
+        may be spawned)."""
+        return not self.idle and len(self.workers) >= self.sup.config.max_children
 
     def request_worker(self) -> bool:
         """Ask the zygote for one more worker (the answer comes to on_zygote)."""
@@ -154,7 +160,7 @@ class Pool:
                 worker.kill(stale)
             else:
                 self.idle.append(worker)
-                sup.connections.resume()
+                sup.listeners.resume()
         if pid is not None and pid in sup.early_exits:  # reaped before we knew it
             status, _when = sup.early_exits.pop(pid)
             sup.child_exited(pid, status)
@@ -239,7 +245,7 @@ class Pool:
         if self.fd_short is None:
             self.fd_short = 0
             # Paused listeners would keep clients waiting: refuse them instead.
-            self.sup.connections.resume()
+            self.sup.listeners.resume()
             logs.event("out-of-fds", logging.ERROR, reason=f"{what}: {error}",
                        limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                        workers=len(self.workers))

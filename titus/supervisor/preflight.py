@@ -1,7 +1,8 @@
 """What start-up needs from the system, checked the way start-up does it, for `titus --check`.
 
 The configuration can be valid and start-up still refuse it: a port another
-program listens on, a backend name that does not resolve.  The systemd unit
+program listens on, a backend name that does not resolve, a jail profile an
+edit weakened, a TLS context OpenSSL will not build.  The systemd unit
 runs `--check` before starting titus, so it must catch those too.  Every
 problem is one line naming the file and line that asked for it.
 
@@ -19,8 +20,9 @@ import socket
 from dataclasses import dataclass
 
 from titus.config.model import Config, Listener
+from titus.supervisor.listeners import bound_socket
 from titus.supervisor.resolve import resolve_vhosts
-from titus.supervisor.transparent import set_transparent
+from titus.supervisor.startup import StartupError, jail_profile
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
@@ -41,8 +43,12 @@ class Holder:
 
 
 def preflight(config: Config) -> tuple[str | None, list[str]]:
-    """(the first problem, or None; notes) for every listener and backend name."""
+    """(the first problem, or None; notes): the jail profiles and TLS contexts, every
+    listener and every backend name."""
     notes: list[str] = []
+    problem = jails_and_contexts(config)
+    if problem:
+        return problem, notes
     wanted = [(lst, "listen", config.transparent == "yes") for lst in config.listeners]
     if config.metrics_listen is not None:
         wanted.append((config.metrics_listen, "metrics-listen", False))
@@ -64,6 +70,25 @@ def preflight(config: Config) -> tuple[str | None, list[str]]:
     return None, notes
 
 
+def jails_and_contexts(config: Config) -> str | None:
+    """What the supervisor and the zygote refuse before serving, done the same way here:
+    a jail profile that lost a layer titus needs, a TLS context OpenSSL will not build
+    (certificates only: no key is read)."""
+    from titus.keyholder.main import key_slots
+    from titus.worker.contexts import TLSConfigError, build_contexts
+    from titus.worker.remotekey import RemoteKeyError, read_chain
+
+    try:
+        for name in ("titus-worker", "titus-keyholder"):
+            jail_profile(name)
+        slots, key_of_vhost = key_slots(config)
+        chains = [read_chain(slot.cert_pem, str(slot.cert_path)) for slot in slots]
+        build_contexts(config.vhosts, key_of_vhost, chains)
+    except (StartupError, TLSConfigError, RemoteKeyError, OSError, ValueError) as e:
+        return str(e)
+    return None
+
+
 def probe(listener: Listener, transparent: bool = False) -> tuple[str, Holder | None] | None:
     """Bind `listener`'s address as start-up will (but do not listen); None if it can be.
 
@@ -72,23 +97,13 @@ def probe(listener: Listener, transparent: bool = False) -> tuple[str, Holder | 
     """
     if listener.port == 0:
         return None
-    sock = socket.socket(listener.family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if transparent:
-            set_transparent(sock)
-        if listener.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
-                            0 if listener.dual_stack else 1)
-        sock.bind(listener.sockaddr)
+        bound_socket(listener, transparent, reuse_port=True).close()
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             holder = holder_of(listener)
             return f"address already in use{f' by {holder}' if holder else ''}", holder
         return f"cannot listen: {e.strerror or e}", None
-    finally:
-        sock.close()
     return None
 
 

@@ -88,27 +88,16 @@ def _interleave(first: list[Sockaddr], second: list[Sockaddr]) -> list[Sockaddr]
     return list(dict.fromkeys(merged))
 
 
-def resolve_backend(
+def lookup_families(
     host: str,
     port: int,
     timeout: float,
     *,
     getaddrinfo: GetAddrInfo = socket.getaddrinfo,
     resolution_delay: float = RESOLUTION_DELAY,
-) -> list[Sockaddr]:
-    """Addresses of ``host`` for ``connect``; ResolveError if neither family resolves.
-
-    ``getaddrinfo`` is replaceable for tests (and is only used for names).
-    """
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} out of range")
-    if timeout <= 0:
-        raise ValueError("timeout must be positive")
-    if not host:
-        raise ResolveError("no backend host to resolve")
-    literal = _literal(host, port)
-    if literal is not None:
-        return literal
+) -> list[_Lookup]:
+    """The IPv6 and IPv4 lookups of a name, each finished or abandoned: once one family has
+    answered, the other gets ``resolution_delay``; neither more than ``timeout``."""
     done = threading.Event()
     deadline = time.monotonic() + timeout
     lookups = [
@@ -127,6 +116,36 @@ def resolve_backend(
         if now >= limit:
             break
         done.wait(limit - now)
+    return lookups
+
+
+def _check(host: str, port: int, timeout: float) -> None:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    if timeout <= 0:
+        raise ValueError("timeout must be positive")
+    if not host:
+        raise ResolveError("no backend host to resolve")
+
+
+def resolve_backend(
+    host: str,
+    port: int,
+    timeout: float,
+    *,
+    getaddrinfo: GetAddrInfo = socket.getaddrinfo,
+    resolution_delay: float = RESOLUTION_DELAY,
+) -> list[Sockaddr]:
+    """Addresses of ``host`` for ``connect``; ResolveError if neither family resolves.
+
+    ``getaddrinfo`` is replaceable for tests (and is only used for names).
+    """
+    _check(host, port, timeout)
+    literal = _literal(host, port)
+    if literal is not None:
+        return literal
+    lookups = lookup_families(host, port, timeout, getaddrinfo=getaddrinfo,
+                              resolution_delay=resolution_delay)
     v6, v4 = (list(lookup.addresses) if lookup.finished else [] for lookup in lookups)
     addresses = _interleave(v6, v4)
     if not addresses:
@@ -134,6 +153,43 @@ def resolve_backend(
         raise ResolveError(f"cannot resolve backend {host}: {details}")
     return addresses
 
+
+def is_name(host: str) -> bool:
+    """True for a DNS name (worth refreshing), False for an IP literal."""
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return True
+    return False
+
+
+# A family's lookup that ended in one of these says the name has no such address now;
+# any other error (a timeout, EAI_AGAIN) says nothing, and the old addresses stay.
+_NO_SUCH_ADDRESS = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA")
+                    if hasattr(socket, name)}
+
+
+def refreshed(previous: list[Sockaddr], lookups: list[_Lookup]) -> tuple[list[Sockaddr], str]:
+    """A background refresh's new address list, family by family (the A/AAAA independence
+    of start-up): a family that answered replaces its old addresses; one that timed out or
+    failed for a reason other than "no such address" keeps them.  Never empty: if the
+    name has no address left, the old list stays.  Returns (addresses, what happened:
+    "changed", "unchanged" or the failure's one-line reason)."""
+    old = {family: [a for a in previous if (len(a) == 4) == (family == socket.AF_INET6)]
+           for family in (socket.AF_INET6, socket.AF_INET)}
+    new = dict(old)
+    answered = False
+    for lookup in lookups:
+        error = getattr(lookup.error, "errno", None)
+        if lookup.finished and (lookup.addresses or error in _NO_SUCH_ADDRESS):
+            new[lookup.family] = list(lookup.addresses)
+            answered = answered or bool(lookup.addresses)
+    merged = _interleave(new[socket.AF_INET6], new[socket.AF_INET])
+    if not merged or not answered:
+        return previous, "; ".join(lookup.describe() for lookup in lookups if not
+                                   (lookup.finished and lookup.addresses)) or "no address"
+    return merged, "unchanged" if set(merged) == set(previous) else "changed"
 
 Backends = dict[int, list[tuple[int, Sockaddr]]]  # vhost index -> [(family, sockaddr)]
 

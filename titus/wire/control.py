@@ -1,22 +1,59 @@
-"""Messages between the supervisor and a worker (sans-IO: bytes in, objects out).
+"""Messages between the supervisor and a worker (sans-IO: bytes in, tuples out).
 
-One message is one SOCK_SEQPACKET packet: a type byte and a JSON object, at
-most MAX_PACKET bytes; file descriptors travel beside it as SCM_RIGHTS.  The
-supervisor treats everything a worker sends as hostile: `decode_from_worker`
-accepts only the exact shapes below and raises ControlError on anything else.
+One message is one SOCK_SEQPACKET packet of at most MAX_PACKET bytes; file
+descriptors travel beside it as SCM_RIGHTS.  The format is binary and fixed,
+so that the worker (C: titus/worker/wk_control.c) decodes it with a few length
+checks and the supervisor pays microseconds, not a JSON parse, per message:
+a type byte, then fixed fields, integers big-endian; a string is its length
+(u8, or u16 where noted) and its bytes.
+
+  supervisor -> worker
+    0x01 Connection     family u8 (4|6) | local ip (4|16) | local port u16   + client fd
+    0x02 BackendReady                                                         + backend fd
+    0x03 BackendFailed  reason str8 (printable ASCII)
+  worker -> supervisor
+    0x81 HandshakeDone  vhost u16 | handshake us u32 | flags u8 (1 alpn, 2 sni, 4 cn,
+                        8 client certificate) | version str8 | cipher str8 | [alpn str8]
+                        | [sni str8] | [cn str16] | [subject str16 | n u8 | n x dns str16
+                        | m u8 | m x uri str16]
+    0x82 Finished       outcome u8 | vhost u16 (0xffff none) | bytes in u64 | bytes out u64
+                        | signatures u32 | failed u32 | flags u8 (1 sni, 2 detail)
+                        | [sni str8] | [detail str16]
+
+The supervisor treats everything a worker sends as hostile: `decode_from_worker`
+accepts only these exact shapes (every length checked, the packet consumed
+exactly, its own text printable ASCII, a client certificate's names valid UTF-8
+within their limits) and raises ControlError on anything else.  Messages are
+NamedTuples: cheap to build on the hot path.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
-from typing import Any
+import socket
+import struct
+from typing import NamedTuple
 
 from titus.wire.outcome import WORKER_OUTCOMES, Outcome
 
-MAX_PACKET = 4096
+MAX_PACKET = 8192
 MAX_SANS = 16  # DNS or URI SANs in one HandshakeDone (a worker sends those that fit)
+
+CONNECTION, BACKEND_READY, BACKEND_FAILED = 0x01, 0x02, 0x03
+HANDSHAKE_DONE, FINISHED = 0x81, 0x82
+NO_VHOST = 0xFFFF
+
+# A worker's outcomes: on the wire, their index in WORKER_OUTCOMES.
+OUTCOMES = frozenset(WORKER_OUTCOMES)  # what a Finished message may say
+_OUTCOME_CODE: dict[str, int] = {name: code for code, name in enumerate(WORKER_OUTCOMES)}
+
+_HANDSHAKE = struct.Struct("!BHIB")
+_FINISHED = struct.Struct("!BBHQQIIB")
+_PORT = struct.Struct("!H")
+_U16 = struct.Struct("!H")
+
+MAX_VERSION, MAX_CIPHER, MAX_ALPN, MAX_SNI = 32, 64, 255, 255
+MAX_CN_CHARS, MAX_SUBJECT_CHARS, MAX_DNS_CHARS, MAX_URI_CHARS = 256, 1024, 253, 1024
+MAX_DETAIL, MAX_REASON = 512, 255
 
 
 class ControlError(ValueError):
@@ -26,30 +63,24 @@ class ControlError(ValueError):
 # -- supervisor -> worker -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Connection:
+class Connection(NamedTuple):
     """A client connection handed to an idle worker (the client socket rides along)."""
 
-    conn_id: int
-    peer: tuple[str, int]
-    local: tuple[str, int]
+    local: tuple[str, int]  # the address the client connected to: the vhost choice needs it
 
 
-@dataclass(frozen=True)
-class BackendReady:
+class BackendReady(NamedTuple):
     """The broker connected the vhost's backend (the socket rides along)."""
 
 
-@dataclass(frozen=True)
-class BackendFailed:
+class BackendFailed(NamedTuple):
     reason: str
 
 
 # -- worker -> supervisor -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HandshakeDone:
+class HandshakeDone(NamedTuple):
     """The worker asks for the backend of `vhost` and reports what it negotiated."""
 
     vhost: int
@@ -66,8 +97,7 @@ class HandshakeDone:
     client_uri: tuple[str, ...] = ()  # its URI SANs (e.g. spiffe://...)
 
 
-@dataclass(frozen=True)
-class Finished:
+class Finished(NamedTuple):
     """The worker's last word: what happened to the connection."""
 
     outcome: Outcome
@@ -82,119 +112,213 @@ class Finished:
     vhost: int | None = None
 
 
-_TO_WORKER = {"C": Connection, "B": BackendReady, "F": BackendFailed}
-_TO_SUPERVISOR = {"H": HandshakeDone, "D": Finished}
-_TYPE_OF = {cls: code for code, cls in (_TO_WORKER | _TO_SUPERVISOR).items()}
+# -- encoding -----------------------------------------------------------------------
 
-OUTCOMES = frozenset(WORKER_OUTCOMES)  # what a Finished message may say
+
+def _str8(text: str, limit: int) -> bytes:
+    data = text.encode()
+    if len(data) > limit:
+        raise ControlError(f"{text[:20]!r}... is too long")
+    return bytes((len(data),)) + data
+
+
+def _utf8(text: str, chars: int) -> bytes:
+    if len(text) > chars:
+        raise ControlError(f"{text[:20]!r}... is too long")
+    data = text.encode()
+    return _U16.pack(len(data)) + data
+
+
+def _encode_address(addr: tuple[str, int]) -> bytes:
+    host, port = addr
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    packed = socket.inet_pton(family, host)
+    return bytes((4 if family == socket.AF_INET else 6,)) + packed + _PORT.pack(port)
 
 
 def encode(msg: object) -> bytes:
-    body = vars(msg)  # flat messages: asdict's recursive deep copy is not needed
-    data = _TYPE_OF[type(msg)].encode() + json.dumps(body, separators=(",", ":")).encode()
+    """One packet for `msg`; ControlError if it cannot be encoded within the limits."""
+    try:
+        data = _encode(msg)
+    except (struct.error, OSError, UnicodeEncodeError, KeyError) as e:
+        raise ControlError(f"cannot encode {type(msg).__name__}: {e}") from None
     if len(data) > MAX_PACKET:
         raise ControlError(f"{type(msg).__name__} message too large ({len(data)} bytes)")
     return data
 
 
-def _body(packet: bytes, types: dict[str, type]) -> tuple[type, dict[str, Any]]:
-    if not packet or len(packet) > MAX_PACKET:
-        raise ControlError(f"bad packet length {len(packet)}")
-    code = chr(packet[0])
-    if code not in types:
-        raise ControlError(f"unknown message type {packet[:1]!r}")
+def _encode(msg: object) -> bytes:
+    if isinstance(msg, Connection):
+        return bytes((CONNECTION,)) + _encode_address(msg.local)
+    if isinstance(msg, BackendReady):
+        return bytes((BACKEND_READY,))
+    if isinstance(msg, BackendFailed):
+        reason = "".join(c if c.isascii() and c.isprintable() else "?" for c in msg.reason)
+        return bytes((BACKEND_FAILED,)) + _str8(reason[:MAX_REASON], MAX_REASON)
+    if isinstance(msg, HandshakeDone):
+        cert = msg.client_subject is not None
+        flags = ((msg.alpn is not None) | (msg.sni is not None) << 1
+                 | (msg.client_cn is not None) << 2 | cert << 3)
+        out = [_HANDSHAKE.pack(HANDSHAKE_DONE, msg.vhost, round(msg.handshake_ms * 1000), flags),
+               _str8(msg.version, MAX_VERSION), _str8(msg.cipher, MAX_CIPHER)]
+        if msg.alpn is not None:
+            out.append(_str8(msg.alpn, MAX_ALPN))
+        if msg.sni is not None:
+            out.append(_str8(msg.sni, MAX_SNI))
+        if msg.client_cn is not None:
+            out.append(_utf8(msg.client_cn, MAX_CN_CHARS))
+        if cert:
+            if len(msg.client_dns) > MAX_SANS or len(msg.client_uri) > MAX_SANS:
+                raise ControlError("too many SANs")
+            out.append(_utf8(msg.client_subject, MAX_SUBJECT_CHARS))
+            out.append(bytes((len(msg.client_dns),)))
+            out += [_utf8(name, MAX_DNS_CHARS) for name in msg.client_dns]
+            out.append(bytes((len(msg.client_uri),)))
+            out += [_utf8(uri, MAX_URI_CHARS) for uri in msg.client_uri]
+        elif msg.client_dns or msg.client_uri:
+            raise ControlError("SANs without a certificate subject")
+        return b"".join(out)
+    if isinstance(msg, Finished):
+        flags = (msg.sni is not None) | (msg.detail is not None) << 1
+        vhost = NO_VHOST if msg.vhost is None else msg.vhost
+        if vhost == NO_VHOST and msg.vhost is not None:
+            raise ControlError("vhost out of range")
+        code = _OUTCOME_CODE.get(msg.outcome)
+        if code is None:  # the supervisor's verdicts are not a worker's to report
+            raise ControlError(f"unknown outcome {msg.outcome!r}")
+        out = [_FINISHED.pack(FINISHED, code, vhost, msg.bytes_in,
+                              msg.bytes_out, msg.signatures, msg.signature_failures, flags)]
+        if msg.sni is not None:
+            out.append(_str8(msg.sni, MAX_SNI))
+        if msg.detail is not None:
+            data = msg.detail.encode()
+            if len(data) > MAX_DETAIL:
+                raise ControlError("detail is too long")
+            out.append(_U16.pack(len(data)) + data)
+        return b"".join(out)
+    raise ControlError(f"not a control message: {type(msg).__name__}")
+
+
+# -- decoding -----------------------------------------------------------------------
+
+
+def _text(packet: bytes, pos: int, lenbytes: int, limit: int, empty: bool = True
+          ) -> tuple[str, int]:
+    """A printable-ASCII string field at `pos`; the position after it."""
+    if lenbytes == 1:
+        if pos >= len(packet):
+            raise ControlError("truncated message")
+        n, pos = packet[pos], pos + 1
+    else:
+        if pos + 2 > len(packet):
+            raise ControlError("truncated message")
+        n, pos = _U16.unpack_from(packet, pos)[0], pos + 2
+    end = pos + n
+    if n > limit or end > len(packet) or (n == 0 and not empty):
+        raise ControlError("bad string length")
+    raw = packet[pos:end]
+    if not raw.isascii():
+        raise ControlError("text that is not ASCII")
+    text = raw.decode("ascii")
+    if not text.isprintable():
+        raise ControlError("text that is not printable")
+    return text, end
+
+
+def _name(packet: bytes, pos: int, chars: int) -> tuple[str, int]:
+    """A name from a client certificate: valid UTF-8 of at most `chars` characters."""
+    if pos + 2 > len(packet):
+        raise ControlError("truncated message")
+    n = _U16.unpack_from(packet, pos)[0]
+    end = pos + 2 + n
+    if n > 4 * chars or end > len(packet):
+        raise ControlError("bad name length")
     try:
-        body = json.loads(packet[1:])
-    except (ValueError, RecursionError) as e:
-        raise ControlError(f"message body is not JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ControlError("message body is not an object")
-    return types[code], body
+        text = packet[pos + 2:end].decode("utf-8")  # strict: no lone surrogates
+    except UnicodeDecodeError:
+        raise ControlError("a client certificate name that is not UTF-8") from None
+    if len(text) > chars:
+        raise ControlError("a client certificate name that is too long")
+    return text, end
 
 
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _field(
-    body: dict[str, Any],
-    name: str,
-    kind: type | tuple[type, ...],
-    optional: bool = False,
-    limit: int = 256,
-) -> Any:
-    value = body.get(name)
-    if value is None and optional:
-        return None
-    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-        raise ControlError(f"field {name!r} has the wrong type")
-    if isinstance(value, str) and len(value) > limit:
-        raise ControlError(f"field {name!r} is too long")
-    if isinstance(value, str) and not _is_unicode(value):
-        # JSON's "\ud800" (and json.loads' surrogatepass on raw bytes) give lone
-        # surrogates, which no header or log can encode.
-        raise ControlError(f"field {name!r} is not valid Unicode")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ControlError(f"field {name!r} is not finite")
-    if isinstance(value, int) and not 0 <= value < 2**63:
-        raise ControlError(f"field {name!r} is out of range")
-    return value
-
-
-def _strings(body: dict[str, Any], name: str, limit: int) -> tuple[str, ...]:
-    """An optional list of at most MAX_SANS strings, each checked as _field checks one."""
-    value = body.get(name)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > MAX_SANS:
-        raise ControlError(f"field {name!r} is not a list of at most {MAX_SANS} strings")
-    return tuple(_field({name: item}, name, str, limit=limit) for item in value)
+def _names(packet: bytes, pos: int, chars: int) -> tuple[tuple[str, ...], int]:
+    if pos >= len(packet):
+        raise ControlError("truncated message")
+    count, pos = packet[pos], pos + 1
+    if count > MAX_SANS:
+        raise ControlError("too many SANs")
+    out = []
+    for _ in range(count):
+        name, pos = _name(packet, pos, chars)
+        out.append(name)
+    return tuple(out), pos
 
 
 def decode_from_worker(packet: bytes) -> HandshakeDone | Finished:
-    cls, body = _body(packet, _TO_SUPERVISOR)
-    if set(body) - {f for f in cls.__dataclass_fields__}:
-        raise ControlError("unexpected fields")
-    if cls is HandshakeDone:
-        return HandshakeDone(
-            vhost=_field(body, "vhost", int),
-            sni=_field(body, "sni", str, optional=True),
-            version=_field(body, "version", str, limit=32),
-            cipher=_field(body, "cipher", str, limit=64),
-            alpn=_field(body, "alpn", str, optional=True, limit=64),
-            handshake_ms=float(_field(body, "handshake_ms", (int, float))),
-            client_cn=_field(body, "client_cn", str, optional=True, limit=256),
-            client_subject=_field(body, "client_subject", str, optional=True, limit=1024),
-            client_dns=_strings(body, "client_dns", limit=253),
-            client_uri=_strings(body, "client_uri", limit=1024),
-        )
-    outcome = _field(body, "outcome", str, limit=32)
-    if outcome not in OUTCOMES:
-        raise ControlError(f"unknown outcome {outcome!r}")
-    return Finished(
-        outcome=Outcome(outcome),
-        bytes_in=_field(body, "bytes_in", int),
-        bytes_out=_field(body, "bytes_out", int),
-        detail=_field(body, "detail", str, optional=True, limit=512),
-        signatures=_field(body, "signatures", int, optional=True) or 0,
-        signature_failures=_field(body, "signature_failures", int, optional=True) or 0,
-        sni=_field(body, "sni", str, optional=True),
-        vhost=_field(body, "vhost", int, optional=True),
-    )
+    n = len(packet)
+    if not 0 < n <= MAX_PACKET:
+        raise ControlError(f"bad packet length {n}")
+    kind = packet[0]
+    if kind == HANDSHAKE_DONE:
+        if n < _HANDSHAKE.size:
+            raise ControlError("truncated message")
+        _, vhost, micros, flags = _HANDSHAKE.unpack_from(packet)
+        if flags & ~15 or vhost == NO_VHOST:
+            raise ControlError("bad handshake report")
+        version, pos = _text(packet, _HANDSHAKE.size, 1, MAX_VERSION)
+        cipher, pos = _text(packet, pos, 1, MAX_CIPHER)
+        alpn = sni = cn = subject = None
+        dns: tuple[str, ...] = ()
+        uri: tuple[str, ...] = ()
+        if flags & 1:
+            alpn, pos = _text(packet, pos, 1, MAX_ALPN, empty=False)
+        if flags & 2:
+            sni, pos = _text(packet, pos, 1, MAX_SNI)
+        if flags & 4:
+            cn, pos = _name(packet, pos, MAX_CN_CHARS)
+        if flags & 8:
+            subject, pos = _name(packet, pos, MAX_SUBJECT_CHARS)
+            dns, pos = _names(packet, pos, MAX_DNS_CHARS)
+            uri, pos = _names(packet, pos, MAX_URI_CHARS)
+        if pos != n:
+            raise ControlError("trailing bytes")
+        return HandshakeDone(vhost, sni, version, cipher, alpn, micros / 1000, cn, subject,
+                             dns, uri)
+    if kind == FINISHED:
+        if n < _FINISHED.size:
+            raise ControlError("truncated message")
+        _, code, vhost, bytes_in, bytes_out, signs, failed, flags = _FINISHED.unpack_from(packet)
+        if code >= len(WORKER_OUTCOMES) or flags & ~3:
+            raise ControlError("bad finished report")
+        if bytes_in >= 2**63 or bytes_out >= 2**63:
+            raise ControlError("byte count out of range")
+        pos, sni, detail = _FINISHED.size, None, None
+        if flags & 1:
+            sni, pos = _text(packet, pos, 1, MAX_SNI)
+        if flags & 2:
+            detail, pos = _text(packet, pos, 2, MAX_DETAIL)
+        if pos != n:
+            raise ControlError("trailing bytes")
+        return Finished(WORKER_OUTCOMES[code], bytes_in, bytes_out, detail, signs, failed, sni,
+                        None if vhost == NO_VHOST else vhost)
+    raise ControlError(f"unknown message type {packet[:1]!r}")
 
 
 def decode_from_supervisor(packet: bytes) -> Connection | BackendReady | BackendFailed:
-    cls, body = _body(packet, _TO_WORKER)
-    if cls is Connection:
-        return Connection(
-            conn_id=body["conn_id"],
-            peer=tuple(body["peer"]),  # type: ignore[arg-type]
-            local=tuple(body["local"]),
-        )  # type: ignore[arg-type]
-    if cls is BackendFailed:
-        return BackendFailed(reason=str(body["reason"]))
-    return BackendReady()
+    """The worker's side (in C); here for the tests and the rogue workers they script."""
+    n = len(packet)
+    if not 0 < n <= MAX_PACKET:
+        raise ControlError(f"bad packet length {n}")
+    kind = packet[0]
+    if kind == CONNECTION and n in (8, 20) and packet[1] == (4 if n == 8 else 6):
+        family = socket.AF_INET if n == 8 else socket.AF_INET6
+        host = socket.inet_ntop(family, packet[2:n - 2])
+        return Connection((host, _PORT.unpack_from(packet, n - 2)[0]))
+    if kind == BACKEND_READY and n == 1:
+        return BackendReady()
+    if kind == BACKEND_FAILED:
+        reason, pos = _text(packet, 1, 1, MAX_REASON)
+        if pos == n:
+            return BackendFailed(reason)
+    raise ControlError(f"malformed message of type {packet[:1]!r}")

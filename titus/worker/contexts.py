@@ -1,7 +1,10 @@
 """Building each vhost's SSLContext, with its private key held by the key holder.
 
-Built once in the supervisor, before any worker is forked: a worker inherits
-ready contexts and needs no file.  No session resumption at all: a session
+The one place that defines titus's TLS settings.  Built once in the zygote with
+Python's ssl, before any worker is cloned: a worker inherits ready contexts and
+needs no file.  What Python's ssl cannot set (TLS 1.3 suites, the groups list,
+the session cache, an ALPN callback in C) is set through the worker's extension
+module on the same SSL_CTX.  No session resumption at all: a session
 cache dies with its one-connection worker, and session tickets would need a
 ticket key in every worker's memory, so one compromised worker could decrypt
 the resumed sessions of all others.
@@ -9,35 +12,34 @@ the resumed sessions of all others.
 
 from __future__ import annotations
 
-import ctypes
 import ssl
 from collections.abc import Sequence
 
 from titus.config.model import TLSSettings, VHost
 from titus.worker import remotekey
 
-_SSL_CTRL_SET_SESS_CACHE_MODE = 44
-_SSL_SESS_CACHE_OFF = 0
-_SSL_CTRL_SET_GROUPS_LIST = 92
-
 
 class TLSConfigError(ValueError):
     pass
 
 
-def _openssl() -> ctypes.CDLL:
-    """remotekey's handle on the OpenSSL that _ssl runs, plus the two calls we need."""
-    lib = remotekey._lib()
-    fn = lib.SSL_CTX_set_ciphersuites
-    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
-    return lib
-
-
 def _set_groups(ctx: ssl.SSLContext, names: str) -> bool:
-    """SSL_CTX_set1_groups_list (a macro over SSL_CTX_ctrl); False if OpenSSL refuses."""
-    groups = ctypes.create_string_buffer(names.encode())
-    return _openssl().SSL_CTX_ctrl(remotekey.ssl_ctx_pointer(ctx), _SSL_CTRL_SET_GROUPS_LIST,
-                                   0, groups) == 1
+    """SSL_CTX_set1_groups_list; False if OpenSSL refuses."""
+    try:
+        return bool(remotekey._native().set_groups(ctx, names))
+    except RuntimeError as e:
+        raise remotekey.RemoteKeyError(str(e)) from None
+
+
+def alpn_wire(protocols: Sequence[str]) -> bytes:
+    """The ALPN protocol list in its wire format (each name length-prefixed)."""
+    out = bytearray()
+    for name in protocols:
+        data = name.encode()
+        if not 0 < len(data) < 256:
+            raise ValueError(f"ALPN protocol {name!r} is not 1..255 bytes")
+        out += bytes((len(data),)) + data
+    return bytes(out)
 
 
 def openssl_knows_groups(names: str) -> bool:
@@ -51,20 +53,18 @@ def openssl_knows_groups(names: str) -> bool:
 
 
 def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
-    lib = _openssl()
-    ptr = remotekey.ssl_ctx_pointer(ctx)
+    native = remotekey._native()
     ctx.minimum_version = tls.min_version
     ctx.maximum_version = tls.max_version
     try:
         ctx.set_ciphers(tls.ciphers)
     except ssl.SSLError:
         raise TLSConfigError(f"{where}: no usable cipher in {tls.ciphers!r}") from None
-    if tls.ciphersuites is not None and \
-            lib.SSL_CTX_set_ciphersuites(ptr, tls.ciphersuites.encode()) != 1:
+    if tls.ciphersuites is not None and not native.set_ciphersuites(ctx, tls.ciphersuites):
         raise TLSConfigError(f"{where}: no usable TLS 1.3 cipher suite in {tls.ciphersuites!r}")
     if not _set_groups(ctx, ":".join(tls.curves)):
         raise TLSConfigError(f"{where}: unknown curve in {':'.join(tls.curves)}")
-    # A TCP FIN without close_notify is a half-close for titus (pump.py), as it
+    # A TCP FIN without close_notify is a half-close for titus (wk_pump.c), as it
     # was for titus 0.4.  Without this option OpenSSL 3 turns it into a fatal
     # error (a decode_error alert, and every later SSL_write fails), so the
     # backend's answer could never reach the client.
@@ -78,11 +78,11 @@ def _apply_settings(ctx: ssl.SSLContext, tls: TLSSettings, where: str) -> None:
     else:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.num_tickets = 0
-    lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_SESS_CACHE_MODE, _SSL_SESS_CACHE_OFF, None)
+    native.disable_session_cache(ctx)
     if tls.dhgroup is not None:
         _load_dh(ctx, tls.dhgroup.pem)
-    if tls.alpn:
-        ctx.set_alpn_protocols(list(tls.alpn))
+    if tls.alpn:  # selected by a C callback (wk_ctx.c): a worker never re-enters Python
+        native.set_alpn(ctx, alpn_wire(tls.alpn))
     if tls.client_auth != "none" and tls.client_ca is not None:
         ctx.load_verify_locations(cafile=str(tls.client_ca))
         ctx.verify_mode = (ssl.CERT_REQUIRED if tls.client_auth == "required"

@@ -1,6 +1,7 @@
 """The zygote: the fork server (sandbox.forkserver) that clones titus's worker jails.
 
-The supervisor execs one per configuration generation.  It imports only what a
+The supervisor execs one per configuration generation, with a ZygoteSetup
+(titus/wire/zygote.py).  It imports only what a
 worker needs, builds that generation's TLS contexts (public certificates, keys
 held remotely) and clones every worker from itself: a small, quiet process
 forks faster and leaves fewer copy-on-write faults to the worker than the
@@ -12,44 +13,27 @@ children (CLONE_PARENT): it reaps them and their uids are its to hand out.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
 
 from sandbox.forkserver import Recipe
-from sandbox.spec import JailSpec
-from titus.config.model import VHost
-from titus.worker import remotekey
-from titus.worker.connection import WorkerTable, worker_main
+from titus.wire.zygote import WORKER, ZygoteSetup
+from titus.worker import _worker
+from titus.worker.connection import build_table, local_address
 from titus.worker.contexts import build_contexts
-from titus.worker.remotekey import CertChain
 
-WORKER = "worker"
-
-
-@dataclass(frozen=True)
-class ZygoteSetup:
-    """Sent (pickled) by the supervisor: everything a generation's workers are made of."""
-
-    worker_spec: JailSpec
-    vhosts: tuple[VHost, ...]
-    key_ids: tuple[int, ...]
-    chains: tuple[CertChain, ...]  # by key id
-    handshake_timeout: float
-    keyholder_timeout: float
-    staples: tuple[tuple[bytes | None, float | None] | None, ...]  # per vhost (OCSP)
+_tables: list[_worker.Table] = []  # the zygote's tables live as long as it does
 
 
 def setup(arg: ZygoteSetup) -> dict[str, Recipe]:
     contexts = build_contexts(arg.vhosts, arg.key_ids, arg.chains)
-    table = WorkerTable(vhosts=arg.vhosts, contexts=contexts,
-                        handshake_timeout=arg.handshake_timeout,
-                        keyholder_timeout=arg.keyholder_timeout,
-                        staple_values=arg.staples)
-    warm_up(contexts)
-    return {WORKER: Recipe(arg.worker_spec, worker_main, (table,),
-                           update=table.update_staples)}
+    table = build_table(arg.vhosts, contexts, arg.handshake_timeout, arg.keyholder_timeout,
+                        arg.staples)
+    _tables.append(table)
+    warm_up(contexts, table)
+    # The jail's last layer, then C only: sandbox's executor calls the table's entry point.
+    return {WORKER: Recipe(arg.worker_spec, table.jail_entry, update=table.update_staples)}
 
 
-def warm_up(contexts: list[ssl.SSLContext]) -> None:
+def warm_up(contexts: list[ssl.SSLContext], table: _worker.Table | None = None) -> None:
     """One handshake in memory per context and protocol version, here, once.
 
     OpenSSL 3 fetches and caches each algorithm implementation (ciphers,
@@ -59,6 +43,7 @@ def warm_up(contexts: list[ssl.SSLContext]) -> None:
     key holder is reachable here, so each handshake stops at the signature,
     after the key exchange and the traffic keys; that failure is not counted.
     """
+    hello = b""
     for ctx in contexts:
         low, high = ctx.minimum_version, ctx.maximum_version
         if low == ssl.TLSVersion.MINIMUM_SUPPORTED:
@@ -71,14 +56,18 @@ def warm_up(contexts: list[ssl.SSLContext]) -> None:
             client_ctx.check_hostname = False
             client_ctx.verify_mode = ssl.CERT_NONE
             client_ctx.minimum_version = client_ctx.maximum_version = version
-            _handshake_in_memory(client_ctx, ctx)
-    remotekey.reset_stats()
+            hello = _handshake_in_memory(client_ctx, ctx) or hello
+    if table is not None and hello:  # the vhost choice's probe, once
+        table.probe(hello, local_address("127.0.0.1", 443))
+    _worker.reset_stats()
 
 
-def _handshake_in_memory(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> None:
+def _handshake_in_memory(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> bytes:
+    """Returns the client's first flight (a ClientHello), for the probe's warm-up."""
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     client = client_ctx.wrap_bio(c_in, c_out, server_hostname="warm-up.invalid")
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    hello = b""
     for _ in range(8):
         for side, out, peer_in in ((client, c_out, s_in), (server, s_out, c_in)):
             try:
@@ -86,6 +75,9 @@ def _handshake_in_memory(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext)
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLError:
-                return  # the signature: no key holder here
+                return hello  # the signature: no key holder here
             if out.pending:
-                peer_in.write(out.read())
+                data = out.read()
+                hello = hello or data
+                peer_in.write(data)
+    return hello

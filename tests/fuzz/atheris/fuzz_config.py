@@ -17,7 +17,7 @@ import runner
 
 with atheris.instrument_imports(include=["titus", "tomllib"]):  # before anything imports them
     from tests.fuzz.test_config_fuzz import ERROR_FORMAT, conf_seed, toml_seed
-    from tests.unit.test_config_support import make_cert, write
+    from tests.unit.titus.test_config_support import make_cert, write
     from titus.config.load import ConfigError, load_config
 
 WORKDIR = Path(tempfile.mkdtemp(prefix="titus-atheris-config-"))

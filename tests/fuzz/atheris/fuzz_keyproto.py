@@ -46,7 +46,7 @@ def seeds() -> list[bytes]:
     import hashlib
 
     from tests.fuzz.keymodel import HASH_OIDS, P256, RSA2048, RSA2049, digest_info
-    from tests.unit.test_signer import emsa_pss
+    from tests.unit.titus.test_signer import emsa_pss
     from titus.wire.keyproto import Op
 
     digest = hashlib.sha256(b"seed").digest()

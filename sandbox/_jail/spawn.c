@@ -1,0 +1,324 @@
+/*
+ * Making the child and the parent's half of the handshake.
+ *
+ * Two ways to make the child, chosen by Python (sandbox/launcher.py says why):
+ *   JAIL_HOW_CLONE  a raw clone(2) with the plan's namespace flags (and CLONE_PARENT
+ *                   for a fork server): the child runs only async-signal-safe code,
+ *                   so any caller may use it for exec, and a single-threaded one for
+ *                   anything;
+ *   JAIL_HOW_FORK   glibc's fork() after unshare(CLONE_NEWPID): its at-fork handlers
+ *                   make malloc usable in the child, so a multithreaded caller can
+ *                   re-enter Python (or a native entry that allocates).
+ * All signals are blocked across the clone, so no parent handler runs in the
+ * child before the plan resets the handlers.
+ */
+#define _GNU_SOURCE
+#include "jail.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/time.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+/* Our own PID namespace, to return to after unshare(CLONE_NEWPID) + fork(); reopened
+ * in a forked copy of this process, which may live in another namespace. */
+static int own_pidns = -1;
+static pid_t own_pidns_owner;
+
+static int pidns_fd(void)
+{
+    pid_t me = getpid();
+    if (own_pidns < 0 || own_pidns_owner != me) {
+        if (own_pidns >= 0)
+            close(own_pidns);
+        own_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+        own_pidns_owner = me;
+    }
+    return own_pidns;
+}
+
+/* Signals with a handler here: the child sets them back to SIG_DFL. */
+static uint64_t handled_signals(void)
+{
+    uint64_t mask = 0;
+    for (int sig = 1; sig <= 64; sig++) {
+        struct sigaction sa;
+        if (sigaction(sig, NULL, &sa) != 0)
+            continue; /* glibc's own, or none */
+        if ((sa.sa_flags & SA_SIGINFO) || (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN))
+            mask |= (uint64_t)1 << (sig - 1);
+    }
+    return mask;
+}
+
+static int has_op(const struct jail_plan *plan, int op)
+{
+    for (uint32_t i = 0; i < plan->nsteps; i++)
+        if (plan->steps[i].op == op)
+            return 1;
+    return 0;
+}
+
+static pid_t fork_into_pidns(uint64_t flags)
+{
+    if (flags & ~(uint64_t)CLONE_NEWPID) {
+        errno = EINVAL; /* other namespaces would be the caller's too */
+        return -1;
+    }
+    int back = -1;
+    if (flags & CLONE_NEWPID) {
+        back = pidns_fd();
+        if (back < 0 || unshare(CLONE_NEWPID) != 0)
+            return -1;
+    }
+    pid_t pid = fork();
+    if (pid != 0 && back >= 0 && setns(back, CLONE_NEWPID) != 0) {
+        int err = errno; /* our next children would be born in the jail's namespace */
+        if (pid > 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+        }
+        errno = err;
+        return -1;
+    }
+    return pid;
+}
+
+pid_t jail_clone(struct jail_spawn *s)
+{
+    const struct jail_plan *plan = s->run.plan;
+    sigset_t all, old;
+    s->run.handled = has_op(plan, OP_SIGNALS) ? handled_signals() : 0;
+    sigfillset(&all);
+    if (s->before_fork)
+        s->before_fork();
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid;
+    if (s->how == JAIL_HOW_CLONE) {
+        unsigned long flags = (unsigned long)plan->clone_flags | SIGCHLD;
+        if (s->clone_parent)
+            flags |= CLONE_PARENT;
+        /* Stack and tid pointers NULL: the child goes on with a copy of our stack,
+         * as after fork(). */
+        pid = (pid_t)syscall(SYS_clone, flags, NULL, NULL, NULL, NULL);
+    } else {
+        pid = fork_into_pidns(plan->clone_flags);
+    }
+    if (pid == 0) {
+        s->run.parent_end = s->parent_end;
+        jail_child(&s->run); /* returns only for JAIL_CALL */
+        if (!has_op(plan, OP_SIGNALS))
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return 0;
+    }
+    int err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (s->after_fork_parent)
+        s->after_fork_parent();
+    errno = err;
+    return pid;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void set_failure(struct jail_result *res, uint16_t layer, uint16_t sub, int err)
+{
+    res->failed = 1;
+    res->error.layer = layer;
+    res->error.step = 0;
+    res->error.sub = sub;
+    res->error.err = err ? err : EIO;
+}
+
+/* setgroups "deny" first: then gid_map may be written, and the jail can never drop
+ * a supplementary group to get past a negative group permission. */
+static int write_maps(struct jail_spawn *s, pid_t pid, struct jail_result *res)
+{
+    const char *names[3] = {"setgroups", "gid_map", "uid_map"};
+    const char *texts[3] = {"deny", s->gid_map, s->uid_map};
+    for (uint16_t i = 0; i < 3; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, names[i]);
+        if (texts[i] == NULL) {
+            set_failure(res, JAIL_LAYER_IDMAP, i, EINVAL);
+            return -1;
+        }
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        size_t n = strlen(texts[i]);
+        if (fd < 0 || write(fd, texts[i], n) != (ssize_t)n) {
+            set_failure(res, JAIL_LAYER_IDMAP, i, errno);
+            if (fd >= 0)
+                close(fd);
+            return -1;
+        }
+        close(fd);
+    }
+    return 0;
+}
+
+/* Put the child in its cgroups while it waits for its id maps: everything it will
+ * ever run, and every process it forks, is counted there from its first step on. */
+static int attach_cgroups(struct jail_spawn *s, pid_t pid, struct jail_result *res)
+{
+    char text[16];
+    int n = snprintf(text, sizeof text, "%d", (int)pid);
+    if (n <= 0 || n >= (int)sizeof text) {
+        set_failure(res, JAIL_LAYER_CGROUP, 0, EINVAL);
+        return -1;
+    }
+    for (int i = 0; i < s->ncgroups; i++) {
+        int fd = openat(s->cgroups[i], "cgroup.procs", O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, text, (size_t)n) != n) {
+            set_failure(res, JAIL_LAYER_CGROUP, (uint16_t)i, errno);
+            if (fd >= 0)
+                close(fd);
+            return -1;
+        }
+        close(fd);
+    }
+    return 0;
+}
+
+/* Copy the child's seccomp listener (fd `theirs` in the child) into this process. */
+static int take_listener(pid_t pid, int theirs, struct jail_result *res)
+{
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    int fd = pidfd < 0 ? -1 : (int)syscall(SYS_pidfd_getfd, pidfd, theirs, 0);
+    int err = errno;
+    if (pidfd >= 0)
+        close(pidfd);
+    if (fd < 0) {
+        set_failure(res, JAIL_LAYER_SPAWN, 1, err);
+        return -1;
+    }
+    if (res->listener >= 0)
+        close(res->listener);
+    res->listener = fd;
+    return 0;
+}
+
+void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res)
+{
+    int fd = s->parent_end;
+    uint64_t deadline = now_ms() + (uint64_t)(s->timeout_ms > 0 ? s->timeout_ms : 0);
+    res->pid = pid;
+    res->failed = 0;
+    res->listener = -1;
+    res->ntimes = 0;
+    /* Each wait is bounded by the socket's receive timeout (one syscall per message,
+     * no poll); the deadline ends the whole handshake. */
+    int ms = s->timeout_ms > 0 ? s->timeout_ms : 1;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
+        set_failure(res, JAIL_LAYER_SPAWN, 0, errno);
+        return;
+    }
+    for (;;) {
+        if (now_ms() >= deadline) {
+            set_failure(res, JAIL_LAYER_SPAWN, 0, ETIMEDOUT);
+            return;
+        }
+        union {
+            char kind;
+            struct jail_record rec;
+            struct jail_times times;
+        } buf;
+        ssize_t got = recv(fd, &buf, sizeof buf, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            set_failure(res, JAIL_LAYER_SPAWN, 0, ETIMEDOUT);
+            return;
+        }
+        if (got < 0 && errno == ECONNRESET)
+            got = 0;
+        if (got < 0) {
+            set_failure(res, JAIL_LAYER_SPAWN, 0, errno);
+            return;
+        }
+        if (got == 0)
+            return; /* ready: the child closed its end (or exec'd, or died) */
+        switch (buf.kind) {
+        case JAIL_REC_IDMAP: {
+            char mapped = JAIL_REC_MAPPED;
+            if (write_maps(s, pid, res) != 0 || attach_cgroups(s, pid, res) != 0)
+                return;
+            if (send(fd, &mapped, 1, MSG_NOSIGNAL) != 1 && errno != EPIPE) {
+                set_failure(res, JAIL_LAYER_SPAWN, 0, errno);
+                return;
+            }
+            break;
+        }
+        case JAIL_REC_READY:
+            if (got != 1 || !s->run.keep_sync) {
+                set_failure(res, JAIL_LAYER_SPAWN, 0, EPROTO);
+                return;
+            }
+            return; /* ready, the socket kept open for what the child sends next */
+        case JAIL_REC_ERROR:
+            if (got != (ssize_t)sizeof buf.rec) {
+                set_failure(res, JAIL_LAYER_SPAWN, 0, EPROTO);
+                return;
+            }
+            res->failed = 1;
+            res->error.layer = buf.rec.layer;
+            res->error.step = buf.rec.step;
+            res->error.sub = buf.rec.sub;
+            res->error.err = buf.rec.err;
+            return;
+        case JAIL_REC_TIMES: {
+            size_t head = offsetof(struct jail_times, ns);
+            if ((size_t)got < head || buf.times.count > JAIL_MAX_STEPS + 1 ||
+                (size_t)got != head + 8u * buf.times.count) {
+                set_failure(res, JAIL_LAYER_SPAWN, 0, EPROTO);
+                return;
+            }
+            res->ntimes = buf.times.count;
+            memcpy(res->times, buf.times.ns, 8u * buf.times.count);
+            break;
+        }
+        case JAIL_REC_LISTENER: {
+            char taken = JAIL_REC_TAKEN;
+            if (got != (ssize_t)sizeof buf.rec) {
+                set_failure(res, JAIL_LAYER_SPAWN, 0, EPROTO);
+                return;
+            }
+            if (take_listener(pid, buf.rec.err, res) != 0)
+                return;
+            if (s->on_listener != NULL &&
+                s->on_listener(s->listener_ctx, pid, res->listener) != 0) {
+                set_failure(res, JAIL_LAYER_SPAWN, 2, ECANCELED);
+                return;
+            }
+            if (send(fd, &taken, 1, MSG_NOSIGNAL) != 1 && errno != EPIPE) {
+                set_failure(res, JAIL_LAYER_SPAWN, 0, errno);
+                return;
+            }
+            break;
+        }
+        default:
+            set_failure(res, JAIL_LAYER_SPAWN, 0, EPROTO);
+            return;
+        }
+    }
+}

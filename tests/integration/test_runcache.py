@@ -1,0 +1,132 @@
+"""`sandbox run`'s plan cache: the second identical run goes from the cache straight to
+the jail (no CLI, no TOML, no libseccomp imported); any change to the profile, a file it
+includes or the command line recompiles; a cache that is not root's alone is refused."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+POLICY = REPO / "policies" / "examples" / "http-static.toml"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="jails need root")
+
+
+def sandbox(cache: Path, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SANDBOX_CACHE_DIR": str(cache), **env_vars}
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "sandbox", *args],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, env=env,
+                          check=False)
+
+
+def imported(out: subprocess.CompletedProcess) -> set[str]:
+    return {line.split("|")[-1].strip() for line in out.stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+def messages(out: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+
+
+@pytest.fixture
+def profile(tmp_path: Path) -> Path:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[seccomp]\ndefault = "kill-process"\ninclude = ["{POLICY}"]\n')
+    path = tmp_path / "true.toml"
+    path.write_text('[jail]\nbinds = ["/usr", "/lib", "/lib64", "/bin"]\n'
+                    '[jail.rlimits]\nnofile = 64\n'
+                    '[seccomp]\ndefault = "kill-process"\ninclude = ["policy.toml"]\n')
+    return path
+
+
+FULL_CLI = {"sandbox.cli", "argparse", "pyseccomp", "tomllib", "sandbox.profile"}
+
+
+def compiled(out: subprocess.CompletedProcess) -> bool:
+    """Whether this run loaded the full CLI (a cache miss) rather than only the cache."""
+    return FULL_CLI.issubset(imported(out))
+
+
+def test_second_run_comes_from_the_cache(tmp_path: Path, profile: Path) -> None:
+    cache = tmp_path / "cache"
+    first = sandbox(cache, "run", "--profile", str(profile), "--", "/bin/true")
+    assert first.returncode == 0, messages(first)
+    assert compiled(first)
+    assert cache.stat().st_mode & 0o777 == 0o700 and cache.stat().st_uid == 0
+    entries = list(cache.glob("*.plan"))
+    assert len(entries) == 1 and entries[0].stat().st_mode & 0o777 == 0o600
+    second = sandbox(cache, "run", "--profile", str(profile), "--", "/bin/true")
+    assert second.returncode == 0, messages(second)
+    assert not FULL_CLI & imported(second), FULL_CLI & imported(second)
+    # The cached run reports like the full one.
+    missing = sandbox(cache, "run", "--profile", str(profile), "--", "no-such-program")
+    assert missing.returncode == 127
+    assert not FULL_CLI & imported(missing)
+    assert "cannot run 'no-such-program': not found inside the jail" in missing.stderr
+
+
+def test_changes_recompile(tmp_path: Path, profile: Path) -> None:
+    cache = tmp_path / "cache"
+    run = ("run", "--profile", str(profile), "--", "/bin/true")
+    assert sandbox(cache, *run).returncode == 0
+    assert not FULL_CLI & imported(sandbox(cache, *run))
+    # The profile's content, a file it includes, the command line: each is a miss.
+    profile.write_text(profile.read_text().replace("nofile = 64", "nofile = 65"))
+    assert compiled(sandbox(cache, *run))
+    assert not FULL_CLI & imported(sandbox(cache, *run))
+    policy = profile.with_name("policy.toml")
+    policy.write_text(policy.read_text() + 'deny = ["ptrace"]\n')
+    assert compiled(sandbox(cache, *run))
+    assert compiled(sandbox(cache, "run", "--profile", str(profile), "--hostname", "other",
+                            "--", "/bin/true"))
+
+
+def test_a_profile_name_is_resolved_again(tmp_path: Path, profile: Path) -> None:
+    """A profile of that name appearing earlier in the search path is a miss."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (second / "policy.toml").write_text(profile.with_name("policy.toml").read_text())
+    (second / "mine.toml").write_text(profile.read_text())
+    path = {"SANDBOX_POLICY_PATH": f"{first}:{second}"}
+    run = ("run", "--profile", "mine", "--", "/bin/true")
+    cache = tmp_path / "cache"
+    assert sandbox(cache, *run, **path).returncode == 0
+    assert not compiled(sandbox(cache, *run, **path))
+    (first / "policy.toml").write_text(profile.with_name("policy.toml").read_text())
+    (first / "mine.toml").write_text(profile.read_text().replace("nofile = 64", "nofile = 66"))
+    assert compiled(sandbox(cache, *run, **path))
+
+
+def test_a_cache_that_is_not_roots_alone_is_refused(tmp_path: Path, profile: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    cache.chmod(0o755)
+    run = ("run", "--profile", str(profile), "--", "/bin/true")
+    out = sandbox(cache, *run)
+    assert out.returncode == 0
+    assert messages(out) == [f"sandbox: not caching plans in {cache}: it must be root's, "
+                             "mode 0700"]
+    assert not list(cache.iterdir())
+    # An entry others could have written is not read either.
+    cache.chmod(0o700)
+    assert sandbox(cache, *run).returncode == 0
+    (entry,) = cache.glob("*.plan")
+    entry.chmod(0o644)
+    assert compiled(sandbox(cache, *run))
+
+
+def test_explain_shows_the_plan() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "sandbox", "explain", "--plan", "titus-worker"],
+                         capture_output=True, text=True, timeout=60, cwd=REPO, env=env,
+                         check=True).stdout
+    plan = out[out.index("The jail plan"):]
+    layers = [line.split()[1] for line in plan.splitlines()[2:]]
+    assert layers[0] == "signals" and layers[-1] == "seccomp"
+    assert "clone(CLONE_NEWPID)" in plan and "setresuid(0)" in plan

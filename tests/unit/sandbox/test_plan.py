@@ -1,0 +1,149 @@
+"""The jail plan: compiled from a spec in the DESIGN.md §4 order, encoded, checked by the
+executor's decoder (sandbox/_jail/plan.c), kept as plain data, named in errors."""
+
+from __future__ import annotations
+
+import errno
+import marshal
+import struct
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from sandbox import _jail, bpf
+from sandbox.errors import JailError
+from sandbox.layers import compile_plan
+from sandbox.plan import MODE_CALL, MODE_ENTRY, MODE_EXEC, Plan, Step
+from sandbox.profile import load_profile
+from sandbox.spec import BindMount, JailSpec, NetworkMode
+
+SPEC = JailSpec(seccomp_bpf=None, binds=(BindMount(Path("/usr"), Path("/usr")),),
+                writable_tmpfs=Path("/tmp"), mount_proc=True)
+
+
+def layers_in_order(plan: Plan) -> list[str]:
+    return list(dict.fromkeys(s.layer for s in plan.steps))
+
+
+def test_order_is_the_designs():
+    worker = load_profile("titus-worker").spec
+    plan = compile_plan(worker, MODE_ENTRY)
+    assert layers_in_order(plan) == [
+        "signals", "network", "rootfs", "user-namespace", "id-map", "credentials", "uts",
+        "fds", "capabilities", "no-new-privs", "rlimits", "dumpable", "parent", "seccomp"]
+    assert plan.slots == ("netns", "root") and plan.clone_flags == 0x20000000
+    assert plan.steps[-1].op == _jail.OP_SECCOMP
+    # A jail with a root of its own (writable tmpfs, /proc) builds it after unsharing.
+    own = compile_plan(SPEC, MODE_EXEC, shared=False)
+    assert layers_in_order(own)[:4] == ["signals", "mount-namespace", "rootfs",
+                                        "user-namespace"]
+    assert own.slots == ()
+    assert [s.layer for s in own.steps][-2:] == ["parent", "cwd"]
+    # A Python child's after-fork duties run inside the jail, before seccomp.
+    call = compile_plan(worker, MODE_CALL)
+    assert [s.layer for s in call.steps][-2:] == ["python", "seccomp"]
+
+
+def test_network_modes():
+    def ops(mode: NetworkMode, shared: bool = True, path: Path | None = None) -> list[int]:
+        spec = replace(SPEC, network=mode, netns_path=path)
+        return [s.op for s in compile_plan(spec, MODE_EXEC, shared).steps if
+                s.layer in ("network", "mount-namespace")]
+
+    assert ops(NetworkMode.SHARED_EMPTY) == [_jail.OP_SETNS_SLOT, _jail.OP_UNSHARE]
+    assert ops(NetworkMode.SHARED_EMPTY, shared=False) == [_jail.OP_UNSHARE]
+    assert ops(NetworkMode.LOOPBACK) == [_jail.OP_UNSHARE, _jail.OP_LOOPBACK_UP]
+    assert ops(NetworkMode.NETNS, path=Path("/run/netns/x")) == [_jail.OP_SETNS_PATH,
+                                                                 _jail.OP_UNSHARE]
+    assert ops(NetworkMode.HOST) == [_jail.OP_UNSHARE]
+
+
+def test_state_round_trip_and_encoding_are_stable():
+    plan = compile_plan(load_profile("examples/http-static").spec, MODE_EXEC, shared=False)
+    again = Plan.from_state(marshal.loads(marshal.dumps(plan.state())))
+    assert again.encode() == plan.encode()
+    assert again.native.nsteps == len(plan.steps)
+    assert again.describe() == plan.describe()
+    assert any("landlock" in line for line in plan.describe())
+
+
+def test_errors_name_the_layer_and_what_failed():
+    plan = compile_plan(SPEC, MODE_EXEC, shared=False)
+    index = next(i for i, s in enumerate(plan.steps) if s.op == _jail.OP_OPEN_BIND)
+    err = plan.error((plan.layers.index("rootfs"), index, 0, errno.ENOENT))
+    assert str(err) == "jail layer 'rootfs' failed (ENOENT): No such file or directory: /usr"
+    assert plan.error((_jail.LAYER_SPAWN, 0, 0, errno.ETIMEDOUT)).message == (
+        "the jail did not report in time")
+    idmap = plan.error((_jail.LAYER_IDMAP, 0, 2, errno.EPERM))
+    assert (idmap.layer, idmap.message) == ("id-map", "writing uid_map: Operation not permitted")
+    assert plan.without("rootfs").layers.count("rootfs") == 0
+
+
+def test_id_maps_follow_the_id_map_step():
+    plan = compile_plan(SPEC, MODE_CALL)
+    assert plan.id_maps(200_000, 200_001) == ("0 200000 1\n", "0 200001 1\n")
+    assert Plan([]).id_maps(1, 1) == (None, None)
+
+
+def _step(op: int, args: tuple = (), data: bytes = b"", flags: int = 0) -> bytes:
+    return Plan([Step(op, "x", "x", args=args, data=data, flags=flags)]).encode()
+
+
+@pytest.mark.parametrize("wire", [
+    b"",
+    b"JPLN",
+    struct.pack("=IHHQ", 0, 1, 0, 0),  # bad magic
+    struct.pack("=IHHQ", _jail.MAGIC, 1, 1, 0),  # a step is missing
+    struct.pack("=IHHQ", _jail.MAGIC, 1, 0, 1 << 40),  # not a namespace flag
+    _step(0),  # no op 0
+    _step(99),
+    _step(_jail.OP_SETNS_SLOT, (_jail.MAX_SLOTS, 0x40000000)),
+    _step(_jail.OP_SETNS_SLOT, (0, 0x40000001)),  # two namespace types
+    _step(_jail.OP_BIND, (0, 0)),  # a bind never opened
+    _step(_jail.OP_MKDIR, (0o777,), b"/a"),  # not NUL-terminated
+    _step(_jail.OP_MKDIR, (0o777,), b"/a\0/b\0"),  # one string too many
+    _step(_jail.OP_MOUNT, (0, 0), b"\0\0\0\0"),  # no target
+    _step(_jail.OP_PRCTL, (22, 2)),  # PR_SET_SECCOMP: not through OP_PRCTL
+    _step(_jail.OP_SECCOMP, (0,), b"\0" * 7),
+    _step(_jail.OP_SECCOMP, (1,), b"\0" * 8),  # TSYNC: never
+    _step(_jail.OP_LANDLOCK, (1, 0, 0), b"\0" * 10, flags=8),
+    _step(_jail.OP_FDS, (), b"\0"),  # a payload where none belongs
+    _step(_jail.OP_SETHOSTNAME, (), b"h" * 65 + b"\0"),
+    _step(_jail.OP_RLIMIT, (16, 0)),
+    Plan([]).encode() + b"\0" * 8,  # trailing bytes
+])
+def test_decoder_refuses_bad_plans(wire: bytes):
+    with pytest.raises(ValueError, match="bad jail plan"):
+        _jail.Plan(wire)
+
+
+def test_layer_ids_are_checked_and_reserved_ones_refused():
+    wire = bytearray(_step(_jail.OP_FDS))
+    struct.pack_into("=H", wire, 16 + 2, _jail.LAYER_SPAWN)
+    with pytest.raises(ValueError, match="reserved"):
+        _jail.Plan(bytes(wire))
+
+
+def test_spawn_checks_its_arguments():
+    plan = compile_plan(load_profile("titus-worker").spec, MODE_ENTRY)
+    with pytest.raises(ValueError, match="slot"):
+        _jail.spawn(plan.native, MODE_ENTRY, entry=_jail.entry("exit"))
+    with pytest.raises(ValueError, match="CLONE_PARENT"):
+        _jail.spawn(Plan([]).native, MODE_CALL, parent=True)
+    with pytest.raises(ValueError, match="exec needs"):
+        _jail.spawn(Plan([]).native, MODE_EXEC)
+    with pytest.raises(ValueError, match="NUL"):
+        _jail.spawn(Plan([]).native, MODE_EXEC, argv=[b"a\0b"], envp=[], paths=[b"/x"])
+    with pytest.raises(ValueError, match="PyCapsule"):
+        _jail.spawn(Plan([]).native, MODE_ENTRY, entry=object())
+    with pytest.raises(ValueError, match="no built-in entry"):
+        _jail.entry("nothing")
+
+
+def test_bpf_step_checks_the_program():
+    with pytest.raises(OSError) as info:
+        bpf.steps(b"\0" * 12)
+    assert info.value.errno == errno.EINVAL
+    with pytest.raises(JailError):
+        raise Plan([]).error((_jail.LAYER_EXEC, 0, 0, errno.ENOENT))

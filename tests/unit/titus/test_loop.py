@@ -1,0 +1,60 @@
+"""titus/supervisor/loop.py: events of a closed fd never reach the socket that took its number."""
+
+from __future__ import annotations
+
+import select
+import socket
+
+from titus.supervisor.loop import Loop
+
+
+def test_an_event_of_a_closed_fd_does_not_reach_its_successor() -> None:
+    """One epoll round reports two fds; the first callback closes the second and a
+    new socket takes its number.  The stale event must not call the new socket's
+    callbacks (e.g. a backend connect still in progress taken for a finished one)."""
+    loop = Loop()
+    a, b = socket.socketpair()
+    old, peer = socket.socketpair()
+    calls: list[str] = []
+    replacement: list[socket.socket] = []
+
+    def first() -> None:
+        calls.append("first")
+        a.recv(1)
+        loop.forget(a.fileno())
+        number = old.fileno()
+        loop.forget(number)
+        old.close()
+        new, other = socket.socketpair()
+        assert new.fileno() == number  # the lowest free number: the one just closed
+        replacement.extend([new, other])
+        loop.add_writer(new.fileno(), lambda: calls.append("new writer"))
+        loop.add_reader(new.fileno(), lambda: calls.append("new reader"))
+
+    loop.add_reader(a.fileno(), first)
+    loop.add_writer(old.fileno(), lambda: calls.append("old writer"))
+    b.send(b"x")
+    rounds = [[(a.fileno(), select.EPOLLIN), (old.fileno(), select.EPOLLOUT | select.EPOLLIN)]]
+
+    class Scripted:
+        """The loop's epoll, with the first round's events decided by the test."""
+
+        def __init__(self, real: select.epoll) -> None:
+            self.real = real
+
+        def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+            return rounds.pop(0) if rounds else self.real.poll(0)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
+
+    loop._epoll = Scripted(loop._epoll)  # type: ignore[assignment]
+    try:
+        loop.run_once(0)
+        assert calls == ["first"], calls
+        loop.run_once(0)  # the new socket's own readiness comes in the next round
+        assert calls == ["first", "new writer"], calls
+    finally:
+        for s in (a, b, peer, *replacement):
+            s.close()
+        loop.close()

@@ -1,0 +1,204 @@
+/* Moving bytes between the TLS client and the plain backend, both directions.
+ *
+ * Every socket is used non-blocking (MSG_DONTWAIT) and one poll() waits for
+ * whatever blocks.  A half-close crosses the proxy both ways, once everything
+ * before it has been delivered: the client's EOF (close_notify, or a TCP FIN:
+ * the contexts set SSL_OP_IGNORE_UNEXPECTED_EOF) becomes SHUT_WR towards the
+ * backend while the backend's answer still flows back; the backend's EOF becomes
+ * close_notify + SHUT_WR towards the client while the client may still send.
+ * Backpressure: a side is read only while the other side's buffer has room, so
+ * a peer that never reads costs at most one buffer.  A read is written on at
+ * once (the other socket is assumed writable until it says otherwise), so a
+ * request or an answer costs no extra poll round.
+ */
+#include <errno.h>
+#include <openssl/err.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "wk_ssl.h"
+
+#define BUF (64 * 1024)
+
+struct dir {
+    unsigned char *p;
+    size_t start, end;
+};
+
+static size_t pending(const struct dir *d) { return d->end - d->start; }
+
+static void consumed(struct dir *d, size_t n)
+{
+    d->start += n;
+    if (d->start == d->end)
+        d->start = d->end = 0;
+}
+
+static void compact(struct dir *d)
+{
+    /* SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER lets a retried SSL_write see the bytes moved. */
+    if (d->end == BUF && d->start > 0) {
+        memmove(d->p, d->p + d->start, d->end - d->start);
+        d->end -= d->start;
+        d->start = 0;
+    }
+}
+
+static int reset_or_eof(SSL *ssl)
+{
+    int err = wk_client_bio_errno(SSL_get_rbio(ssl));
+    return err == 0 ? 0 : -1;
+}
+
+int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
+{
+    static unsigned char c2b_buf[BUF], b2c_buf[BUF];
+    struct dir c2b = {c2b_buf, 0, 0}, b2c = {b2c_buf, 0, 0};
+    int client_open = 1, backend_open = 1; /* the side may still send */
+    int backend_shut = 0, notified = 0, client_shut = 0;
+    int c_rd = 1, c_wr = 1, b_rd = 1, b_wr = 1; /* assumed ready until told otherwise */
+    int read_wants_write = 0, write_wants_read = 0;
+
+    for (;;) {
+        int progress;
+        do {
+            progress = 0;
+            /* client -> c2b */
+            if (client_open && c2b.end < BUF && (c_rd || SSL_has_pending(ssl)) &&
+                !(read_wants_write && !c_wr)) {
+                size_t n = 0;
+                ERR_clear_error();
+                if (SSL_read_ex(ssl, c2b.p + c2b.end, BUF - c2b.end, &n)) {
+                    c2b.end += n;
+                    *bytes_in += n;
+                    read_wants_write = 0;
+                    progress = 1;
+                } else {
+                    switch (SSL_get_error(ssl, 0)) {
+                    case SSL_ERROR_WANT_READ:
+                        c_rd = 0;
+                        read_wants_write = 0;
+                        break;
+                    case SSL_ERROR_WANT_WRITE: /* e.g. the answer to a KeyUpdate */
+                        c_wr = 0;
+                        read_wants_write = 1;
+                        break;
+                    case SSL_ERROR_ZERO_RETURN: /* close_notify, or a FIN */
+                        client_open = 0;
+                        progress = 1;
+                        break;
+                    case SSL_ERROR_SYSCALL:
+                        if (reset_or_eof(ssl) < 0)
+                            return WK_CLIENT_RESET;
+                        client_open = 0;
+                        progress = 1;
+                        break;
+                    default: /* the client's TLS session failed (alert sent or received) */
+                        return WK_CLIENT_RESET;
+                    }
+                }
+            }
+            /* c2b -> backend */
+            if (pending(&c2b) > 0 && b_wr) {
+                ssize_t n = send(bfd, c2b.p + c2b.start, pending(&c2b), MSG_DONTWAIT | MSG_NOSIGNAL);
+                if (n > 0) {
+                    consumed(&c2b, (size_t)n);
+                    progress = 1;
+                } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+                    b_wr = 0;
+                } else {
+                    return WK_BACKEND_RESET;
+                }
+            }
+            compact(&c2b);
+            /* backend -> b2c */
+            if (backend_open && b2c.end < BUF && b_rd) {
+                ssize_t n = recv(bfd, b2c.p + b2c.end, BUF - b2c.end, MSG_DONTWAIT);
+                if (n > 0) {
+                    b2c.end += (size_t)n;
+                    progress = 1;
+                } else if (n == 0) {
+                    backend_open = 0;
+                    progress = 1;
+                } else if (errno == EAGAIN || errno == EINTR) {
+                    b_rd = 0;
+                } else {
+                    return WK_BACKEND_RESET;
+                }
+            }
+            /* b2c -> client */
+            if (pending(&b2c) > 0 && c_wr && !(write_wants_read && !c_rd)) {
+                size_t n = 0;
+                ERR_clear_error();
+                if (SSL_write_ex(ssl, b2c.p + b2c.start, pending(&b2c), &n)) {
+                    consumed(&b2c, n);
+                    *bytes_out += n;
+                    write_wants_read = 0;
+                    progress = 1;
+                } else {
+                    int e = SSL_get_error(ssl, 0);
+                    if (e == SSL_ERROR_WANT_WRITE) {
+                        c_wr = 0;
+                    } else if (e == SSL_ERROR_WANT_READ) {
+                        c_rd = 0;
+                        write_wants_read = 1;
+                    } else {
+                        return WK_CLIENT_RESET;
+                    }
+                }
+            }
+            compact(&b2c);
+            /* half-closes, once everything before them is delivered */
+            if (!client_open && pending(&c2b) == 0 && !backend_shut) {
+                if (shutdown(bfd, SHUT_WR) < 0 && errno == ECONNRESET)
+                    return WK_BACKEND_RESET;
+                backend_shut = 1;
+                progress = 1;
+            }
+            if (!backend_open && pending(&b2c) == 0 && !notified && c_wr) {
+                ERR_clear_error();
+                if (SSL_shutdown(ssl) >= 0 || SSL_get_error(ssl, -1) != SSL_ERROR_WANT_WRITE)
+                    notified = 1; /* sent (or failed: the FIN below still says it) */
+                else
+                    c_wr = 0;
+                progress = 1;
+            }
+            if (notified && !client_shut) {
+                if (shutdown(cfd, SHUT_WR) < 0 && errno == ECONNRESET)
+                    return WK_CLIENT_RESET;
+                client_shut = 1;
+                progress = 1;
+            }
+            if (client_shut && backend_shut)
+                return WK_OK;
+        } while (progress);
+
+        short cev = 0, bev = 0;
+        if ((client_open && c2b.end < BUF && !read_wants_write) || write_wants_read)
+            cev |= POLLIN;
+        if (!c_wr && (pending(&b2c) > 0 || read_wants_write || (!backend_open && !notified)))
+            cev |= POLLOUT;
+        if (backend_open && b2c.end < BUF)
+            bev |= POLLIN;
+        if (pending(&c2b) > 0)
+            bev |= POLLOUT;
+        struct pollfd p[2] = {{.fd = cev ? cfd : -1, .events = cev},
+                              {.fd = bev ? bfd : -1, .events = bev}};
+        if (cev == 0 && bev == 0)
+            return WK_ERROR; /* nothing can move any more: never spin */
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return WK_ERROR;
+        }
+        if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
+            c_rd = 1;
+        if (p[0].revents & (POLLOUT | POLLHUP | POLLERR))
+            c_wr = 1;
+        if (p[1].revents & (POLLIN | POLLHUP | POLLERR))
+            b_rd = 1;
+        if (p[1].revents & (POLLOUT | POLLHUP | POLLERR))
+            b_wr = 1;
+    }
+}
