@@ -7,6 +7,8 @@ the bounding set is allowed (CAP_SETPCAP there) and affects only the jail.
 
 from __future__ import annotations
 
+import resource
+
 from sandbox import _jail, libc
 from sandbox.plan import Step
 from sandbox.spec import NOFILE_KEPT, RLIMIT_NAMES, JailSpec
@@ -46,9 +48,6 @@ def no_new_privs_steps(spec: JailSpec) -> list[Step]:
                  args=(libc.PR_SET_NO_NEW_PRIVS, 1))]
 
 
-_RLIM_INFINITY = -1  # resource.RLIM_INFINITY: "unlimited" in a profile
-
-
 def rlimit_steps(spec: JailSpec) -> list[Step]:
     """Soft and hard limit alike, so the jail cannot raise them back.  "kept" (nofile):
     the number of fds passed in; "unlimited": the hard limit the jail starts with
@@ -59,7 +58,7 @@ def rlimit_steps(spec: JailSpec) -> list[Step]:
             raise ValueError(f"unknown rlimit {name!r}")
         if value == NOFILE_KEPT and name == "nofile":
             what, raw, flags = "the number of kept fds", 0, _jail.RLIMIT_KEPT
-        elif value == _RLIM_INFINITY:
+        elif value == resource.RLIM_INFINITY:
             what, raw, flags = "its hard limit (unlimited)", 0, _jail.RLIMIT_HARD
         elif value < 0:
             raise ValueError(f"rlimit {name} = {value}")
