@@ -56,7 +56,10 @@ ASAN_TESTS := tests/security/test_layers.py tests/security/test_spawn_leaks.py \
               tests/security/test_executor.py tests/security/test_layer_removal.py \
               tests/integration/test_forkserver.py tests/integration/test_sandbox_cli.py \
               tests/integration/test_runcache.py tests/unit/sandbox/test_plan.py tests/unit/sandbox/test_fds.py \
-              tests/unit/sandbox/test_landlock.py tests/unit/sandbox/test_seccomp.py tests/fuzz/test_plan_fuzz.py
+              tests/unit/sandbox/test_landlock.py tests/unit/sandbox/test_seccomp.py tests/fuzz/test_plan_fuzz.py \
+              tests/security/test_spawn_result.py tests/security/test_landlock_order.py \
+              tests/integration/test_sandbox_limits.py tests/integration/test_seccomp_notify.py \
+              tests/integration/test_sandbox_errors.py
 # ... and titus's integration tests against the C worker built the same way, its jails
 # given ASan's allowances (tests/asan_policies.py: its syscalls, no address-space limit).
 # Left out: the memory scan (ASan's shadow is terabytes to read) and the tests that run
@@ -64,7 +67,8 @@ ASAN_TESTS := tests/security/test_layers.py tests/security/test_spawn_leaks.py \
 TITUS_ASAN_TESTS := tests/integration/test_cworker.py tests/integration/test_remotekey.py \
               tests/integration/test_titus_tls.py tests/integration/test_titus_data.py \
               tests/integration/test_titus_client_identity.py \
-              tests/integration/test_titus_proxy_protocol.py tests/unit/titus/test_zygote.py
+              tests/integration/test_titus_proxy_protocol.py tests/unit/titus/test_zygote.py \
+              tests/integration/test_uids_host_wide.py
 TITUS_ASAN_SKIP := -k "not curl and not s_client and not no_private_key_bytes"
 test-asan: $(VENV)/.stamp
 	rm -rf build/asan && mkdir -p build/asan

@@ -188,6 +188,19 @@ def _jail_toml(spec: JailSpec) -> list[str]:
     if spec.writable_tmpfs is not None:
         lines.append(f"writable_tmpfs = {_toml_str(str(spec.writable_tmpfs))}")
         lines.append(f"writable_tmpfs_size = {_toml_str(size_text(spec.writable_tmpfs_size))}")
+    if spec.tmpfs:
+        items = ", ".join(_toml_str(f"{path}:{size_text(size)}") for path, size in spec.tmpfs)
+        lines.append(f"tmpfs = [{items}]")
+    if spec.dev:
+        lines.append("dev = true")
+    for key, value in (("uid", spec.uid), ("gid", spec.gid), ("pids_limit", spec.pids_limit)):
+        if value:
+            lines.append(f"{key} = {value}")
+    if spec.memory_limit is not None:
+        lines.append(f"memory = {_toml_str(size_text(spec.memory_limit))}")
+    for key, seconds in (("cpus", spec.cpus), ("timeout", spec.timeout)):
+        if seconds is not None:
+            lines.append(f"{key} = {seconds:g}")
     if spec.binds:
         lines.append("binds = [")
         for b in spec.binds:

@@ -510,6 +510,20 @@ def test_learned_policy_round_trips(worker: Profile, tmp_path: Path) -> None:
     assert alone.policy is not None and alone.policy.allowed() == ["getpid"]
 
 
+def test_learned_policy_keeps_the_daily_keys(tmp_path: Path) -> None:
+    """The audit-log fallback writes the jail it learned in: /dev, more tmpfs, the ids
+    inside and the limits stay (a learned shell profile without /dev breaks scripts)."""
+    from dataclasses import replace
+
+    shell = load_profile("examples/shell")
+    spec = replace(shell.spec, tmpfs=((Path("/run"), 1 << 20),), uid=33, gid=34,
+                   memory_limit=96 << 20, pids_limit=8, cpus=0.25, timeout=2.5)
+    text = learned_policy_toml(["getpid"], based_on=replace(shell, spec=spec))
+    prof = load_profile(write(tmp_path, "learned.toml", text))
+    assert replace(prof.spec, name="x", seccomp_bpf=None) == replace(
+        spec, name="x", seccomp_bpf=None)
+
+
 def test_learned_policy_runs(tmp_path: Path) -> None:
     """A learned policy is a real filter: what was observed works, the rest is killed."""
     observed = ["exit_group", "getpid", "brk", "munmap", "madvise", "futex", "rt_sigreturn"]
