@@ -14,11 +14,11 @@ can use it.
 
 from __future__ import annotations
 
-import atexit
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # nothing at run time: `sandbox run` imports this package first
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
-if TYPE_CHECKING:  # imported on use: `import sandbox` stays cheap for the CLI
     from sandbox.launcher import JailProcess, Launcher
     from sandbox.profile import Profile
     from sandbox.spec import JailSpec
@@ -30,6 +30,8 @@ _launcher: list[Launcher] = []
 
 def _default() -> Launcher:
     if not _launcher:
+        import atexit
+
         from sandbox.launcher import Launcher
 
         _launcher.append(Launcher())
