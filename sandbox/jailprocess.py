@@ -63,6 +63,7 @@ class JailProcess:
         # arrived so far, and what closes it if the result is never taken.
         self._result: int | None = None
         self._chunks: list[bytes] = []
+        self._size = 0
         self._closer: object = None
 
     def __repr__(self) -> str:
@@ -115,11 +116,12 @@ class JailProcess:
         self._result = fd
         self._closer = weakref.finalize(self, _close_quietly, fd)
 
-    def result(self, timeout: float | None = None) -> object:
+    def result(self, timeout: float | None = None, limit: int = 256 << 20) -> object:
         """The jailed function's return value, or its exception raised here; waits for
         the jail to end (TimeoutError after `timeout` seconds).  Only plain values
-        and exceptions are accepted from the jail (sandbox.result)."""
-        from sandbox.result import CHUNK, JailDied, loads
+        and exceptions are accepted from the jail (sandbox.result), and at most
+        `limit` bytes of them: a jail that sends more is killed (ResultRefused)."""
+        from sandbox.result import CHUNK, JailDied, ResultRefused, loads
 
         if self._result is None:
             raise RuntimeError("this jail was not spawned with result=True (or the result "
@@ -136,6 +138,13 @@ class JailProcess:
             if not chunk:
                 break
             self._chunks.append(chunk)
+            self._size += len(chunk)
+            if self._size > limit:
+                self.kill()
+                self._closer()  # type: ignore[operator]
+                self._result, self._chunks = None, []
+                self.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
+                raise ResultRefused(f"jail {self.name} sent more than {limit} bytes of result")
         self._closer()  # type: ignore[operator]
         self._result = None
         data, self._chunks = b"".join(self._chunks), []

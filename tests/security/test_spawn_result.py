@@ -91,3 +91,23 @@ def test_no_result_and_no_leaked_fds() -> None:
 
     gc.collect()  # an untaken result's socket is closed with its handle
     assert set(os.listdir("/proc/self/fd")) <= before | {str(launcher.violations._fd)}
+
+
+def floods() -> None:
+    """Writes result bytes forever: the parent must not keep them all."""
+    from sandbox import launcher
+
+    chunk = b"x" * 65536
+    while True:
+        os.write(launcher._SYNC_FD[0], chunk)
+
+
+def test_a_flood_is_cut_off_and_the_jail_killed() -> None:
+    launcher = Launcher()
+    try:
+        jail = launcher.spawn(SPEC, floods, result=True)
+        with pytest.raises(ResultRefused, match="more than 1048576 bytes"):
+            jail.result(timeout=20, limit=1 << 20)
+        assert jail.returncode == -signal.SIGKILL
+    finally:
+        launcher.close()
