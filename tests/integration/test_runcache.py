@@ -90,6 +90,29 @@ def test_changes_recompile(tmp_path: Path, profile: Path) -> None:
                             "--", "/bin/true"))
 
 
+def test_a_cached_run_keeps_the_parents_side(tmp_path: Path, profile: Path) -> None:
+    """What the parent does for a jail (its cgroup, --timeout, naming a forbidden call
+    with its arguments) is the same from the cache: those are not in the plan."""
+    cache = tmp_path / "cache"
+    code = "import time; print(open('/proc/self/cgroup').read(), flush=True); time.sleep(30)"
+    run = ("run", "--profile", str(profile), "--bind-ro", "/etc/alternatives", "--proc",
+           "--pids-limit", "16", "--timeout", "0.5", "--", "python3", "-c", code)
+    for first in (True, False):
+        out = sandbox(cache, *run)
+        assert compiled(out) == first
+        assert out.returncode == 124, messages(out)
+        assert "sandbox-" in out.stdout  # in a cgroup of its own
+        assert "--timeout 0.5 s passed" in out.stderr
+    forbidden = ("run", "--profile", str(profile), "--", "python3", "-c",
+                 "import os; os.getppid()")
+    for first in (True, False):
+        out = sandbox(cache, *forbidden)
+        assert compiled(out) == first
+        assert out.returncode == 159, messages(out)
+        assert messages(out)[-1].startswith("sandbox: killed by seccomp: the program called "
+                                            "getppid(")
+
+
 def test_a_profile_name_is_resolved_again(tmp_path: Path, profile: Path) -> None:
     """A profile of that name appearing earlier in the search path is a miss."""
     first, second = tmp_path / "first", tmp_path / "second"
