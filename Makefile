@@ -59,7 +59,8 @@ ASAN_TESTS := tests/security/test_layers.py tests/security/test_spawn_leaks.py \
               tests/unit/sandbox/test_landlock.py tests/unit/sandbox/test_seccomp.py tests/fuzz/test_plan_fuzz.py \
               tests/security/test_spawn_result.py tests/security/test_landlock_order.py \
               tests/integration/test_sandbox_limits.py tests/integration/test_seccomp_notify.py \
-              tests/integration/test_sandbox_errors.py
+              tests/integration/test_sandbox_errors.py \
+              tests/fuzz/test_forkserver_fuzz.py
 # ... and titus's integration tests against the C worker built the same way, its jails
 # given ASan's allowances (tests/asan_policies.py: its syscalls, no address-space limit).
 # Left out: the memory scan (ASan's shadow is terabytes to read) and the tests that run
@@ -109,9 +110,10 @@ lint: $(VENV)/.stamp
 docs: $(EXTENSIONS)
 	$(PY) -m titus.docs.gen
 
-# Coverage-guided fuzzing, FUZZ_SECONDS per harness: libFuzzer on the C worker's decoders
-# (tests/fuzz/c, built with clang; in build/fuzz-c/NAME/), then atheris on the Python
-# parsers (corpora and crash inputs in build/fuzz/NAME/).
+# Coverage-guided fuzzing, FUZZ_SECONDS per harness: libFuzzer on the C decoders (the
+# worker's, the fork server's requests: tests/fuzz/c, built with clang; in
+# build/fuzz-c/NAME/), then atheris on the Python parsers (corpora and crash inputs in
+# build/fuzz/NAME/).
 # Longer hypothesis runs: TITUS_FUZZ_EXAMPLES=N pytest tests/fuzz.
 FUZZ_SECONDS ?= 60
 fuzz: $(EXTENSIONS)

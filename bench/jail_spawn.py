@@ -2,21 +2,27 @@
 next to bubblewrap (issue 12's targets: <= 0.3 ms CPU in the child from the clone to
 the entry point, <= 0.3 ms in the parent; `sandbox run` <= 20 ms, aim <= 2x bwrap).
 
-1. The titus worker's jail (policies/titus-worker.toml) around a native entry that
-   returns at once: the shape of titus's C worker.  The executor records the child's
-   thread CPU clock when it starts and after every step (Launcher.timings), so each
-   layer's CPU is the sum of its steps, and "clone -> entry point" is the child's
-   clock at the entry: everything it ran since the clone, kernel work and
-   copy-on-write faults included.  The parent's cost is the spawning thread's CPU
-   clock around the spawn (clone, id maps, waiting for ready: blocked time is not
-   CPU).  Made by a raw clone, as the zygote (a fork server) does, and by glibc's
-   fork, as a multithreaded caller does; then a Python function for comparison.
+1. The titus worker's jail (policies/titus-worker.toml, plus `write` for the timings
+   record) around a native entry that returns at once: the shape of titus's C worker.
+   The executor records the child's thread CPU clock when it starts and after every step
+   (Launcher.timings), so each layer's CPU is the sum of its steps, and "clone -> entry
+   point" is the child's clock at the entry: everything it ran since the clone, kernel
+   work and copy-on-write faults included.  The parent's cost is the spawning thread's
+   CPU clock around the spawn (clone, id maps, waiting for ready: blocked time is not
+   CPU).  Made by a raw clone, as the zygote (a fork server) does, and by glibc's fork,
+   as a multithreaded caller does; then a Python function for comparison.
 2. The alternative the executor did not take: CLONE_NEWUSER at clone time.
-3. `sandbox run --profile bench/profiles/true.toml -- /bin/true` (from its plan
+3. The same jails from a fork server (sandbox/forkserver.py, as titus's zygote makes
+   its workers): the server's CPU per spawn (its scheduler clock, so in ns), the
+   caller's, the wall from request to reply, and what the server's own writes
+   after each clone cost the jail it made: its private dirty memory while it
+   holds (copy-on-write copies of the pages the server wrote next).
+4. `sandbox run --profile bench/profiles/true.toml -- /bin/true` (from its plan
    cache, as every run after the first) against `bwrap --unshare-all` with the same
    read-only binds, interleaved, and the interpreter's own start as the floor.
 
     sudo .venv/bin/python bench/jail_spawn.py [--n 400] [--runs 41] [--markdown]
+                                              [--only jails|userns|forkserver|run]
 
 --markdown writes bench/JAIL_SPAWN.md and its section of bench/RESULTS.md.  The
 machine is shared: CPU clocks, medians and the load are reported; read wall times
@@ -264,6 +270,103 @@ def measure_userns_at_clone(n: int) -> list[str]:
     ]
 
 
+def fork_server_recipes(spec) -> dict:
+    """The fork server's setup (bench/jail_spawn.py:fork_server_recipes): native entries
+    in the titus worker's jail, one that leaves at once and one that holds fd 0 (read(2):
+    not in the worker's seccomp policy, so that one has none)."""
+    from sandbox.forkserver import Recipe
+
+    return {"exit": Recipe(spec, _jail.entry("exit")),
+            "hold": Recipe(replace(spec, seccomp_bpf=None), _jail.entry("hold"))}
+
+
+def _sched_ns(pid: int) -> int:
+    """CPU time of process `pid` in ns (its main thread's scheduler clock: it has one)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+def _rollup(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, value = line.partition(":")
+        out[key] = int(value.split()[0])
+    return out
+
+
+def measure_fork_server(n: int, held: int = 100) -> list[str]:
+    """Jails from a fork server: the server's and the caller's CPU per spawn, the wall,
+    and the private memory of jails that hold (what the server dirtied after each)."""
+    import select
+    import socket
+
+    from sandbox.forkserver import ForkServer
+
+    spec = load_profile("titus-worker").spec
+    spec = replace(spec, uid_range=UidRange(2_000_000 + (os.getpid() % 4096) * 256, 256))
+    server = ForkServer("bench.jail_spawn:fork_server_recipes", spec)
+    server.start()
+    launcher = Launcher()
+    uids = launcher.uids(spec.uid_range)
+
+    def spawn(name: str, fds: list[int]) -> int:
+        uid = uids.allocate()
+        server.request(name, uid, fds)
+        while True:
+            select.select([server], [], [], 10)
+            replies = server.replies()
+            if replies is None:
+                raise RuntimeError("the fork server died")
+            if replies:
+                (reply,) = replies
+                if reply.error is not None:
+                    raise RuntimeError(f"bench jail failed: {reply.error}")
+                launcher.adopt(reply.pid, uid, name, spec.uid_range)
+                return reply.pid
+
+    try:
+        for _ in range(20):  # the shared netns and root, the server's first faults
+            launcher.reaped(pid := spawn("exit", []), os.waitpid(pid, 0)[1])
+        busy = Busy()
+        server_ms, caller_ms, wall_ms = [], [], []
+        for _ in range(n):
+            s0, c0, t0 = _sched_ns(server.pid), time.thread_time_ns(), time.perf_counter_ns()
+            pid = spawn("exit", [])
+            wall_ms.append(ms(time.perf_counter_ns() - t0))
+            caller_ms.append(ms(time.thread_time_ns() - c0))
+            server_ms.append(ms(_sched_ns(server.pid) - s0))
+            launcher.reaped(pid, os.waitpid(pid, 0)[1])
+        load = busy.words()
+        holders = []
+        try:
+            for _ in range(held):
+                ours, theirs = socket.socketpair()
+                holders.append((ours, spawn("hold", [theirs.fileno()])))
+                theirs.close()
+            rollups = [_rollup(pid) for _, pid in holders]
+        finally:
+            for ours, pid in holders:
+                ours.close()
+                launcher.reaped(pid, os.waitpid(pid, 0)[1])
+        server_rss = _rollup(server.pid)["Rss"]
+    finally:
+        server.close()
+        launcher.close()
+    dirty = [float(r["Private_Dirty"]) for r in rollups]
+    pss = [float(r["Pss"]) for r in rollups]
+    return [
+        f"The same jail (a native entry) from a fork server (sandbox/forkserver.py, as "
+        f"titus's zygote; RSS {server_rss} kB), N={n}; {load}.",
+        "",
+        "| per jail from a fork server | mean | median | p95 |",
+        "|---|---|---|---|",
+        row("server CPU per spawn, ms", server_ms),
+        row("caller CPU per spawn (request, reply), ms", caller_ms),
+        row("wall, request -> reply, ms", wall_ms),
+        row(f"private dirty kB of a jail that holds ({held} held)", dirty),
+        row(f"PSS kB of a jail that holds ({held} held)", pss),
+    ]
+
+
 def run_once(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall ms, CPU ms of the process and everything it reaped)."""
     t0 = time.perf_counter()
@@ -366,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=400, help="jails per row (default 400)")
     parser.add_argument("--runs", type=int, default=41, help="runs per command (default 41)")
+    parser.add_argument("--only", choices=("jails", "userns", "forkserver", "run"),
+                        help="measure one part (no --markdown)")
     parser.add_argument("--markdown", action="store_true",
                         help="write bench/JAIL_SPAWN.md and the jail section of RESULTS.md")
     args = parser.parse_args(argv)
@@ -374,10 +479,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     where = machine()
-    parts = [f"Measured by `bench/jail_spawn.py` in one run; {where}.", "",
-             *measure_jails(max(1, args.n)), "",
-             *measure_userns_at_clone(max(1, args.n // 2)), "",
-             *measure_run(max(1, args.runs))]
+    measures = {"jails": lambda: measure_jails(max(1, args.n)),
+                "userns": lambda: measure_userns_at_clone(max(1, args.n // 2)),
+                "forkserver": lambda: measure_fork_server(max(1, args.n)),
+                "run": lambda: measure_run(max(1, args.runs))}
+    if args.only:
+        args.markdown = False
+        measures = {args.only: measures[args.only]}
+    parts = [f"Measured by `bench/jail_spawn.py` in one run; {where}."]
+    for measure in measures.values():
+        parts += ["", *measure()]
     end_load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     parts += ["", f"Load average at the end: {end_load}; the whole run took "
               f"{time.monotonic() - started:.0f} s."]

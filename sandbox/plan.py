@@ -38,6 +38,8 @@ _SPECIAL = {_jail.LAYER_EXEC: "exec", _jail.LAYER_IDMAP: "id-map", _jail.LAYER_S
             _jail.LAYER_CGROUP: "cgroup"}
 _SPAWN_SUBS = {1: "copying the seccomp listener", 2: "the seccomp listener's handler failed"}
 _ID_FILES = ("setgroups", "gid_map", "uid_map")
+# What failed of a spawn itself (a fork server's C loop reports 2 and 3: sandbox/_jail/serve.c).
+_SPAWN_SUBS = {1: "copying the seccomp listener", 2: "the sync socket", 3: "the clone"}
 _CLONE_NEWPID = 0x20000000
 _FILTER_FLAG_NEW_LISTENER = 1 << 3  # seccomp(2); sandbox/bpf.py
 

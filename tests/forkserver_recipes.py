@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
 
+from sandbox import _jail
 from sandbox.forkserver import Recipe
-from sandbox.spec import BindMount, JailSpec
+from sandbox.spec import BindMount, JailSpec, NetworkMode
 from tests.jailtools import with_nofile
 
 _said = [b"first"]
@@ -25,6 +27,28 @@ def _update(data: bytes) -> None:
 
 
 def setup(spec: JailSpec) -> dict[str, Recipe]:
+    """Python functions (served by Python) and native entries (served by the C loop)."""
     broken = replace(spec, binds=(BindMount(Path("/nonexistent-forkserver-test"), Path("/x")),))
+    no_netns = replace(spec, network=NetworkMode.NETNS,
+                       netns_path=Path("/nonexistent-forkserver-netns"))
     return {"report": Recipe(with_nofile(spec, 1), _report, (), update=_update),
-            "broken": Recipe(broken, _report, ())}
+            "broken": Recipe(broken, _report, ()),
+            # Native: "pid uid gid" on fd 0, then exit; fd 0 read until EOF; a layer
+            # that fails in the child (after the clone); a root that cannot be built.
+            "native": Recipe(spec, _jail.entry("report")),
+            "hold": Recipe(spec, _jail.entry("hold")),
+            "native-netns": Recipe(no_netns, _jail.entry("report")),
+            "native-broken": Recipe(broken, _jail.entry("report"))}
+
+
+def native_setup(arg: tuple[JailSpec, str]) -> dict[str, Recipe]:
+    """Native jails only (the built-in `hold` entry): the server keeps its Python out of
+    them (sandbox/dontfork.py).  Writes, to the file the test names, the arenas and
+    the interpreter's data the server leaves out, so that the test can look for them
+    in a jail's memory map."""
+    from sandbox import dontfork
+
+    spec, out = arg
+    Path(out).write_text(json.dumps({"arenas": _jail.tracked_arenas(),
+                                     "interpreter": dontfork.interpreter_data()}))
+    return {"hold": Recipe(with_nofile(spec, 1), _jail.entry("hold"), ())}

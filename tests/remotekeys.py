@@ -15,6 +15,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -109,6 +110,12 @@ class PKI:
 
     def key(self, name: str) -> Path:
         return self.dir / f"{name}.key.pem"  # never read by this process
+
+
+def make_pki(directory: Path) -> PKI:
+    """Keys and certificates made by KEYGEN in its own interpreter, in `directory`."""
+    subprocess.run([sys.executable, "-c", KEYGEN, str(directory)], check=True, timeout=300)
+    return PKI(directory)
 
 
 class KeyHolder:

@@ -11,6 +11,8 @@
  *   apply(plan, ...)  apply a plan to this process (fds, Landlock, seccomp alone)
  *   entry(name[, code])
  *                     a built-in native entry capsule (tests, the shared root, bench)
+ *   track_arenas(), arenas_dontfork(), tracked_arenas(), dontfork(addr, length)
+ *                     a fork server's Python memory kept out of native jails (arenas.c)
  *
  * error is None or (layer id, step index, sub-step, errno); plan.py names it.
  * spawn() is in pyspawn.c, the built-in entries in entries.c.
@@ -80,6 +82,17 @@ PyTypeObject PlanType = {
     .tp_dealloc = (destructor)plan_dealloc,
     .tp_getset = plan_getset,
 };
+
+/* For server.c (the fork server's loop): the type, and the C plan of an instance. */
+PyTypeObject *jail_plan_type(void)
+{
+    return &PlanType;
+}
+
+const struct jail_plan *jail_plan_of(PyObject *plan)
+{
+    return ((PlanObject *)plan)->plan;
+}
 
 /* A sequence of fds (-1: none) into out[max]; their number, -1 with an exception. */
 int int_array(PyObject *seq, int *out, int max, const char *what)
@@ -181,6 +194,14 @@ static PyObject *jail_apply_py(PyObject *module, PyObject *args, PyObject *kwds)
     return Py_BuildValue("(iO)", r.sync, Py_None);
 }
 
+/* arenas.c */
+PyObject *jail_track_arenas_py(PyObject *module, PyObject *unused);
+PyObject *jail_arenas_dontfork_py(PyObject *module, PyObject *unused);
+PyObject *jail_dontfork_py(PyObject *module, PyObject *args);
+PyObject *jail_tracked_arenas_py(PyObject *module, PyObject *unused);
+/* server.c */
+int jail_server_add(PyObject *m);
+
 static PyMethodDef methods[] = {
     {"spawn", (PyCFunction)(void (*)(void))jail_spawn_py, METH_VARARGS | METH_KEYWORDS,
      "spawn(plan, mode, *, how, parent, slots, keep, uid_map, gid_map, argv, envp, paths, "
@@ -190,6 +211,14 @@ static PyMethodDef methods[] = {
      "apply(plan, *, keep, sync, slots) -> (sync, error): apply a plan to this process"},
     {"entry", jail_entry_py, METH_VARARGS, "entry(name[, code]) -> a built-in entry capsule"},
     {"is_entry", jail_is_entry_py, METH_O, "is_entry(obj) -> whether obj is an entry capsule"},
+    {"track_arenas", jail_track_arenas_py, METH_NOARGS,
+     "track_arenas(): pymalloc's arenas from here on are remembered (arenas.c)"},
+    {"arenas_dontfork", jail_arenas_dontfork_py, METH_NOARGS,
+     "arenas_dontfork() -> arenas now kept out of clones, and every later one too"},
+    {"tracked_arenas", jail_tracked_arenas_py, METH_NOARGS,
+     "tracked_arenas() -> [(address, size)] of the arenas track_arenas() remembers"},
+    {"dontfork", jail_dontfork_py, METH_VARARGS,
+     "dontfork(addr, length): MADV_DONTFORK on that range"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -243,6 +272,7 @@ PyMODINIT_FUNC PyInit__jail(void)
         return NULL;
     Py_INCREF(&PlanType);
     if (PyModule_AddObject(m, "Plan", (PyObject *)&PlanType) != 0 || add_ints(m) != 0 ||
+        jail_server_add(m) != 0 ||
         PyModule_AddStringConstant(m, "ENTRY_CAPSULE", SANDBOX_JAIL_ENTRY_CAPSULE) != 0) {
         Py_DECREF(&PlanType);
         Py_DECREF(m);

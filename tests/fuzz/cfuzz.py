@@ -1,8 +1,9 @@
-"""libFuzzer harnesses for the C worker's decoders (tests/fuzz/c/), built with clang.
+"""libFuzzer harnesses for the C decoders (tests/fuzz/c/), built with clang.
 
-Each harness links only the file it drives (no OpenSSL, no Python): the decoder
-of supervisor messages, of key-holder answers, and the server-name parser with
-the vhost chooser.  Built with ASan+UBSan; a crash or a sanitizer report fails.
+Each harness links only the file it drives (no OpenSSL, no Python): the C worker's
+decoder of supervisor messages, of key-holder answers, and the server-name parser
+with the vhost chooser; the fork server's request decoder (sandbox/_jail/request.c).
+Built with ASan+UBSan; a crash or a sanitizer report fails.
 
     python -m tests.fuzz.cfuzz [--seconds N | --runs N] [NAME ...]
 
@@ -20,11 +21,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ROOT / "titus" / "worker"
-HARNESSES = {  # name -> the worker's C files it links
-    "control": ["wk_control.c"],
-    "keyreply": ["wk_keyproto.c"],
-    "sni": ["wk_choose.c"],
+HARNESSES = {  # name -> the C files it links (their folder is on the include path)
+    "control": ["titus/worker/wk_control.c"],
+    "keyreply": ["titus/worker/wk_keyproto.c"],
+    "sni": ["titus/worker/wk_choose.c"],
+    "spawnreq": ["sandbox/_jail/request.c"],
 }
 CFLAGS = ["-g", "-O1", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
           "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=undefined"]
@@ -41,15 +42,23 @@ def build(name: str, out_dir: Path) -> Path:
         raise RuntimeError("clang is not installed (make deps installs it)")
     out_dir.mkdir(parents=True, exist_ok=True)
     binary = out_dir / f"fuzz_{name}"
-    sources = [str(ROOT / "tests" / "fuzz" / "c" / f"fuzz_{name}.c"),
-               *(str(SOURCES / s) for s in HARNESSES[name])]
-    subprocess.run([compiler, *CFLAGS, f"-I{SOURCES}", *sources, "-o", str(binary)],
+    linked = [ROOT / s for s in HARNESSES[name]]
+    sources = [str(ROOT / "tests" / "fuzz" / "c" / f"fuzz_{name}.c"), *map(str, linked)]
+    includes = [f"-I{d}" for d in dict.fromkeys(s.parent for s in linked)]
+    subprocess.run([compiler, *CFLAGS, *includes, *sources, "-o", str(binary)],
                    check=True, capture_output=True, text=True)
     return binary
 
 
 def seeds(name: str) -> list[bytes]:
     """Real inputs, so coverage starts past "not a message"."""
+    if name == "spawnreq":
+        from sandbox import _jail
+        from sandbox.forkserver import encode_request
+
+        return [encode_request(_jail.REQ_SPAWN, 1, "worker", 640_001, 3),
+                encode_request(_jail.REQ_UPDATE, 2, "worker", 0, 1),
+                encode_request(_jail.REQ_SPAWN, 2**64 - 1, "x" * _jail.REQ_MAX_NAME, 0, 16)]
     from titus.wire import control, keyproto
 
     if name == "control":

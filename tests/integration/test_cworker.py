@@ -16,8 +16,6 @@ import os
 import select
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -26,7 +24,7 @@ from OpenSSL import SSL
 
 from tests.cworker import Served, Worker, worker_filter
 from tests.pki import CA
-from tests.remotekeys import KEY_IDS, KEYGEN, PKI, KeyHolder
+from tests.remotekeys import KEY_IDS, PKI, KeyHolder, make_pki
 from titus.config.model import TLSSettings, VHost
 from titus.worker import remotekey
 from titus.worker.connection import build_table
@@ -37,9 +35,7 @@ BACKEND_PORT = 9  # never dialled: the test hands the backend over itself
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    out = tmp_path_factory.mktemp("pki")
-    subprocess.run([sys.executable, "-c", KEYGEN, str(out)], check=True, timeout=300)
-    return PKI(out)
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,13 @@
 """sandbox.forkserver and sandbox.clone: jails cloned by a separately exec'd server are the
 caller's children, in their own PID namespace, with the caller's uid; errors name the
-layer; a dead server is noticed; updates reach the jails cloned after them."""
+layer; a dead server is noticed; updates reach the jails cloned after them.  Native
+entries are served by the C loop (sandbox/_jail/serve.c): the same jails and errors,
+no fd left behind by any request, good or bad, and almost no page of the server
+written after a clone; the server dies with its caller."""
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -11,11 +15,12 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
-from sandbox import clone
-from sandbox.forkserver import ForkServer, ForkServerError, Reply
+from sandbox import _jail, clone
+from sandbox.forkserver import ForkServer, ForkServerError, Reply, encode_request
 from sandbox.launcher import Launcher
 from sandbox.spec import JailSpec, UidRange
 from tests.titus_harness import ROOT
@@ -99,9 +104,10 @@ def test_updates_reach_the_jails_cloned_after_them(server):
     assert jail.wait(10) == 0
 
 
-def test_a_failing_layer_is_named_and_the_server_goes_on(server):
+@pytest.mark.parametrize("name", ["broken", "native-broken"])  # Python's, the C loop's
+def test_a_failing_layer_is_named_and_the_server_goes_on(server, name):
     server, launcher = server
-    ours, jail, reply = spawn(server, launcher, "broken")
+    ours, jail, reply = spawn(server, launcher, name)
     assert reply.error is not None and reply.error.layer == "rootfs"
     assert str(reply.error) == ("jail layer 'rootfs' failed (ENOENT): No such file or "
                                 "directory: /nonexistent-forkserver-test")
@@ -122,6 +128,179 @@ def test_a_dead_server_is_noticed_and_its_jails_live_on(server):
     assert ours.recv(100) == b"first"  # the jail is ours, and still serving
     ours.close()
     assert jail.wait(10) == 0
+
+
+def test_native_entries_are_jails_of_the_same_kind(server):
+    server, launcher = server
+    ours, jail, reply = spawn(server, launcher, "native")
+    assert reply.error is None
+    assert ours.recv(100) == b"1 0 0\n"  # PID 1, root inside its own user namespace
+    assert jail.wait(10) == 0
+    ours.close()
+    ours, jail, reply = spawn(server, launcher, "hold")
+    st = status(jail.pid)
+    assert int(st["PPid"][0]) == os.getpid()
+    assert st["NSpid"][-1] == "1" and int(st["Uid"][0]) == jail.uid == int(st["Gid"][0])
+    assert st["NoNewPrivs"] == ["1"] and st["CapEff"] == ["0000000000000000"]
+    assert os.listdir(f"/proc/{jail.pid}/fd") == ["0"]  # its fds, nothing of the server
+    assert os.readlink(f"/proc/{jail.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    ours.close()
+    assert jail.wait(10) == 0
+
+
+def test_a_native_jail_that_fails_is_named_and_ours_to_reap(server):
+    server, launcher = server
+    ours, jail, reply = spawn(server, launcher, "native-netns")
+    assert reply.error is not None and reply.error.layer == "network"
+    assert str(reply.error) == (
+        "jail layer 'network' failed (ENOENT): cannot open network namespace "
+        "/nonexistent-forkserver-netns: No such file or directory")
+    assert jail is not None and reply.error.pid == jail.pid  # cloned, then killed
+    assert jail.wait(10) in (-signal.SIGKILL, 125)
+    ours.close()
+    ours, jail, reply = spawn(server, launcher, "no-such-recipe")
+    assert jail is None and reply.error.layer == "spawn" and "no-such-recipe" in str(reply.error)
+    ours.close()
+    ours, jail, reply = spawn(server, launcher, "native")  # the server goes on
+    assert reply.error is None and ours.recv(100) == b"1 0 0\n"
+    ours.close()
+    assert jail.wait(10) == 0
+
+
+def server_fds(server: ForkServer) -> list[str]:
+    return sorted(os.listdir(f"/proc/{server.pid}/fd"))
+
+
+def send_raw(server: ForkServer, packet: bytes, nfds: int) -> None:
+    pairs = [socket.socketpair() for _ in range((nfds + 1) // 2)]
+    fds = [s.fileno() for pair in pairs for s in pair][:nfds]
+    socket.send_fds(server.sock, [packet], fds)
+    for pair in pairs:
+        for s in pair:
+            s.close()
+
+
+def test_no_request_leaves_an_fd_behind(server):
+    server, launcher = server
+    spawn(server, launcher, "native")[0].close()
+    before = server_fds(server)
+    for name in ("native", "native-netns", "native-broken", "report", "broken", "no-such"):
+        ours, jail, _ = spawn(server, launcher, name)
+        ours.close()
+        if jail is not None:
+            jail.wait(10)
+    server.update("report", b"again")
+    uid = launcher.uids(UIDS).allocate()
+    bad = {  # id -> (packet, fds sent)
+        71: (encode_request(_jail.REQ_SPAWN, 71, "native", uid, 2), 1),  # fewer fds than said
+        72: (encode_request(_jail.REQ_SPAWN, 72, "native", uid, 16), 17),  # more than fit
+        73: (encode_request(_jail.REQ_SPAWN, 73, "native", uid, 1)[:-1] + b"\0", 1),
+        74: (encode_request(_jail.REQ_UPDATE, 74, "native", uid, 1), 1),  # an update with a uid
+        75: (encode_request(_jail.REQ_SPAWN, 75, "native", uid, 0) + bytes(4096), 3),
+    }
+    for packet, nfds in bad.values():
+        send_raw(server, packet, nfds)
+    deadline = time.monotonic() + 10
+    while bad and time.monotonic() < deadline:
+        select.select([server.fileno()], [], [], 0.1)
+        replies = server.replies()
+        assert replies is not None, "the fork server died"
+        for reply in replies:
+            assert reply.pid is None and reply.error is not None
+            assert reply.error.layer == "spawn" and reply.error.errno == errno.EPROTO, reply.error
+            del bad[reply.request_id]
+    assert not bad
+    launcher.uids(UIDS).release(uid)
+    assert server_fds(server) == before
+    ours, jail, reply = spawn(server, launcher, "native")
+    assert reply.error is None and ours.recv(100) == b"1 0 0\n"
+    ours.close()
+    jail.wait(10)
+
+
+def test_a_request_without_a_readable_header_ends_the_server(server):
+    server, _ = server
+    send_raw(server, b"not a request", 2)
+    select.select([server.fileno()], [], [], 10)
+    assert server.replies() is None
+
+
+def private_dirty_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
+
+
+def test_the_server_writes_almost_nothing_after_a_clone(server):
+    """A page the server writes after a clone becomes a private copy in that jail; the
+    Python loop wrote ~90 pages (~500 kB a jail), the C loop a few of its stack."""
+    server, launcher = server
+    held = [spawn(server, launcher, "hold") for _ in range(3)]
+    dirty = [private_dirty_kb(jail.pid) for _, jail, _ in held]
+    for ours, jail, _ in held:
+        ours.close()
+        jail.wait(10)
+    assert max(dirty[:2]) < 100, dirty  # the last one: the server may write more later
+
+
+HOLES = """
+import ctypes, sys
+from sandbox import _jail
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+chunks = [libc.malloc(3000) for _ in range(400)]
+for p in chunks[::2]:
+    libc.free(p)  # 200 holes among live data
+taken = _jail.take_heap_holes()
+fresh = libc.malloc(3000)
+print(taken, int(fresh > max(chunks)))
+"""
+
+
+def test_the_servers_free_chunks_are_kept_and_its_jails_allocate_past_them(server):
+    server, _ = server
+    with open(f"/proc/{server.pid}/environ", "rb") as f:
+        environ = f.read().split(b"\0")
+    assert b"GLIBC_TUNABLES=glibc.malloc.tcache_count=0" in environ  # a freed chunk pins no page
+    if "libasan" in os.environ.get("LD_PRELOAD", ""):
+        return  # ASan's allocator is not glibc's heap
+    out = subprocess.run([sys.executable, "-c", HOLES], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30, check=True).stdout.split()
+    assert int(out[0]) >= 200 * 3000 and out[1] == "1", out
+
+
+CALLER = """
+import sys, time
+from sandbox.forkserver import ForkServer
+from sandbox.spec import JailSpec, UidRange
+server = ForkServer("tests.forkserver_recipes:setup",
+                    JailSpec(seccomp_bpf=None, uid_range=UidRange(660_100, 8)))
+server.start()
+print(server.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        return status(pid)["State"][0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_server_dies_with_its_caller():
+    caller = subprocess.Popen([sys.executable, "-c", CALLER], cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        server_pid = int(caller.stdout.readline())
+        assert not gone(server_pid)
+    finally:
+        caller.kill()
+        caller.wait()
+        caller.stdout.close()
+    deadline = time.monotonic() + 10
+    while not gone(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gone(server_pid)
 
 
 def test_a_setup_error_is_one_line():
@@ -164,3 +343,51 @@ def test_clone_refuses_a_threaded_caller():
     finally:
         stop.set()
         thread.join()
+
+
+def mapped(pid: int, address: int) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if start <= address < end:
+                return True
+    return False
+
+
+def test_native_jails_are_born_without_the_servers_python(tmp_path):
+    """sandbox/dontfork.py: a server whose every jail is native keeps its pymalloc arenas
+    and the interpreter's data out of them; the jail still runs (it needs neither)."""
+    import json
+
+    out = tmp_path / "where.json"
+    server = ForkServer("tests.forkserver_recipes:native_setup", (SPEC, str(out)))
+    server.start()
+    launcher = Launcher()
+    try:
+        where = json.loads(out.read_text())
+        ours, jail, reply = spawn(server, launcher, "hold")
+        assert reply.error is None and jail is not None
+        try:
+            assert where["arenas"], "the server tracked no arena"
+            assert where["interpreter"], "no interpreter data found to leave out"
+            for start, _length in where["arenas"] + where["interpreter"]:
+                assert mapped(server.pid, start) and not mapped(jail.pid, start)
+            assert jail.poll() is None  # alive: holding fd 0 until we close it
+        finally:
+            ours.close()
+            assert jail.wait(10) == 0
+    finally:
+        server.close()
+        launcher.close()
+
+
+def test_python_jails_keep_the_servers_python(server, tmp_path):
+    """A server with Python recipes leaves its memory alone: the jail runs Python."""
+    srv, launcher = server
+    ours, jail, reply = spawn(srv, launcher)
+    try:
+        assert reply.error is None and ours.recv(16) == b"first"
+    finally:
+        ours.close()
+        if jail is not None:
+            jail.wait(10)

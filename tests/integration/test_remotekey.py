@@ -36,11 +36,11 @@ from tests.cworker import Served, Tap, Worker, worker_filter
 from tests.remotekeys import (
     EC_NAMES,
     KEY_IDS,
-    KEYGEN,
     PKI,
     REPO,
     RSA_NAMES,
     KeyHolder,
+    make_pki,
     peer_name,
     pyopenssl_client,
     python_client,
@@ -53,9 +53,7 @@ from titus.worker import _worker, remotekey
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    out = tmp_path_factory.mktemp("pki")
-    subprocess.run([sys.executable, "-c", KEYGEN, str(out)], check=True, timeout=300)
-    return PKI(out)
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

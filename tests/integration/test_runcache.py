@@ -70,7 +70,11 @@ def test_second_run_comes_from_the_cache(tmp_path: Path, profile: Path) -> None:
     # The cached run reports like the full one.
     missing = sandbox(cache, "run", "--profile", str(profile), "--", "no-such-program")
     assert missing.returncode == 127
-    assert not FULL_CLI & imported(missing)
+    # Under `make test-asan` the executor's exit after the failed exec goes through
+    # libasan's _exit, whose sigaltstack the profile forbids: the jail also dies of
+    # SIGSYS, and naming that syscall loads libseccomp (not the CLI).
+    namer = {"pyseccomp"} if "libasan" in os.environ.get("LD_PRELOAD", "") else set()
+    assert not (FULL_CLI - namer) & imported(missing), (FULL_CLI - namer) & imported(missing)
     assert "cannot run 'no-such-program': not found inside the jail" in missing.stderr
 
 

@@ -2,7 +2,7 @@
  *
  *  1. the Connection message from the supervisor brings the client socket and
  *     the connection's local address;
- *  2. the vhost is chosen by local address, then SNI, first match wins.  A probe
+ *  2. the vhost is chosen by local address, then SNI, first match wins (wk_probe.c).  A probe
  *     SSL on a parse-only context reads the ClientHello up to OpenSSL's ClientHello
  *     callback, which chooses and stops it; the real SSL is then created on the
  *     chosen vhost's SSL_CTX and fed the same bytes, so every setting of that vhost
@@ -24,6 +24,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
+#include <malloc.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,201 +37,13 @@
 #define KEYHOLDER_FD 1
 #define MAX_HELLO 65536 /* a ClientHello larger than this is refused */
 
-/* ------------------------------------------------------------------ the probe */
-
-struct probe {
-    const struct wk_table *t;
-    const struct wk_addr *local;
-    int ran;       /* the callback ran */
-    int vhost;     /* chosen, or -1 */
-    int sni_state; /* 0 none, 1 present, -1 malformed, -2 unusable */
-    char sni[WK_MAX_SNI + 1]; /* normalized */
-};
-
-static int probe_cb(SSL *ssl, int *al, void *arg)
-{
-    (void)arg;
-    struct probe *p = SSL_get_app_data(ssl);
-    const unsigned char *ext;
-    size_t len;
-    char raw[WK_MAX_SNI + 1];
-    if (p == NULL)
-        return SSL_CLIENT_HELLO_ERROR;
-    p->ran = 1;
-    if (SSL_client_hello_isv2(ssl)) {
-        *al = SSL_AD_PROTOCOL_VERSION;
-        return SSL_CLIENT_HELLO_ERROR;
-    }
-    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &len)) {
-        int n = wk_parse_sni_ext(ext, len, raw, sizeof raw);
-        if (n < 0) {
-            p->sni_state = n;
-            *al = n == -1 ? SSL_AD_DECODE_ERROR : SSL_AD_UNRECOGNIZED_NAME;
-            return SSL_CLIENT_HELLO_ERROR;
-        }
-        p->sni_state = 1;
-        wk_normalize_sni(raw, (size_t)n, p->sni);
-    }
-    p->vhost = wk_choose(p->t, p->local, p->sni);
-    if (p->vhost < 0) {
-        *al = SSL_AD_UNRECOGNIZED_NAME;
-        return SSL_CLIENT_HELLO_ERROR;
-    }
-    return SSL_CLIENT_HELLO_RETRY; /* stop here: the real SSL takes over */
-}
-
-static SSL *new_probe(const struct wk_table *t, struct probe *p, BIO **in, BIO **out)
-{
-    SSL *ssl = SSL_new(t->probe);
-    *in = BIO_new(BIO_s_mem());
-    *out = BIO_new(BIO_s_mem());
-    if (ssl == NULL || *in == NULL || *out == NULL) {
-        SSL_free(ssl);
-        BIO_free(*in);
-        BIO_free(*out);
-        return NULL;
-    }
-    SSL_set_bio(ssl, *in, *out);
-    SSL_set_app_data(ssl, p);
-    SSL_set_accept_state(ssl);
-    return ssl;
-}
-
-/* 1: chosen; 0: needs more bytes; -1: failed (the probe's alert is in its wbio). */
-static int probe_step(SSL *ssl, struct probe *p)
-{
-    int r = SSL_do_handshake(ssl);
-    int e = SSL_get_error(ssl, r);
-    if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB && p->vhost >= 0)
-        return 1;
-    if (e == SSL_ERROR_WANT_READ)
-        return 0;
-    return -1;
-}
-
-int wk_probe_memory(const struct wk_table *t, const struct wk_addr *local,
-                    const unsigned char *hello, size_t len, char *sni, size_t sni_cap)
-{
-    struct probe p = {.t = t, .local = local, .vhost = -1};
-    BIO *in, *out;
-    SSL *ssl = new_probe(t, &p, &in, &out);
-    if (ssl == NULL || len > INT32_MAX)
-        return -3;
-    BIO_write(in, hello, (int)len);
-    int r = probe_step(ssl, &p);
-    SSL_free(ssl);
-    ERR_clear_error();
-    if (sni != NULL && sni_cap > 0)
-        snprintf(sni, sni_cap, "%s", p.sni_state == 1 ? p.sni : "");
-    if (r == 0 || !p.ran)
-        return -2;
-    return r == 1 ? p.vhost : -1;
-}
-
-/* SSL_CTX_set_client_hello_cb on the probe context (built by _worker.c). */
-void wk_probe_install(SSL_CTX *probe) { SSL_CTX_set_client_hello_cb(probe, probe_cb, NULL); }
-
-/* ------------------------------------------------------------------ the client BIO */
-
-struct client_io {
-    int fd;
-    const unsigned char *prefix;
-    size_t len, off;
-    int err; /* errno of the last failed recv/send */
-};
-
-static BIO_METHOD *client_method;
-
-static int cio_read(BIO *b, char *buf, int len)
-{
-    struct client_io *io = BIO_get_data(b);
-    BIO_clear_retry_flags(b);
-    if (len <= 0)
-        return 0;
-    if (io->off < io->len) {
-        size_t n = io->len - io->off < (size_t)len ? io->len - io->off : (size_t)len;
-        memcpy(buf, io->prefix + io->off, n);
-        io->off += n;
-        return (int)n;
-    }
-    ssize_t n = recv(io->fd, buf, (size_t)len, MSG_DONTWAIT);
-    if (n >= 0)
-        return (int)n;
-    if (errno == EAGAIN || errno == EINTR)
-        BIO_set_retry_read(b);
-    else
-        io->err = errno;
-    return -1;
-}
-
-static int cio_write(BIO *b, const char *buf, int len)
-{
-    struct client_io *io = BIO_get_data(b);
-    BIO_clear_retry_flags(b);
-    if (len <= 0)
-        return 0;
-    ssize_t n = send(io->fd, buf, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (n >= 0)
-        return (int)n;
-    if (errno == EAGAIN || errno == EINTR)
-        BIO_set_retry_write(b);
-    else
-        io->err = errno;
-    return -1;
-}
-
-static long cio_ctrl(BIO *b, int cmd, long num, void *ptr)
-{
-    (void)b, (void)num, (void)ptr;
-    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
-}
-
-static int cio_destroy(BIO *b)
-{
-    OPENSSL_free(BIO_get_data(b));
-    BIO_set_data(b, NULL);
-    return 1;
-}
-
-BIO *wk_client_bio(int fd, const unsigned char *prefix, size_t len)
-{
-    if (client_method == NULL) {
-        BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "titus client");
-        if (m == NULL || !BIO_meth_set_read(m, cio_read) || !BIO_meth_set_write(m, cio_write) ||
-            !BIO_meth_set_ctrl(m, cio_ctrl) || !BIO_meth_set_destroy(m, cio_destroy)) {
-            BIO_meth_free(m);
-            return NULL;
-        }
-        client_method = m;
-    }
-    struct client_io *io = OPENSSL_zalloc(sizeof *io);
-    BIO *b = BIO_new(client_method);
-    if (io == NULL || b == NULL) {
-        OPENSSL_free(io);
-        BIO_free(b);
-        return NULL;
-    }
-    io->fd = fd;
-    io->prefix = prefix;
-    io->len = len;
-    BIO_set_data(b, io);
-    BIO_set_init(b, 1);
-    return b;
-}
-
-int wk_client_bio_errno(BIO *b)
-{
-    const struct client_io *io = b != NULL ? BIO_get_data(b) : NULL;
-    return io != NULL ? io->err : 0;
-}
-
 /* ------------------------------------------------------------------ the connection */
 
 struct conn {
     const struct wk_table *t;
     int cfd, bfd;
     struct wk_addr local;
-    struct probe probe;
+    struct wk_probe probe;
     int64_t start_us, deadline_ms;
     SSL *ssl;
     BIO *bio;
@@ -300,8 +113,8 @@ static void no_vhost_detail(struct conn *c)
 static int choose_vhost(struct conn *c, size_t *hello_len)
 {
     BIO *in, *out;
-    c->probe = (struct probe){.t = c->t, .local = &c->local, .vhost = -1};
-    SSL *probe = new_probe(c->t, &c->probe, &in, &out);
+    c->probe = (struct wk_probe){.t = c->t, .local = &c->local, .vhost = -1};
+    SSL *probe = wk_new_probe(c->t, &c->probe, &in, &out);
     size_t len = 0;
     int r = 0;
     if (probe == NULL)
@@ -328,7 +141,7 @@ static int choose_vhost(struct conn *c, size_t *hello_len)
         }
         BIO_write(in, hello + len, (int)n);
         len += (size_t)n;
-        r = probe_step(probe, &c->probe);
+        r = wk_probe_step(probe, &c->probe);
         if (r < 0) {
             if (c->probe.ran && c->probe.sni_state >= 0 && c->probe.vhost < 0) {
                 c->outcome = WK_NO_VHOST;
@@ -482,6 +295,11 @@ static void serve(struct conn *c, int ctl)
     if (choose_vhost(c, &hello_len) < 0 || handshake(c, hello_len) < 0)
         return;
     report_handshake(c, ctl);
+    /* The handshake's memory is freed now: give its pages back (brk, madvise), so that
+     * a connection that stays open holds only what it still uses.  Pages of the heap
+     * are the worker's own: the zygote keeps its free chunks and runs malloc without
+     * a thread cache (sandbox/forkserver.py), so nothing freed here pins a page. */
+    malloc_trim(0);
 
     uint8_t buf[WK_CTL_MAX];
     struct wk_sup_msg msg;

@@ -47,7 +47,20 @@ int wk_install_key(SSL_CTX *ctx, const unsigned char *const *ders, const size_t 
 int wk_set_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len);
 int wk_enable_stapling(SSL_CTX *ctx, struct wk_staple *staple);
 SSL_CTX *wk_new_probe_ctx(void);
-void wk_probe_install(SSL_CTX *probe); /* its ClientHello callback (wk_conn.c) */
+void wk_probe_install(SSL_CTX *probe); /* its ClientHello callback (wk_probe.c) */
+
+/* One probe: what its ClientHello callback found (wk_probe.c). */
+struct wk_probe {
+    const struct wk_table *t;
+    const struct wk_addr *local;
+    int ran;       /* the callback ran */
+    int vhost;     /* chosen, or -1 */
+    int sni_state; /* 0 none, 1 present, -1 malformed, -2 unusable */
+    char sni[WK_MAX_SNI + 1]; /* normalized */
+};
+SSL *wk_new_probe(const struct wk_table *t, struct wk_probe *p, BIO **in, BIO **out);
+/* 1: chosen; 0: needs more bytes; -1: failed (the probe's alert is in its wbio). */
+int wk_probe_step(SSL *ssl, struct wk_probe *p);
 
 /* vhost choice (wk_conn.c) */
 void wk_normalize_sni(const char *in, size_t len, char *out /* >= len + 1 */);

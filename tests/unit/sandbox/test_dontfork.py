@@ -1,0 +1,50 @@
+"""sandbox/dontfork.py: which of the interpreter's memory a native jail goes without.
+
+What a shared library uses in the executable's data must stay: the variables the
+executable took over by copy relocation (the C library's `environ`, read by
+getenv), and its GOT (a non-PIE executable's PLT entry can be `free` for every
+library).  Getting either wrong kills every native jail at its first getenv or
+free, which the fork server's integration tests would show; here it is checked
+against the running interpreter directly."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import pytest
+
+from sandbox import dontfork
+
+
+def _page(address: int) -> int:
+    return address & ~(dontfork.PAGE - 1)
+
+
+def _covered(ranges: list[tuple[int, int]], address: int) -> bool:
+    return any(start <= address < start + length for start, length in ranges)
+
+
+def test_the_c_librarys_environ_stays_where_the_library_reads_it() -> None:
+    environ = ctypes.addressof(ctypes.c_void_p.in_dll(ctypes.CDLL(None), "environ"))
+    ranges = dontfork.interpreter_data()
+    assert not _covered(ranges, environ)
+    assert not _covered(ranges, _page(environ))
+
+
+def test_the_executables_got_stays() -> None:
+    with open("/proc/self/exe", "rb") as f:
+        image = f.read()
+    shared = dontfork.shared_with_libraries(image)
+    assert shared, "an executable with no GOT?"
+    exe = os.path.realpath("/proc/self/exe")
+    base = dontfork.load_base(image, dontfork.mappings(), exe)
+    ranges = dontfork.interpreter_data()
+    for addr, size in shared:
+        for page in range(_page(base + addr), base + addr + size, dontfork.PAGE):
+            assert not _covered(ranges, page), hex(page)
+
+
+def test_not_an_elf_file_is_refused() -> None:
+    with pytest.raises(ValueError, match="ELF64"):
+        dontfork.shared_with_libraries(b"#!/bin/sh\n")
