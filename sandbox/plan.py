@@ -36,10 +36,11 @@ _STEP = struct.Struct("=HHIqqqII")
 _RULE = struct.Struct("=QQII")
 _SPECIAL = {_jail.LAYER_EXEC: "exec", _jail.LAYER_IDMAP: "id-map", _jail.LAYER_SPAWN: "spawn",
             _jail.LAYER_CGROUP: "cgroup"}
-_SPAWN_SUBS = {1: "copying the seccomp listener", 2: "the seccomp listener's handler failed"}
 _ID_FILES = ("setgroups", "gid_map", "uid_map")
-# What failed of a spawn itself (a fork server's C loop reports 2 and 3: sandbox/_jail/serve.c).
-_SPAWN_SUBS = {1: "copying the seccomp listener", 2: "the sync socket", 3: "the clone"}
+# What failed of a spawn itself (the handshake in spawn.c reports 1 and 2, a fork server's
+# C loop 3 and 4: sandbox/_jail/serve.c).
+_SPAWN_SUBS = {1: "copying the seccomp listener", 2: "the seccomp listener's handler failed",
+               3: "the sync socket", 4: "the clone"}
 _CLONE_NEWPID = 0x20000000
 _FILTER_FLAG_NEW_LISTENER = 1 << 3  # seccomp(2); sandbox/bpf.py
 
