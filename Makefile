@@ -16,10 +16,12 @@ PROMTOOL := build/promtool/usr/bin/promtool
 # libclang-rt-dev build the libFuzzer harnesses of the C decoders; groff-base checks
 # the man page; the rest are real TLS clients for the tests (testssl.sh and sslscan
 # grade the default TLS settings) and nginx-light, a real backend (HTTP/1.1,
-# cleartext HTTP/2, PROXY protocol).
+# cleartext HTTP/2, PROXY protocol); nginx-light, redis-server and busybox-static are
+# also the real daemons and shell the example profiles are tested with
+# (tests/debian.py installs them through `deps` too when a test runs on its own).
 SYSTEM_PACKAGES := python3-venv gcc python3-dev libssl-dev libcap-dev libseccomp2 openssl curl \
                    iproute2 groff-base nftables testssl.sh sslscan nginx-light clang \
-                   libclang-rt-dev
+                   libclang-rt-dev redis-server busybox-static
 # bubblewrap: bench/jail_spawn.py measures `sandbox run` side by side with bwrap.
 BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk bubblewrap
 # The C extensions' sources: a change rebuilds them in place (setup.py lists the flags).
@@ -32,6 +34,7 @@ run: $(EXTENSIONS)
 	$(PY) -m titus.demo
 
 test: $(EXTENSIONS) $(PROMTOOL)
+	@$(MAKE) --no-print-directory deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
@@ -54,6 +57,9 @@ ASAN_TESTS := tests/security/test_layers.py tests/security/test_spawn_leaks.py \
               tests/integration/test_forkserver.py tests/integration/test_sandbox_cli.py \
               tests/integration/test_runcache.py tests/unit/sandbox/test_plan.py tests/unit/sandbox/test_fds.py \
               tests/unit/sandbox/test_landlock.py tests/unit/sandbox/test_seccomp.py tests/fuzz/test_plan_fuzz.py \
+              tests/security/test_spawn_result.py tests/security/test_landlock_order.py \
+              tests/integration/test_sandbox_limits.py tests/integration/test_seccomp_notify.py \
+              tests/integration/test_sandbox_errors.py \
               tests/fuzz/test_forkserver_fuzz.py
 # ... and titus's integration tests against the C worker built the same way, its jails
 # given ASan's allowances (tests/asan_policies.py: its syscalls, no address-space limit).
@@ -62,7 +68,8 @@ ASAN_TESTS := tests/security/test_layers.py tests/security/test_spawn_leaks.py \
 TITUS_ASAN_TESTS := tests/integration/test_cworker.py tests/integration/test_remotekey.py \
               tests/integration/test_titus_tls.py tests/integration/test_titus_data.py \
               tests/integration/test_titus_client_identity.py \
-              tests/integration/test_titus_proxy_protocol.py tests/unit/titus/test_zygote.py
+              tests/integration/test_titus_proxy_protocol.py tests/unit/titus/test_zygote.py \
+              tests/integration/test_uids_host_wide.py
 TITUS_ASAN_SKIP := -k "not curl and not s_client and not no_private_key_bytes"
 test-asan: $(VENV)/.stamp
 	rm -rf build/asan && mkdir -p build/asan
@@ -127,7 +134,8 @@ deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    -o DPkg::Lock::Timeout=300 $$missing >/dev/null; \
 	fi
 
 # compat: a plain .pth with the tree's path.  The default editable finder imports

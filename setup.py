@@ -35,8 +35,8 @@ def hardened_extension(name: str, sources: list[str], **kwargs: object) -> Exten
 
 
 JAIL_SOURCES = [f"sandbox/_jail/{name}.c"
-                for name in ("plan", "steps", "confine", "spawn", "module", "entries", "arenas",
-                             "request", "serve", "server")]
+                for name in ("plan", "steps", "confine", "spawn", "module", "pyspawn", "entries",
+                             "arenas", "request", "serve", "server")]
 WORKER_SOURCES = [f"titus/worker/{name}.c" for name in (
     "_worker", "wk_table", "wk_conn", "wk_probe", "wk_bio", "wk_choose", "wk_identity",
     "wk_pump", "wk_ctx", "wk_remotekey", "wk_keyproto", "wk_control")]
@@ -44,7 +44,8 @@ WORKER_SOURCES = [f"titus/worker/{name}.c" for name in (
 setup(
     ext_modules=[
         hardened_extension("sandbox._jail", JAIL_SOURCES,
-                           depends=["sandbox/_jail/jail.h", "sandbox/_jail/serve.h",
+                           depends=["sandbox/_jail/jail.h", "sandbox/_jail/pyjail.h",
+                                    "sandbox/_jail/serve.h",
                                     "sandbox/jail_entry.h"]),
         # The per-connection worker: links the system's libssl/libcrypto, the ones
         # Python's _ssl runs (titus.worker._worker checks it at start-up).

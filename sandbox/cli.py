@@ -19,11 +19,13 @@ from typing import Any
 
 from sandbox.errors import JailError, PolicyError
 from sandbox.learn import cmd_learn
+from sandbox.limits import parse_id, parse_limit, parse_rlimit, parse_tmpfs
 from sandbox.runjail import (
     EXIT_CANNOT_EXECUTE,
     EXIT_CANNOT_START,
     EXIT_NOT_FOUND,
     EXIT_SECCOMP,
+    EXIT_TIMEOUT,
     EXIT_USAGE,
     Fail,
     check_root,
@@ -37,8 +39,10 @@ EXIT_CODES = f"""\
 exit status:
   run     the program's exit status, or 128+N if it ended by signal N
           (a signal it does not handle, forwarded by sandbox, counts as ending it)
-          {EXIT_SECCOMP}  killed by seccomp (128+SIGSYS): it called a syscall the profile does
-               not allow; the syscall is named on stderr
+          {EXIT_SECCOMP}  killed by seccomp (128+SIGSYS): it (or a process it started) called a
+               syscall the profile does not allow; the call and its arguments are
+               named on stderr
+          {EXIT_TIMEOUT}  it ran longer than --timeout (then SIGTERM, SIGKILL after --stop-timeout)
           {EXIT_CANNOT_START}  the jail was not started: bad profile, or a jail layer failed
           {EXIT_CANNOT_EXECUTE}  the program was found but could not be executed
           {EXIT_NOT_FOUND}  the program was not found inside the jail
@@ -61,7 +65,8 @@ def _bind(text: str, writable: bool) -> BindMount:
     target = target or source
     if not source.startswith("/") or not target.startswith("/"):
         raise argparse.ArgumentTypeError(f"bind paths must be absolute: {text!r}")
-    return BindMount(Path(source), Path(target), writable)
+    return BindMount(Path(source), Path(target), writable,
+                     "--bind-rw" if writable else "--bind-ro")
 
 
 def _bind_ro(text: str) -> BindMount:
@@ -106,14 +111,48 @@ def _add_jail_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", type=_net, metavar="MODE",
                    help="network: shared-empty, new, loopback, host, netns:NAME (/run/netns/NAME)"
                         " or netns:/path")
-    p.add_argument("--tmpfs", metavar="PATH", help="a writable tmpfs at PATH inside the jail")
+    p.add_argument("--tmpfs", action="append", type=_limit(parse_tmpfs), default=[],
+                   metavar="PATH[:SIZE]",
+                   help="a writable tmpfs at PATH inside the jail, 16M unless SIZE (repeatable)")
+    p.add_argument("--dev", action="store_true",
+                   help="a minimal /dev: null, zero, full, random, urandom, and tty when stdin "
+                        "is one")
     p.add_argument("--hostname", metavar="H", help="the jail's hostname")
     p.add_argument("--env", action="append", type=_env, default=[], metavar="K=V",
                    help="set an environment variable for the program (repeatable)")
     p.add_argument("--stop-timeout", type=_seconds, default=5.0, metavar="S",
                    help="seconds a program that handles SIGTERM/SIGINT gets to exit before "
                         "SIGKILL (default 5)")
+    p.add_argument("--cwd", metavar="DIR", help="working directory inside the jail")
+    p.add_argument("--uid", type=_limit(lambda t: parse_id("--uid", t)), metavar="N",
+                   help="the uid the program runs as inside the jail (default 0)")
+    p.add_argument("--gid", type=_limit(lambda t: parse_id("--gid", t)), metavar="N",
+                   help="the gid the program runs as inside the jail (default 0)")
+    p.add_argument("--proc", action="store_true",
+                   help="mount /proc (the jail's own PID namespace only)")
+    p.add_argument("--rlimit", action="append", type=_limit(parse_rlimit), default=[],
+                   metavar="NAME=VALUE",
+                   help="set a resource limit, e.g. nofile=256, as=1G, core=0 (repeatable)")
+    p.add_argument("--timeout", type=_limit(lambda t: parse_limit("timeout", t)), metavar="S",
+                   help=f"wall-clock seconds, then SIGTERM, then SIGKILL after --stop-timeout;"
+                        f" exit status {EXIT_TIMEOUT}")
+    p.add_argument("--memory", type=_limit(lambda t: parse_limit("memory", t)), metavar="SIZE",
+                   help="memory limit of the whole jail (cgroup), e.g. 256M")
+    p.add_argument("--pids-limit", type=_limit(lambda t: parse_limit("pids_limit", t)),
+                   metavar="N", help="most processes and threads of the whole jail (cgroup)")
+    p.add_argument("--cpus", type=_limit(lambda t: parse_limit("cpus", t)), metavar="FRACTION",
+                   help="CPU time of the whole jail in CPUs, e.g. 0.5 (cgroup)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS")
+
+
+def _limit(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a limits parser: its ValueError becomes a usage error."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,32 +186,37 @@ def build_parser() -> argparse.ArgumentParser:
     learn = sub.add_parser(
         "learn", help="record the syscalls CMD needs beyond a profile, write a policy",
         epilog=EXIT_CODES + _LEARN_NOTES, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run CMD in the jail of profile P with the seccomp default action set to "
-                    "'log' (nothing is killed), read the kernel's audit records of the syscalls "
-                    "it made that P does not allow, and write P's policy plus those.",
+        description="Run CMD once in the jail of profile P; every call P does not allow "
+                    "reaches sandbox with its arguments (seccomp user notification) and is let "
+                    "through; write P's own text plus what was new, each addition commented "
+                    "with the process and call that needed it.",
     )
     learn.add_argument("--output", "-o", metavar="FILE",
                        help="write the learned profile here (default: stdout)")
     learn.add_argument("--rounds", type=int, default=1, metavar="N",
-                       help="run CMD up to N times, each time with what was learned so far, "
-                            "until a run logs nothing new (default 1)")
+                       help="without user notification only: run CMD up to N times, each time "
+                            "with what was learned so far, until a run logs nothing new "
+                            "(default 1)")
     learn.add_argument("--keep-ratelimit", action="store_true",
-                       help="do not lift kernel.printk_ratelimit while learning (see below)")
+                       help="without user notification only: do not lift "
+                            "kernel.printk_ratelimit while learning (see below)")
     _add_jail_options(learn)
     return parser
 
 
 _LEARN_NOTES = """
 learn notes:
-  The records are the kernel's audit messages (type=1326) read from /dev/kmsg, so learn
-  needs root, "log" in /proc/sys/kernel/seccomp/actions_logged, and no audit daemon
-  (auditd takes the records instead).  Without auditd the kernel prints them through
-  printk_ratelimit (by default 10 per 5 s) and drops the rest: learn sets
+  One run finds every call CMD makes on the paths it takes: exercise them all.  Calls the
+  profile denies by name are refused (EPERM) and not added.  socket, ioctl, fcntl and
+  prctl are added for the values seen; a syscall the profile filters by its arguments
+  gets rules of the same shape.  Where the kernel lacks seccomp user notification
+  (Linux < 5.5), learn falls back to the kernel's audit messages (type=1326) read
+  from /dev/kmsg: it then needs "log" in /proc/sys/kernel/seccomp/actions_logged and no
+  audit daemon (auditd takes the records instead); the kernel prints them through
+  printk_ratelimit (by default 10 per 5 s) and drops the rest, so learn sets
   kernel.printk_ratelimit to 0 while CMD runs and restores it afterwards, unless
   --keep-ratelimit is given (then each further round waits out the rate-limit window).
-  Only what CMD did in this run is learned: exercise every code path.  Argument rules
-  of the profile are kept; a syscall that was called outside its rules is allowed
-  outright: review the result.
+  The fallback allows a syscall called outside its rules outright: review the result.
 """
 
 
@@ -191,29 +235,35 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
 def cmd_run(args: argparse.Namespace) -> int:
     from sandbox import runcache
     from sandbox.launcher import Launcher
+    from sandbox.notify import notifying
     from sandbox.plan import MODE_EXEC
 
     if not args.command:
         raise Fail(EXIT_USAGE, "run needs a command: sandbox run --profile P -- CMD ARGS")
     profile = profile_from_args(args)
     check_root()
+    # Forbidden calls reach us with their arguments where the kernel can notify;
+    # elsewhere the audit log names them (sandbox/notify.py).
+    spec = notifying(profile.spec, profile.policy) or profile.spec
     launcher = Launcher(shared=False)  # one jail: nothing to share with another
     try:
-        plan = launcher.plan(profile.spec, MODE_EXEC)
+        plan = launcher.plan(spec, MODE_EXEC)
     except JailError:
         plan = None  # run_program reports it
     else:  # the next identical `sandbox run` starts from here (sandbox/runcache.py)
-        runcache.store(args.raw_options, profile, plan, args.profile, args.stop_timeout)
-    return run_program(launcher, profile.spec, args.command, args.profile, args.stop_timeout,
-                       plan)
+        runcache.store(args.raw_options, profile, spec, plan, args.profile, args.stop_timeout)
+    return run_program(launcher, spec, args.command, args.profile, args.stop_timeout, plan)
 
 
-def _print_profile(args: argparse.Namespace, render: Callable[[Any], str]) -> int:
+def _print_profile(args: argparse.Namespace, render: Callable[[Any], str],
+                   binds_must_exist: bool = False) -> int:
     """Load the profile (a bad one is a usage error) and print what `render` says of it."""
-    from sandbox.profile import load_profile
+    from sandbox.profile import check_bind_sources, load_profile
 
     try:
         profile = load_profile(args.profile)
+        if binds_must_exist:
+            check_bind_sources(profile.spec)
     except (PolicyError, FileNotFoundError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
@@ -224,7 +274,7 @@ def _print_profile(args: argparse.Namespace, render: Callable[[Any], str]) -> in
 def cmd_check(args: argparse.Namespace) -> int:
     from sandbox.explain import summary
 
-    return _print_profile(args, summary)
+    return _print_profile(args, summary, binds_must_exist=True)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

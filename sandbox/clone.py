@@ -30,7 +30,7 @@ def clone(flags: int) -> int:
                          parent=bool(flags & CLONE_PARENT))
     if result is None:
         return 0
-    pid, error, _, _ = result
+    pid, error, _, _, _ = result
     if error is not None:
         raise plan.error(error)
     return pid

@@ -115,6 +115,9 @@ CONSTANTS: dict[str, int] = {
     "PR_GET_DUMPABLE": 3,
     "PR_SET_NAME": 15,
     "PR_GET_NAME": 16,
+    "PR_CAPBSET_READ": 23,
+    # cp's reflink attempt, _IOW(0x94, 9, int) on both arches
+    "FICLONE": 0x40049409,
 }
 _ARCH_DEPENDENT = {"O_DIRECTORY", "O_NOFOLLOW", "O_DIRECT", "O_LARGEFILE", "O_TMPFILE"}
 _U64 = (1 << 64) - 1

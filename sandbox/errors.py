@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import errno as _errno
-from collections.abc import Iterable
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not at run time: `sandbox run` from its cache imports this module
+    from collections.abc import Iterable
+    from pathlib import Path
 
 
 class JailError(RuntimeError):
@@ -24,6 +26,8 @@ class PolicyError(ValueError):
     """A policy or profile file is wrong; str() is ``FILE:LINE: message``."""
 
     def __init__(self, path: Path | str, line: int, message: str) -> None:
+        from pathlib import Path  # here: only a profile's errors need it
+
         self.path = Path(path)
         self.line = line
         self.message = message
@@ -32,5 +36,7 @@ class PolicyError(ValueError):
 
 def suggest(word: str, candidates: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` or nothing: every error should point at the fix."""
+    import difflib  # here: only a misspelt name needs it
+
     close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""

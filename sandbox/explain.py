@@ -100,11 +100,7 @@ def summary(profile: Profile) -> str:
     if profile.description:
         lines.append(f"  {profile.description}")
     last_uid = spec.uid_range.first + spec.uid_range.count - 1
-    tmpfs = (
-        f"{spec.writable_tmpfs} ({size_text(spec.writable_tmpfs_size)})"
-        if spec.writable_tmpfs
-        else "none"
-    )
+    tmpfs = ", ".join(f"{p} ({size_text(s)})" for p, s in _tmpfs(spec)) or "none"
     lines += [
         "jail:",
         f"  network: {spec.network_label}; hostname: {spec.hostname}",
@@ -112,7 +108,9 @@ def summary(profile: Profile) -> str:
         f"/proc: {'mounted' if spec.mount_proc else 'not mounted'}",
         f"  binds: {binds_text(spec)}",
         f"  writable tmpfs: {tmpfs}",
-        f"  uids: {spec.uid_range.first}-{last_uid} ({spec.uid_range.count})",
+        f"  uids: {spec.uid_range.first}-{last_uid} ({spec.uid_range.count}); inside: uid "
+        f"{spec.uid}, gid {spec.gid}; /dev: {'minimal' if spec.dev else 'none'}",
+        f"  limits: {limits_text(spec)}",
         f"  no_new_privs: {_yes(spec.no_new_privs)}; dumpable: {_yes(spec.dumpable)}; "
         f"capabilities dropped: {_yes(spec.drop_capabilities)}; landlock: {_yes(spec.landlock)}",
         f"  rlimits: {rlimits_text(spec)}",
@@ -162,18 +160,32 @@ def _not_allowed(names: list[str]) -> str:
     return f"{listing(names)} {'is' if len(names) == 1 else 'are'} not allowed"
 
 
+def _tmpfs(spec: JailSpec) -> list[tuple[object, int]]:
+    first = [(spec.writable_tmpfs, spec.writable_tmpfs_size)] if spec.writable_tmpfs else []
+    return [*first, *spec.tmpfs]
+
+
+def limits_text(spec: JailSpec) -> str:
+    """The cgroup limits and the timeout, or "none"."""
+    parts = [f"memory {size_text(spec.memory_limit)}" if spec.memory_limit else "",
+             f"{spec.pids_limit} processes" if spec.pids_limit else "",
+             f"{spec.cpus:g} CPUs" if spec.cpus else "",
+             f"timeout {spec.timeout:g} s" if spec.timeout else ""]
+    return ", ".join(p for p in parts if p) or "none"
+
+
 def _filesystem(spec: JailSpec) -> str:
     if not spec.empty_root:
         return "it sees the host's whole filesystem (no empty root)"
-    if not spec.binds and not spec.writable_tmpfs:
+    if not spec.binds and not _tmpfs(spec) and not spec.dev:
         return "there is no filesystem (empty read-only root)"
     seen = []
     if spec.binds:
         seen.append(binds_text(spec))
-    if spec.writable_tmpfs:
-        seen.append(
-            f"a writable tmpfs at {spec.writable_tmpfs} ({size_text(spec.writable_tmpfs_size)})"
-        )
+    for path, size in _tmpfs(spec):
+        seen.append(f"a writable tmpfs at {path} ({size_text(size)})")
+    if spec.dev:
+        seen.append("a minimal /dev (null, zero, full, random, urandom)")
     text = f"its otherwise empty read-only root holds only {'; and '.join(seen)}"
     if spec.landlock:
         text += ", and landlock denies any other filesystem access"
@@ -309,9 +321,13 @@ def _others(view: _View, spec: JailSpec) -> list[str]:
     nnp = "no_new_privs set" if spec.no_new_privs else "no_new_privs NOT set"
     first, count = spec.uid_range.first, spec.uid_range.count
     uids = f"{first}" if count == 1 else f"one of {first}-{first + count - 1}"
+    inside = f", seen inside as uid {spec.uid} and gid {spec.gid}" if spec.uid or spec.gid else ""
     who = (
-        f"It runs as an unprivileged uid ({uids}) in its own user namespace, with {caps} and {nnp}"
+        f"It runs as an unprivileged uid ({uids}{inside}) in its own user namespace, with "
+        f"{caps} and {nnp}"
     )
+    if limits_text(spec) != "none":
+        who += f"; its cgroup and run limits: {limits_text(spec)}"
     if id_allowed:
         who += f"; it may call {listing(id_allowed)}"
     out.append(who + ".")

@@ -25,111 +25,32 @@ from __future__ import annotations
 
 # The C module: `signal` builds its enums with `enum`, which costs milliseconds.
 import _signal as signal
+import errno
 import os
-import select
 import sys
 
 from sandbox import _jail
 from sandbox.errors import JailError
+from sandbox.jailprocess import JailProcess, Violation
 from sandbox.plan import MODE_CALL, MODE_ENTRY, MODE_EXEC, SLOTS, Plan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from sandbox.cgroups import JailCgroup
     from sandbox.namespaces import SharedEmptyNetns
     from sandbox.rootfs import SharedRoot
     from sandbox.spec import JailSpec, UidRange
     from sandbox.uids import UidAllocator
     from sandbox.violations import ViolationLog
 
+__all__ = ["JailProcess", "Launcher", "Violation"]
+
 SPAWN_TIMEOUT = 10.0
 _PLANS_MAX = 64
-
-
-class Violation:
-    """The jail was killed by seccomp; the syscall is named when the kernel log says."""
-
-    __slots__ = ("arch", "number", "syscall")
-
-    def __init__(self, syscall: str | None, number: int | None, arch: str | None) -> None:
-        self.syscall = syscall
-        self.number = number
-        self.arch = arch
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Violation) and (self.syscall, self.number, self.arch) == (
-            other.syscall, other.number, other.arch)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"Violation({self.syscall!r}, {self.number!r}, {self.arch!r})"
-
-    def __str__(self) -> str:
-        if self.syscall:
-            return f"seccomp violation: {self.syscall} (#{self.number}, {self.arch})"
-        return "seccomp violation (syscall unknown: kernel log unreadable)"
-
-
-class JailProcess:
-    """The parent's handle on one jail: its PID 1 as seen from the host."""
-
-    def __init__(self, pid: int, uid: int, name: str, launcher: Launcher) -> None:
-        self.pid = pid
-        self.uid = uid
-        self.name = name
-        self.launcher = launcher
-        self.returncode: int | None = None  # exit code, or -signal as in subprocess
-        self.violation: Violation | None = None
-        # The executor's measurements (bench): thread CPU ns at the child's start
-        # and after each step of the plan; None unless asked for.
-        self.times: tuple[int, ...] | None = None
-        # A seccomp user-notification listener, when the plan's filter made one.
-        self.listener: int | None = None
-
-    def __repr__(self) -> str:
-        return (f"JailProcess(pid={self.pid}, uid={self.uid}, name={self.name!r}, "
-                f"returncode={self.returncode})")
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.launcher.reaped(pid, status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the jail to end; raises TimeoutError after `timeout` seconds."""
-        if self.returncode is not None:
-            return self.returncode
-        if timeout is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.launcher.reaped(self.pid, status)
-        else:
-            pidfd = os.pidfd_open(self.pid)
-            try:
-                if not select.select([pidfd], [], [], timeout)[0]:
-                    raise TimeoutError(f"jail {self.name} pid {self.pid} still running")
-            finally:
-                os.close(pidfd)
-            self.poll()
-        assert self.returncode is not None
-        return self.returncode
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.returncode is None:
-            try:  # noqa: SIM105 - not contextlib: it costs milliseconds at start-up
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    @property
-    def exit_status(self) -> int | None:
-        """Shell convention: the exit code, or 128+signal."""
-        if self.returncode is None:
-            return None
-        return 128 - self.returncode if self.returncode < 0 else self.returncode
+# The jailed child's end of the sync socket, when it sends a result back on it.
+_SYNC_FD = [-1]
 
 
 class Launcher:
@@ -169,26 +90,36 @@ class Launcher:
 
     def spawn(self, spec: JailSpec, target: Callable[..., object] | object,
               args: Sequence[object] = (), fds: Sequence[int] = (), uid: int | None = None,
-              plan: Plan | None = None) -> JailProcess:
+              plan: Plan | None = None, result: bool = False) -> JailProcess:
         """Run `target(*args)` in a new jail; `fds[i]` is fd i inside, all others are closed.
 
         `target` may also be a native entry capsule (sandbox/jail_entry.h): the
         child then calls its C function and never runs Python.  `uid` is the
         jail's host uid when the caller allocated it (a fork server's caller
-        does); by default it comes from this launcher's allocator."""
+        does); by default it comes from this launcher's allocator.  With
+        `result`, the jail sends target's return value or exception back for
+        `JailProcess.result()` (its policy must allow write)."""
         if _jail.is_entry(target):
+            if result:
+                raise ValueError("a native entry has no Python result")
             return self._start(spec, MODE_ENTRY, list(fds), uid, plan, entry=target)
-        return self._start(spec, MODE_CALL, list(fds), uid, plan, target=target, args=args)
+        return self._start(spec, MODE_CALL, list(fds), uid, plan, target=target, args=args,
+                           keep_sync=result)
 
     def run(self, spec: JailSpec, argv: Sequence[str], fds: Sequence[int] = (0, 1, 2),
-            plan: Plan | None = None) -> JailProcess:
+            plan: Plan | None = None,
+            on_listener: Callable[[int, int], None] | None = None) -> JailProcess:
         """Exec `argv` in a new jail; the exec's success is the spawn's success.
 
-        `spec` needs only name, uid_range and env when `plan` is given (a plan
-        from the `sandbox run` cache)."""
+        `spec` needs only name, uid_range, env and the cgroup limits when `plan` is
+        given (a plan from the `sandbox run` cache).  `on_listener(pid, fd)` is
+        called as soon as the jail's seccomp listener is ours (a plan whose filter
+        notifies), while the jail waits: whatever answers its calls must be
+        running by then, as the exec itself runs under the filter."""
         if not argv:
             raise ValueError("run needs a command")
-        return self._start(spec, MODE_EXEC, list(fds), None, plan, argv=list(argv))
+        return self._start(spec, MODE_EXEC, list(fds), None, plan, argv=list(argv),
+                           on_listener=on_listener)
 
     def plan(self, spec: JailSpec, mode: int) -> Plan:
         """The compiled plan of `spec` for `mode`, compiled once per launcher."""
@@ -230,10 +161,18 @@ class Launcher:
             return None
         jail, allocator = entry
         jail.returncode = os.waitstatus_to_exitcode(status)
-        allocator.release(jail.uid)
         if jail.listener is not None:
             os.close(jail.listener)
             jail.listener = None
+        if jail.cgroup is not None:
+            cgroup, jail.cgroup = jail.cgroup, None
+            # Its PID namespace is gone: the cgroup is empty.  A failure is not raised
+            # out of a wait(); the next jail of this uid removes the directory first.
+            try:  # noqa: SIM105 - not contextlib: it costs milliseconds at start-up
+                cgroup.remove()
+            except OSError:
+                pass
+        allocator.release(jail.uid)
         if jail.returncode == -signal.SIGSYS:
             jail.violation = self._violation(pid)
         return jail
@@ -266,6 +205,8 @@ class Launcher:
             self._kmsg = -1
         if self._violations is not None:
             self._violations.close()
+        for allocator in self._allocators.values():
+            allocator.close()  # uids handed to a fork server's jails that never came back
 
     # -- internals -------------------------------------------------------------
 
@@ -300,10 +241,26 @@ class Launcher:
             fds[SLOTS.index("root")] = self._roots[key].fd
         return fds
 
+    def _cgroup(self, spec: JailSpec, uid: int) -> JailCgroup | None:
+        """The jail's own cgroup when its spec limits memory, processes or CPU."""
+        memory, pids, cpus = spec.memory_limit, spec.pids_limit, spec.cpus
+        if memory is None and pids is None and cpus is None:
+            return None
+        if self.for_parent:  # its jails are reaped by our caller, who could not remove it
+            raise JailError("cgroup", errno.ENOTSUP,
+                            "cgroup limits are not available to a fork server's jails")
+        from sandbox.cgroups import for_jail
+
+        try:
+            return for_jail(f"sandbox-{uid}", memory, pids, cpus)  # the uid is unique host-wide
+        except OSError as e:
+            raise JailError("cgroup", e.errno or 0, str(e)) from None
+
     def _start(self, spec: JailSpec, mode: int, fds: list[int], uid: int | None,
                plan: Plan | None, *, target: Callable[..., object] | None = None,
                args: Sequence[object] = (), entry: object = None,
-               argv: list[str] | None = None) -> JailProcess:
+               argv: list[str] | None = None, keep_sync: bool = False,
+               on_listener: Callable[[int, int], None] | None = None) -> JailProcess:
         plan = plan or self.plan(spec, mode)
         slots = self._slots(spec, plan)
         how = _jail.HOW_CLONE if mode == MODE_EXEC or self.for_parent else _jail.HOW_FORK
@@ -317,32 +274,52 @@ class Launcher:
                 "envp": [os.fsencode(f"{k}={v}") for k, v in env.items()],
                 "paths": _candidates(argv[0], env),
             }
+        send = None
+        if keep_sync:  # imported here: the jail cannot import anything
+            from sandbox.result import call_and_send as send
+        hook, hook_errors = _listener_hook(on_listener)
         allocator = None if uid is not None else self.uids(spec.uid_range)
         if allocator is not None:
             uid = allocator.allocate()
         assert uid is not None
         uid_map, gid_map = plan.id_maps(uid, uid)
+        cgroup: JailCgroup | None = None
+        cgroup_fds: list[int] = []
         try:
+            cgroup = self._cgroup(spec, uid)
+            if cgroup is not None:
+                cgroup_fds = cgroup.open_dirs()
             result = _jail.spawn(plan.native, mode, how=how, parent=self.for_parent,
                                  slots=slots, keep=fds, uid_map=uid_map, gid_map=gid_map,
                                  entry=entry, timeout=SPAWN_TIMEOUT, timings=self.timings,
+                                 cgroups=cgroup_fds, on_listener=hook, keep_sync=keep_sync,
                                  **exec_args)
-        except BaseException:
+        except BaseException:  # the parent's: the jailed child never raises out of spawn
+            for fd in cgroup_fds:
+                os.close(fd)
+            if cgroup is not None:
+                cgroup.remove()
             if allocator is not None:
                 allocator.release(uid)
             raise
-        if result is None:  # pragma: no cover - the jailed child (MODE_CALL)
+        if not isinstance(result, tuple):  # pragma: no cover - the jailed child (MODE_CALL)
             assert target is not None
-            _run_target(target, args)
-        pid, error, listener, times = result
+            _SYNC_FD[0] = -1 if result is None else result
+            _run_target(target, args, send)
+        for fd in cgroup_fds:
+            os.close(fd)
+        pid, error, listener, times, kept = result
         jail = JailProcess(pid, uid, spec.name, self)
         jail.times = times
+        jail.cgroup = cgroup
         if listener >= 0:
             jail.listener = listener
+        if kept >= 0:
+            jail.keep_result(kept)
         if not self.for_parent:
             self._live[pid] = (jail, allocator or self.uids(spec.uid_range))
         if error is not None:
-            exc = plan.error(error)
+            exc: BaseException = plan.error(error)
             if exc.layer == "exec" and argv:
                 exc = JailError("exec", exc.errno, f"{argv[0]}: {os.strerror(exc.errno)}")
             jail.kill()
@@ -352,8 +329,27 @@ class Launcher:
                     os.close(jail.listener)
             else:
                 jail.wait()
-            raise exc
+            raise hook_errors[0] if hook_errors else exc
         return jail
+
+
+def _listener_hook(on_listener: Callable[[int, int], None] | None
+                   ) -> tuple[Callable[[int, int], bool] | None, list[BaseException]]:
+    """`on_listener` as the executor calls it (False fails the spawn), and where an
+    exception it raised is kept for the caller (raised once the jail is reaped)."""
+    errors: list[BaseException] = []
+    if on_listener is None:
+        return None, errors
+
+    def hook(pid: int, fd: int) -> bool:
+        try:
+            on_listener(pid, fd)
+        except BaseException as e:
+            errors.append(e)
+            return False
+        return True
+
+    return hook, errors
 
 
 def _refuse_threads() -> None:
@@ -371,9 +367,15 @@ def _candidates(program: str, env: dict[str, str]) -> list[bytes]:
     return [os.fsencode(os.path.join(d, program)) for d in os.get_exec_path(env)]
 
 
-def _run_target(target: Callable[..., object], args: Sequence[object]) -> None:
-    """The jailed child's whole Python life: the target, then _exit."""
+def _run_target(target: Callable[..., object], args: Sequence[object],
+                send: Callable[[int, Callable[..., object], Sequence[object]], int] | None = None
+                ) -> None:
+    """The jailed child's whole Python life: the target (its outcome sent back on the
+    kept sync socket with `send`), then _exit."""
     try:
+        if send is not None:
+            code = send(_SYNC_FD[0], target, args)
+            os._exit(code)
         target(*args)
     except SystemExit as e:
         os._exit(e.code if isinstance(e.code, int) else 1)

@@ -71,9 +71,13 @@ def compile_plan(spec: JailSpec, mode: int, shared: bool = True) -> Plan:
     steps += privileges.no_new_privs_steps(spec)
     if spec.landlock:
         try:
-            steps += landlock.steps([b.target for b in spec.binds if not b.writable],
-                                    [b.target for b in spec.binds if b.writable]
-                                    + ([spec.writable_tmpfs] if spec.writable_tmpfs else []))
+            steps += landlock.steps(
+                (["/proc"] if spec.mount_proc else [])  # the jail's own /proc
+                + [b.target for b in spec.binds if not b.writable],
+                (["/dev"] if spec.dev else [])  # its devices: read, write, ioctl
+                + [path for path, _ in spec.tmpfs]
+                + [b.target for b in spec.binds if b.writable]
+                + ([spec.writable_tmpfs] if spec.writable_tmpfs else []))
         except OSError as e:
             raise JailError(landlock.LAYER, e.errno or 0, str(e)) from None
     steps += privileges.rlimit_steps(spec)
@@ -85,7 +89,9 @@ def compile_plan(spec: JailSpec, mode: int, shared: bool = True) -> Plan:
         steps.append(Step(_jail.OP_FORK_DUTIES, "python",
                           "CPython's after-fork duties (inside the jail, before seccomp)"))
     if spec.seccomp_bpf is not None:
-        steps += bpf.steps(spec.seccomp_bpf)
+        # A filter that notifies hands its listener to the parent (sandbox/notify.py).
+        flags = bpf.FILTER_FLAG_NEW_LISTENER if spec.seccomp_listener else 0
+        steps += bpf.steps(spec.seccomp_bpf, flags)
     return Plan(steps, libc.CLONE_NEWPID, slots, mode)
 
 

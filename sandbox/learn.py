@@ -72,6 +72,17 @@ def _with_allowed(base: SeccompPolicy, names: set[str]) -> SeccompPolicy:
     return dataclasses.replace(base, rules=tuple(sorted(rules, key=lambda r: r.syscall)))
 
 
+def incomplete_note(rounds: int, last_new: int, last_lost: int) -> str | None:
+    """What to say when the last round may have missed something: it still found new
+    syscalls (which may unlock further code paths) or the kernel dropped records."""
+    if not last_new and not last_lost:
+        return None
+    why = (f"the kernel dropped {last_lost} log records in the last run" if last_lost
+           else f"the last run still found {last_new} new syscalls")
+    return (f"learn: {why}: the list may be incomplete; run again with "
+            f"--rounds {rounds + 1} or more")
+
+
 def cmd_learn(args: argparse.Namespace) -> int:
     from sandbox.launcher import Launcher
     from sandbox.seccomp import compile_policy, syscall_name
@@ -82,6 +93,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
         raise Fail(EXIT_USAGE, "--rounds must be at least 1")
     profile = profile_from_args(args)
     check_root()
+    from sandbox.learnnotify import learn_by_notification
+
+    done = learn_by_notification(args, profile)
+    if done is not None:
+        return done
     try:
         logged = _ACTIONS_LOGGED.read_text().split()
     except OSError:
@@ -100,6 +116,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
             raise Fail(EXIT_CANNOT_START, "learn needs to read the kernel's audit records "
                        "from /dev/kmsg, which cannot be opened")
         outcome: Outcome | None = None
+        new: set[str] = set()
+        lost = 0
         with _ratelimit_lifted(args.keep_ratelimit) as window:
             for round_no in range(1, args.rounds + 1):
                 if round_no > 1 and window:
@@ -142,9 +160,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
             f"{len(allowed)} that profile "
             f"{args.profile} allows" + (f": {' '.join(added)}" if added else "")
             + f"; policy written to {where}")
-        if log.dropped:
-            say(f"learn: the kernel dropped {log.dropped} log records: the list may be "
-                "incomplete; run again with --rounds 2 or more")
+        note = incomplete_note(args.rounds, len(new), lost)
+        if note:
+            say(note)
         return 0
     finally:
         launcher.close()
@@ -170,6 +188,19 @@ def _jail_toml(spec: JailSpec) -> list[str]:
     if spec.writable_tmpfs is not None:
         lines.append(f"writable_tmpfs = {_toml_str(str(spec.writable_tmpfs))}")
         lines.append(f"writable_tmpfs_size = {_toml_str(size_text(spec.writable_tmpfs_size))}")
+    if spec.tmpfs:
+        items = ", ".join(_toml_str(f"{path}:{size_text(size)}") for path, size in spec.tmpfs)
+        lines.append(f"tmpfs = [{items}]")
+    if spec.dev:
+        lines.append("dev = true")
+    for key, value in (("uid", spec.uid), ("gid", spec.gid), ("pids_limit", spec.pids_limit)):
+        if value:
+            lines.append(f"{key} = {value}")
+    if spec.memory_limit is not None:
+        lines.append(f"memory = {_toml_str(size_text(spec.memory_limit))}")
+    for key, seconds in (("cpus", spec.cpus), ("timeout", spec.timeout)):
+        if seconds is not None:
+            lines.append(f"{key} = {seconds:g}")
     if spec.binds:
         lines.append("binds = [")
         for b in spec.binds:

@@ -17,7 +17,8 @@ from sandbox import _jail, libc
 from sandbox.plan import Step
 from sandbox.spec import JailSpec
 
-# The jail's own ids, mapped to one host uid and gid per jail (the launcher's).
+# The jail's own ids by default, mapped to one host uid and gid per jail (the
+# launcher's); a spec's uid and gid (--uid, --gid) map another id instead.
 INSIDE_UID = INSIDE_GID = 0
 
 
@@ -47,20 +48,25 @@ class SharedEmptyNetns:
 
 
 def user_steps(spec: JailSpec) -> list[Step]:
-    """The jail's own user, IPC and UTS namespaces; root inside, one host uid outside."""
+    """The jail's own user, IPC and UTS namespaces; one id inside (root unless the spec
+    says another uid/gid), one host uid and gid outside.
+
+    The ids change while the jail still holds every capability of its namespace:
+    the kernel clears capabilities on a change away from the namespace's root,
+    and the jail's ids until then are the host's root, which is not that; the
+    capabilities layer drops them all later.  No id but the mapped one exists."""
+    uid, gid = spec.uid, spec.gid
     return [
         Step(_jail.OP_UNSHARE, "user-namespace", "new user, IPC and UTS namespaces",
              args=(libc.CLONE_NEWUSER | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS,)),
         # The parent writes the maps (Plan.id_maps): inside uid, gid, how many ids.
         Step(_jail.OP_IDMAP_SYNC, "id-map",
-             f"the parent maps uid {INSIDE_UID} and gid {INSIDE_GID} to the jail's host ids",
-             args=(INSIDE_UID, INSIDE_GID, 1),
+             f"the parent maps uid {uid} and gid {gid} to the jail's host ids",
+             args=(uid, gid, 1),
              subs={0: "asking the parent for the id maps: {err}",
                    1: "the parent went away before writing the id maps: {err}"}),
-        Step(_jail.OP_SETRESGID, "credentials", f"setresgid({INSIDE_GID})",
-             args=(INSIDE_GID,)),
-        Step(_jail.OP_SETRESUID, "credentials", f"setresuid({INSIDE_UID})",
-             args=(INSIDE_UID,)),
+        Step(_jail.OP_SETRESGID, "credentials", f"setresgid({gid})", args=(gid,)),
+        Step(_jail.OP_SETRESUID, "credentials", f"setresuid({uid})", args=(uid,)),
         Step(_jail.OP_SETHOSTNAME, "uts", f"hostname {spec.hostname!r}",
              strings=(spec.hostname,)),
     ]

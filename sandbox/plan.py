@@ -29,16 +29,20 @@ OP_NAMES = {getattr(_jail, n): n.removeprefix("OP_").lower().replace("_", "-")
             for n in dir(_jail) if n.startswith("OP_")}
 
 # The fds a launcher supplies per spawn, by index: a step names the index.
-SLOTS = ("netns", "root", "cgroup")
+SLOTS = ("netns", "root")
 
 _HEADER = struct.Struct("=IHHQ")
 _STEP = struct.Struct("=HHIqqqII")
 _RULE = struct.Struct("=QQII")
-_SPECIAL = {_jail.LAYER_EXEC: "exec", _jail.LAYER_IDMAP: "id-map", _jail.LAYER_SPAWN: "spawn"}
+_SPECIAL = {_jail.LAYER_EXEC: "exec", _jail.LAYER_IDMAP: "id-map", _jail.LAYER_SPAWN: "spawn",
+            _jail.LAYER_CGROUP: "cgroup"}
 _ID_FILES = ("setgroups", "gid_map", "uid_map")
-# What failed of a spawn itself (a fork server's C loop reports 2 and 3: sandbox/_jail/serve.c).
-_SPAWN_SUBS = {1: "copying the seccomp listener", 2: "the sync socket", 3: "the clone"}
+# What failed of a spawn itself (the handshake in spawn.c reports 1 and 2, a fork server's
+# C loop 3 and 4: sandbox/_jail/serve.c).
+_SPAWN_SUBS = {1: "copying the seccomp listener", 2: "the seccomp listener's handler failed",
+               3: "the sync socket", 4: "the clone"}
 _CLONE_NEWPID = 0x20000000
+_FILTER_FLAG_NEW_LISTENER = 1 << 3  # seccomp(2); sandbox/bpf.py
 
 
 def _strerror(err: int) -> str:
@@ -124,6 +128,12 @@ class Plan:
         inside_uid, inside_gid, count = self._id_map
         return f"{inside_uid} {host_uid} {count}\n", f"{inside_gid} {host_gid} {count}\n"
 
+    @property
+    def notifies(self) -> bool:
+        """Whether its seccomp filter hands a user-notification listener to the parent."""
+        return any(s.op == _jail.OP_SECCOMP and s.args[0] & _FILTER_FLAG_NEW_LISTENER
+                   for s in self.steps)
+
     def without(self, *layers: str) -> Plan:
         """The same plan with these layers' steps dropped (tests prove each layer counts);
         "pid-namespace" is the clone's CLONE_NEWPID."""
@@ -142,6 +152,8 @@ class Plan:
                 return JailError("spawn", err, "the jail did not report in time")
             what = _SPAWN_SUBS.get(sub, "the spawn handshake")
             return JailError("spawn", err, f"{what}: {_strerror(err)}")
+        if layer_id == _jail.LAYER_CGROUP:
+            return JailError("cgroup", err, f"putting the jail in its cgroup: {_strerror(err)}")
         if layer_id in _SPECIAL or index >= len(self.steps):
             return JailError(_SPECIAL.get(layer_id, "spawn"), err, _strerror(err))
         step = self.steps[index]

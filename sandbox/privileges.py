@@ -7,6 +7,8 @@ the bounding set is allowed (CAP_SETPCAP there) and affects only the jail.
 
 from __future__ import annotations
 
+import resource
+
 from sandbox import _jail, libc
 from sandbox.plan import Step
 from sandbox.spec import NOFILE_KEPT, RLIMIT_NAMES, JailSpec
@@ -47,19 +49,24 @@ def no_new_privs_steps(spec: JailSpec) -> list[Step]:
 
 
 def rlimit_steps(spec: JailSpec) -> list[Step]:
-    """Soft and hard limit alike, so the jail cannot raise them back."""
+    """Soft and hard limit alike, so the jail cannot raise them back.  "kept" (nofile):
+    the number of fds passed in; "unlimited": the hard limit the jail starts with
+    (raising it needs a capability the jail no longer has by then)."""
     out = []
     for name, value in spec.rlimits:
         if name not in RLIMIT_NAMES:
             raise ValueError(f"unknown rlimit {name!r}")
-        kept = value == NOFILE_KEPT
-        raw = min(value, 2**64 - 1) if value >= 0 else value  # RLIM_INFINITY is -1
-        raw = raw - 2**64 if raw >= 2**63 else raw
-        out.append(Step(_jail.OP_RLIMIT, "rlimits",
-                        f"RLIMIT_{name.upper()} = " + ("the number of kept fds" if kept
-                                                       else str(value)),
-                        args=(RLIMIT_NAMES[name], 0 if kept else raw),
-                        flags=_jail.RLIMIT_KEPT if kept else 0))
+        if value == NOFILE_KEPT and name == "nofile":
+            what, raw, flags = "the number of kept fds", 0, _jail.RLIMIT_KEPT
+        elif value == resource.RLIM_INFINITY:
+            what, raw, flags = "its hard limit (unlimited)", 0, _jail.RLIMIT_HARD
+        elif value < 0:
+            raise ValueError(f"rlimit {name} = {value}")
+        else:
+            what, raw, flags = str(value), min(value, 2**63 - 1), 0
+        out.append(Step(_jail.OP_RLIMIT, "rlimits", f"RLIMIT_{name.upper()} = {what}",
+                        args=(RLIMIT_NAMES[name], raw), flags=flags,
+                        subs={1: "reading the hard limit: {err}"}))
     return out
 
 

@@ -2,26 +2,25 @@
 
 A profile is the unit operators edit (``policies/titus-worker.toml``); the
 launcher only ever sees the resulting immutable `JailSpec`.  The format is
-documented in the header of ``policies/titus-worker.toml``.
+documented in docs/sandbox.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
-import resource
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sandbox.errors import PolicyError
+from sandbox.limits import JAIL_KEYS, parse_limit, parse_size, parse_tmpfs, rlimit_value
 from sandbox.policy import parse_policy, policy_search_path
 from sandbox.rules import SeccompPolicy
 from sandbox.seccomp import compile_policy
 from sandbox.spec import (
-    NOFILE_KEPT,
     RLIMIT_NAMES,
     BindMount,
     JailSpec,
@@ -49,10 +48,11 @@ _JAIL_KEYS = (
     "rlimits",
     "cwd",
     "env",
+    "dev",
+    "tmpfs",
+    *JAIL_KEYS,
 )
 _BIND_KEYS = ("source", "target", "writable")
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,6 @@ class Profile:
     def with_jail(self, **changes: Any) -> Profile:
         """A copy with JailSpec fields changed (e.g. network="host", extra binds)."""
         return dataclasses.replace(self, spec=_replace_spec(self.spec, changes))
-
-
-def parse_size(value: object) -> int:
-    """Bytes from an int or a ``"16M"``-style string (K, M, G, T are powers of 1024)."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a size, not {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"a size cannot be negative: {value}")
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            return int(m.group(1)) * _UNITS[m.group(2).upper()]
-    raise ValueError(f"expected a size like 16M or a number of bytes, not {value!r}")
 
 
 def find_profile(name: str) -> Path:
@@ -111,6 +96,44 @@ def find_profile(name: str) -> Path:
     raise FileNotFoundError(f"no profile {name!r}{hint}; searched {searched}")
 
 
+def resolve_profile(text: str) -> Path:
+    """The file a `--profile` argument names: a path (with or without ".toml") when
+    one exists, else a profile name looked up in the search path.
+
+    Raises FileNotFoundError naming what was tried.
+    """
+    candidates = [Path(text)] if text.endswith(".toml") else [Path(text), Path(f"{text}.toml")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    if Path(text).is_dir():
+        raise FileNotFoundError(f"{text} is a directory, not a profile file")
+    tried = " or ".join(str(c) for c in candidates)
+    if text.startswith(("/", "./", "../", "~")) or text in (".", ".."):
+        raise FileNotFoundError(f"no profile file {tried}")
+    try:
+        return find_profile(text)
+    except FileNotFoundError as exc:
+        if "/" in text or text.endswith(".toml"):  # meant as a path, perhaps
+            raise FileNotFoundError(f"{exc}; no file {tried} in {Path.cwd()} either") from None
+        raise
+
+
+def check_bind_sources(spec: JailSpec) -> None:
+    """Raise PolicyError (FILE:LINE: bind ...) for the first bind whose source is missing,
+    or ValueError for one from the command line: `check` must say so, not `run` later
+    with a layer error and no line."""
+    for bind in spec.binds:
+        if os.path.lexists(bind.source):
+            continue
+        message = f"bind source {bind.source} does not exist" + (
+            f" (to be bound at {bind.target})" if bind.target != bind.source else "")
+        path, _, line = bind.origin.rpartition(":")
+        if path and line.isdigit():
+            raise PolicyError(path, int(line), message)
+        raise ValueError(f"{bind.origin or 'bind'}: {message}")
+
+
 def load_profile(path_or_name: str | Path, **jail_overrides: Any) -> Profile:
     """Load, validate and compile a profile given as a path or a bare name.
 
@@ -118,12 +141,7 @@ def load_profile(path_or_name: str | Path, **jail_overrides: Any) -> Profile:
     binds=[...], ...), so callers need not edit a file for a one-off change.
     Raises PolicyError (FILE:LINE: message) or FileNotFoundError.
     """
-    text = str(path_or_name)
-    path = Path(path_or_name)
-    if not path.is_file():
-        if text.startswith(("/", ".")):
-            raise FileNotFoundError(f"no profile file {text}")
-        path = find_profile(text)
+    path = resolve_profile(str(path_or_name))
     src = SourceFile.read(path)
     check_keys(src, src.data, _TOP_KEYS, "")
 
@@ -254,7 +272,36 @@ def _parse_jail(src: SourceFile, name: str) -> JailSpec:
         landlock=typed("landlock", bool, defaults.landlock),
         env=env_items,
         cwd=Path(cwd),
+        dev=typed("dev", bool, defaults.dev),
+        tmpfs=_parse_tmpfs(src, typed("tmpfs", list, []), line("tmpfs")),
+        **_parse_limits(src, jail, line),
     )
+
+
+def _parse_tmpfs(src: SourceFile, raw: list[Any], line: int) -> tuple[tuple[Path, int], ...]:
+    out = []
+    for item in raw:
+        here = src.best(src.quoted_line(str(item), line), line)
+        if not isinstance(item, str):
+            raise src.error(here, f'a tmpfs is "PATH" or "PATH:SIZE", not {item!r}')
+        try:
+            out.append(parse_tmpfs(item))
+        except ValueError as exc:
+            raise src.error(here, str(exc)) from None
+    return tuple(out)
+
+
+def _parse_limits(src: SourceFile, jail: dict[str, Any], line: Callable[[str], int]
+                  ) -> dict[str, int | float]:
+    """memory, pids_limit, cpus and timeout as JailSpec fields (FILE:LINE errors)."""
+    out: dict[str, int | float] = {}
+    for key, field_name in JAIL_KEYS.items():
+        if key in jail:
+            try:
+                out[field_name] = parse_limit(key, jail[key])
+            except ValueError as exc:
+                raise src.error(line(key), str(exc)) from None
+    return out
 
 
 def _parse_binds(src: SourceFile, raw: list[Any], line: int) -> tuple[BindMount, ...]:
@@ -271,11 +318,17 @@ def _parse_binds(src: SourceFile, raw: list[Any], line: int) -> tuple[BindMount,
         writable = item.get("writable", False)
         if not isinstance(source, str) or not isinstance(target, str):
             raise src.error(here, "bind source and target must be strings")
+        if source.startswith(("./", "../")):
+            # Shipped beside the profile (a daemon's config file): where it goes must be said.
+            if "target" not in item:
+                raise src.error(here, f"bind source {source!r} is relative: give it a target")
+            source = os.path.normpath(src.path.resolve().parent / source)
         if not source.startswith("/") or not target.startswith("/"):
-            raise src.error(here, f"bind paths must be absolute: {source!r} -> {target!r}")
+            raise src.error(here, f"bind paths must be absolute (a source may also be "
+                            f"./PATH, beside the profile): {source!r} -> {target!r}")
         if not isinstance(writable, bool):
             raise src.error(here, "bind 'writable' must be true or false")
-        binds.append(BindMount(Path(source), Path(target), writable))
+        binds.append(BindMount(Path(source), Path(target), writable, f"{src.path}:{here}"))
     return tuple(binds)
 
 
@@ -289,18 +342,14 @@ def _parse_rlimits(
     merged = dict(defaults)
     for key, value in raw.items():
         line = src.best(src.key_line(key, start), start)
-        if value == "kept":
-            if key != "nofile":
-                raise src.error(line, "'kept' is only for nofile (the number of fds passed in)")
-            merged[key] = NOFILE_KEPT
-        elif value == "unlimited":
-            merged[key] = resource.RLIM_INFINITY
-        else:
-            try:
-                merged[key] = parse_size(value)
-            except ValueError as exc:
-                raise src.error(line, f"rlimit {key}: {exc}") from None
+        try:
+            merged[key] = rlimit_value(key, value)
+        except ValueError as exc:
+            raise src.error(line, str(exc)) from None
     return tuple(merged.items())
 
 
-__all__ = ["PolicyError", "Profile", "find_profile", "load_profile", "parse_size"]
+__all__ = [
+    "PolicyError", "Profile", "check_bind_sources", "find_profile", "load_profile", "parse_size",
+    "resolve_profile",
+]

@@ -51,13 +51,15 @@ def root_steps(spec: JailSpec) -> list[Step]:
                       flags=libc.MS_NOSUID | libc.MS_NODEV,
                       data="size=64k,nr_inodes=256,mode=0555"))
     made: set[PurePosixPath] = set()
-    # The writable tmpfs first: a bind beneath it must land on it, not under it.
-    if spec.writable_tmpfs is not None:
-        target = root / PurePosixPath(spec.writable_tmpfs).relative_to("/")
+    # The writable tmpfs mounts first (parents before children): a bind beneath one
+    # must land on it, not under it.
+    tmpfs = [(spec.writable_tmpfs, spec.writable_tmpfs_size)] if spec.writable_tmpfs else []
+    for path, size in sorted([*tmpfs, *spec.tmpfs], key=lambda t: len(PurePosixPath(t[0]).parts)):
+        target = root / PurePosixPath(path).relative_to("/")
         out += _mkdirs(target, made)
-        out.append(_mount(str(target), f"writable tmpfs at {spec.writable_tmpfs}",
+        out.append(_mount(str(target), f"writable tmpfs at {path} ({size} bytes)",
                           source="jailtmp", fstype="tmpfs", flags=libc.MS_NOSUID | libc.MS_NODEV,
-                          data=f"size={spec.writable_tmpfs_size},mode=1777"))
+                          data=f"size={size},mode=1777"))
     # Parents before children, whatever order the profile lists them in.
     ordered = sorted(enumerate(spec.binds), key=lambda ib: len(PurePosixPath(ib[1].target).parts))
     for i, b in ordered:
@@ -76,6 +78,8 @@ def root_steps(spec: JailSpec) -> list[Step]:
         out.append(_mount(str(root / "proc"), "a /proc of the jail's PID namespace",
                           source="proc", fstype="proc",
                           flags=libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC))
+    if spec.dev:
+        out += dev_steps(spec, root / "dev", len(spec.binds), made)
     # pivot_root(".", ".") stacks the old root under the new one; detaching it
     # leaves only the new root.  No directory for the old root is needed.
     out += [
@@ -87,6 +91,42 @@ def root_steps(spec: JailSpec) -> list[Step]:
         _mount("/", "the root read-only",
                flags=libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV),
     ]
+    return out
+
+
+# The devices of --dev, as bwrap's: harmless to any program, needed by many.
+DEVICES = ("null", "zero", "full", "random", "urandom")
+_DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
+
+
+def dev_steps(spec: JailSpec, target: PurePosixPath, first_bind: int,
+              made: set[PurePosixPath]) -> list[Step]:
+    """A read-only tmpfs /dev (nodev) holding binds of the host's harmless devices, each
+    a mount of its own where devices work, and the usual links into /proc/self/fd.
+    Bind indices from `first_bind` on (the profile's binds come first)."""
+    devices = (*DEVICES, *(("tty",) if spec.dev_tty else ()))
+    out = _mkdirs(target, made)
+    out.append(_mount(str(target), "a tmpfs /dev", source="jaildev", fstype="tmpfs",
+                      flags=libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
+                      data="size=64k,nr_inodes=64,mode=0755"))
+    for i, name in enumerate(devices, first_bind):
+        out.append(Step(_jail.OP_OPEN_BIND, LAYER, f"open the device /dev/{name}", args=(i,),
+                        strings=(f"/dev/{name}",), subs={0: f"{{err}}: /dev/{name}"}))
+        out.append(Step(_jail.OP_BIND, LAYER, f"bind /dev/{name} at /dev/{name}",
+                        args=(i, libc.MS_REMOUNT | libc.MS_BIND | libc.MS_NOSUID | libc.MS_NOEXEC),
+                        strings=(str(target / name),),
+                        subs={0: f"{{err}}: /dev/{name}",
+                              1: f"making the mount point /dev/{name}: {{err}}"}))
+    for name, to in _DEV_LINKS:
+        out.append(Step(_jail.OP_SYMLINK, LAYER, f"/dev/{name} -> {to}",
+                        strings=(to, str(target / name))))
+    # A directory only: POSIX shared memory would need a writable one.
+    out.append(Step(_jail.OP_MKDIR, LAYER, "mkdir /dev/shm", args=(0o1777,),
+                    strings=(str(target / "shm"),)))
+    out.append(_mount(str(target), "/dev read-only",
+                      flags=libc.MS_REMOUNT | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+                      | libc.MS_RDONLY))
     return out
 
 
@@ -106,7 +146,7 @@ def shareable(spec: JailSpec) -> bool:
     (a /proc shows its mounter's PID namespace; a writable place would be a channel
     between jails)."""
     return (spec.empty_root and spec.writable_tmpfs is None and not spec.mount_proc
-            and not any(b.writable for b in spec.binds))
+            and not spec.tmpfs and not spec.dev and not any(b.writable for b in spec.binds))
 
 
 class SharedRoot:
@@ -129,7 +169,7 @@ class SharedRoot:
         plan = Plan(steps, mode=MODE_ENTRY)
         hold_r, hold_w = os.pipe()
         try:
-            pid, error, _, _ = _jail.spawn(plan.native, MODE_ENTRY, how=_jail.HOW_CLONE,
+            pid, error, _, _, _ = _jail.spawn(plan.native, MODE_ENTRY, how=_jail.HOW_CLONE,
                                            keep=[hold_r], entry=_HOLD)
         except BaseException:
             os.close(hold_w)

@@ -5,6 +5,7 @@ Where: $SANDBOX_CACHE_DIR, else /var/cache/sandbox.  It must be root's and mode
 0700, and so must each entry: a cached plan is what a jail becomes, nobody else
 may write one.  A directory that is not is refused (said once, then no cache).
 Key: the `run` options as given (everything before "--"), $SANDBOX_POLICY_PATH,
+$SANDBOX_SECCOMP_NOTIFY, whether stdin is a terminal (--dev binds /dev/tty then),
 the working directory, the kernel release and the machine; one file per key.
 Valid while the profile's content hash is the same and so is the stat signature
 (mtime, ctime, size, inode) of everything the profile was resolved from (the
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
 
     from sandbox.plan import Plan
     from sandbox.profile import Profile
+    from sandbox.spec import JailSpec
 
-FORMAT = 1
+FORMAT = 2
 DEFAULT_DIR = "/var/cache/sandbox"
 MAX_ENTRIES = 256
 _SUFFIX = ".plan"
@@ -44,6 +46,7 @@ def _key(options: Sequence[str]) -> str:
     # Not marshal: its bytes depend on whether a string is interned.
     u = os.uname()
     parts = (str(FORMAT), *options, "\0", os.environ.get("SANDBOX_POLICY_PATH", ""),
+             os.environ.get("SANDBOX_SECCOMP_NOTIFY", ""), str(os.isatty(0)),
              os.getcwd(), u.release, u.machine)
     return blake2b("\0".join(parts).encode(errors="surrogateescape"), digest_size=16).hexdigest()
 
@@ -83,14 +86,17 @@ class UidRangeKey:
 
 
 class CachedJail:
-    """What `Launcher.run` needs of a spec when it is given the plan."""
+    """What `Launcher.run` and `runjail` need of a spec when they are given the plan:
+    the parent's side of the jail (its uid range, environment, cgroup limits, timeout)."""
 
-    __slots__ = ("env", "name", "uid_range")
+    __slots__ = ("cpus", "env", "memory_limit", "name", "pids_limit", "timeout", "uid_range")
 
-    def __init__(self, name: str, uid_range: UidRangeKey, env: tuple) -> None:
+    def __init__(self, name: str, uid_range: UidRangeKey, env: tuple,
+                 limits: tuple = (None, None, None, None)) -> None:
         self.name = name
         self.uid_range = uid_range
         self.env = env
+        self.memory_limit, self.pids_limit, self.cpus, self.timeout = limits
 
 
 class Entry:
@@ -136,7 +142,8 @@ def load(options: Sequence[str]) -> Entry | None:
         from sandbox.plan import Plan
 
         plan = Plan.from_state(entry["plan"])
-        jail = CachedJail(entry["name"], UidRangeKey(*entry["uid_range"]), entry["env"])
+        jail = CachedJail(entry["name"], UidRangeKey(*entry["uid_range"]), entry["env"],
+                          tuple(entry["limits"]))
         return Entry(jail, plan, entry["label"], entry["stop_timeout"])
     except (KeyError, TypeError, ValueError, EOFError, OSError):
         return None
@@ -180,9 +187,11 @@ def _dependencies(profile: Profile, label: str) -> list[tuple[str, tuple | None]
 _warned = [False]
 
 
-def store(options: Sequence[str], profile: Profile, plan: Plan, label: str,
+def store(options: Sequence[str], profile: Profile, spec: JailSpec, plan: Plan, label: str,
           stop_timeout: float) -> None:
-    """Write the entry for these options (best effort: a run never fails for its cache)."""
+    """Write the entry for these options (best effort: a run never fails for its cache).
+    `spec` is the one the plan was compiled from (the profile's, with its filter
+    made to notify where the kernel can)."""
     from sandbox.runjail import say
 
     directory = cache_dir()
@@ -193,13 +202,13 @@ def store(options: Sequence[str], profile: Profile, plan: Plan, label: str,
                 say(f"not caching plans in {directory}: it must be root's, mode 0700")
                 _warned[0] = True
             return
-        spec = profile.spec
         entry = {
             "format": FORMAT, "options": tuple(options), "deps": _dependencies(profile, label),
             "profile": str(profile.path), "profile_hash": _hash_file(str(profile.path)),
             "plan": plan.state(), "name": spec.name,
             "uid_range": (spec.uid_range.first, spec.uid_range.count),
             "env": tuple(spec.env), "label": label, "stop_timeout": stop_timeout,
+            "limits": (spec.memory_limit, spec.pids_limit, spec.cpus, spec.timeout),
         }  # fmt: skip
         _write(directory, f"{_key(options)}{_SUFFIX}", marshal.dumps(entry))
         _prune(directory)

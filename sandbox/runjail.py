@@ -11,7 +11,10 @@ just forward SIGTERM/SIGINT/SIGHUP: when the program has not installed a
 handler, it ends it as the signal would have ended an ordinary process, so
 `sandbox run` exits 128+N like the program would have.  A program that
 handles (or explicitly ignores) SIGTERM/SIGINT gets the signal and
---stop-timeout seconds to exit before SIGKILL.  `supervise` does it.
+--stop-timeout seconds to exit before SIGKILL.  `supervise` does it, and ends
+the program after --timeout (exit status 124).  With a filter that notifies
+(sandbox/notify.py) a thread answers the jail's forbidden calls: the first one
+kills the jail and is named with its arguments and its process.
 """
 
 from __future__ import annotations
@@ -31,16 +34,22 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
+    from sandbox.callwatch import Seen
     from sandbox.launcher import JailProcess, Launcher
+    from sandbox.listener import Call, Listener, Watcher
     from sandbox.plan import Plan
     from sandbox.profile import Profile
     from sandbox.spec import BindMount, JailSpec
+
+    # What answers a jail's forbidden calls: given the jail's pid, a handler.
+    Handler = Callable[[Listener, Call], None]
 
 EXIT_USAGE = 2
 EXIT_CANNOT_START = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 EXIT_SECCOMP = 128 + signal.SIGSYS  # 159
+EXIT_TIMEOUT = 124  # as timeout(1): the program ran past --timeout
 
 # Signals `run` relays; the first two also start the --stop-timeout countdown
 # (SIGHUP is a reload request for many daemons, so it never leads to SIGKILL).
@@ -66,7 +75,7 @@ class Fail(Exception):
 def profile_from_args(args: argparse.Namespace) -> Profile:
     """The profile with the command line's overrides applied (raises Fail)."""
     from sandbox.errors import PolicyError
-    from sandbox.profile import load_profile
+    from sandbox.profile import check_bind_sources, load_profile
 
     try:
         profile = load_profile(args.profile)
@@ -81,21 +90,46 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
     if args.net:
         changes["network"] = args.net
     if args.tmpfs:
-        if not args.tmpfs.startswith("/"):
-            raise Fail(EXIT_USAGE, f"--tmpfs must be an absolute path, not {args.tmpfs!r}")
-        changes["writable_tmpfs"] = args.tmpfs
+        given = dict(args.tmpfs)
+        if spec.writable_tmpfs in given:  # the profile's own, at another size
+            changes["writable_tmpfs_size"] = given.pop(spec.writable_tmpfs)
+        changes["tmpfs"] = (*((p, s) for p, s in spec.tmpfs if p not in given),
+                            *given.items())
+    if args.dev or spec.dev:
+        changes["dev"] = True
+        changes["dev_tty"] = os.isatty(0)  # the jail's stdin is ours
     if args.hostname:
         changes["hostname"] = args.hostname
     if args.env:
         env = dict(spec.env)
         env.update(args.env)
         changes["env"] = tuple(env.items())
+    if args.cwd:
+        if not args.cwd.startswith("/"):
+            raise Fail(EXIT_USAGE, f"--cwd must be an absolute path, not {args.cwd!r}")
+        from pathlib import Path
+
+        changes["cwd"] = Path(args.cwd)
+    if args.proc:
+        changes["mount_proc"] = True
+    if args.rlimit:
+        changes["rlimits"] = tuple({**dict(spec.rlimits), **dict(args.rlimit)}.items())
+    for option, field in (("timeout", "timeout"), ("memory", "memory_limit"),
+                          ("pids_limit", "pids_limit"), ("cpus", "cpus"), ("uid", "uid"),
+                          ("gid", "gid")):
+        if getattr(args, option) is not None:
+            changes[field] = getattr(args, option)
     try:
-        return profile.with_jail(**changes) if changes else profile
+        profile = profile.with_jail(**changes) if changes else profile
     except (ValueError, TypeError) as exc:
         raise Fail(
             EXIT_CANNOT_START, f"cannot apply the command line to {args.profile}: {exc}"
         ) from None
+    try:
+        check_bind_sources(profile.spec)
+    except ValueError as exc:  # PolicyError too: FILE:LINE: bind source ... does not exist
+        raise Fail(EXIT_CANNOT_START, str(exc)) from None
+    return profile
 
 
 def check_root() -> None:
@@ -132,7 +166,8 @@ class Outcome:
 
 def supervise(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
               tick: Callable[[], None] | None = None, tick_every: float = 0.05,
-              fds: Sequence[int] = (0, 1, 2), plan: Plan | None = None) -> Outcome:
+              fds: Sequence[int] = (0, 1, 2), plan: Plan | None = None,
+              watch: Callable[[int], Handler] | None = None) -> Outcome:
     """Start `argv` in a jail, relay signals until it ends, compute the exit status.
 
     Signals are blocked and taken with sigtimedwait, so none is lost between
@@ -140,40 +175,77 @@ def supervise(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout:
     (same process group) is not sent twice.  The executor unblocks them in the
     jail.  Afterwards what is still pending is discarded and the mask restored,
     so a SIGTERM that raced with the jail's exit does not kill us after the fact.
-    Raises JailError.
+    With `watch` (and a plan whose filter notifies) a thread answers the jail's
+    forbidden calls with `watch(pid)` from the moment the listener exists (the
+    exec itself runs under the filter) until the jail is gone.  Raises JailError.
     """
     waited = (*FORWARDED, signal.SIGCHLD)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    watching = _Watching(watch)
     try:
-        return _relay(launcher, spec, argv, stop_timeout, tick, tick_every, fds, plan, waited)
+        jail = launcher.run(spec, argv, fds=fds, plan=plan,
+                            on_listener=watching.start if watch else None)
+        return _relay(jail, stop_timeout, tick, tick_every, waited, spec.timeout)
     finally:
+        watching.stop()
         while signal.sigtimedwait(waited, 0) is not None:
             pass
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _relay(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
-           tick: Callable[[], None] | None, tick_every: float, fds: Sequence[int],
-           plan: Plan | None, waited: tuple[int, ...]) -> Outcome:
-    jail = launcher.run(spec, argv, fds=fds, plan=plan)
+class _Watching:
+    """Answers a jail's calls on a thread, on a copy of its listener: the launcher
+    closes its own when it reaps the jail, possibly while the thread still polls."""
+
+    def __init__(self, watch: Callable[[int], Handler] | None) -> None:
+        self._watch = watch
+        self._watcher: Watcher | None = None
+
+    def start(self, pid: int, fd: int) -> None:
+        from sandbox.listener import Listener, Watcher
+
+        assert self._watch is not None
+        self._watcher = Watcher(Listener(os.dup(fd)), self._watch(pid))
+
+    def stop(self) -> None:
+        """Stop the thread; raise what broke it (a broken watcher must not pass unseen)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
+            return
+        watcher.stop()
+        watcher.listener.close()
+        if watcher.error is not None and sys.exc_info()[0] is None:
+            raise watcher.error
+
+
+def _relay(jail: JailProcess, stop_timeout: float, tick: Callable[[], None] | None,
+           tick_every: float, waited: tuple[int, ...], run_for: float | None) -> Outcome:
+    """Relay signals until the jail has ended; its outcome.  After `run_for` seconds
+    the jail gets SIGTERM as if from the terminal (its exit status is then 124)."""
     kill_at: float | None = None
     stopped_by: int | None = None  # signal whose default action we carried out
     escalated: int | None = None
+    deadline = None if run_for is None else time.monotonic() + run_for
+    timed_out = False
     while jail.poll() is None:
         timeout = tick_every if tick else 3600.0
-        if kill_at is not None:
-            timeout = min(timeout, max(0.0, kill_at - time.monotonic()))
+        for when in (kill_at, None if timed_out else deadline):
+            if when is not None:
+                timeout = min(timeout, max(0.0, when - time.monotonic()))
         info = signal.sigtimedwait(waited, timeout)
         if tick:
             tick()
-        if info is not None and info.si_signo in FORWARDED:
-            sig = info.si_signo
+        sig = info.si_signo if info is not None and info.si_signo in FORWARDED else None
+        if sig is None and not timed_out and deadline is not None \
+                and time.monotonic() >= deadline:
+            timed_out, sig = True, signal.SIGTERM
+        if sig is not None:
             state = _disposition(jail.pid, sig)
             if state == "default":
                 # What the signal would do to any process that is not a PID 1.
                 stopped_by = sig
                 jail.kill(signal.SIGKILL)
-            elif state == "caught" and info.si_code != _SI_KERNEL:
+            elif state == "caught" and (info is None or info.si_code != _SI_KERNEL):
                 jail.kill(sig)  # from the tty it reached the jail already
             if sig in STOPPING and kill_at is None and stopped_by is None:
                 escalated = sig
@@ -183,11 +255,24 @@ def _relay(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: fl
             jail.wait()
             note = (f"the program did not exit within {stop_timeout:g} s of "
                     f"{_NAMES.get(escalated or signal.SIGTERM, 'SIGTERM')}: killed it")
+            if timed_out:
+                return Outcome(jail, EXIT_TIMEOUT, f"--timeout {run_for:g} s passed; {note}")
             return Outcome(jail, jail.exit_status or 128 + signal.SIGKILL, note)
+    if timed_out:
+        return Outcome(jail, EXIT_TIMEOUT, f"--timeout {run_for:g} s passed: stopped the "
+                       f"program (it ended with status {jail.exit_status})")
     code = jail.returncode
     if stopped_by is not None and code == -signal.SIGKILL:
         return Outcome(jail, 128 + stopped_by)
     return Outcome(jail, jail.exit_status if jail.exit_status is not None else 1)
+
+
+def violation_line(seen: Seen, calls: int, profile_name: str) -> str:
+    """The forbidden call a jail was killed for, with its arguments and its process."""
+    who = "the program" if seen.pid == 1 else f"{seen.who}, started by the program,"
+    more = f" (and {calls - 1} more forbidden calls)" if calls > 1 else ""
+    return (f"killed by seccomp: {who} called {seen.text}, which profile {profile_name} "
+            f"does not allow{more}")
 
 
 def seccomp_line(jail: JailProcess, profile_name: str) -> str:
@@ -213,23 +298,51 @@ def _start_failure(exc: JailError, argv: list[str], spec: JailSpec) -> Fail:
 
 def run_once(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout: float,
              tick: Callable[[], None] | None = None, fds: Sequence[int] = (0, 1, 2),
-             plan: Plan | None = None) -> Outcome:
+             plan: Plan | None = None, watch: Callable[[int], Handler] | None = None
+             ) -> Outcome:
     """`supervise`, with start failures as a Fail (raises Fail)."""
     try:
-        return supervise(launcher, spec, argv, stop_timeout, tick, fds=fds, plan=plan)
+        return supervise(launcher, spec, argv, stop_timeout, tick, fds=fds, plan=plan,
+                         watch=watch)
     except JailError as exc:
         raise _start_failure(exc, argv, spec) from None
     except (OSError, RuntimeError) as exc:  # fork failed, uids exhausted, ...
         raise Fail(EXIT_CANNOT_START, f"cannot start: {exc}") from None
 
 
+def _kill(pid: int) -> None:
+    """SIGKILL a jail's PID 1 (the kernel then kills the rest of its PID namespace);
+    it is our unreaped child while one of its processes waits on the listener."""
+    try:  # noqa: SIM105 - not contextlib: it costs milliseconds at start-up
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_program(launcher: Launcher, spec: JailSpec, argv: list[str], profile_name: str,
                 stop_timeout: float, plan: Plan | None = None) -> int:
-    """`sandbox run`: the program's exit status, its story on stderr; closes `launcher`."""
+    """`sandbox run`: the program's exit status, its story on stderr; closes `launcher`.
+
+    When the plan's filter notifies, the first forbidden call kills the jail and
+    is named with its arguments (sandbox/callwatch.py); otherwise a seccomp kill
+    is named from the kernel's audit log."""
+    watches: list[Any] = []
+    watch = None
+    if plan is not None and plan.notifies:
+        from sandbox.callwatch import ViolationWatch
+
+        def watch(pid: int) -> Handler:
+            watches.append(ViolationWatch(lambda: _kill(pid)))
+            return watches[-1].handle
+
     try:
-        outcome = run_once(launcher, spec, argv, stop_timeout, plan=plan)
+        outcome = run_once(launcher, spec, argv, stop_timeout, plan=plan, watch=watch)
         if outcome.note:
             say(outcome.note)
+        seen = watches[0].first if watches else None
+        if seen is not None:
+            say(violation_line(seen, len(watches[0].seen), profile_name))
+            return EXIT_SECCOMP
         if outcome.jail.returncode == -signal.SIGSYS:
             say(seccomp_line(outcome.jail, profile_name))
         return outcome.status

@@ -40,6 +40,7 @@ def action_value(action: str) -> int:
         "trap": pyseccomp.TRAP,
         "log": pyseccomp.LOG,
         "allow": pyseccomp.ALLOW,
+        "notify": pyseccomp.NOTIFY,  # user notification: never in a profile, see notify.py
     }
     if action in fixed:
         return fixed[action]
@@ -61,13 +62,15 @@ def compile_policy(
 ) -> bytes:
     """The raw BPF program (array of struct sock_filter) for `policy` on `arch`.
 
-    `default_override` (e.g. "log" for `sandbox learn`) replaces the default
-    action; deny rules follow it.  Syscalls absent on `arch` are skipped.
+    `default_override` ("notify" for `sandbox run` and `learn`: every other call
+    goes to the supervisor, see notify.py) replaces the default action; deny
+    rules follow it.  Syscalls absent on `arch` are skipped.
     Calls from another arch (e.g. int 0x80 on x86_64) kill the process.
     """
     arch_name = arch or native_arch()
     token = arch_token(arch_name)
-    default = parse_action(default_override) if default_override else policy.default
+    default = (default_override if default_override == "notify"
+               else parse_action(default_override) if default_override else policy.default)
     flt = pyseccomp.SyscallFilter(action_value(default))
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
     native = pyseccomp.system_arch()

@@ -62,6 +62,8 @@ class BindMount:
     source: Path
     target: Path
     writable: bool = False
+    # Where it was asked for, for error messages: "FILE:LINE" or "--bind-ro".
+    origin: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,10 @@ RLIMIT_NAMES: dict[str, int] = {
 }
 
 # RLIMIT_NOFILE set to this value means "exactly the number of fds passed in".
-NOFILE_KEPT = -1
+NOFILE_KEPT = -2  # not -1: that is resource.RLIM_INFINITY ("unlimited")
+# The default RLIMIT_NOFILE: what an ordinary program expects (ld.so alone needs
+# a few fds beyond 0-2).  A profile that wants the tightest limit says "kept".
+DEFAULT_NOFILE = 1024
 
 
 @dataclass(frozen=True)
@@ -116,15 +121,33 @@ class JailSpec:
     # A writable tmpfs inside the root (e.g. "/tmp"), size in bytes; None for none.
     writable_tmpfs: Path | None = None
     writable_tmpfs_size: int = 16 * 1024 * 1024
+    # More writable tmpfs mounts: (path inside, size in bytes), as --tmpfs PATH[:SIZE].
+    tmpfs: tuple[tuple[Path, int], ...] = ()
     mount_proc: bool = False
+    # A minimal /dev: null, zero, full, random, urandom (and tty with dev_tty).
+    dev: bool = False
+    dev_tty: bool = False
+    # The ids the program runs as inside (mapped to the jail's host uid and gid).
+    uid: int = 0
+    gid: int = 0
     # Process limits: name -> (soft, hard); NOFILE_KEPT for "fds passed in".
-    rlimits: tuple[tuple[str, int], ...] = (("nofile", NOFILE_KEPT), ("core", 0))
+    rlimits: tuple[tuple[str, int], ...] = (("nofile", DEFAULT_NOFILE), ("core", 0))
     no_new_privs: bool = True
     dumpable: bool = False
     drop_capabilities: bool = True
     seccomp_bpf: bytes | None = None
+    # Load the filter with a user-notification listener and hand it to the parent
+    # (JailProcess.listener): a filter whose default is "notify" needs it.
+    seccomp_listener: bool = False
     # Landlock: deny all filesystem access except the bind mounts (exec'd daemons).
     landlock: bool = False
+    # cgroup limits (sandbox.cgroups), None for none: bytes of memory, processes and
+    # threads, CPUs' worth of time.  The jail gets a cgroup of its own only with one.
+    memory_limit: int | None = None
+    pids_limit: int | None = None
+    cpus: float | None = None
+    # `sandbox run`: wall-clock seconds, then SIGTERM, then SIGKILL (exit status 124).
+    timeout: float | None = None
     # Signal the jail receives when the process that spawned it dies.
     parent_death_signal: int = 9
     # Environment for `run` (exec); spawn keeps the Python process as it is.
@@ -148,5 +171,12 @@ class JailSpec:
         for name, value in self.rlimits:
             if name not in RLIMIT_NAMES:
                 raise ValueError(f"unknown rlimit {name!r}")
-            out.append((RLIMIT_NAMES[name], kept_fds if value == NOFILE_KEPT else value))
+            res = RLIMIT_NAMES[name]
+            if name == "nofile" and value == NOFILE_KEPT:
+                value = kept_fds
+            elif value == resource.RLIM_INFINITY:
+                # As high as it goes: raising a hard limit needs a capability the jail
+                # has dropped by then.
+                value = resource.getrlimit(res)[1]
+            out.append((res, value))
         return out

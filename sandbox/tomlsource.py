@@ -35,7 +35,7 @@ def syntax_error_line(message: str, text: str) -> int:
     return text.count("\n") + 1
 
 
-def _without_comment(line: str) -> str:
+def without_comment(line: str) -> str:
     """The line without a trailing comment (a '#' outside quotes)."""
     quote = ""
     for i, ch in enumerate(line):
@@ -65,7 +65,7 @@ class TomlText:
                 if line.count(multiline) % 2 == 1:
                     multiline = None
                 continue
-            code = _without_comment(line).rstrip("\r")
+            code = without_comment(line).rstrip("\r")
             self.code.append(code)
             for quote in ('"""', "'''"):
                 if code.count(quote) % 2 == 1:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from sandbox.launcher import JailProcess, Launcher
@@ -62,3 +65,12 @@ def with_nofile(spec: JailSpec, n: int) -> JailSpec:
     """The same spec allowing n fds, for probes that need to open something."""
     others = tuple((k, v) for k, v in spec.rlimits if k != "nofile")
     return replace(spec, rlimits=(*others, ("nofile", n)))
+
+
+def sandbox_cli(*args: str, cwd: object = None, timeout: float = 120
+                ) -> subprocess.CompletedProcess:
+    """`python -m sandbox ARGS` as a separate process, as an operator runs the console script."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    return subprocess.run([sys.executable, "-m", "sandbox", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd or repo, env=env, check=False)

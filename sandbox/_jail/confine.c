@@ -1,5 +1,5 @@
 /*
- * The steps that confine: fds, capabilities, Landlock, rlimits, seccomp, cgroup.
+ * The steps that confine: fds, capabilities, Landlock, rlimits, seccomp.
  * Async-signal-safe, as everything the child runs (see steps.c).
  */
 #define _GNU_SOURCE
@@ -137,9 +137,19 @@ int jail_landlock(struct jail_run *r, const struct jail_step *st)
 }
 
 
+/* Soft and hard alike.  JAIL_RLIMIT_HARD ("unlimited" in a profile): as high as the
+ * current hard limit, since raising that needs a capability the jail does not have. */
 int jail_rlimit(struct jail_run *r, const struct jail_step *st)
 {
-    uint64_t v = (st->flags & JAIL_RLIMIT_KEPT) ? (uint64_t)r->nkeep : (uint64_t)st->a[1];
+    uint64_t v = (uint64_t)st->a[1];
+    if (st->flags & JAIL_RLIMIT_KEPT) {
+        v = (uint64_t)r->nkeep;
+    } else if (st->flags & JAIL_RLIMIT_HARD) {
+        uint64_t now[2];
+        if (syscall(SYS_prlimit64, 0, (int)st->a[0], NULL, now) != 0)
+            return jail_failed(r, 1);
+        v = now[1];
+    }
     uint64_t lim[2] = {v, v};
     if (syscall(SYS_prlimit64, 0, (int)st->a[0], lim, NULL) != 0)
         return jail_failed(r, 0);
@@ -165,14 +175,4 @@ int jail_seccomp(struct jail_run *r, const struct jail_step *st)
         return jail_errno(EPIPE), jail_failed(r, 2);
     close((int)fd);
     return 0;
-}
-
-int jail_cgroup(struct jail_run *r, const struct jail_step *st)
-{
-    int fd = openat(r->slots[st->a[0]], "cgroup.procs", O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return jail_failed(r, 0);
-    int rc = write(fd, "0", 1) == 1 ? 0 : jail_failed(r, 1);
-    close(fd);
-    return rc;
 }

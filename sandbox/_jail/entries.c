@@ -4,11 +4,7 @@
  *   hold    reads fd 0 until EOF (the shared-root builder holds its namespace)
  *   exit    returns `code` at once (the benchmark: the jail and nothing else)
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
-#include "jail.h"
-#include "../jail_entry.h"
+#include "pyjail.h"
 
 #include <stdio.h>
 #include <unistd.h>

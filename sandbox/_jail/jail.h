@@ -21,7 +21,7 @@
  *   step    u16 op, u16 layer, u32 flags, i64 a[3], u32 len, u32 pad    40 bytes
  *           then `len` payload bytes, padded with zeros to a multiple of 8. */
 #define JAIL_PLAN_MAGIC 0x4e4c504aU /* "JPLN" */
-#define JAIL_PLAN_VERSION 1
+#define JAIL_PLAN_VERSION 2
 #define JAIL_HEADER_SIZE 16
 #define JAIL_STEP_SIZE 40
 #define JAIL_MAX_STEPS 512
@@ -32,6 +32,7 @@
 #define JAIL_MAX_RULES 256
 #define JAIL_MAX_STRINGS 4
 #define JAIL_MAX_BPF 4096 /* instructions, the kernel's BPF_MAXINSNS */
+#define JAIL_MAX_CGROUPS 4 /* cgroup directories a jail joins (v1: one per controller) */
 
 enum jail_op {
     OP_SIGNALS = 1,    /* handlers -> SIG_DFL (and a[0]'s signals too), mask emptied */
@@ -57,12 +58,13 @@ enum jail_op {
     OP_RLIMIT,         /* setrlimit(a[0], a[1]; flags&1: the number of kept fds) */
     OP_PARENT_CHECK,   /* fail if the parent end of the sync socket is gone */
     OP_SECCOMP,        /* seccomp(SET_MODE_FILTER, a[0], data); listener handed to the parent */
-    OP_CGROUP,         /* write "0" to slots[a[0]]/cgroup.procs */
+    OP_SYMLINK,        /* symlink(s[0], s[1]): a link at s[1] whose text is s[0] */
     OP_FORK_DUTIES,    /* a Python child's interpreter re-initialisation runs here */
     OP_MAX
 };
 
 #define JAIL_RLIMIT_KEPT 1u /* OP_RLIMIT flag: the value is the number of kept fds */
+#define JAIL_RLIMIT_HARD 2u /* OP_RLIMIT flag: the value is the current hard limit */
 
 struct jail_rule {
     uint64_t access_dir, access_file;
@@ -106,6 +108,8 @@ struct jail_error {
 #define JAIL_LAYER_EXEC 0xfffe   /* exec (or its path search) failed */
 #define JAIL_LAYER_IDMAP 0xfffd  /* the parent could not write the id maps */
 #define JAIL_LAYER_SPAWN 0xfffc  /* clone, the handshake, a timeout */
+#define JAIL_LAYER_CGROUP 0xfffb /* the parent could not put the child in its cgroup */
+#define JAIL_LAYER_RESERVED 0xfff0 /* layer ids from here on are not a step's */
 
 enum jail_mode { JAIL_CALL, JAIL_EXEC, JAIL_ENTRY, JAIL_HERE };
 
@@ -126,6 +130,7 @@ struct jail_run {
     int (*entry_main)(void *);                     /* JAIL_ENTRY */
     void *entry_arg;
     void (*fork_duties)(uint64_t reset);           /* JAIL_CALL, at OP_FORK_DUTIES */
+    int keep_sync;   /* JAIL_CALL: send JAIL_REC_READY and keep the sync socket (a result) */
     uint64_t reset;  /* signals OP_SIGNALS set back to SIG_DFL */
     int timings;
     uint64_t t[JAIL_MAX_STEPS + 1]; /* thread CPU ns: at the start, after each step */
@@ -138,7 +143,6 @@ int jail_caps(struct jail_run *r, const struct jail_step *st);
 int jail_landlock(struct jail_run *r, const struct jail_step *st);
 int jail_rlimit(struct jail_run *r, const struct jail_step *st);
 int jail_seccomp(struct jail_run *r, const struct jail_step *st);
-int jail_cgroup(struct jail_run *r, const struct jail_step *st);
 /* Record a failed system call (which one: `sub`; errno) and return -1. */
 int jail_failed(struct jail_run *r, uint16_t sub);
 /* Set errno, return -1: for failures that are not a system call's. */
@@ -156,6 +160,7 @@ int jail_child(struct jail_run *r);
 #define JAIL_REC_TIMES 'T'    /* struct jail_times */
 #define JAIL_REC_LISTENER 'L' /* struct jail_record, err = the listener's fd in the child */
 #define JAIL_REC_TAKEN 'K'    /* parent -> child: the listener is copied */
+#define JAIL_REC_READY 'R'    /* 1 byte: ready, the sync socket stays open (keep_sync) */
 
 struct jail_record {
     char kind;
@@ -180,6 +185,13 @@ struct jail_spawn {
     int clone_parent;
     const char *uid_map, *gid_map; /* written by the parent at JAIL_REC_IDMAP */
     int timeout_ms;
+    const int *cgroups; /* directory fds: the parent writes the child's pid to their
+                           cgroup.procs at JAIL_REC_IDMAP, before the child goes on */
+    int ncgroups;
+    /* Called once the seccomp listener is copied, before the child goes on (it may
+     * exec under a filter that notifies): nonzero fails the spawn. */
+    int (*on_listener)(void *ctx, pid_t pid, int fd);
+    void *listener_ctx;
     void (*before_fork)(void);       /* JAIL_CALL: PyOS_BeforeFork */
     void (*after_fork_parent)(void); /* JAIL_CALL: PyOS_AfterFork_Parent */
     int parent_end;

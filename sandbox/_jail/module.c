@@ -4,9 +4,10 @@
  *   Plan(wire)        a decoded, checked plan (sandbox/plan.py encodes it)
  *   spawn(plan, mode, ...)
  *                     clone a child that applies the plan, then returns to Python
- *                     (MODE_CALL: None in the child), execs (MODE_EXEC) or calls a
- *                     native entry (MODE_ENTRY); the parent gets
- *                     (pid, error, listener, times) once the child is ready or failed
+ *                     (MODE_CALL: None in the child, or with keep_sync its sync fd),
+ *                     execs (MODE_EXEC) or calls a native entry (MODE_ENTRY); the
+ *                     parent gets (pid, error, listener, times, result) once the
+ *                     child is ready or failed (result: the kept sync socket, or -1)
  *   apply(plan, ...)  apply a plan to this process (fds, Landlock, seccomp alone)
  *   entry(name[, code])
  *                     a built-in native entry capsule (tests, the shared root, bench)
@@ -14,23 +15,15 @@
  *                     a fork server's Python memory kept out of native jails (arenas.c)
  *
  * error is None or (layer id, step index, sub-step, errno); plan.py names it.
+ * spawn() is in pyspawn.c, the built-in entries in entries.c.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
-#include "jail.h"
-#include "../jail_entry.h"
+#include "pyjail.h"
 
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-typedef struct {
-    PyObject_HEAD
-    struct jail_plan *plan;
-} PlanObject;
 
 static void plan_dealloc(PlanObject *self)
 {
@@ -79,7 +72,7 @@ static PyGetSetDef plan_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject PlanType = {
+PyTypeObject PlanType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "sandbox._jail.Plan",
     .tp_doc = "A checked jail plan, ready for spawn() and apply().",
@@ -102,7 +95,7 @@ const struct jail_plan *jail_plan_of(PyObject *plan)
 }
 
 /* A sequence of fds (-1: none) into out[max]; their number, -1 with an exception. */
-static int int_array(PyObject *seq, int *out, int max, const char *what)
+int int_array(PyObject *seq, int *out, int max, const char *what)
 {
     if (seq == NULL || seq == Py_None)
         return 0;
@@ -133,7 +126,7 @@ static int int_array(PyObject *seq, int *out, int max, const char *what)
 }
 
 /* A list of bytes as a NULL-terminated char* array (pointing into the bytes). */
-static char **string_array(PyObject *seq, const char *what, int *count)
+char **string_array(PyObject *seq, const char *what, int *count)
 {
     PyObject *fast = PySequence_Fast(seq, what);
     if (fast == NULL)
@@ -165,168 +158,9 @@ static char **string_array(PyObject *seq, const char *what, int *count)
     return out;
 }
 
-static PyObject *error_tuple(const struct jail_error *e)
+PyObject *error_tuple(const struct jail_error *e)
 {
     return Py_BuildValue("(iiii)", e->layer, e->step, e->sub, e->err);
-}
-
-static int duties_done;
-
-/* A Python child's interpreter re-initialisation (what os.fork does after fork),
- * run where the plan says: inside the jail, before seccomp.  Then Python's own view
- * of the signals is made to match what the plan did: no wakeup fd (its number may
- * now be one of the kept fds), default handlers where the plan reset them. */
-static void python_after_fork(uint64_t reset)
-{
-    PyOS_AfterFork_Child();
-    PyObject *sig = PyImport_ImportModule("_signal");
-    PyObject *dfl = sig ? PyObject_GetAttrString(sig, "SIG_DFL") : NULL;
-    if (dfl != NULL) {
-        Py_XDECREF(PyObject_CallMethod(sig, "set_wakeup_fd", "i", -1));
-        for (int n = 1; n < 64; n++)
-            if ((reset >> (n - 1) & 1) && n != SIGKILL && n != SIGSTOP &&
-                (n < 32 || n >= SIGRTMIN) && n < NSIG)
-                Py_XDECREF(PyObject_CallMethod(sig, "signal", "iO", n, dfl));
-    }
-    Py_XDECREF(dfl);
-    Py_XDECREF(sig);
-    PyErr_Clear();
-    duties_done = 1;
-}
-
-static PyObject *jail_spawn_py(PyObject *module, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"plan", "mode", "how", "parent", "slots", "keep", "uid_map",
-                             "gid_map", "argv", "envp", "paths", "entry", "timeout",
-                             "timings", NULL};
-    PlanObject *plan;
-    int mode, how = JAIL_HOW_FORK, parent = 0, timings = 0;
-    PyObject *slots = NULL, *keep = NULL, *argv = NULL, *envp = NULL, *paths = NULL;
-    PyObject *entry = NULL, *result = NULL;
-    const char *uid_map = NULL, *gid_map = NULL;
-    double timeout = 10.0;
-    (void)module;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!i|$ipOOzzOOOOdp:spawn", kwlist, &PlanType,
-                                     &plan, &mode, &how, &parent, &slots, &keep, &uid_map,
-                                     &gid_map, &argv, &envp, &paths, &entry, &timeout,
-                                     &timings))
-        return NULL;
-    if (mode != JAIL_CALL && mode != JAIL_EXEC && mode != JAIL_ENTRY) {
-        PyErr_SetString(PyExc_ValueError, "unknown mode");
-        return NULL;
-    }
-    if (how != JAIL_HOW_FORK && how != JAIL_HOW_CLONE) {
-        PyErr_SetString(PyExc_ValueError, "unknown way to clone");
-        return NULL;
-    }
-    if (parent && how != JAIL_HOW_CLONE) {
-        PyErr_SetString(PyExc_ValueError, "CLONE_PARENT needs how=HOW_CLONE");
-        return NULL;
-    }
-    struct jail_spawn s;
-    memset(&s, 0, sizeof s);
-    int slot_fds[JAIL_MAX_SLOTS], keep_fds[JAIL_MAX_KEEP];
-    s.run.plan = plan->plan;
-    s.run.mode = (enum jail_mode)mode;
-    s.run.timings = timings;
-    s.how = (enum jail_how)how;
-    s.clone_parent = parent;
-    s.uid_map = uid_map;
-    s.gid_map = gid_map;
-    s.timeout_ms = timeout > 0 ? (int)(timeout * 1000) : 0;
-    if ((s.run.nslots = int_array(slots, slot_fds, JAIL_MAX_SLOTS, "slots")) < 0 ||
-        (s.run.nkeep = int_array(keep, keep_fds, JAIL_MAX_KEEP, "kept fds")) < 0)
-        return NULL;
-    if (plan->plan->max_slot >= s.run.nslots) {
-        PyErr_Format(PyExc_ValueError, "the plan uses slot %d, %d given",
-                     plan->plan->max_slot, s.run.nslots);
-        return NULL;
-    }
-    s.run.slots = slot_fds;
-    s.run.keep = keep_fds;
-    char **cargv = NULL, **cenvp = NULL, **cpaths = NULL;
-    if (mode == JAIL_EXEC) {
-        if (argv == NULL || envp == NULL || paths == NULL) {
-            PyErr_SetString(PyExc_ValueError, "exec needs argv, envp and paths");
-            return NULL;
-        }
-        int argc = 0;
-        if ((cargv = string_array(argv, "argv", &argc)) == NULL ||
-            (cenvp = string_array(envp, "envp", NULL)) == NULL ||
-            (cpaths = string_array(paths, "paths", &s.run.npaths)) == NULL)
-            goto out;
-        if (argc == 0) {
-            PyErr_SetString(PyExc_ValueError, "exec needs a command");
-            goto out;
-        }
-        s.run.argv = cargv;
-        s.run.envp = cenvp;
-        s.run.paths = cpaths;
-    } else if (mode == JAIL_ENTRY) {
-        struct sandbox_jail_entry *e = PyCapsule_GetPointer(entry, SANDBOX_JAIL_ENTRY_CAPSULE);
-        if (e == NULL)
-            goto out;
-        if (e->main == NULL) {
-            PyErr_SetString(PyExc_ValueError, "the entry capsule has no main");
-            goto out;
-        }
-        s.run.entry_main = e->main;
-        s.run.entry_arg = e->arg;
-    } else {
-        s.before_fork = PyOS_BeforeFork;
-        s.after_fork_parent = PyOS_AfterFork_Parent;
-        s.run.fork_duties = python_after_fork;
-    }
-
-    int pair[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto out;
-    }
-    s.parent_end = pair[0];
-    s.run.sync = pair[1];
-    duties_done = 0;
-    pid_t pid = jail_clone(&s);
-    if (pid == 0) { /* the child, JAIL_CALL: back to Python */
-        if (!duties_done)
-            python_after_fork(s.run.reset);
-        PyMem_Free(cargv);
-        PyMem_Free(cenvp);
-        PyMem_Free(cpaths);
-        Py_RETURN_NONE;
-    }
-    close(pair[1]);
-    if (pid < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        close(pair[0]);
-        goto out;
-    }
-    struct jail_result res;
-    memset(&res, 0, sizeof res);
-    Py_BEGIN_ALLOW_THREADS
-    jail_handshake(&s, pid, &res);
-    Py_END_ALLOW_THREADS
-    close(pair[0]);
-    PyObject *times = Py_None;
-    Py_INCREF(times);
-    if (res.ntimes) {
-        Py_DECREF(times);
-        times = PyTuple_New(res.ntimes);
-        for (uint32_t i = 0; times != NULL && i < res.ntimes; i++)
-            PyTuple_SET_ITEM(times, i, PyLong_FromUnsignedLongLong(res.times[i]));
-    }
-    PyObject *error = res.failed ? error_tuple(&res.error) : (Py_INCREF(Py_None), Py_None);
-    if (times != NULL && error != NULL)
-        result = Py_BuildValue("(iOiO)", (int)pid, error, res.listener, times);
-    else if (res.listener >= 0)
-        close(res.listener);
-    Py_XDECREF(times);
-    Py_XDECREF(error);
-out:
-    PyMem_Free(cargv);
-    PyMem_Free(cenvp);
-    PyMem_Free(cpaths);
-    return result;
 }
 
 static PyObject *jail_apply_py(PyObject *module, PyObject *args, PyObject *kwds)
@@ -360,9 +194,7 @@ static PyObject *jail_apply_py(PyObject *module, PyObject *args, PyObject *kwds)
     return Py_BuildValue("(iO)", r.sync, Py_None);
 }
 
-/* entries.c */
-PyObject *jail_entry_py(PyObject *module, PyObject *args);
-PyObject *jail_is_entry_py(PyObject *module, PyObject *obj);
+/* arenas.c */
 PyObject *jail_track_arenas_py(PyObject *module, PyObject *unused);
 PyObject *jail_arenas_dontfork_py(PyObject *module, PyObject *unused);
 PyObject *jail_dontfork_py(PyObject *module, PyObject *args);
@@ -373,7 +205,8 @@ int jail_server_add(PyObject *m);
 static PyMethodDef methods[] = {
     {"spawn", (PyCFunction)(void (*)(void))jail_spawn_py, METH_VARARGS | METH_KEYWORDS,
      "spawn(plan, mode, *, how, parent, slots, keep, uid_map, gid_map, argv, envp, paths, "
-     "entry, timeout, timings) -> (pid, error, listener, times) in the parent"},
+     "entry, timeout, timings, cgroups, on_listener, keep_sync) -> (pid, error, listener, "
+     "times, result) in the parent"},
     {"apply", (PyCFunction)(void (*)(void))jail_apply_py, METH_VARARGS | METH_KEYWORDS,
      "apply(plan, *, keep, sync, slots) -> (sync, error): apply a plan to this process"},
     {"entry", jail_entry_py, METH_VARARGS, "entry(name[, code]) -> a built-in entry capsule"},
@@ -405,7 +238,10 @@ static int add_ints(PyObject *m)
         {"MODE_CALL", JAIL_CALL}, {"MODE_EXEC", JAIL_EXEC}, {"MODE_ENTRY", JAIL_ENTRY},
         {"HOW_FORK", JAIL_HOW_FORK}, {"HOW_CLONE", JAIL_HOW_CLONE},
         {"LAYER_EXEC", JAIL_LAYER_EXEC}, {"LAYER_IDMAP", JAIL_LAYER_IDMAP},
-        {"LAYER_SPAWN", JAIL_LAYER_SPAWN}, {"RLIMIT_KEPT", JAIL_RLIMIT_KEPT},
+        {"LAYER_SPAWN", JAIL_LAYER_SPAWN}, {"LAYER_CGROUP", JAIL_LAYER_CGROUP},
+        {"LAYER_RESERVED", JAIL_LAYER_RESERVED},
+        {"RLIMIT_KEPT", JAIL_RLIMIT_KEPT}, {"RLIMIT_HARD", JAIL_RLIMIT_HARD},
+        {"MAX_CGROUPS", JAIL_MAX_CGROUPS},
         {"MAX_STEPS", JAIL_MAX_STEPS}, {"MAX_BINDS", JAIL_MAX_BINDS},
         {"MAX_SLOTS", JAIL_MAX_SLOTS}, {"MAX_KEEP", JAIL_MAX_KEEP},
         {"MAX_RULES", JAIL_MAX_RULES},
@@ -418,7 +254,7 @@ static int add_ints(PyObject *m)
         {"OP_SETRESGID", OP_SETRESGID}, {"OP_SETRESUID", OP_SETRESUID}, {"OP_FDS", OP_FDS},
         {"OP_CAPS", OP_CAPS}, {"OP_PRCTL", OP_PRCTL}, {"OP_LANDLOCK", OP_LANDLOCK},
         {"OP_RLIMIT", OP_RLIMIT}, {"OP_PARENT_CHECK", OP_PARENT_CHECK},
-        {"OP_SECCOMP", OP_SECCOMP}, {"OP_CGROUP", OP_CGROUP},
+        {"OP_SECCOMP", OP_SECCOMP}, {"OP_SYMLINK", OP_SYMLINK},
         {"OP_FORK_DUTIES", OP_FORK_DUTIES},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)

@@ -97,7 +97,7 @@ static int check_step(struct jail_plan *plan, struct jail_step *st, const unsign
     static const int nstrings[OP_MAX] = {
         [OP_SETNS_PATH] = 1, [OP_MOUNT] = 4, [OP_MKDIR] = 1, [OP_OPEN_BIND] = 1,
         [OP_BIND] = 1, [OP_CHDIR] = 1, [OP_PIVOT_ROOT] = 2, [OP_UMOUNT] = 1,
-        [OP_SETHOSTNAME] = 1,
+        [OP_SETHOSTNAME] = 1, [OP_SYMLINK] = 2,
     };
     int n = nstrings[st->op];
     if (n) {
@@ -107,6 +107,8 @@ static int check_step(struct jail_plan *plan, struct jail_step *st, const unsign
             return fail(why, whylen, "op %u: empty path", st->op);
         if (st->op == OP_MOUNT && st->s[0][0] == 0)
             return fail(why, whylen, "mount without a target");
+        if (st->op == OP_SYMLINK && st->s[1][0] == 0)
+            return fail(why, whylen, "symlink without a path");
     } else if (st->op != OP_SECCOMP && st->op != OP_LANDLOCK && st->len != 0) {
         return fail(why, whylen, "op %u takes no payload", st->op);
     }
@@ -117,10 +119,9 @@ static int check_step(struct jail_plan *plan, struct jail_step *st, const unsign
             return fail(why, whylen, "unshare flags %#llx", (unsigned long long)a0);
         break;
     case OP_SETNS_SLOT:
-    case OP_CGROUP:
         if (a0 < 0 || a0 >= JAIL_MAX_SLOTS)
             return fail(why, whylen, "slot %lld", (long long)a0);
-        if (st->op == OP_SETNS_SLOT && !is_one_ns(a1))
+        if (!is_one_ns(a1))
             return fail(why, whylen, "setns type %#llx", (unsigned long long)a1);
         if (a0 > plan->max_slot)
             plan->max_slot = (int)a0;
@@ -171,8 +172,10 @@ static int check_step(struct jail_plan *plan, struct jail_step *st, const unsign
             return fail(why, whylen, "prctl value %lld", (long long)a1);
         break;
     case OP_RLIMIT:
-        if (a0 < 0 || a0 >= RLIM_NLIMITS || (st->flags & ~JAIL_RLIMIT_KEPT) != 0)
+        if (a0 < 0 || a0 >= RLIM_NLIMITS)
             return fail(why, whylen, "rlimit %lld", (long long)a0);
+        if (st->flags != 0 && st->flags != JAIL_RLIMIT_KEPT && st->flags != JAIL_RLIMIT_HARD)
+            return fail(why, whylen, "rlimit flags %#x", st->flags);
         break;
     case OP_SECCOMP:
         if (st->len == 0 || st->len % 8 != 0 || st->len / 8 > JAIL_MAX_BPF)
@@ -247,7 +250,7 @@ int jail_plan_decode(const void *wire, size_t len, struct jail_plan **out, char 
             fail(why, whylen, "step %u: unknown op %u", i, st->op);
             goto bad;
         }
-        if (st->layer >= JAIL_LAYER_SPAWN) {
+        if (st->layer >= JAIL_LAYER_RESERVED) {
             fail(why, whylen, "step %u: layer id %u is reserved", i, st->layer);
             goto bad;
         }

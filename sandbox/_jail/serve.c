@@ -20,8 +20,8 @@
 #include <unistd.h>
 
 /* JAIL_LAYER_SPAWN sub-steps of a failure before the child exists (plan.py names them). */
-#define SUB_SYNC_SOCKET 2
-#define SUB_CLONE 3
+#define SUB_SYNC_SOCKET 3 /* plan.py _SPAWN_SUBS; 1 and 2 are spawn.c's */
+#define SUB_CLONE 4
 
 static void close_fds(struct jail_serve_out *out)
 {

@@ -176,6 +176,29 @@ static int write_maps(struct jail_spawn *s, pid_t pid, struct jail_result *res)
     return 0;
 }
 
+/* Put the child in its cgroups while it waits for its id maps: everything it will
+ * ever run, and every process it forks, is counted there from its first step on. */
+static int attach_cgroups(struct jail_spawn *s, pid_t pid, struct jail_result *res)
+{
+    char text[16];
+    int n = snprintf(text, sizeof text, "%d", (int)pid);
+    if (n <= 0 || n >= (int)sizeof text) {
+        set_failure(res, JAIL_LAYER_CGROUP, 0, EINVAL);
+        return -1;
+    }
+    for (int i = 0; i < s->ncgroups; i++) {
+        int fd = openat(s->cgroups[i], "cgroup.procs", O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, text, (size_t)n) != n) {
+            set_failure(res, JAIL_LAYER_CGROUP, (uint16_t)i, errno);
+            if (fd >= 0)
+                close(fd);
+            return -1;
+        }
+        close(fd);
+    }
+    return 0;
+}
+
 /* Copy the child's seccomp listener (fd `theirs` in the child) into this process. */
 static int take_listener(pid_t pid, int theirs, struct jail_result *res)
 {
@@ -238,7 +261,7 @@ void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res)
         switch (buf.kind) {
         case JAIL_REC_IDMAP: {
             char mapped = JAIL_REC_MAPPED;
-            if (write_maps(s, pid, res) != 0)
+            if (write_maps(s, pid, res) != 0 || attach_cgroups(s, pid, res) != 0)
                 return;
             if (send(fd, &mapped, 1, MSG_NOSIGNAL) != 1 && errno != EPIPE) {
                 set_failure(res, JAIL_LAYER_SPAWN, 0, errno);
@@ -246,6 +269,12 @@ void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res)
             }
             break;
         }
+        case JAIL_REC_READY:
+            if (got != 1 || !s->run.keep_sync) {
+                set_failure(res, JAIL_LAYER_SPAWN, 0, EPROTO);
+                return;
+            }
+            return; /* ready, the socket kept open for what the child sends next */
         case JAIL_REC_ERROR:
             if (got != (ssize_t)sizeof buf.rec) {
                 set_failure(res, JAIL_LAYER_SPAWN, 0, EPROTO);
@@ -276,6 +305,11 @@ void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res)
             }
             if (take_listener(pid, buf.rec.err, res) != 0)
                 return;
+            if (s->on_listener != NULL &&
+                s->on_listener(s->listener_ctx, pid, res->listener) != 0) {
+                set_failure(res, JAIL_LAYER_SPAWN, 2, ECANCELED);
+                return;
+            }
             if (send(fd, &taken, 1, MSG_NOSIGNAL) != 1 && errno != EPIPE) {
                 set_failure(res, JAIL_LAYER_SPAWN, 0, errno);
                 return;

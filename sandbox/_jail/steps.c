@@ -238,10 +238,8 @@ static int step(struct jail_run *r, const struct jail_step *st)
     }
     case OP_SECCOMP:
         return jail_seccomp(r, st);
-    case OP_CGROUP:
-        if (st->a[0] >= r->nslots)
-            return jail_errno(EBADF), jail_failed(r, 0);
-        return jail_cgroup(r, st);
+    case OP_SYMLINK:
+        return symlink(s[0], s[1]) == 0 ? 0 : jail_failed(r, 0);
     case OP_FORK_DUTIES:
         if (r->mode == JAIL_CALL && r->fork_duties != NULL)
             r->fork_duties(r->reset);
@@ -323,8 +321,13 @@ int jail_child(struct jail_run *r)
             close(r->sync);
         _exit(r->entry_main(r->entry_arg) & 0xff);
     default:
-        if (r->sync >= 0)
+        if (r->keep_sync && r->sync >= 0) {
+            /* Ready, and the socket stays open: the result goes back on it. */
+            char ready = JAIL_REC_READY;
+            (void)!write(r->sync, &ready, 1);
+        } else if (r->sync >= 0) {
             close(r->sync);
+        }
         return 0;
     }
 }

@@ -45,6 +45,9 @@ def profile(tmp_path: Path) -> Path:
 
 
 FULL_CLI = {"sandbox.cli", "argparse", "pyseccomp", "tomllib", "sandbox.profile"}
+# Pure-Python modules that cost a cached run milliseconds each (it starts in the time of
+# the interpreter's own start plus a few ms), the seccomp watcher's thread included.
+HEAVY = {"typing", "dataclasses", "threading", "difflib", "pathlib", "enum", "ctypes"}
 
 
 def compiled(out: subprocess.CompletedProcess) -> bool:
@@ -63,6 +66,7 @@ def test_second_run_comes_from_the_cache(tmp_path: Path, profile: Path) -> None:
     second = sandbox(cache, "run", "--profile", str(profile), "--", "/bin/true")
     assert second.returncode == 0, messages(second)
     assert not FULL_CLI & imported(second), FULL_CLI & imported(second)
+    assert not HEAVY & imported(second), HEAVY & imported(second)
     # The cached run reports like the full one.
     missing = sandbox(cache, "run", "--profile", str(profile), "--", "no-such-program")
     assert missing.returncode == 127
@@ -88,6 +92,29 @@ def test_changes_recompile(tmp_path: Path, profile: Path) -> None:
     assert compiled(sandbox(cache, *run))
     assert compiled(sandbox(cache, "run", "--profile", str(profile), "--hostname", "other",
                             "--", "/bin/true"))
+
+
+def test_a_cached_run_keeps_the_parents_side(tmp_path: Path, profile: Path) -> None:
+    """What the parent does for a jail (its cgroup, --timeout, naming a forbidden call
+    with its arguments) is the same from the cache: those are not in the plan."""
+    cache = tmp_path / "cache"
+    code = "import time; print(open('/proc/self/cgroup').read(), flush=True); time.sleep(30)"
+    run = ("run", "--profile", str(profile), "--bind-ro", "/etc/alternatives", "--proc",
+           "--pids-limit", "16", "--timeout", "0.5", "--", "python3", "-c", code)
+    for first in (True, False):
+        out = sandbox(cache, *run)
+        assert compiled(out) == first
+        assert out.returncode == 124, messages(out)
+        assert "sandbox-" in out.stdout  # in a cgroup of its own
+        assert "--timeout 0.5 s passed" in out.stderr
+    forbidden = ("run", "--profile", str(profile), "--", "python3", "-c",
+                 "import os; os.getppid()")
+    for first in (True, False):
+        out = sandbox(cache, *forbidden)
+        assert compiled(out) == first
+        assert out.returncode == 159, messages(out)
+        assert messages(out)[-1].startswith("sandbox: killed by seccomp: the program called "
+                                            "getppid(")
 
 
 def test_a_profile_name_is_resolved_again(tmp_path: Path, profile: Path) -> None:

@@ -4,6 +4,7 @@ Landlock rights of a directory bound after a file."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import zlib
@@ -123,6 +124,32 @@ def test_seccomp_listener_is_handed_to_the_parent(launcher, tmp_path):
     assert os.readlink(f"/proc/self/fd/{jail.listener}") == "anon_inode:seccomp notify"
     assert jail.wait(10) == 0
     assert jail.listener is None  # closed when the jail was reaped
+
+
+def open_fds() -> list[int]:
+    """The fds open in the jail (no /proc there): F_GETFD on each number."""
+    found = []
+    for fd in range(64):
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            continue
+        found.append(fd)
+    return found
+
+
+def test_the_jail_keeps_no_listener_of_its_own(launcher, tmp_path):
+    """A jail holding its own listener could answer its own forbidden calls: the
+    executor closes its copy once the parent has taken it."""
+    policy = tmp_path / "p.toml"
+    policy.write_text('[seccomp]\ndefault = "allow"\ndeny = ["ptrace"]\n')
+    program = compile_policy(load_policy(policy))
+    plan = launcher.plan(BASE, MODE_CALL)
+    steps = [*plan.steps, *bpf.steps(program, bpf.FILTER_FLAG_NEW_LISTENER)]
+    jail = launcher.spawn(BASE, open_fds, plan=Plan(steps, plan.clone_flags, plan.slots,
+                                                   plan.mode), result=True)
+    assert jail.listener is not None
+    assert jail.result(timeout=10) == [0]  # the sync socket the result goes back on
 
 
 def list_dir(path: str) -> object:

@@ -151,3 +151,58 @@ def test_thousand_spawns_leave_nothing_behind() -> None:
         print(f"{SPAWNS} spawns + waits: {elapsed:.2f} s ({elapsed / SPAWNS * 1000:.2f} ms each)")
     finally:
         launcher.close()
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def cgroup_dirs(first: int, count: int) -> list[str]:
+    """Per-jail cgroup directories of uids in [first, first + count), any hierarchy."""
+    from sandbox.cgroups import detect
+
+    return [str(h.base / name) for h in detect().values() if h.base.is_dir()
+            for name in os.listdir(h.base)
+            if name.startswith("sandbox-") and name[8:].isdigit()
+            and first <= int(name[8:]) < first + count]
+
+
+def uid_locks(first: int, count: int) -> list[int]:
+    from sandbox.uids import LOCK_DIR
+
+    return [int(n) for n in os.listdir(LOCK_DIR) if n.isdigit()
+            and first <= int(n) < first + count]
+
+
+def test_daemon_features_leave_nothing_behind() -> None:
+    """Issue 14's parts of a spawn: a cgroup per jail, the result socket, the seccomp
+    listener handed to the parent, /dev and more tmpfs mounts, other ids inside.
+    After 100 of each: no fd, child, mount, cgroup or uid lock is left."""
+    from sandbox.notify import available, notifying
+
+    first = 3_500_000 + (os.getpid() % 4096) * 256
+    profile = load_profile("examples/shell")
+    spec = replace(profile.spec, uid_range=UidRange(first, 256), pids_limit=16,
+                   memory_limit=64 << 20, tmpfs=((Path("/run"), 1 << 20),), uid=33, gid=33)
+    plain = replace(spec, seccomp_bpf=None, landlock=False)  # a Python child needs more
+    notify = notifying(spec, profile.policy) if available() else None
+    listeners: list[int] = []
+    launcher = Launcher()
+    try:
+        assert launcher.spawn(plain, add, (1, 2), result=True).result(10) == 3  # warm up
+        before = {"children": children(), "fds": fds(), "mounts": mounts()}
+        for i in range(100):
+            assert launcher.spawn(plain, add, (i, 1), result=True).result(10) == i + 1
+            if notify is not None:
+                jail = launcher.run(notify, ["/bin/true"], fds=(),
+                                    on_listener=lambda pid, fd: listeners.append(fd))
+                assert jail.wait(10) == 0
+        assert notify is None or len(listeners) == 100
+        assert launcher.live == []
+        assert children() == before["children"], "a jail was left running or unreaped"
+        assert fds() == before["fds"]  # result sockets, listeners, cgroup and uid lock fds
+        assert settled(mounts, before["mounts"]) == before["mounts"]
+        assert cgroup_dirs(first, 256) == []
+        assert uid_locks(first, 256) == []
+    finally:
+        launcher.close()

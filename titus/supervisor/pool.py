@@ -94,6 +94,10 @@ class Pool:
         except UidExhausted as e:
             self.note_failure(str(e))
             return False
+        except OSError as e:  # the host-wide uid lock (sandbox.uids) needs an fd
+            if not self.out_of_fds(e, "uid lock"):
+                self.note_failure(f"uid lock: {e}")
+            return False
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         except OSError as e:

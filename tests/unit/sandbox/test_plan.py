@@ -84,6 +84,28 @@ def test_id_maps_follow_the_id_map_step():
     plan = compile_plan(SPEC, MODE_CALL)
     assert plan.id_maps(200_000, 200_001) == ("0 200000 1\n", "0 200001 1\n")
     assert Plan([]).id_maps(1, 1) == (None, None)
+    # --uid/--gid: those ids inside, mapped to the jail's host ids, and become them.
+    other = compile_plan(replace(SPEC, uid=33, gid=34), MODE_EXEC, shared=False)
+    assert other.id_maps(200_000, 200_000) == ("33 200000 1\n", "34 200000 1\n")
+    assert [(s.op, s.args[0]) for s in other.steps if s.layer == "credentials"] == [
+        (_jail.OP_SETRESGID, 34), (_jail.OP_SETRESUID, 33)]
+
+
+def test_daily_flags_are_rootfs_and_rlimit_steps():
+    spec = replace(SPEC, dev=True, tmpfs=((Path("/run"), 1 << 20),),
+                   rlimits=(("nofile", -2), ("nproc", -1), ("core", 0)))
+    plan = compile_plan(spec, MODE_EXEC, shared=False)
+    rootfs = [s for s in plan.steps if s.layer == "rootfs"]
+    mounts = [s.data.split(b"\0")[0] for s in rootfs if s.op == _jail.OP_MOUNT]
+    assert b"/tmp/run" in mounts and mounts.count(b"/tmp/dev") == 2  # tmpfs, read-only
+    devices = [s.data.rstrip(b"\0") for s in rootfs if s.op == _jail.OP_OPEN_BIND]
+    assert devices[1:] == [b"/dev/null", b"/dev/zero", b"/dev/full", b"/dev/random",
+                           b"/dev/urandom"]  # after the profile's own bind of /usr
+    links = [s.data.split(b"\0")[:2] for s in rootfs if s.op == _jail.OP_SYMLINK]
+    assert [b"/proc/self/fd", b"/tmp/dev/fd"] in links and len(links) == 4
+    flags = [s.flags for s in plan.steps if s.op == _jail.OP_RLIMIT]
+    assert flags == [_jail.RLIMIT_KEPT, _jail.RLIMIT_HARD, 0]
+    assert not compile_plan(spec, MODE_CALL).slots.count("root")  # nothing shareable
 
 
 def _step(op: int, args: tuple = (), data: bytes = b"", flags: int = 0) -> bytes:
@@ -111,6 +133,9 @@ def _step(op: int, args: tuple = (), data: bytes = b"", flags: int = 0) -> bytes
     _step(_jail.OP_FDS, (), b"\0"),  # a payload where none belongs
     _step(_jail.OP_SETHOSTNAME, (), b"h" * 65 + b"\0"),
     _step(_jail.OP_RLIMIT, (16, 0)),
+    _step(_jail.OP_RLIMIT, (7, 0), flags=3),  # kept fds and the hard limit: one or the other
+    _step(_jail.OP_SYMLINK, (), b"/proc/self/fd\0"),  # no path for the link
+    _step(_jail.OP_SYMLINK, (), b"/proc/self/fd\0\0"),  # an empty path
     Plan([]).encode() + b"\0" * 8,  # trailing bytes
 ])
 def test_decoder_refuses_bad_plans(wire: bytes):
@@ -119,10 +144,11 @@ def test_decoder_refuses_bad_plans(wire: bytes):
 
 
 def test_layer_ids_are_checked_and_reserved_ones_refused():
-    wire = bytearray(_step(_jail.OP_FDS))
-    struct.pack_into("=H", wire, 16 + 2, _jail.LAYER_SPAWN)
-    with pytest.raises(ValueError, match="reserved"):
-        _jail.Plan(bytes(wire))
+    for reserved in (_jail.LAYER_SPAWN, _jail.LAYER_CGROUP, _jail.LAYER_RESERVED):
+        wire = bytearray(_step(_jail.OP_FDS))
+        struct.pack_into("=H", wire, 16 + 2, reserved)
+        with pytest.raises(ValueError, match="reserved"):
+            _jail.Plan(bytes(wire))
 
 
 def test_spawn_checks_its_arguments():
@@ -139,6 +165,23 @@ def test_spawn_checks_its_arguments():
         _jail.spawn(Plan([]).native, MODE_ENTRY, entry=object())
     with pytest.raises(ValueError, match="no built-in entry"):
         _jail.entry("nothing")
+    with pytest.raises(ValueError, match="keep_sync"):
+        _jail.spawn(Plan([]).native, MODE_ENTRY, entry=_jail.entry("exit"), keep_sync=True)
+    with pytest.raises(ValueError, match="id-map step"):  # the child must wait to be put in
+        _jail.spawn(Plan([]).native, MODE_CALL, cgroups=[0])
+    with pytest.raises(ValueError, match="more than"):
+        _jail.spawn(Plan([]).native, MODE_CALL, cgroups=[0] * (_jail.MAX_CGROUPS + 1))
+    with pytest.raises(TypeError, match="callable"):
+        _jail.spawn(Plan([]).native, MODE_CALL, on_listener=3)
+
+
+def test_parent_side_errors_are_named():
+    plan = compile_plan(SPEC, MODE_CALL)
+    cgroup = plan.error((_jail.LAYER_CGROUP, 0, 0, errno.EACCES))
+    assert (cgroup.layer, cgroup.message) == (
+        "cgroup", "putting the jail in its cgroup: Permission denied")
+    hook = plan.error((_jail.LAYER_SPAWN, 0, 2, errno.ECANCELED))
+    assert hook.message.startswith("the seccomp listener's handler failed")
 
 
 def test_bpf_step_checks_the_program():

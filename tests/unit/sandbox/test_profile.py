@@ -21,7 +21,7 @@ from sandbox.explain import explain, summary
 from sandbox.learn import learned_policy_toml
 from sandbox.profile import Profile, find_profile, load_profile, parse_size
 from sandbox.seccomp import compile_policy
-from sandbox.spec import NOFILE_KEPT, BindMount, NetworkMode
+from sandbox.spec import DEFAULT_NOFILE, NOFILE_KEPT, BindMount, NetworkMode
 from sandbox.syscalls import syscall_number
 from tests.unit.sandbox.test_seccomp import run_filtered, start_filtered, wait_filtered
 
@@ -124,7 +124,8 @@ def test_defaults_and_no_seccomp(tmp_path: Path) -> None:
     prof = load_profile(write(tmp_path, "bare.toml", '[profile]\ndescription = "x"\n'))
     assert prof.policy is None and prof.spec.seccomp_bpf is None
     assert prof.spec.network is NetworkMode.SHARED_EMPTY
-    assert dict(prof.spec.rlimits) == {"nofile": NOFILE_KEPT, "core": 0}
+    # An ordinary program needs more than fds 0-2 (ld.so alone opens a few).
+    assert dict(prof.spec.rlimits) == {"nofile": DEFAULT_NOFILE, "core": 0}
 
 
 @pytest.mark.parametrize(
@@ -507,6 +508,20 @@ def test_learned_policy_round_trips(worker: Profile, tmp_path: Path) -> None:
         learned_policy_toml(["opnat"], None)
     alone = load_profile(write(tmp_path, "alone.toml", learned_policy_toml(["getpid"], None)))
     assert alone.policy is not None and alone.policy.allowed() == ["getpid"]
+
+
+def test_learned_policy_keeps_the_daily_keys(tmp_path: Path) -> None:
+    """The audit-log fallback writes the jail it learned in: /dev, more tmpfs, the ids
+    inside and the limits stay (a learned shell profile without /dev breaks scripts)."""
+    from dataclasses import replace
+
+    shell = load_profile("examples/shell")
+    spec = replace(shell.spec, tmpfs=((Path("/run"), 1 << 20),), uid=33, gid=34,
+                   memory_limit=96 << 20, pids_limit=8, cpus=0.25, timeout=2.5)
+    text = learned_policy_toml(["getpid"], based_on=replace(shell, spec=spec))
+    prof = load_profile(write(tmp_path, "learned.toml", text))
+    assert replace(prof.spec, name="x", seccomp_bpf=None) == replace(
+        spec, name="x", seccomp_bpf=None)
 
 
 def test_learned_policy_runs(tmp_path: Path) -> None:
