@@ -13,6 +13,7 @@ Format (documented in docs/sandbox.md)::
     groups = ["@basic-io"]
     allow = ["getpid"]
     deny = ["socket"]
+    action_cache = true
     [[seccomp.rules]]
     syscall = "mmap"
     action = "allow"
@@ -82,7 +83,7 @@ def available_groups(dirs: Iterable[Path]) -> list[str]:
 # ---------------------------------------------------------------------------
 # Parsing [seccomp] and [group] tables
 
-_SECCOMP_KEYS = ("default", "include", "groups", "allow", "deny", "rules")
+_SECCOMP_KEYS = ("default", "action_cache", "include", "groups", "allow", "deny", "rules")
 _GROUP_KEYS = ("description", "allow", "groups", "rules")
 _RULE_KEYS = ("syscall", "action", "args")
 _ARG_KEYS = ("arg", "op", "value", "mask")
@@ -380,6 +381,10 @@ def parse_policy(src: SourceFile, *, group_dirs: list[Path] | None = None) -> Se
     for name in sorted(col.entries):
         rules.extend(_merge(col.entries[name], default, src.path))
     start = src.best(src.table_line("seccomp"))
+    action_cache = src.data["seccomp"].get("action_cache", True)
+    if not isinstance(action_cache, bool):
+        raise src.error(src.best(src.key_line("action_cache", start), start),
+                        f"action_cache must be true or false, not {action_cache!r}")
     if default == "allow" and not any(r.action != "allow" for r in rules):
         raise src.error(
             src.best(src.key_line("default", start), start),
@@ -389,6 +394,7 @@ def parse_policy(src: SourceFile, *, group_dirs: list[Path] | None = None) -> Se
     return SeccompPolicy(
         default=default,
         rules=tuple(rules),
+        action_cache=action_cache,
         source=src.path,
         groups=tuple(col.groups_used),
         includes=tuple(col.includes),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import struct
 
 from sandbox.bpf import _BPF_MAXINSNS, _SOCK_FILTER_SIZE, prepare_bpf
 from sandbox.rules import DENY, ArgCond, SeccompPolicy, deny_action, parse_action
@@ -54,6 +55,13 @@ def _arg(cond: ArgCond) -> pyseccomp.Arg:
     if cond.op == "masked-eq":
         return pyseccomp.Arg(cond.arg, pyseccomp.MASKED_EQ, cond.mask or 0, cond.value)
     return pyseccomp.Arg(cond.arg, _OPS[cond.op], cond.value)
+
+
+# BPF_LD|BPF_W|BPF_ABS of seccomp_data.instruction_pointer (offset 8), a value the
+# kernel's constant-action precompute (seccomp_cache_prepare) cannot know: it gives
+# up at once for every syscall number instead of emulating the filter ~900 times.
+# The filter's own first instruction loads the arch again, so nothing else changes.
+_NO_ACTION_CACHE = struct.pack("=HBBI", 0x20, 0, 0, 8)
 
 
 @functools.lru_cache(maxsize=64)
@@ -108,6 +116,8 @@ def compile_policy(
         )
     if len(program) // _SOCK_FILTER_SIZE > _BPF_MAXINSNS:
         raise OSError(errno.E2BIG, f"the BPF program has over {_BPF_MAXINSNS} instructions")
+    if not policy.action_cache:
+        program = _NO_ACTION_CACHE + program
     prepare_bpf(program)
     return program
 

@@ -362,3 +362,32 @@ def test_bad_arch_calls_are_killed(tmp_path: Path) -> None:
         policy(tmp_path, base=BASE.replace("kill-process", "allow") + 'deny = ["getppid"]\n'), other
     )
     assert run_filtered(prog, lambda: 0) == KILLED
+
+
+def test_without_action_cache_the_filter_decides_the_same(tmp_path: Path) -> None:
+    """action_cache = false only prepends a load the kernel cannot precompute:
+    allowed calls, argument rules and kills are unchanged."""
+    rules = """
+[[seccomp.rules]]
+syscall = "mmap"
+args = [{ arg = 2, op = "masked-eq", mask = "PROT_EXEC", value = 0 }]
+"""
+    cached = compile_policy(policy(tmp_path, rules))
+    uncached = compile_policy(policy(tmp_path, rules, BASE + "action_cache = false\n"))
+    assert uncached[8:] == cached
+    assert struct.unpack_from("=HBBI", uncached) == (0x20, 0, 0, 8)  # ld instruction_pointer
+    parent = os.getpid()
+    assert run_filtered(uncached, lambda: 0 if os.getpid() > 0 else 1) == OK
+    assert run_filtered(uncached, lambda: 0 if os.getppid() == parent else 1) == KILLED
+
+    def anonymous(prot: int) -> Callable[[], int]:
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        return lambda: 0 if _libc.mmap(None, 4096, prot, flags, -1, 0) != MAP_FAILED else 1
+
+    assert run_filtered(uncached, anonymous(mmap.PROT_READ)) == OK
+    assert run_filtered(uncached, anonymous(mmap.PROT_READ | mmap.PROT_EXEC)) == KILLED
+
+
+def test_action_cache_must_be_a_bool(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match=r":\d+: action_cache must be true or false"):
+        policy(tmp_path, "", BASE + 'action_cache = "no"\n')
