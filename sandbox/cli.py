@@ -128,6 +128,10 @@ def _add_jail_options(p: argparse.ArgumentParser) -> None:
                    help="the uid the program runs as inside the jail (default 0)")
     p.add_argument("--gid", type=_limit(lambda t: parse_id("--gid", t)), metavar="N",
                    help="the gid the program runs as inside the jail (default 0)")
+    p.add_argument("--ids", type=_limit(lambda t: parse_limit("ids", t)), metavar="N",
+                   help="map ids 0..N-1 inside the jail to a block of N host uids and gids, "
+                        "so the program may switch between them (default 1: only --uid and "
+                        "--gid are mapped)")
     p.add_argument("--proc", action="store_true",
                    help="mount /proc (the jail's own PID namespace only)")
     p.add_argument("--rlimit", action="append", type=_limit(parse_rlimit), default=[],

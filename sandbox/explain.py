@@ -93,6 +93,14 @@ def _arch_counts(policy: SeccompPolicy, arch: str) -> str:
 
 
 
+def id_map_text(spec: JailSpec) -> str:
+    """The jail's uid/gid maps, inside -> host, as its id-map step writes them."""
+    if spec.ids > 1:
+        return (f"uids and gids 0-{spec.ids - 1} -> a block of {spec.ids} host uids (and gids) "
+                f"H..H+{spec.ids - 1}; setgroups denied")
+    return f"uid {spec.uid} -> host uid H, gid {spec.gid} -> host gid H; setgroups denied"
+
+
 def summary(profile: Profile) -> str:
     """The facts of a profile in a compact listing, for `sandbox check`."""
     spec, policy = profile.spec, profile.policy
@@ -110,6 +118,7 @@ def summary(profile: Profile) -> str:
         f"  writable tmpfs: {tmpfs}",
         f"  uids: {spec.uid_range.first}-{last_uid} ({spec.uid_range.count}); inside: uid "
         f"{spec.uid}, gid {spec.gid}; /dev: {'minimal' if spec.dev else 'none'}",
+        f"  id map: {id_map_text(spec)}",
         f"  limits: {limits_text(spec)}",
         f"  no_new_privs: {_yes(spec.no_new_privs)}; dumpable: {_yes(spec.dumpable)}; "
         f"capabilities dropped: {_yes(spec.drop_capabilities)}; landlock: {_yes(spec.landlock)}",
@@ -321,11 +330,16 @@ def _others(view: _View, spec: JailSpec) -> list[str]:
     nnp = "no_new_privs set" if spec.no_new_privs else "no_new_privs NOT set"
     first, count = spec.uid_range.first, spec.uid_range.count
     uids = f"{first}" if count == 1 else f"one of {first}-{first + count - 1}"
-    inside = f", seen inside as uid {spec.uid} and gid {spec.gid}" if spec.uid or spec.gid else ""
-    who = (
-        f"It runs as an unprivileged uid ({uids}{inside}) in its own user namespace, with "
-        f"{caps} and {nnp}"
-    )
+    if spec.ids > 1:
+        uids = (f"a block of {spec.ids} from {first}-{first + count - 1}" if count > spec.ids
+                else f"{first}-{first + count - 1}")
+        inside = (f", ids 0-{spec.ids - 1} inside, starting as uid {spec.uid} and gid "
+                  f"{spec.gid}")
+    else:
+        inside = (f", seen inside as uid {spec.uid} and gid {spec.gid}" if spec.uid or spec.gid
+                  else "")
+    whom = "unprivileged uids" if spec.ids > 1 else "an unprivileged uid"
+    who = f"It runs as {whom} ({uids}{inside}) in its own user namespace, with {caps} and {nnp}"
     if limits_text(spec) != "none":
         who += f"; its cgroup and run limits: {limits_text(spec)}"
     if id_allowed:

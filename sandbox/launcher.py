@@ -95,10 +95,11 @@ class Launcher:
 
         `target` may also be a native entry capsule (sandbox/jail_entry.h): the
         child then calls its C function and never runs Python.  `uid` is the
-        jail's host uid when the caller allocated it (a fork server's caller
-        does); by default it comes from this launcher's allocator.  With
-        `result`, the jail sends target's return value or exception back for
-        `JailProcess.result()` (its policy must allow write)."""
+        jail's host uid (the first of its block) when the caller allocated it (a
+        fork server's caller does, `plan.id_count` of them); by default it comes
+        from this launcher's allocator.  With `result`, the jail sends target's
+        return value or exception back for `JailProcess.result()` (its policy
+        must allow write)."""
         if _jail.is_entry(target):
             if result:
                 raise ValueError("a native entry has no Python result")
@@ -280,7 +281,7 @@ class Launcher:
         hook, hook_errors = _listener_hook(on_listener)
         allocator = None if uid is not None else self.uids(spec.uid_range)
         if allocator is not None:
-            uid = allocator.allocate()
+            uid = allocator.allocate(plan.id_count)  # a block when the jail maps several ids
         assert uid is not None
         uid_map, gid_map = plan.id_maps(uid, uid)
         cgroup: JailCgroup | None = None

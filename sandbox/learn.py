@@ -196,6 +196,8 @@ def _jail_toml(spec: JailSpec) -> list[str]:
     for key, value in (("uid", spec.uid), ("gid", spec.gid), ("pids_limit", spec.pids_limit)):
         if value:
             lines.append(f"{key} = {value}")
+    if spec.ids != 1:
+        lines.append(f"ids = {spec.ids}")
     if spec.memory_limit is not None:
         lines.append(f"memory = {_toml_str(size_text(spec.memory_limit))}")
     for key, seconds in (("cpus", spec.cpus), ("timeout", spec.timeout)):
@@ -212,6 +214,7 @@ def _jail_toml(spec: JailSpec) -> list[str]:
     lines += [
         f"no_new_privs = {str(spec.no_new_privs).lower()}",
         f"dumpable = {str(spec.dumpable).lower()}",
+        *([] if spec.drop_capabilities else ["drop_capabilities = false"]),
         f"landlock = {str(spec.landlock).lower()}",
         f"uid_first = {spec.uid_range.first}",
         f"uid_count = {spec.uid_range.count}",

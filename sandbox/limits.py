@@ -16,7 +16,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # [jail] keys of this module, with the JailSpec field each sets.
 JAIL_KEYS = {"memory": "memory_limit", "pids_limit": "pids_limit", "cpus": "cpus",
-             "timeout": "timeout", "uid": "uid", "gid": "gid"}
+             "timeout": "timeout", "uid": "uid", "gid": "gid", "ids": "ids"}
 
 
 def parse_size(value: object) -> int:
@@ -61,9 +61,11 @@ def parse_rlimit(text: str) -> tuple[str, int]:
 
 
 def parse_limit(key: str, value: object) -> int | float:
-    """A [jail] limit (memory, pids_limit, cpus, timeout; uid, gid) as its JailSpec value."""
+    """A [jail] limit (memory, pids_limit, cpus, timeout; uid, gid, ids) as its JailSpec value."""
     if key in ("uid", "gid"):
         return parse_id(key, value)
+    if key == "ids":
+        return parse_ids(value)
     if isinstance(value, bool):
         raise ValueError(f"{key} must be a number, not {value!r}")
     if key == "memory":
@@ -89,6 +91,15 @@ def parse_tmpfs(text: str, default_size: int = 16 << 20) -> tuple[Path, int]:
     if not path.startswith("/"):
         raise ValueError(f"a tmpfs path must be absolute, not {path!r}")
     return Path(path), parse_size(size) if size else default_size
+
+
+def parse_ids(value: object) -> int:
+    """How many ids the jail maps (0..N-1 inside; 1: only its uid and gid)."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**32 - 1:
+        raise ValueError(f"ids must be a whole number of at least 1, not {value!r}")
+    return value
 
 
 def parse_id(key: str, value: object) -> int:

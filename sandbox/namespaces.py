@@ -18,7 +18,8 @@ from sandbox.plan import Step
 from sandbox.spec import JailSpec
 
 # The jail's own ids by default, mapped to one host uid and gid per jail (the
-# launcher's); a spec's uid and gid (--uid, --gid) map another id instead.
+# launcher's); a spec's uid and gid (--uid, --gid) map another id instead, and its
+# `ids` (--ids) map 0..ids-1 to a block of host uids.
 INSIDE_UID = INSIDE_GID = 0
 
 
@@ -49,20 +50,26 @@ class SharedEmptyNetns:
 
 def user_steps(spec: JailSpec) -> list[Step]:
     """The jail's own user, IPC and UTS namespaces; one id inside (root unless the spec
-    says another uid/gid), one host uid and gid outside.
+    says another uid/gid), one host uid and gid outside; or, with `ids` N > 1, ids
+    0..N-1 inside mapped to the jail's block of N host uids (and gids), so that
+    a program holding CAP_SETUID/CAP_SETGID there can change between them.
 
     The ids change while the jail still holds every capability of its namespace:
     the kernel clears capabilities on a change away from the namespace's root,
     and the jail's ids until then are the host's root, which is not that; the
     capabilities layer drops them all later.  No id but the mapped one exists."""
     uid, gid = spec.uid, spec.gid
+    if spec.ids > 1:
+        mapped = (0, 0, spec.ids)
+        what = f"the parent maps uids and gids 0-{spec.ids - 1} to the jail's {spec.ids} host ids"
+    else:
+        mapped = (uid, gid, 1)
+        what = f"the parent maps uid {uid} and gid {gid} to the jail's host ids"
     return [
         Step(_jail.OP_UNSHARE, "user-namespace", "new user, IPC and UTS namespaces",
              args=(libc.CLONE_NEWUSER | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS,)),
         # The parent writes the maps (Plan.id_maps): inside uid, gid, how many ids.
-        Step(_jail.OP_IDMAP_SYNC, "id-map",
-             f"the parent maps uid {uid} and gid {gid} to the jail's host ids",
-             args=(uid, gid, 1),
+        Step(_jail.OP_IDMAP_SYNC, "id-map", what, args=mapped,
              subs={0: "asking the parent for the id maps: {err}",
                    1: "the parent went away before writing the id maps: {err}"}),
         Step(_jail.OP_SETRESGID, "credentials", f"setresgid({gid})", args=(gid,)),

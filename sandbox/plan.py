@@ -129,6 +129,11 @@ class Plan:
         return f"{inside_uid} {host_uid} {count}\n", f"{inside_gid} {host_gid} {count}\n"
 
     @property
+    def id_count(self) -> int:
+        """How many host uids the jail's id maps need (a block from the allocator)."""
+        return 1 if self._id_map is None else self._id_map[2]
+
+    @property
     def notifies(self) -> bool:
         """Whether its seccomp filter hands a user-notification listener to the parent."""
         return any(s.op == _jail.OP_SECCOMP and s.args[0] & _FILTER_FLAG_NEW_LISTENER

@@ -26,6 +26,7 @@ from sandbox.spec import (
     JailSpec,
     NetworkMode,
     UidRange,
+    ids_problem,
     parse_network,
 )
 from sandbox.tomlsource import SourceFile, check_keys
@@ -42,6 +43,7 @@ _JAIL_KEYS = (
     "binds",
     "no_new_privs",
     "dumpable",
+    "drop_capabilities",
     "landlock",
     "uid_first",
     "uid_count",
@@ -255,6 +257,15 @@ def _parse_jail(src: SourceFile, name: str) -> JailSpec:
     if not cwd.startswith("/"):
         raise src.error(line("cwd"), "cwd must be an absolute path")
 
+    limits = _parse_limits(src, jail, line)
+    problem = ids_problem(*(limits.get(k, getattr(defaults, k)) for k in ("ids", "uid", "gid")),
+                          uid_range)
+    if problem:
+        key, message = problem
+        if key not in jail:  # a uid or gid beyond the default single id cannot happen
+            key = "ids" if "ids" in jail else "uid_count"
+        raise src.error(line(key), message)
+
     return JailSpec(
         name=name,
         network=network,
@@ -269,12 +280,13 @@ def _parse_jail(src: SourceFile, name: str) -> JailSpec:
         rlimits=_parse_rlimits(src, jail.get("rlimits", {}), defaults.rlimits),
         no_new_privs=typed("no_new_privs", bool, defaults.no_new_privs),
         dumpable=typed("dumpable", bool, defaults.dumpable),
+        drop_capabilities=typed("drop_capabilities", bool, defaults.drop_capabilities),
         landlock=typed("landlock", bool, defaults.landlock),
         env=env_items,
         cwd=Path(cwd),
         dev=typed("dev", bool, defaults.dev),
         tmpfs=_parse_tmpfs(src, typed("tmpfs", list, []), line("tmpfs")),
-        **_parse_limits(src, jail, line),
+        **limits,
     )
 
 

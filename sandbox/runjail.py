@@ -116,7 +116,7 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
         changes["rlimits"] = tuple({**dict(spec.rlimits), **dict(args.rlimit)}.items())
     for option, field in (("timeout", "timeout"), ("memory", "memory_limit"),
                           ("pids_limit", "pids_limit"), ("cpus", "cpus"), ("uid", "uid"),
-                          ("gid", "gid")):
+                          ("gid", "gid"), ("ids", "ids")):
         if getattr(args, option) is not None:
             changes[field] = getattr(args, option)
     try:

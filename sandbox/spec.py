@@ -78,6 +78,24 @@ class UidRange:
             raise ValueError(f"uid range {self.first}+{self.count} is not a valid host uid range")
 
 
+def ids_problem(ids: int, uid: int, gid: int, uid_range: UidRange) -> tuple[str, str] | None:
+    """What is wrong with these ids, as (the key to blame, a one-line message), or None.
+
+    A uid or gid outside the mapped ids would be unmapped inside: the jail could not
+    start (setresuid fails EINVAL), so it is refused before anything runs."""
+    if isinstance(ids, bool) or not isinstance(ids, int) or ids < 1:
+        return "ids", f"ids must be a whole number of at least 1, not {ids!r}"
+    if ids > uid_range.count:
+        return "ids", (f"ids = {ids} is more than the {uid_range.count} host uids of the jail "
+                       f"range (uid_first {uid_range.first}, uid_count {uid_range.count})")
+    if ids > 1:
+        for key, value in (("uid", uid), ("gid", gid)):
+            if value >= ids:
+                return key, (f"{key} {value} is not mapped inside the jail: ids = {ids} maps "
+                             f"0-{ids - 1}; raise ids to {value + 1} or more")
+    return None
+
+
 # Symbolic rlimit names used in profiles, mapped to the resource module.
 RLIMIT_NAMES: dict[str, int] = {
     "as": resource.RLIMIT_AS,
@@ -127,7 +145,12 @@ class JailSpec:
     # A minimal /dev: null, zero, full, random, urandom (and tty with dev_tty).
     dev: bool = False
     dev_tty: bool = False
-    # The ids the program runs as inside (mapped to the jail's host uid and gid).
+    # How many ids the jail has: 1 maps only the program's uid and gid (bwrap's
+    # --uid), each to the jail's host uid; N > 1 maps 0..N-1 to a block of N host
+    # uids (and gids, the same numbers), so the program may change between them
+    # (a daemon started as 0 that drops to 33).
+    ids: int = 1
+    # The ids the program runs as inside; below `ids` when more than one is mapped.
     uid: int = 0
     gid: int = 0
     # Process limits: name -> (soft, hard); NOFILE_KEPT for "fds passed in".
@@ -157,6 +180,9 @@ class JailSpec:
     def __post_init__(self) -> None:
         if (self.network == NetworkMode.NETNS) != (self.netns_path is not None):
             raise ValueError("netns_path is set exactly when network is NETNS")
+        problem = ids_problem(self.ids, self.uid, self.gid, self.uid_range)
+        if problem:
+            raise ValueError(problem[1])
 
     @property
     def network_label(self) -> str:

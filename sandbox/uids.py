@@ -1,22 +1,29 @@
-"""Host uids for jails: one per live jail host-wide, reused only after its PID namespace is gone.
+"""Host uids for jails: a block per live jail, unique host-wide, reused only after its
+PID namespace is gone.
 
 Every process that starts jails (each `sandbox run`, each titus supervisor,
 tests) draws from the same uid ranges, so uniqueness inside one process is not
-enough: two concurrent `sandbox run` would both pick 200000.  Each live jail's
-uid is therefore held as an exclusive flock(2) on a file named after the uid in
-LOCK_DIR (/run/sandbox/uids):
+enough: two concurrent `sandbox run` would both pick 200000.  A jail holds a
+block of N contiguous host uids (N = its spec's `ids`, usually 1; the same
+numbers serve as gids) as an exclusive byte-range lock on one file,
+LOCK_DIR/held: the byte at offset U stands for uid U.
 
-- the lock is taken with LOCK_NB, so a uid held by anyone is skipped at once;
-- release unlinks the file and then unlocks: a file that exists unlocked was
-  left by a holder that died without releasing (the kernel dropped its lock),
-  and its uid is reused only when no process on the host runs with it (the
-  dead holder's jail may still be on its way out);
-- whoever opened the file just before it was unlinked finds that its inode is
-  no longer the one at the path, and tries again.
+- The lock is an open-file-description lock (F_OFD_SETLK): the kernel grants
+  the whole range [U, U+N) at once or not at all, so two blocks, and a block and
+  a single uid, never overlap, whatever processes hold them; a taken range is
+  skipped at once (no waiting), past the end of the lock in the way.
+- The holder writes a 1 into each byte of its block, and release zeroes them and
+  then unlocks: a range that is unlocked but marked was left by a holder that
+  died without releasing (the kernel dropped its lock), and it is reused only
+  when no process on the host runs with any of its uids (the dead holder's jail
+  may still be on its way out).
+- Each block is its own open file description (one fd per held block, as one
+  file per uid used to be), so two allocators in one process exclude each
+  other too, and a block is released by unlocking its fd before closing it.
 
 Reuse is safe because a jail is a PID namespace: when its PID 1 has been
 reaped, the kernel has killed and reaped everything else in it, so no process
-with the uid lies in wait (the blog's "dynamic UIDs" done right).
+with the uids lies in wait (the blog's "dynamic UIDs" done right).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct  # already imported by sandbox.plan: free at start-up
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not at run time: the launcher must not import dataclasses
@@ -32,8 +40,12 @@ if TYPE_CHECKING:  # not at run time: the launcher must not import dataclasses
     from sandbox.spec import UidRange
 
 LOCK_DIR = "/run/sandbox/uids"  # a str: pathlib costs `sandbox run` milliseconds
-# How often one uid is retried when its file is swapped under us (a release racing us).
-_RETRIES = 3
+LOCK_FILE = "held"  # in LOCK_DIR: byte U is 1 while uid U is held
+# struct flock (fcntl(2)): l_type, l_whence, l_start, l_len, l_pid, in C's layout;
+# padded, since the kernel reads sizeof(struct flock) (32 on 64-bit Linux).
+_FLOCK = struct.Struct("@hhqqi")
+_FLOCK_PAD = b"\0" * 8
+_ZEROS = bytes(4096)
 
 
 class UidExhausted(RuntimeError):
@@ -41,10 +53,11 @@ class UidExhausted(RuntimeError):
 
 
 class UidAllocator:
-    """Hands out host uids from a range, never two to live jails on this host at once.
+    """Hands out blocks of host uids from a range, never overlapping a block of any
+    live jail on this host.
 
-    `allocate` costs an open, a flock and two stats (tens of microseconds);
-    each uid held costs one fd (close-on-exec; jails close it with all the
+    `allocate` costs an open, an fcntl and a pread/pwrite (tens of microseconds);
+    each block held costs one fd (close-on-exec; jails close it with all the
     others) until `release`.
     """
 
@@ -52,109 +65,178 @@ class UidAllocator:
         self.range = uid_range
         self.lock_dir = lock_dir
         self._next = 0
-        self._held: dict[int, int] = {}  # uid -> fd holding its lock
+        self._held: dict[int, tuple[int, int]] = {}  # first uid -> (fd holding it, count)
+        self._path = f"{os.fspath(lock_dir)}/{LOCK_FILE}"
         self._dir_ready = False
 
-    def allocate(self) -> int:
-        """A uid no live jail on the host has; raises UidExhausted, or OSError (EMFILE...)."""
-        first, count = self.range.first, self.range.count
-        self._make_dir()
-        for _ in range(count):
-            uid = first + self._next
-            self._next = (self._next + 1) % count
-            if uid in self._held:
-                continue
-            fd = self._lock(uid)
-            if fd is not None:
-                self._held[uid] = fd
-                return uid
-        raise UidExhausted(f"all {count} jail uids from {first} are in use on this host")
+    def allocate(self, count: int = 1) -> int:
+        """The first of `count` contiguous uids no live jail on the host has.
+
+        Raises UidExhausted, ValueError (a block larger than the range), or OSError."""
+        first, size = self.range.first, self.range.count
+        if not 1 <= count <= size:
+            raise ValueError(f"a block of {count} ids does not fit in the jail uid range "
+                             f"{first}+{size}")
+        span = size - count + 1  # where a block may start, relative to `first`
+        fd = self._open()
+        try:
+            pos, left = self._next % span, span
+            while left > 0:
+                skip = _take(fd, first + pos, count)
+                if skip == 0:
+                    self._held[first + pos] = (fd, count)
+                    self._next = (pos + count) % span
+                    return first + pos
+                skip = min(skip, span - pos, left)  # never past the end: wrap to `first`
+                left -= skip
+                pos = (pos + skip) % span
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        what = "uids" if count == 1 else f"blocks of {count} uids"
+        raise UidExhausted(f"all {what} of the {size} jail uids from {first} are in use on "
+                           f"this host")
 
     def release(self, uid: int) -> None:
-        """Give `uid` back (its jail's PID 1 has been reaped, or it never started)."""
-        fd = self._held.pop(uid, None)
-        if fd is None:
+        """Give back the block starting at `uid` (its jail's PID 1 has been reaped, or it
+        never started)."""
+        held = self._held.pop(uid, None)
+        if held is None:
             return
-        try:  # noqa: SIM105 - not contextlib: it costs milliseconds at start-up
-            os.unlink(self._path(uid))
-        except FileNotFoundError:
-            pass
-        # LOCK_UN before close: a forked child that has not yet closed its copy of
-        # the fd (a jail between fork and its fds layer) must not keep the lock.
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        fd, count = held
+        try:
+            _mark(fd, uid, count, False)
+        finally:
+            # Unlock before close: a forked child that has not yet closed its copy of
+            # the fd (a jail between fork and its fds layer) must not keep the lock.
+            _lock(fd, fcntl.F_UNLCK, uid, count)
+            os.close(fd)
 
     def close(self) -> None:
-        """Release every uid this allocator holds."""
+        """Release every block this allocator holds."""
         for uid in list(self._held):
             self.release(uid)
 
     @property
     def live(self) -> frozenset[int]:
+        """The first uid of each block held."""
         return frozenset(self._held)
 
-    # -- internals -----------------------------------------------------------------
+    def count(self, uid: int) -> int:
+        """How many uids the block starting at `uid` has (0: not held here)."""
+        held = self._held.get(uid)
+        return held[1] if held else 0
 
-    def _path(self, uid: int) -> str:
-        return f"{self.lock_dir}/{uid}"
-
-    def _make_dir(self) -> None:
+    def _open(self) -> int:
         if not self._dir_ready:
             os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
             self._dir_ready = True
+        return os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
 
-    def _lock(self, uid: int) -> int | None:
-        """An fd holding `uid`'s lock, or None if someone holds it (or a process runs as it)."""
-        path = self._path(uid)
-        for _ in range(_RETRIES):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+
+def _lock(fd: int, kind: int, start: int, count: int, cmd: int = fcntl.F_OFD_SETLK) -> bytes:
+    """fcntl(F_OFD_*) on [start, start+count); the kernel's struct flock back."""
+    raw = _FLOCK.pack(kind, os.SEEK_SET, start, count, 0) + _FLOCK_PAD
+    return fcntl.fcntl(fd, cmd, raw)
+
+
+def _take(fd: int, start: int, count: int) -> int:
+    """0 when [start, start+count) is now ours; else how far on the next try should
+    start (the end of the lock in the way, or 1 past a marked uid still in use)."""
+    try:
+        _lock(fd, fcntl.F_WRLCK, start, count)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        kind, _, l_start, l_len, _ = _FLOCK.unpack_from(
+            _lock(fd, fcntl.F_WRLCK, start, count, fcntl.F_OFD_GETLK))
+        if kind == fcntl.F_UNLCK:  # released between the two calls
+            return 1
+        return max(1, l_start + l_len - start) if l_len else count  # l_len 0: to EOF
+    try:
+        marks = os.pread(fd, count, start)
+        if marks.count(0) != len(marks):  # marked, unlocked: its holder died
+            stale = {start + i for i, b in enumerate(marks) if b}
+            busy = uids_in_use(stale)
+            if busy:
+                _lock(fd, fcntl.F_UNLCK, start, count)
+                return max(busy) - start + 1
+        _mark(fd, start, count, True)
+    except BaseException:
+        _lock(fd, fcntl.F_UNLCK, start, count)
+        raise
+    return 0
+
+
+def _mark(fd: int, start: int, count: int, held: bool) -> None:
+    """Write 1 (held) or 0 into the bytes of [start, start+count)."""
+    fill = b"\1" * min(count, len(_ZEROS)) if held else _ZEROS
+    done = 0
+    while done < count:
+        n = os.pwrite(fd, fill[:count - done], start + done)
+        if n <= 0:
+            raise OSError(errno.EIO, f"writing {LOCK_FILE} at {start + done}")
+        done += n
+
+
+def held_uids(lock_dir: str | PathLike[str] = LOCK_DIR) -> set[int]:
+    """Every uid a live holder on the host holds now (diagnostics and tests): the
+    marked bytes of the file whose range some process has locked."""
+    path = f"{os.fspath(lock_dir)}/{LOCK_FILE}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return set()
+    out: set[int] = set()
+    try:
+        end = os.fstat(fd).st_size
+        pos = 0
+        while pos < end:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return None
-            except BaseException:
-                os.close(fd)
+                data_at = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break
                 raise
-            try:
-                mine = os.fstat(fd)
-                there = os.stat(path, follow_symlinks=False)
-            except FileNotFoundError:
-                there = None
-            except BaseException:
-                os.close(fd)
-                raise
-            if there is None or (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
-                os.close(fd)  # released (unlinked) between our open and our lock: again
-                continue
-            if mine.st_size and uid_in_use(uid):
-                # Left by a holder that died; its jail is still going away.
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-                return None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            return fd
-        return None
+            hole_at = os.lseek(fd, data_at, os.SEEK_HOLE)
+            chunk = os.pread(fd, hole_at - data_at, data_at)
+            for i, b in enumerate(chunk):
+                if b:
+                    uid = data_at + i
+                    kind = _FLOCK.unpack_from(
+                        _lock(fd, fcntl.F_WRLCK, uid, 1, fcntl.F_OFD_GETLK))[0]
+                    if kind != fcntl.F_UNLCK:
+                        out.add(uid)
+            pos = hole_at
+    finally:
+        os.close(fd)
+    return out
 
 
-def uid_in_use(uid: int) -> bool:
-    """Whether any process on the host has `uid` as its real, effective or saved uid."""
+def uids_in_use(uids: set[int]) -> set[int]:
+    """Those of `uids` that some process on the host has as its real, effective or
+    saved uid."""
     try:
         pids = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError as e:
         raise OSError(e.errno or errno.EIO, f"cannot list /proc: {e.strerror}") from None
+    found: set[int] = set()
     for pid in pids:
         try:
             with open(f"/proc/{pid}/status", "rb") as f:
                 for line in f:
                     if line.startswith(b"Uid:"):
-                        if uid in (int(x) for x in line.split()[1:4]):
-                            return True
+                        found.update(u for u in (int(x) for x in line.split()[1:4]) if u in uids)
                         break
         except OSError:
             continue
-    return False
+    return found
+
+
+def uid_in_use(uid: int) -> bool:
+    """Whether any process on the host has `uid` as its real, effective or saved uid."""
+    return bool(uids_in_use({uid}))
 
 
 def process_uid(pid: int) -> int | None:

@@ -46,12 +46,10 @@ def processes_in_uid_range(first: int, count: int) -> set[int]:
 
 
 def fd_kinds(pid: int) -> Counter[str]:
-    """The supervisor's fds by what they point at, inode numbers dropped ("socket:[]"),
-    and each live jail's host-wide uid lock (/run/sandbox/uids/UID) as one kind: the
-    uids of the idle workers differ before and after, their number must not."""
-    return Counter(re.sub(r"/run/sandbox/uids/\d+$", "/run/sandbox/uids/UID",
-                          re.sub(r"\[\d+\]$", "[]", target))
-                   for target in open_fds(pid).values())
+    """The supervisor's fds by what they point at, inode numbers dropped ("socket:[]");
+    each live jail's host-wide uid lock is an fd on /run/sandbox/uids/held: the uids
+    of the idle workers differ before and after, their number must not."""
+    return Counter(re.sub(r"\[\d+\]$", "[]", target) for target in open_fds(pid).values())
 
 
 def memory_kib(pid: int) -> tuple[int, int]:

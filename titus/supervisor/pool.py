@@ -90,7 +90,7 @@ class Pool:
             return False
         uids = self.launcher.uids(sup.worker_spec.uid_range)
         try:
-            uid = uids.allocate()
+            uid = uids.allocate(sup.worker_spec.ids)  # a block if its profile maps several ids
         except UidExhausted as e:
             self.note_failure(str(e))
             return False

@@ -89,6 +89,23 @@ def test_id_maps_follow_the_id_map_step():
     assert other.id_maps(200_000, 200_000) == ("33 200000 1\n", "34 200000 1\n")
     assert [(s.op, s.args[0]) for s in other.steps if s.layer == "credentials"] == [
         (_jail.OP_SETRESGID, 34), (_jail.OP_SETRESUID, 33)]
+    assert (plan.id_count, other.id_count, Plan([]).id_count) == (1, 1, 1)
+
+
+def test_several_ids_map_a_block_and_the_fork_server_templates_it():
+    """ids = N: 0..N-1 inside -> the block from the jail's host uid; the program still
+    starts as its uid and gid; the allocator is asked for N (id_count)."""
+    from sandbox.forkserver import _id_map_templates
+
+    plan = compile_plan(replace(SPEC, ids=34, uid=33, gid=33), MODE_ENTRY)
+    assert plan.id_count == 34
+    assert plan.id_maps(200_000, 200_000) == ("0 200000 34\n", "0 200000 34\n")
+    assert [(s.op, s.args[0]) for s in plan.steps if s.layer == "credentials"] == [
+        (_jail.OP_SETRESGID, 33), (_jail.OP_SETRESUID, 33)]
+    hole = chr(_jail.IDMAP_HOLE).encode()
+    assert _id_map_templates(plan) == (b"0 " + hole + b" 34\n",) * 2
+    with pytest.raises(ValueError, match="uid 34 is not mapped inside the jail: ids = 34"):
+        replace(SPEC, ids=34, uid=34)
 
 
 def test_daily_flags_are_rootfs_and_rlimit_steps():

@@ -516,8 +516,9 @@ def test_learned_policy_keeps_the_daily_keys(tmp_path: Path) -> None:
     from dataclasses import replace
 
     shell = load_profile("examples/shell")
-    spec = replace(shell.spec, tmpfs=((Path("/run"), 1 << 20),), uid=33, gid=34,
-                   memory_limit=96 << 20, pids_limit=8, cpus=0.25, timeout=2.5)
+    spec = replace(shell.spec, tmpfs=((Path("/run"), 1 << 20),), uid=33, gid=34, ids=40,
+                   drop_capabilities=False, memory_limit=96 << 20, pids_limit=8, cpus=0.25,
+                   timeout=2.5)
     text = learned_policy_toml(["getpid"], based_on=replace(shell, spec=spec))
     prof = load_profile(write(tmp_path, "learned.toml", text))
     assert replace(prof.spec, name="x", seccomp_bpf=None) == replace(
@@ -541,3 +542,38 @@ def test_profiles_do_not_need_the_cwd(tmp_path: Path) -> None:
         timeout=60, check=True,
     )  # fmt: skip
     assert out.stdout.strip() == "titus-keyholder"
+
+
+def test_ids_are_checked_with_file_and_line(tmp_path: Path) -> None:
+    """uid and gid must be among the mapped ids; the error names the line to change."""
+    spec = load_profile(write(tmp_path, "ok.toml", "[jail]\nids = 34\nuid = 33\n")).spec
+    assert (spec.ids, spec.uid, spec.gid) == (34, 33, 0)
+    one = load_profile(write(tmp_path, "one.toml", "[jail]\nuid = 1000\n")).spec
+    assert (one.ids, one.uid) == (1, 1000)  # one id: the program's own, as bwrap maps it
+    cases = {
+        '[jail]\nids = 8\nhostname = "x"\nuid = 8\n':
+            (4, "uid 8 is not mapped inside the jail: ids = 8 maps 0-7; raise ids to 9 or more"),
+        "[jail]\nids = 8\ngid = 100\n": (3, "gid 100 is not mapped inside the jail"),
+        "[jail]\nids = 0\n": (2, "ids must be a whole number of at least 1, not 0"),
+        '[jail]\nids = "many"\n': (2, "ids must be a whole number of at least 1"),
+        "[jail]\nuid_first = 300000\nuid_count = 10\nids = 11\n":
+            (4, "ids = 11 is more than the 10 host uids of the jail range"),
+        "[jail]\ndrop_capabilities = 1\n": (2, "'drop_capabilities' must be bool"),
+    }
+    for text, (line, message) in cases.items():
+        with pytest.raises(PolicyError) as info:
+            load_profile(write(tmp_path, "bad.toml", text))
+        assert str(info.value).startswith(f"{tmp_path / 'bad.toml'}:{line}: {message}"), text
+
+
+def test_summary_and_explain_show_the_id_map(tmp_path: Path) -> None:
+    prof = load_profile(write(tmp_path, "ids.toml",
+                              "[jail]\nids = 34\nuid_first = 300000\nuid_count = 1000\n"
+                              '[seccomp]\nallow = ["read", "setuid"]\n'))
+    assert ("  id map: uids and gids 0-33 -> a block of 34 host uids (and gids) H..H+33; "
+            "setgroups denied\n") in summary(prof)
+    assert ("It runs as unprivileged uids (a block of 34 from 300000-300999, ids 0-33 "
+            "inside, starting as uid 0 and gid 0) in its own user namespace") in explain(prof)
+    one = load_profile(write(tmp_path, "one.toml", "[jail]\nuid = 7\n"))
+    assert "  id map: uid 7 -> host uid H, gid 0 -> host gid H; setgroups denied\n" in (
+        summary(one))

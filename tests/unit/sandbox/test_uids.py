@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.spec import UidRange
-from sandbox.uids import UidAllocator, UidExhausted, uid_in_use
+from sandbox.uids import LOCK_FILE, UidAllocator, UidExhausted, held_uids, uid_in_use
 
 REPO = Path(__file__).resolve().parents[3]
 # Far above any real user (and any other test's range): nothing runs as these.
@@ -30,9 +30,57 @@ def test_two_allocators_never_hand_out_the_same_uid(tmp_path: Path) -> None:
         b.allocate()
     a.release(got_a[0])
     assert b.allocate() == got_a[0]
+    assert held_uids(tmp_path) == set(range(FIRST, FIRST + 10))
     a.close()
     b.close()
-    assert os.listdir(tmp_path) == []  # released uids leave no file behind
+    assert held_uids(tmp_path) == set()
+    assert _marks(tmp_path, FIRST, 10) == bytes(10)  # released uids leave no mark behind
+
+
+def _marks(lock_dir: Path, first: int, count: int) -> bytes:
+    """The bytes of the lock file that stand for uids first..first+count-1."""
+    with open(lock_dir / LOCK_FILE, "rb") as f:
+        f.seek(first)
+        return f.read(count).ljust(count, b"\0")
+
+
+def test_blocks_are_contiguous_exclusive_and_released_together(tmp_path: Path) -> None:
+    a = UidAllocator(UidRange(FIRST, 16), tmp_path)
+    b = UidAllocator(UidRange(FIRST, 16), tmp_path)
+    block = a.allocate(5)
+    assert block == FIRST and a.count(block) == 5
+    assert held_uids(tmp_path) == set(range(FIRST, FIRST + 5))
+    single = b.allocate()
+    assert single == FIRST + 5  # never inside a's block
+    other = b.allocate(8)
+    assert other == FIRST + 6
+    with pytest.raises(UidExhausted, match="blocks of 3 uids"):
+        a.allocate(3)  # two uids left: no room for three
+    assert a.allocate(2) == FIRST + 14
+    with pytest.raises(ValueError, match="does not fit"):
+        a.allocate(17)
+    a.release(block)  # all five at once
+    assert held_uids(tmp_path) == set(range(FIRST + 5, FIRST + 16))
+    assert _marks(tmp_path, FIRST, 5) == bytes(5)
+    assert b.allocate(5) == FIRST
+    assert b.live == {FIRST, FIRST + 5, FIRST + 6}
+    a.close()
+    b.close()
+    assert held_uids(tmp_path) == set()
+
+
+def test_a_block_skips_past_a_single_uid_held_inside_it(tmp_path: Path) -> None:
+    a = UidAllocator(UidRange(FIRST, 12), tmp_path)
+    b = UidAllocator(UidRange(FIRST, 12), tmp_path)
+    b._next = 3
+    assert b.allocate() == FIRST + 3
+    assert a.allocate(4) == FIRST + 4  # 0-3 would overlap b's uid
+    assert a.allocate(4) == FIRST + 8
+    with pytest.raises(UidExhausted):
+        a.allocate(4)  # 0-2 are free, but only three of them
+    assert a.allocate(3) == FIRST
+    a.close()
+    b.close()
 
 
 def test_overlapping_ranges_share_the_locks(tmp_path: Path) -> None:
@@ -44,15 +92,16 @@ def test_overlapping_ranges_share_the_locks(tmp_path: Path) -> None:
     b.close()
 
 
-def _holder(tmp_path: Path, count: int) -> subprocess.Popen:
-    """A process that allocates `count` uids, prints them and waits for stdin to close."""
+def _holder(tmp_path: Path, count: int, size: int = 1) -> subprocess.Popen:
+    """A process that allocates `count` blocks of `size` uids, prints their first uids
+    and waits for stdin to close."""
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
         from sandbox.spec import UidRange
         from sandbox.uids import UidAllocator
         a = UidAllocator(UidRange({FIRST}, 20), Path({str(tmp_path)!r}))
-        print(" ".join(str(a.allocate()) for _ in range({count})), flush=True)
+        print(" ".join(str(a.allocate({size})) for _ in range({count})), flush=True)
         sys.stdin.read()
     """)
     return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
@@ -66,9 +115,10 @@ def test_a_dead_holder_frees_its_uids(tmp_path: Path) -> None:
     assert held == [FIRST, FIRST + 1, FIRST + 2]
     mine = UidAllocator(UidRange(FIRST, 20), tmp_path)
     assert mine.allocate() == FIRST + 3  # the live holder's uids are skipped
-    proc.send_signal(signal.SIGKILL)  # no release: its lock files stay behind
+    proc.send_signal(signal.SIGKILL)  # no release: its marks stay behind
     proc.wait()
-    assert sorted(os.listdir(tmp_path)) == sorted(str(u) for u in [*held, FIRST + 3])
+    assert held_uids(tmp_path) == {FIRST + 3}
+    assert _marks(tmp_path, FIRST, 4) == b"\1" * 4
     # The kernel dropped the dead holder's locks; nothing runs as those uids.
     again = UidAllocator(UidRange(FIRST, 20), tmp_path)
     assert [again.allocate() for _ in range(3)] == held
@@ -102,31 +152,63 @@ def test_a_stale_uid_still_in_use_is_skipped(tmp_path: Path) -> None:
         squatter.wait()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another uid")
+def test_a_dead_holders_block_with_a_uid_in_use_is_skipped(tmp_path: Path) -> None:
+    """A holder of a block died; its jail's uid FIRST+2 is still on its way out: no
+    block containing it is handed out, the others are."""
+    proc = _holder(tmp_path, 1, size=4)
+    assert proc.stdout is not None
+    assert int(proc.stdout.readline()) == FIRST
+    proc.kill()
+    proc.wait()
+    squatter = subprocess.Popen(["sleep", "30"], user=FIRST + 2, group=FIRST + 2)
+    try:
+        deadline = time.monotonic() + 5
+        while not uid_in_use(FIRST + 2) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        a = UidAllocator(UidRange(FIRST, 20), tmp_path)
+        assert a.allocate(3) == FIRST + 3  # past the uid in use
+        b = UidAllocator(UidRange(FIRST, 20), tmp_path)
+        assert b.allocate(2) == FIRST  # FIRST, FIRST+1: marked, but nothing runs as them
+        squatter.kill()
+        squatter.wait()
+        assert b.allocate(1) == FIRST + 2
+        a.close()
+        b.close()
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
 CHURN = """
 import os, sys, time
 from pathlib import Path
 from sandbox.spec import UidRange
 from sandbox.uids import UidAllocator
 locks, marks = Path(sys.argv[1]), Path(sys.argv[2])
-a = UidAllocator(UidRange(int(sys.argv[3]), 6), locks)
+a = UidAllocator(UidRange(int(sys.argv[3]), 10), locks)
+size = int(sys.argv[4])
 for _ in range(150):
-    uid = a.allocate()
-    # Holding a uid must be exclusive: the marker is created and removed only by its holder.
-    fd = os.open(marks / str(uid), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    os.close(fd)
+    uid = a.allocate(size)
+    # Holding a uid must be exclusive: its marker is created and removed only by its holder.
+    for u in range(uid, uid + size):
+        os.close(os.open(marks / str(u), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     time.sleep(0.0005)
-    os.unlink(marks / str(uid))
+    for u in range(uid, uid + size):
+        os.unlink(marks / str(u))
     a.release(uid)
 """
 
 
 def test_churn_across_processes_is_exclusive(tmp_path: Path) -> None:
-    """Six processes allocate and release six uids 150 times each, releases racing
-    opens: no uid is ever held twice (an O_EXCL marker per held uid proves it)."""
+    """Six processes allocate and release blocks of 1 to 3 of ten uids 150 times each,
+    releases racing locks: no uid is ever held twice (an O_EXCL marker per held uid
+    proves it)."""
     locks, marks = tmp_path / "locks", tmp_path / "marks"
     marks.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", CHURN, str(locks), str(marks), str(FIRST)],
-                              cwd=REPO, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    procs = [subprocess.Popen([sys.executable, "-c", CHURN, str(locks), str(marks), str(FIRST),
+                               str(1 + i % 3)],
+                              cwd=REPO, stderr=subprocess.PIPE, text=True) for i in range(6)]
     for p in procs:
         try:
             _, err = p.communicate(timeout=60)
