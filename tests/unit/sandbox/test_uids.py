@@ -37,6 +37,25 @@ def test_two_allocators_never_hand_out_the_same_uid(tmp_path: Path) -> None:
     assert _marks(tmp_path, FIRST, 10) == bytes(10)  # released uids leave no mark behind
 
 
+def test_one_allocator_skips_its_own_blocks_on_its_one_fd(tmp_path: Path) -> None:
+    """The kernel merges ranges locked through one open file description, so only
+    the allocator itself keeps its blocks apart; it opens the lock file once."""
+    a = UidAllocator(UidRange(FIRST, 12), tmp_path)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    first = a.allocate(4)
+    a._next = 0  # aim the next block at the one just taken
+    second = a.allocate(4)
+    assert (first, second) == (FIRST, FIRST + 4)
+    a._next = 2
+    assert a.allocate() == FIRST + 8
+    assert len(os.listdir("/proc/self/fd")) == fds_before + 1
+    a.release(second)
+    assert held_uids(tmp_path) == set(range(FIRST, FIRST + 4)) | {FIRST + 8}
+    a.close()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert held_uids(tmp_path) == set()
+
+
 def _marks(lock_dir: Path, first: int, count: int) -> bytes:
     """The bytes of the lock file that stand for uids first..first+count-1."""
     with open(lock_dir / LOCK_FILE, "rb") as f:
