@@ -47,8 +47,7 @@ def processes_in_uid_range(first: int, count: int) -> set[int]:
 
 def fd_kinds(pid: int) -> Counter[str]:
     """The supervisor's fds by what they point at, inode numbers dropped ("socket:[]");
-    each live jail's host-wide uid lock is an fd on /run/sandbox/uids/held: the uids
-    of the idle workers differ before and after, their number must not."""
+    the host-wide uid locks are ranges of one fd on /run/sandbox/uids/held."""
     return Counter(re.sub(r"\[\d+\]$", "[]", target) for target in open_fds(pid).values())
 
 
