@@ -247,6 +247,12 @@ def _server_env() -> dict[str, str]:
             "ASAN_OPTIONS", "UBSAN_OPTIONS")
     env = {k: v for k, v in os.environ.items() if k in keep}
     env["GLIBC_TUNABLES"] = ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES"), _TUNABLES)))
+    # The executor module preloaded: it tracks pymalloc's arenas from before the
+    # interpreter's first one (sandbox/_jail/arenas.c), then puts LD_PRELOAD back.
+    was = env.get("LD_PRELOAD", "")
+    env["SANDBOX_LD_PRELOAD_WAS"] = was
+    env["SANDBOX_TRACK_ARENAS"] = "1"
+    env["LD_PRELOAD"] = " ".join(filter(None, (was, _jail.__file__)))
     return env
 
 

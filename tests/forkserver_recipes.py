@@ -49,6 +49,15 @@ def native_setup(arg: tuple[JailSpec, str]) -> dict[str, Recipe]:
     from sandbox import dontfork
 
     spec, out = arg
+    import builtins
+    import sys
+
+    # Objects the interpreter's start-up made, before the server's first statement.
+    early = [id(sys), id(builtins), id(sys.modules), id(sys.path), id(sys.modules["encodings"])]
     Path(out).write_text(json.dumps({"arenas": _jail.tracked_arenas(),
-                                     "interpreter": dontfork.interpreter_data()}))
+                                     "interpreter": dontfork.interpreter_data(),
+                                     "early": early,
+                                     "env": {k: os.environ.get(k) for k in (
+                                         "LD_PRELOAD", "SANDBOX_TRACK_ARENAS",
+                                         "SANDBOX_LD_PRELOAD_WAS")}}))
     return {"hold": Recipe(with_nofile(spec, 1), _jail.entry("hold"), ())}

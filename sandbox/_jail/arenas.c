@@ -9,6 +9,9 @@
  *
  *   track_arenas()     from now on pymalloc's arenas come from here, and are
  *                      remembered (call it first thing in the fork server);
+ *                      a server started with this module in LD_PRELOAD and
+ *                      SANDBOX_TRACK_ARENAS=1 tracks them from before the
+ *                      interpreter's first arena (track_from_start below);
  *   arenas_dontfork()  marks every remembered arena MADV_DONTFORK, and the arenas
  *                      made later too: clones no longer get them;
  *   tracked_arenas()   (address, size) of each remembered arena;
@@ -27,6 +30,8 @@
 #include "jail.h"
 
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 
 /* Arenas are 1 MiB in CPython 3.11: 4096 of them is 4 GiB of Python objects.  An
@@ -71,16 +76,42 @@ static void arena_free(void *ctx, void *p, size_t size)
         munmap(p, size);
 }
 
-PyObject *jail_track_arenas_py(PyObject *module, PyObject *unused)
+static void start_tracking(void)
 {
-    (void)module;
-    (void)unused;
     if (!tracking) {
         PyObject_GetArenaAllocator(&pymalloc_default);
         PyObjectArenaAllocator ours = {NULL, arena_alloc, arena_free};
         PyObject_SetArenaAllocator(&ours);
         tracking = 1;
     }
+}
+
+/* Run by the dynamic loader when this module is preloaded, before main(): the
+ * interpreter's start-up (its builtins, sys, the import system: two arenas and
+ * more) then lands in tracked arenas too, which track_arenas() called from the
+ * server's first statement could only miss.  (PyObject_SetArenaAllocator only
+ * stores the struct: it may be called before Py_Initialize.)  The environment is
+ * put back as it was, so that nothing the server starts inherits the preload. */
+__attribute__((constructor)) static void track_from_start(void)
+{
+    const char *ask = getenv("SANDBOX_TRACK_ARENAS");
+    if (ask == NULL || strcmp(ask, "1") != 0)
+        return;
+    const char *was = getenv("SANDBOX_LD_PRELOAD_WAS");
+    if (was != NULL && was[0] != '\0')
+        (void)setenv("LD_PRELOAD", was, 1);
+    else
+        (void)unsetenv("LD_PRELOAD");
+    (void)unsetenv("SANDBOX_LD_PRELOAD_WAS");
+    (void)unsetenv("SANDBOX_TRACK_ARENAS");
+    start_tracking();
+}
+
+PyObject *jail_track_arenas_py(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    start_tracking();
     Py_RETURN_NONE;
 }
 

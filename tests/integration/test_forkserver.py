@@ -372,6 +372,15 @@ def test_native_jails_are_born_without_the_servers_python(tmp_path):
             assert where["interpreter"], "no interpreter data found to leave out"
             for start, _length in where["arenas"] + where["interpreter"]:
                 assert mapped(server.pid, start) and not mapped(jail.pid, start)
+            # Tracked from before the interpreter's first arena (the module preloaded):
+            # what its start-up made is left out too.
+            for address in where["early"]:
+                assert any(start <= address < start + length
+                           for start, length in where["arenas"]), hex(address)
+                assert mapped(server.pid, address) and not mapped(jail.pid, address)
+            # ... and nothing the server starts inherits the preload.
+            assert where["env"] == {"LD_PRELOAD": os.environ.get("LD_PRELOAD"),
+                                    "SANDBOX_TRACK_ARENAS": None, "SANDBOX_LD_PRELOAD_WAS": None}
             assert jail.poll() is None  # alive: holding fd 0 until we close it
         finally:
             ours.close()
