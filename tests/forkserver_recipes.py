@@ -41,7 +41,8 @@ def setup(spec: JailSpec) -> dict[str, Recipe]:
             "native-broken": Recipe(broken, _jail.entry("report")),
             # Under titus's worker policy, whose filter notifies (read and write
             # forbidden): the entry's geteuid or getegid is its first forbidden call.
-            "native-notify": Recipe(notifying_worker(spec), _jail.entry("report"))}
+            "native-notify": Recipe(notifying_worker(spec), _jail.entry("report")),
+            "native-notify-exit": Recipe(notifying_worker(spec), _jail.entry("exit"))}
 
 
 def notifying_worker(spec: JailSpec) -> JailSpec:

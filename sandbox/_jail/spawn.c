@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/time.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -222,17 +223,39 @@ static int take_listener(pid_t pid, int theirs, struct jail_result *res)
 }
 
 /* A listener the child left at fd `at` (JAIL_SECCOMP_LEAVE), copied now that it is
- * ready; it must be a seccomp listener (only one answers ID_VALID with ENOENT). */
+ * ready; it must be a seccomp listener (only one answers ID_VALID with ENOENT).  A
+ * jail whose entry returned at once may be gone already (its fds are closed before
+ * its exit shows on the pidfd): then it has no listener, and nothing to watch. */
 static int take_left_listener(struct jail_spawn *s, pid_t pid, int at, struct jail_result *res)
 {
     uint64_t none = 0;
-    if (take_listener(pid, at, res) != 0)
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) {
+        if (errno == ESRCH)
+            return 0; /* exited and reaped (by our caller: CLONE_PARENT) */
+        set_failure(res, JAIL_LAYER_SPAWN, 1, errno);
         return -1;
-    if (ioctl(res->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &none) == 0 || errno != ENOENT) {
+    }
+    int fd = (int)syscall(SYS_pidfd_getfd, pidfd, at, 0);
+    if (fd < 0) {
+        int err = errno;
+        struct pollfd exited = {pidfd, POLLIN, 0};
+        int gone = poll(&exited, 1, 100) == 1;
+        close(pidfd);
+        if (gone)
+            return 0;
+        set_failure(res, JAIL_LAYER_SPAWN, 1, err);
+        return -1;
+    }
+    close(pidfd);
+    if (res->listener >= 0)
+        close(res->listener);
+    res->listener = fd;
+    if (ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &none) == 0 || errno != ENOENT) {
         set_failure(res, JAIL_LAYER_SPAWN, 1, EBADF);
         return -1;
     }
-    if (s->on_listener != NULL && s->on_listener(s->listener_ctx, pid, res->listener) != 0) {
+    if (s->on_listener != NULL && s->on_listener(s->listener_ctx, pid, fd) != 0) {
         set_failure(res, JAIL_LAYER_SPAWN, 2, ECANCELED);
         return -1;
     }
