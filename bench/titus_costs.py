@@ -90,7 +90,9 @@ def _zygote_spawn(sup: Supervisor, zygote: ForkServer, fds: list[int]) -> JailPr
             break
     if reply.pid is None or reply.error is not None:
         raise RuntimeError(f"spawn failed: {reply.error}")
-    return sup.launcher.adopt(reply.pid, uid, "titus-worker", uid_range)
+    jail = sup.launcher.adopt(reply.pid, uid, "titus-worker", uid_range)
+    jail.listener = reply.listener  # its seccomp listener (if it notifies), closed when reaped
+    return jail
 
 
 def jail_cost(sup: Supervisor, zygote: ForkServer, count: int) -> dict[str, Any]:

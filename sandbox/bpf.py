@@ -31,15 +31,24 @@ def prepare_bpf(program: bytes) -> None:
         raise OSError(errno.EINVAL, f"not a BPF program: {len(program)} bytes")
 
 
-def steps(program: bytes, flags: int = 0) -> list[Step]:
+def steps(program: bytes, flags: int = 0, leave: bool = False) -> list[Step]:
+    """The OP_SECCOMP step.  `leave` (with FILTER_FLAG_NEW_LISTENER; a native entry):
+    the child leaves its listener open where it said, before the filter, it would be,
+    and the parent takes it once the child is ready, with no round trip (a filter
+    that forbids read and write needs this: sandbox/_jail/confine.c)."""
     prepare_bpf(program)
-    listener = " (listener to the parent)" if flags & FILTER_FLAG_NEW_LISTENER else ""
+    listener = ""
+    if flags & FILTER_FLAG_NEW_LISTENER:
+        listener = (" (listener left open, taken by the parent when the jail is ready)"
+                    if leave else " (listener to the parent)")
     return [Step(_jail.OP_SECCOMP, LAYER,
                  f"load the seccomp filter: {len(program) // _SOCK_FILTER_SIZE} BPF "
                  f"instructions{listener}", args=(flags,), data=program,
+                 flags=_jail.SECCOMP_LEAVE if leave else 0,
                  subs={0: "seccomp(SET_MODE_FILTER): {err}",
                        1: "handing over the listener: {err}",
-                       2: "the parent did not take the listener: {err}"})]
+                       2: "the parent did not take the listener: {err}",
+                       3: "finding the listener's fd: {err}"})]
 
 
 def load_bpf(program: bytes) -> None:

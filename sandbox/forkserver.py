@@ -18,7 +18,9 @@ Protocol, over a SOCK_SEQPACKET socketpair (the server's fd is its first argumen
   spawn   a request (the fixed binary layout of sandbox/_jail/serve.h: kind, id,
           the jail's host uid, the recipe's name) with the jail's fds (SCM_RIGHTS);
           a reply (serve.h): the pid of the ready jail, or the error's layer, errno
-          and message (with the failed jail's pid, if it was cloned).
+          and message (with the failed jail's pid, if it was cloned).  A ready jail
+          whose filter notifies comes with its seccomp listener (SCM_RIGHTS): the
+          caller holds it before it hands the jail any work (sandbox/notify.py).
   update  a request of kind "update" with a memfd holding pickle(data) (any size):
           recipe `name`'s update(data); no reply.
 Both ends are trusted (root, the caller exec'd the server); the jails are not
@@ -84,6 +86,7 @@ class Reply:
     request_id: int
     pid: int | None
     error: JailError | None
+    listener: int | None = None  # the ready jail's seccomp listener fd, the caller's to close
 
 
 class ForkServerError(RuntimeError):
@@ -101,19 +104,24 @@ def encode_request(kind: int, request_id: int, name: str, uid: int, nfds: int) -
                          len(raw)) + raw
 
 
-def decode_reply(packet: bytes) -> Reply:
-    """One reply (sandbox/_jail/serve.h); ValueError if it is not exactly one."""
+def decode_reply(packet: bytes, listener: int | None = None) -> Reply:
+    """One reply (sandbox/_jail/serve.h), `listener` the fd that came with it (a
+    ready reply's flag says whether one must); ValueError if it is not exactly one.
+    The fd is not closed here: the caller closes it on ValueError."""
     if len(packet) < _REPLY.size:
         raise ValueError(f"a reply of {len(packet)} bytes")
-    magic, version, status, request_id, pid, err, layer_len, message_len, zero = (
+    magic, version, status, request_id, pid, err, layer_len, message_len, flags = (
         _REPLY.unpack_from(packet))
-    if (magic, version, zero) != (_jail.REPLY_MAGIC, _jail.SERVE_VERSION, 0):
+    if (magic, version) != (_jail.REPLY_MAGIC, _jail.SERVE_VERSION) or \
+            flags & ~_jail.REPLY_LISTENER:
         raise ValueError("not a fork server reply of this version")
     if len(packet) != _REPLY.size + layer_len + message_len:
         raise ValueError(f"a reply of {len(packet)} bytes for texts of {layer_len + message_len}")
+    if bool(flags) != (listener is not None):
+        raise ValueError(f"a reply of flags {flags:#x} with {int(listener is not None)} fds")
     if status == _READY and pid > 0 and not (err or layer_len or message_len):
-        return Reply(request_id, pid, None)
-    if status != _FAILED or not layer_len or pid < 0:
+        return Reply(request_id, pid, None, listener)
+    if status != _FAILED or not layer_len or pid < 0 or flags:
         raise ValueError(f"a reply of status {status}, pid {pid}, layer of {layer_len} bytes")
     texts = packet[_REPLY.size:]
     error = JailError(texts[:layer_len].decode(errors="replace"), err,
@@ -202,16 +210,21 @@ class ForkServer:
         out: list[Reply] = []
         while True:
             try:
-                packet = self.sock.recv(MAX_PACKET)
+                packet, fds, _, _ = socket.recv_fds(self.sock, MAX_PACKET, 1,
+                                                    socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return out
             except OSError:
-                packet = b""
+                packet, fds = b"", []
             if not packet:
+                for fd in fds:
+                    os.close(fd)
                 return out or None
             try:
-                out.append(decode_reply(packet))
+                out.append(decode_reply(packet, fds[0] if fds else None))
             except ValueError:
+                for fd in fds:
+                    os.close(fd)
                 self.close()
                 return None
 
@@ -347,9 +360,12 @@ class _Served:
         except OSError as e:
             self.reply(request_id, None, JailError("spawn", e.errno or 0, str(e)))
         else:
-            if jail.listener is not None:
-                os.close(jail.listener)  # nothing takes a fork server's listener yet
-            self.reply(request_id, jail.pid, None)
+            listener, jail.listener = jail.listener, None
+            try:
+                self.reply(request_id, jail.pid, None, listener)
+            finally:
+                if listener is not None:
+                    os.close(listener)  # the caller has its copy
 
     def failed(self, request_id: int, name: str, pid: int, error: tuple[int, int, int, int]
                ) -> None:
@@ -363,9 +379,10 @@ class _Served:
                 os.kill(pid, signal.SIGKILL)
         self.reply(request_id, pid or None, exc)
 
-    def reply(self, request_id: int, pid: int | None, error: JailError | None) -> None:
+    def reply(self, request_id: int, pid: int | None, error: JailError | None,
+              listener: int | None = None) -> None:
         if error is None:
-            self.loop.reply(request_id, pid or 0)
+            self.loop.reply(request_id, pid or 0, listener=-1 if listener is None else listener)
             return
         room = MAX_PACKET - _REPLY.size - _jail.REPLY_MAX_LAYER
         message = error.message.encode()[:room].decode(errors="ignore")

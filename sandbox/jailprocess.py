@@ -17,27 +17,32 @@ if TYPE_CHECKING:
 
 
 class Violation:
-    """The jail was killed by seccomp; the syscall is named when the kernel log says."""
+    """The jail was killed by seccomp; the syscall is named when the kernel log says,
+    and `call` gives it with its arguments when its filter notified (sandbox/notify.py):
+    `socket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, 0)`."""
 
-    __slots__ = ("arch", "number", "syscall")
+    __slots__ = ("arch", "call", "number", "syscall")
 
-    def __init__(self, syscall: str | None, number: int | None, arch: str | None) -> None:
+    def __init__(self, syscall: str | None, number: int | None, arch: str | None,
+                 call: str | None = None) -> None:
         self.syscall = syscall
         self.number = number
         self.arch = arch
+        self.call = call
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Violation) and (self.syscall, self.number, self.arch) == (
-            other.syscall, other.number, other.arch)
+        return isinstance(other, Violation) and (
+            self.syscall, self.number, self.arch, self.call) == (
+            other.syscall, other.number, other.arch, other.call)
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Violation({self.syscall!r}, {self.number!r}, {self.arch!r})"
+        return f"Violation({self.syscall!r}, {self.number!r}, {self.arch!r}, {self.call!r})"
 
     def __str__(self) -> str:
         if self.syscall:
-            return f"seccomp violation: {self.syscall} (#{self.number}, {self.arch})"
+            return f"seccomp violation: {self.call or self.syscall} (#{self.number}, {self.arch})"
         return "seccomp violation (syscall unknown: kernel log unreadable)"
 
 

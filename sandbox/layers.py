@@ -27,7 +27,7 @@ import signal
 
 from sandbox import _jail, bpf, fds, landlock, libc, namespaces, network, privileges, rootfs
 from sandbox.errors import JailError
-from sandbox.plan import MODE_CALL, MODE_EXEC, Plan, Step
+from sandbox.plan import MODE_CALL, MODE_ENTRY, MODE_EXEC, Plan, Step
 from sandbox.spec import JailSpec
 
 
@@ -89,9 +89,12 @@ def compile_plan(spec: JailSpec, mode: int, shared: bool = True) -> Plan:
         steps.append(Step(_jail.OP_FORK_DUTIES, "python",
                           "CPython's after-fork duties (inside the jail, before seccomp)"))
     if spec.seccomp_bpf is not None:
-        # A filter that notifies hands its listener to the parent (sandbox/notify.py).
+        # A filter that notifies hands its listener to the parent (sandbox/notify.py);
+        # a native entry leaves it open for the parent to take once it is ready (it
+        # neither execs nor closes what it was not given), with no round trip.
         flags = bpf.FILTER_FLAG_NEW_LISTENER if spec.seccomp_listener else 0
-        steps += bpf.steps(spec.seccomp_bpf, flags)
+        steps += bpf.steps(spec.seccomp_bpf, flags,
+                           leave=spec.seccomp_listener and mode == MODE_ENTRY)
     return Plan(steps, libc.CLONE_NEWPID, slots, mode)
 
 

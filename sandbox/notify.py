@@ -57,20 +57,23 @@ def available() -> bool:
     return (major, minor) >= (5, 5)
 
 
-def notifying(spec: JailSpec, policy: SeccompPolicy | None, learning: bool = False
-              ) -> JailSpec | None:
+def notifying(spec: JailSpec, policy: SeccompPolicy | None, learning: bool = False,
+              entry: bool = False) -> JailSpec | None:
     """`spec` with its filter's default action replaced by "notify", or None where
     the audit log must do: no user notification here, no policy, a default that
-    does not kill (errno, trap, log: nothing to report), or read, write and close
-    not allowed outright (the executor hands the listener over with a write and a
-    read after the filter is in place, then closes its own copy)."""
+    does not kill (errno, trap, log: nothing to report), or the calls the hand-over
+    makes after the filter is in place not allowed outright.  An exec or a Python
+    function hands the listener over with a write and a read, then closes its own
+    copy; a native `entry` (titus's worker) leaves it open for the parent to take
+    once it is ready, and needs only close (of the sync socket, which says ready)."""
     from sandbox.seccomp import compile_policy
 
     if policy is None or not available():
         return None
     if not learning and policy.default not in ("kill-process", "kill-thread"):
         return None
-    if any(policy.is_allowed(name) is not True for name in ("read", "write", "close")):
+    needed = ("close",) if entry else ("read", "write", "close")
+    if any(policy.is_allowed(name) is not True for name in needed):
         return None
     program = compile_policy(policy, default_override="notify")
     return dataclasses.replace(spec, seccomp_bpf=program, seccomp_listener=True)

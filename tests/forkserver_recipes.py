@@ -38,7 +38,20 @@ def setup(spec: JailSpec) -> dict[str, Recipe]:
             "native": Recipe(spec, _jail.entry("report")),
             "hold": Recipe(spec, _jail.entry("hold")),
             "native-netns": Recipe(no_netns, _jail.entry("report")),
-            "native-broken": Recipe(broken, _jail.entry("report"))}
+            "native-broken": Recipe(broken, _jail.entry("report")),
+            # Under titus's worker policy, whose filter notifies (read and write
+            # forbidden): the entry's geteuid or getegid is its first forbidden call.
+            "native-notify": Recipe(notifying_worker(spec), _jail.entry("report")),
+            "native-notify-exit": Recipe(notifying_worker(spec), _jail.entry("exit"))}
+
+
+def notifying_worker(spec: JailSpec) -> JailSpec:
+    """`spec` under policies/titus-worker.toml's filter, notifying (where the kernel can:
+    else as it is, and the test that uses it is skipped)."""
+    from sandbox.notify import notifying
+    from sandbox.profile import load_profile
+
+    return notifying(spec, load_profile("titus-worker").policy, entry=True) or spec
 
 
 def native_setup(arg: tuple[JailSpec, str]) -> dict[str, Recipe]:

@@ -357,6 +357,23 @@ def open_fds(pid: int) -> dict[int, str]:
     return out
 
 
+# Where the kernel notifies, a worker keeps the seccomp listener the executor left
+# open for the supervisor (sandbox/_jail/confine.c) at fd 4: after its three kept fds
+# (control, key-holder channel, stderr) and the sync socket (3, closed when it is ready).
+LISTENER_FD = 4
+
+
+def is_listener(target: str) -> bool:
+    """An fd's link target is a seccomp notification listener."""
+    return target == "anon_inode:seccomp notify"
+
+
+def idle_worker_fds(fds: dict[int, str]) -> bool:
+    """A worker's fds (open_fds) are an idle worker's: 0-2 and, if any, the listener."""
+    rest = {fd: t for fd, t in fds.items() if not (fd == LISTENER_FD and is_listener(t))}
+    return sorted(rest) == [0, 1, 2]
+
+
 def nofile_limit(pid: int) -> int | None:
     with contextlib.suppress(FileNotFoundError, ProcessLookupError), \
             open(f"/proc/{pid}/limits") as f:
@@ -378,7 +395,7 @@ def keyholder_pid(titus: Titus) -> int:
     restart it is the OLDEST jailed child: the supervisor starts it in
     start(), before the pool spawns its first worker, and it lives as long as
     titus.  Cross-check: its RLIMIT_NOFILE is max-children + 64 (one channel
-    per worker), a worker's is the profile's 6, and it holds one channel socket
+    per worker), a worker's is the profile's 7, and it holds one channel socket
     per live worker besides its control socket.
     """
     restarted = [r for r in titus.records() if r.get("event") == "keyholder-restarted"]

@@ -109,7 +109,9 @@ EVENTS: dict[str, Event] = {
             "worker_pid": Field("integer", "the worker's pid"),
             "worker_uid": Field("integer", "the worker's host uid"),
             "worker_exit": Field("integer", "the worker's exit code, or 128+signal", null=True),
-            "violation": Field("string", "the seccomp violation that killed it", null=True),
+            "violation": Field("string", "the seccomp violation that ended it: the call "
+                               "with its arguments (user notification), else its name "
+                               "(audit log)", null=True),
             "syscall": Field("string", "the forbidden system call's name", null=True),
         }),
     "config-notice": Event("something in the configuration worth knowing (start-up and "

@@ -158,14 +158,30 @@ int jail_rlimit(struct jail_run *r, const struct jail_step *st)
 
 
 /* The notification listener goes to the parent: it copies it with pidfd_getfd
- * while we wait (a listener cannot be sent once the filter may forbid sendmsg). */
+ * while we wait (a listener cannot be sent once the filter may forbid sendmsg).
+ * With JAIL_SECCOMP_LEAVE we do not wait: the fd the listener will get is said
+ * before the filter is loaded (the lowest free fd: seccomp() allocates so, and this
+ * child has one thread), the listener stays open here, and the parent copies it
+ * once we are ready (it checks the fd is a listener).  No round trip, and nothing
+ * after the filter needs read or write. */
 int jail_seccomp(struct jail_run *r, const struct jail_step *st)
 {
     struct sock_fprog prog = {(unsigned short)(st->len / 8), (struct sock_filter *)st->data};
+    int notifies = (st->a[0] & (1 << 3)) && r->mode != JAIL_HERE;
+    int leave = notifies && (st->flags & JAIL_SECCOMP_LEAVE);
+    if (leave) {
+        int next = fcntl(r->sync, F_DUPFD_CLOEXEC, 0);
+        if (next < 0)
+            return jail_failed(r, 3);
+        close(next);
+        struct jail_record at = {JAIL_REC_LISTENER_AT, 0, st->layer, 0, 0, (int32_t)next};
+        if (write(r->sync, &at, sizeof at) != (ssize_t)sizeof at)
+            return jail_failed(r, 1);
+    }
     long fd = syscall(SYS_seccomp, 1 /* SET_MODE_FILTER */, (unsigned)st->a[0], &prog);
     if (fd < 0)
         return jail_failed(r, 0);
-    if (!(st->a[0] & (1 << 3)) || r->mode == JAIL_HERE)
+    if (!notifies || leave)
         return 0;
     struct jail_record rec = {JAIL_REC_LISTENER, 0, st->layer, 0, 0, (int32_t)fd};
     char ack = 0;

@@ -57,7 +57,8 @@ enum jail_op {
     OP_LANDLOCK,       /* ruleset (fs a[0], net a[1], scoped a[2], attr size flags) + rules */
     OP_RLIMIT,         /* setrlimit(a[0], a[1]; flags&1: the number of kept fds) */
     OP_PARENT_CHECK,   /* fail if the parent end of the sync socket is gone */
-    OP_SECCOMP,        /* seccomp(SET_MODE_FILTER, a[0], data); listener handed to the parent */
+    OP_SECCOMP,        /* seccomp(SET_MODE_FILTER, a[0], data); listener handed to the parent
+                          (flags & JAIL_SECCOMP_LEAVE: left open, taken once the child is ready) */
     OP_SYMLINK,        /* symlink(s[0], s[1]): a link at s[1] whose text is s[0] */
     OP_FORK_DUTIES,    /* a Python child's interpreter re-initialisation runs here */
     OP_MAX
@@ -65,6 +66,12 @@ enum jail_op {
 
 #define JAIL_RLIMIT_KEPT 1u /* OP_RLIMIT flag: the value is the number of kept fds */
 #define JAIL_RLIMIT_HARD 2u /* OP_RLIMIT flag: the value is the current hard limit */
+/* OP_SECCOMP flag (with SECCOMP_FILTER_FLAG_NEW_LISTENER): the child says where its
+ * listener will be (JAIL_REC_LISTENER_AT, before the filter: a filter that forbids
+ * read and write cannot hand it over after), never waits, and keeps it open; the
+ * parent copies it once the child is ready (a native entry: it neither execs nor
+ * closes fds it was not given). */
+#define JAIL_SECCOMP_LEAVE 1u
 
 struct jail_rule {
     uint64_t access_dir, access_file;
@@ -161,6 +168,8 @@ int jail_child(struct jail_run *r);
 #define JAIL_REC_LISTENER 'L' /* struct jail_record, err = the listener's fd in the child */
 #define JAIL_REC_TAKEN 'K'    /* parent -> child: the listener is copied */
 #define JAIL_REC_READY 'R'    /* 1 byte: ready, the sync socket stays open (keep_sync) */
+#define JAIL_REC_LISTENER_AT 'A' /* struct jail_record, err = the fd the listener will be
+                                    at; the parent takes it when the child is ready */
 
 struct jail_record {
     char kind;

@@ -182,6 +182,8 @@ static int check_step(struct jail_plan *plan, struct jail_step *st, const unsign
             return fail(why, whylen, "not a BPF program: %u bytes", st->len);
         if (a0 < 0 || (a0 & SECCOMP_FLAGS_KNOWN) != a0)
             return fail(why, whylen, "seccomp flags %#llx", (unsigned long long)a0);
+        if (st->flags != 0 && (st->flags != JAIL_SECCOMP_LEAVE || !(a0 & (1 << 3))))
+            return fail(why, whylen, "seccomp step flags %#x", st->flags);
         st->data = p;
         break;
     case OP_LANDLOCK:

@@ -22,7 +22,7 @@ struct wire_reply {
     uint64_t id;
     int32_t pid, err;
     uint16_t layer_len, message_len;
-    uint32_t zero;
+    uint32_t flags;
 };
 _Static_assert(sizeof(struct wire_request) == JAIL_REQ_HEAD, "request header");
 _Static_assert(sizeof(struct wire_reply) == JAIL_REPLY_HEAD, "reply header");
@@ -62,9 +62,11 @@ int jail_request_decode(const void *buf, size_t len, struct jail_request *out, i
 
 size_t jail_reply_encode(unsigned char *out, size_t cap, uint16_t status, uint64_t id, int32_t pid,
                          int32_t err, const char *layer, size_t layer_len, const char *message,
-                         size_t message_len)
+                         size_t message_len, uint32_t flags)
 {
     if (status != JAIL_REPLY_READY && status != JAIL_REPLY_FAILED)
+        return 0;
+    if ((flags & ~JAIL_REPLY_LISTENER) != 0 || (flags && status != JAIL_REPLY_READY))
         return 0;
     if (layer_len > JAIL_REPLY_MAX_LAYER || message_len > JAIL_REPLY_MAX ||
         (layer_len && layer == NULL) || (message_len && message == NULL))
@@ -73,7 +75,7 @@ size_t jail_reply_encode(unsigned char *out, size_t cap, uint16_t status, uint64
     if (len > JAIL_REPLY_MAX || len > cap)
         return 0;
     struct wire_reply h = {JAIL_REPLY_MAGIC, JAIL_SERVE_VERSION, status, id, pid, err,
-                           (uint16_t)layer_len, (uint16_t)message_len, 0};
+                           (uint16_t)layer_len, (uint16_t)message_len, flags};
     memcpy(out, &h, sizeof h);
     if (layer_len)
         memcpy(out + JAIL_REPLY_HEAD, layer, layer_len);

@@ -163,18 +163,23 @@ static int spawn(const struct jail_server *sv, const struct jail_serve_recipe *r
     res.listener = -1;
     jail_handshake(&s, pid, &res);
     close(pair[0]);
-    if (res.listener >= 0)
-        close(res.listener); /* nothing takes a fork server's listener yet (issue 14) */
     if (res.failed) {
+        if (res.listener >= 0)
+            close(res.listener);
         failed(out, pid, res.error.layer, res.error.sub, res.error.err);
         out->error.step = res.error.step;
         return JAIL_SERVE_FAILED;
     }
     close_fds(out);
     unsigned char reply[JAIL_REPLY_HEAD];
+    /* The listener goes to the caller with the reply, which it reads before it gives
+     * the jail any work: it holds it before the jail could make a forbidden call. */
     size_t len = jail_reply_encode(reply, sizeof reply, JAIL_REPLY_READY, out->req.id, pid, 0,
-                                   NULL, 0, NULL, 0);
-    if (jail_serve_reply(sv->sock, reply, len) != 0) {
+                                   NULL, 0, NULL, 0, res.listener >= 0 ? JAIL_REPLY_LISTENER : 0);
+    int sent = jail_serve_reply(sv->sock, reply, len, res.listener);
+    if (res.listener >= 0)
+        close(res.listener);
+    if (sent != 0) {
         if (errno == EPIPE || errno == ECONNRESET)
             return JAIL_SERVE_EOF; /* the caller is gone; its jail dies with it */
         out->err = errno;
@@ -198,10 +203,29 @@ int jail_serve(const struct jail_server *sv, struct jail_serve_out *out)
     }
 }
 
-int jail_serve_reply(int sock, const unsigned char *reply, size_t len)
+int jail_serve_reply(int sock, const unsigned char *reply, size_t len, int fd)
 {
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } control;
+    struct iovec iov = {(void *)reply, len};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (fd >= 0) {
+        memset(&control, 0, sizeof control);
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof control.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
     for (;;) {
-        ssize_t n = send(sock, reply, len, MSG_NOSIGNAL);
+        ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
         if (n == (ssize_t)len)
             return 0;
         if (n >= 0) {

@@ -19,9 +19,12 @@
  *            with exactly nfds fds (SCM_RIGHTS): the jail's fds 0..nfds-1 (spawn),
  *            a memfd with the data (update; uid 0)
  *   reply    u32 magic "JFSR", u16 version, u16 status, u64 id, i32 pid, i32 errno,
- *            u16 layer_len, u16 message_len, u32 zero, then layer and message
+ *            u16 layer_len, u16 message_len, u32 flags, then layer and message
  *            status 0: the jail `pid` is ready (no text); 1: it failed (pid 0 when
  *            nothing was cloned), layer and message name why
+ *            flags JAIL_REPLY_LISTENER (ready only): exactly one fd comes with the
+ *            reply (SCM_RIGHTS), the jail's seccomp notification listener; the
+ *            caller holds it before it gives the jail anything to work on
  */
 #ifndef SANDBOX_SERVE_H
 #define SANDBOX_SERVE_H
@@ -34,7 +37,7 @@
 
 #define JAIL_REQ_MAGIC 0x5153464aU   /* "JFSQ" */
 #define JAIL_REPLY_MAGIC 0x5253464aU /* "JFSR" */
-#define JAIL_SERVE_VERSION 1
+#define JAIL_SERVE_VERSION 2
 #define JAIL_REQ_HEAD 24
 #define JAIL_REQ_MAX_NAME 64
 #define JAIL_REQ_MAX (JAIL_REQ_HEAD + JAIL_REQ_MAX_NAME)
@@ -48,6 +51,7 @@
 
 enum jail_req_kind { JAIL_REQ_SPAWN = 1, JAIL_REQ_UPDATE = 2 };
 enum jail_reply_status { JAIL_REPLY_READY = 0, JAIL_REPLY_FAILED = 1 };
+#define JAIL_REPLY_LISTENER 1u /* reply flag: the listener fd comes with it */
 
 struct jail_request {
     uint16_t kind;
@@ -62,11 +66,11 @@ struct jail_request {
  * *id_known says whether out->id was read (then the caller can be answered). */
 int jail_request_decode(const void *buf, size_t len, struct jail_request *out, int *id_known,
                         char *why, size_t whylen);
-/* Encode a reply into out[cap]; its length, or 0 if the texts do not fit or the
- * status is unknown. */
+/* Encode a reply into out[cap]; its length, or 0 if the texts do not fit, the
+ * status is unknown, or the flags are unknown or not a ready reply's. */
 size_t jail_reply_encode(unsigned char *out, size_t cap, uint16_t status, uint64_t id, int32_t pid,
                          int32_t err, const char *layer, size_t layer_len, const char *message,
-                         size_t message_len);
+                         size_t message_len, uint32_t flags);
 /* A template's text for host id `id` (every JAIL_IDMAP_HOLE byte replaced by its
  * decimal digits), NUL-terminated in out[cap]; its length, or -1 if it does not fit. */
 int jail_idmap_render(const char *tmpl, size_t len, uint32_t id, char *out, size_t cap);
@@ -116,8 +120,8 @@ struct jail_serve_out {
 
 /* Serve requests on sv->sock until one needs the caller; returns the reason. */
 int jail_serve(const struct jail_server *sv, struct jail_serve_out *out);
-/* Send one encoded reply; 0, or -1 with errno. */
-int jail_serve_reply(int sock, const unsigned char *reply, size_t len);
+/* Send one encoded reply, with fd `fd` (SCM_RIGHTS) unless it is -1; 0, or -1 with errno. */
+int jail_serve_reply(int sock, const unsigned char *reply, size_t len, int fd);
 
 /* Take every free chunk of malloc's main heap below its top and keep it, so that a
  * jail cloned afterwards allocates past the server's heap: pages it touches are then

@@ -21,8 +21,10 @@
  *                                     nothing was cloned); its fds are closed; no reply yet
  *                                 ("bad", id or None, why)  a malformed request, fds closed
  *                               raises OSError if the socket fails
- *   reply(id, pid, layer, errno, message)
- *                               send one reply (layer "" for a ready jail)
+ *   reply(id, pid, layer, errno, message, listener)
+ *                               send one reply (layer "" for a ready jail; listener:
+ *                               its seccomp listener fd, sent with it, the caller's
+ *                               to close; -1 for none)
  *
  * and _jail.take_heap_holes() -> bytes: malloc's free chunks kept by the server (serve.h)
  */
@@ -253,26 +255,27 @@ static PyObject *server_serve(ServerObject *self, PyObject *unused)
 
 static PyObject *server_reply(ServerObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"id", "pid", "layer", "errno", "message", NULL};
+    static char *kwlist[] = {"id", "pid", "layer", "errno", "message", "listener", NULL};
     unsigned long long id;
-    int pid, err = 0;
+    int pid, err = 0, listener = -1;
     const char *layer = "", *message = "";
     Py_ssize_t layer_len = 0, message_len = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Ki|s#is#:reply", kwlist, &id, &pid, &layer,
-                                     &layer_len, &err, &message, &message_len))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Ki|s#is#i:reply", kwlist, &id, &pid, &layer,
+                                     &layer_len, &err, &message, &message_len, &listener))
         return NULL;
     unsigned char buf[JAIL_REPLY_MAX];
     uint16_t status = layer_len ? JAIL_REPLY_FAILED : JAIL_REPLY_READY;
     size_t len = 0;
     if (pid >= 0 && (status == JAIL_REPLY_FAILED || (pid > 0 && message_len == 0 && err == 0)))
         len = jail_reply_encode(buf, sizeof buf, status, id, pid, err, layer, (size_t)layer_len,
-                                message, (size_t)message_len);
-    if (len == 0) {
+                                message, (size_t)message_len,
+                                listener >= 0 ? JAIL_REPLY_LISTENER : 0);
+    if (len == 0 || listener < -1) {
         PyErr_SetString(PyExc_ValueError, "not a reply: a ready pid alone, or a layer and a "
                                           "message that fit");
         return NULL;
     }
-    if (jail_serve_reply(self->sv->sock, buf, len) != 0)
+    if (jail_serve_reply(self->sv->sock, buf, len, listener) != 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
@@ -298,7 +301,7 @@ static PyMethodDef server_methods[] = {
     {"serve", (PyCFunction)server_serve, METH_NOARGS,
      "serve() -> why it returned: eof, interrupted, request, failed, bad"},
     {"reply", (PyCFunction)(void (*)(void))server_reply, METH_VARARGS | METH_KEYWORDS,
-     "reply(id, pid, layer='', errno=0, message=''): one reply to the caller"},
+     "reply(id, pid, layer='', errno=0, message='', listener=-1): one reply to the caller"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -344,7 +347,7 @@ int jail_server_add(PyObject *m)
         {"SERVE_VERSION", JAIL_SERVE_VERSION}, {"REQ_SPAWN", JAIL_REQ_SPAWN},
         {"REQ_UPDATE", JAIL_REQ_UPDATE}, {"REQ_MAX_NAME", JAIL_REQ_MAX_NAME},
         {"REQ_MAX_FDS", JAIL_REQ_MAX_FDS}, {"REPLY_MAX", JAIL_REPLY_MAX},
-        {"REPLY_MAX_LAYER", JAIL_REPLY_MAX_LAYER}, {"IDMAP_HOLE", JAIL_IDMAP_HOLE},
+        {"REPLY_MAX_LAYER", JAIL_REPLY_MAX_LAYER}, {"REPLY_LISTENER", JAIL_REPLY_LISTENER}, {"IDMAP_HOLE", JAIL_IDMAP_HOLE},
     };
     if (PyType_Ready(&ServerType) != 0 || PyModule_AddFunctions(m, server_functions) != 0)
         return -1;

@@ -18,10 +18,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/time.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -33,6 +35,9 @@
 #endif
 #ifndef SYS_pidfd_getfd
 #define SYS_pidfd_getfd 438
+#endif
+#ifndef SECCOMP_IOCTL_NOTIF_ID_VALID
+#define SECCOMP_IOCTL_NOTIF_ID_VALID _IOW('!', 2, uint64_t)
 #endif
 
 /* Our own PID namespace, to return to after unshare(CLONE_NEWPID) + fork(); reopened
@@ -217,9 +222,49 @@ static int take_listener(pid_t pid, int theirs, struct jail_result *res)
     return 0;
 }
 
+/* A listener the child left at fd `at` (JAIL_SECCOMP_LEAVE), copied now that it is
+ * ready; it must be a seccomp listener (only one answers ID_VALID with ENOENT).  A
+ * jail whose entry returned at once may be gone already (its fds are closed before
+ * its exit shows on the pidfd): then it has no listener, and nothing to watch. */
+static int take_left_listener(struct jail_spawn *s, pid_t pid, int at, struct jail_result *res)
+{
+    uint64_t none = 0;
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) {
+        if (errno == ESRCH)
+            return 0; /* exited and reaped (by our caller: CLONE_PARENT) */
+        set_failure(res, JAIL_LAYER_SPAWN, 1, errno);
+        return -1;
+    }
+    int fd = (int)syscall(SYS_pidfd_getfd, pidfd, at, 0);
+    if (fd < 0) {
+        int err = errno;
+        struct pollfd exited = {pidfd, POLLIN, 0};
+        int gone = poll(&exited, 1, 100) == 1;
+        close(pidfd);
+        if (gone)
+            return 0;
+        set_failure(res, JAIL_LAYER_SPAWN, 1, err);
+        return -1;
+    }
+    close(pidfd);
+    if (res->listener >= 0)
+        close(res->listener);
+    res->listener = fd;
+    if (ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &none) == 0 || errno != ENOENT) {
+        set_failure(res, JAIL_LAYER_SPAWN, 1, EBADF);
+        return -1;
+    }
+    if (s->on_listener != NULL && s->on_listener(s->listener_ctx, pid, fd) != 0) {
+        set_failure(res, JAIL_LAYER_SPAWN, 2, ECANCELED);
+        return -1;
+    }
+    return 0;
+}
+
 void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res)
 {
-    int fd = s->parent_end;
+    int fd = s->parent_end, left_at = -1;
     uint64_t deadline = now_ms() + (uint64_t)(s->timeout_ms > 0 ? s->timeout_ms : 0);
     res->pid = pid;
     res->failed = 0;
@@ -256,8 +301,11 @@ void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res)
             set_failure(res, JAIL_LAYER_SPAWN, 0, errno);
             return;
         }
-        if (got == 0)
-            return; /* ready: the child closed its end (or exec'd, or died) */
+        if (got == 0) { /* ready: the child closed its end (or exec'd, or died) */
+            if (left_at >= 0)
+                (void)take_left_listener(s, pid, left_at, res);
+            return;
+        }
         switch (buf.kind) {
         case JAIL_REC_IDMAP: {
             char mapped = JAIL_REC_MAPPED;
@@ -274,6 +322,8 @@ void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res)
                 set_failure(res, JAIL_LAYER_SPAWN, 0, EPROTO);
                 return;
             }
+            if (left_at >= 0)
+                (void)take_left_listener(s, pid, left_at, res);
             return; /* ready, the socket kept open for what the child sends next */
         case JAIL_REC_ERROR:
             if (got != (ssize_t)sizeof buf.rec) {
@@ -316,6 +366,13 @@ void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res)
             }
             break;
         }
+        case JAIL_REC_LISTENER_AT:
+            if (got != (ssize_t)sizeof buf.rec || buf.rec.err < 0 || left_at >= 0) {
+                set_failure(res, JAIL_LAYER_SPAWN, 0, EPROTO);
+                return;
+            }
+            left_at = buf.rec.err;
+            break;
         default:
             set_failure(res, JAIL_LAYER_SPAWN, 0, EPROTO);
             return;

@@ -34,6 +34,7 @@ from tests.titus_harness import (
     jailed_children,
     keyholder_pid,
     nofile_limit,
+    open_fds,
     run_cli,
     session_processes,
     worker_of,
@@ -373,12 +374,29 @@ max-handshake-time 1
 # forked child of the test (not a subprocess exec), and its zygote wraps each
 # worker's entry point in the rogue one of tests/native/rogue.c (C, in the real
 # worker jail).  Connection 1 asks it for a payload that creates an AF_INET
-# socket -- forbidden by policies/titus-worker.toml (deny "socket", and the
-# default action kill-process); the supervisor's violation detection, logging
-# and pool refill are the real ones.
+# socket -- forbidden by policies/titus-worker.toml (deny "socket").  Where the
+# kernel notifies, the worker's filter hands the call to the supervisor, which
+# names it with its arguments and SIGKILLs the worker (titus/supervisor/
+# workercalls.py); with SANDBOX_SECCOMP_NOTIFY=0 (an older kernel's way) the
+# filter kills it (SIGSYS) and the audit log names it.  The supervisor's
+# violation detection, logging and pool refill are the real ones.
+
+SIGKILL_EXIT, SIGSYS_EXIT = 128 + signal.SIGKILL, 128 + signal.SIGSYS
 
 
-def test_forbidden_syscall_is_logged_and_worker_replaced(tmp_path, pki):
+def attack(addr: tuple[str, int], payload: str, args: list) -> tuple[socket.socket, bytes]:
+    """A connection whose rogue worker is ready to run `payload`, and the line that
+    starts it."""
+    attacker = socket.create_connection(addr, timeout=10)
+    attacker.sendall(f"ATTACK {payload}\n".encode())
+    assert attacker.recv(6) == b"ready\n"
+    return attacker, b"go " + encode_args(args).encode() + b"\n"
+
+
+@pytest.mark.parametrize("notify", [True, False], ids=["notified", "audit-log"])
+def test_forbidden_syscall_is_logged_and_worker_replaced(tmp_path, pki, monkeypatch, notify):
+    if not notify:
+        monkeypatch.setenv("SANDBOX_SECCOMP_NOTIFY", "0")
     backend = HTTPBackend("A")  # bound now, served after the fork: no thread is forked
     forked = ForkedTitus(tmp_path, conf(pki, backend.port, """
 min-spare-children 2
@@ -390,18 +408,21 @@ max-children 8
         with backend:
             ctx = client_context(pki)
             addr = ("127.0.0.1", forked.addresses[0][1])
-            with socket.create_connection(addr, timeout=10) as attacker:  # connection 1
-                attacker.sendall(b"ATTACK tcp_connect\n")
-                assert attacker.recv(6) == b"ready\n"
-                attacker.sendall(b"go " + encode_args(["127.0.0.1", backend.port]).encode()
-                                 + b"\n")
-                assert attacker.recv(100) == b""  # its worker is killed by seccomp
+            attacker, go = attack(addr, "tcp_connect", ["127.0.0.1", backend.port])
+            with attacker:
+                attacker.sendall(go)
+                assert attacker.recv(100) == b""  # its worker is killed
             record = forked.wait_forked(lambda r: r.get("event") == "connection"
                                         and r.get("conn_id") == 1)
             assert record["outcome"] == "policy-violation", record
             assert record["syscall"] == "socket", record
-            assert "socket" in record["violation"], record
-            assert record["worker_exit"] == 128 + signal.SIGSYS, record
+            if notify:  # the call with its arguments, as `sandbox run` words it
+                assert record["violation"].startswith(
+                    "seccomp violation: socket(AF_INET, SOCK_STREAM, 0) (#"), record
+                assert record["worker_exit"] == SIGKILL_EXIT, record
+            else:
+                assert "socket" in record["violation"], record
+                assert record["worker_exit"] == SIGSYS_EXIT, record
 
             # The pool replaced the dead worker: the next connections are served.
             for _ in range(3):
@@ -417,6 +438,74 @@ max-children 8
     assert code == 0, forked.log_tail()  # SIGTERM: a clean stop
     assert "stopped" in event_names(forked)
     wait_until(lambda: not session_processes(child), 2, "the forked supervisor's jails gone")
+
+
+BURST = 30  # violations within a second: three times the audit log's 10 per 5 s
+# Payloads and the call each makes, in words (the rogue worker's, tests/native/rogue.c).
+BURST_CALLS = [
+    ("tcp_connect", ["127.0.0.1", 9], "socket(AF_INET, SOCK_STREAM, 0)"),
+    ("udp_send", ["127.0.0.1", 9], "socket(AF_INET, SOCK_DGRAM, 0)"),
+    ("unshare_user", [], "unshare(CLONE_NEWUSER)"),
+]
+
+
+def test_a_burst_of_worker_violations_is_all_named_and_leaks_no_fd(tmp_path, pki):
+    """30 workers make a forbidden call within a second: every record names its call
+    with the arguments (the kernel's audit log, rate-limited, would drop most names),
+    every worker is replaced, and the supervisor holds no more fds afterwards than
+    before (each worker's listener closed once it is gone)."""
+    backend = HTTPBackend("A")
+    forked = ForkedTitus(tmp_path, conf(pki, backend.port, f"""
+min-spare-children {BURST}
+max-children {BURST + 8}
+"""), "tests.native:setup")
+    try:
+        forked.start_forked()
+        with backend:
+            addr = ("127.0.0.1", forked.addresses[0][1])
+            sup = forked.pid
+
+            def idle_pool() -> dict[int, str] | None:
+                """The supervisor's fds once exactly BURST idle workers (and the key
+                holder) are its jails, each worker's listener among its fds."""
+                fds = open_fds(sup)
+                listeners = [t for t in fds.values() if "seccomp" in t]
+                jails = [p for p in forked.worker_pids() if is_running(p)]
+                if len(jails) == BURST + 1 and len(listeners) == BURST:
+                    return fds
+                return None
+
+            before = wait_until(idle_pool, 60, f"{BURST} idle workers")
+            attackers = [attack(addr, *BURST_CALLS[i % len(BURST_CALLS)][:2])
+                         for i in range(BURST)]
+            start = time.monotonic()
+            for attacker, go in attackers:
+                attacker.sendall(go)
+            took = time.monotonic() - start
+            for attacker, _ in attackers:
+                with attacker:
+                    assert attacker.recv(100) == b""  # each worker killed at its call
+            assert took < 1.0, f"the burst took {took:.2f}s"
+            forked.wait_forked(lambda _r: len(forked.connections()) >= BURST, 30)
+            records = sorted(forked.connections(), key=lambda r: r["conn_id"])
+            assert len(records) == BURST
+            for i, record in enumerate(records):
+                payload, _, words = BURST_CALLS[i % len(BURST_CALLS)]
+                assert record["outcome"] == "policy-violation", record
+                assert record["syscall"] == words.split("(")[0], (payload, record)
+                assert record["violation"].startswith(f"seccomp violation: {words} (#"), record
+                assert record["worker_exit"] == SIGKILL_EXIT, record
+
+            after = wait_until(idle_pool, 60, "the pool refilled")
+            grown = {fd: t for fd, t in after.items() if fd not in before}
+            assert len(after) <= len(before), f"fds left after the burst: {grown}"
+
+            ctx = client_context(pki)  # and real TLS clients are served again
+            for _ in range(2):
+                assert get(ctx, addr).endswith(b"backend A path /fault\n")
+    finally:
+        forked.stop_forked()
+        backend.server.server_close()
 
 
 # -- 5. the supervisor killed -----------------------------------------------------------

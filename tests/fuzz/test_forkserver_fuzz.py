@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -104,6 +105,22 @@ def encoded_reply(request_id: int, pid: int, layer: str, err: int, message: str)
         theirs.close()
 
 
+def reply_with_listener(request_id: int, pid: int) -> tuple[bytes, list[int]]:
+    """A ready reply that carries an fd (a pipe's end standing for the listener): the
+    packet and the fds that arrived with it (ours to close)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    try:
+        _jail.Server(theirs.fileno(), 1.0).reply(request_id, pid, listener=r)
+        packet, fds, _, _ = socket.recv_fds(ours, _jail.REPLY_MAX + 1, 2)
+        return packet, fds
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        ours.close()
+        theirs.close()
+
+
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 
 
@@ -122,8 +139,31 @@ def test_replies_round_trip(request_id: int, pid: int, failed: bool, layer: str,
                                                                                  None)
 
 
+def test_a_listener_comes_with_a_ready_reply_only() -> None:
+    before = own_fds()
+    packet, fds = reply_with_listener(9, 4321)
+    assert len(fds) == 1
+    try:
+        assert decode_reply(packet, fds[0]) == Reply(9, 4321, None, fds[0])
+        with pytest.raises(ValueError):
+            decode_reply(packet)  # its flag says an fd comes with it
+        with pytest.raises(ValueError):  # and a reply without the flag carries none
+            decode_reply(encoded_reply(9, 4321, "", 0, ""), fds[0])
+    finally:
+        os.close(fds[0])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        with pytest.raises(ValueError):  # a failed spawn has no listener to give
+            _jail.Server(theirs.fileno(), 1.0).reply(1, 0, "spawn", 5, "x", listener=0)
+    finally:
+        ours.close()
+        theirs.close()
+    assert own_fds() == before
+
+
 REPLY_SEEDS = [encoded_reply(3, 1234, "", 0, ""),
-               encoded_reply(4, 0, "rootfs", 2, "No such file or directory: /x")]
+               encoded_reply(4, 0, "rootfs", 2, "No such file or directory: /x"),
+               reply_with_listener(5, 99)[0]]
 
 
 @fuzz_settings(1000)
@@ -135,9 +175,13 @@ def test_mutated_replies(seed: bytes, flips: list[tuple[int, int]], cut: int) ->
     for offset, value in flips:
         packet[offset % len(packet)] = value
     for candidate in (bytes(packet), bytes(packet[: cut % (len(packet) + 1)])):
-        try:
-            reply = decode_reply(candidate)
-        except ValueError:
-            continue
-        assert isinstance(reply, Reply)
-        assert (reply.error is None) == (reply.pid is not None and candidate[6] == 0)
+        for fd in (None, 1000):  # as if an fd had come with it (never used, never closed)
+            try:
+                reply = decode_reply(candidate, fd)
+            except ValueError:
+                continue
+            assert isinstance(reply, Reply)
+            assert (reply.error is None) == (reply.pid is not None and candidate[6] == 0)
+            # The fd is taken only by a ready reply whose flag says it comes with it.
+            assert reply.listener == fd and (fd is None or reply.error is None)
+            assert struct.unpack_from("=I", candidate, 28)[0] == (fd is not None)

@@ -7,6 +7,7 @@ written after a clone; the server dies with its caller."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -19,9 +20,10 @@ import time
 
 import pytest
 
-from sandbox import _jail, clone
+from sandbox import _jail, clone, notify
 from sandbox.forkserver import ForkServer, ForkServerError, Reply, encode_request
 from sandbox.launcher import Launcher
+from sandbox.listener import Listener
 from sandbox.spec import JailSpec, UidRange
 from tests.titus_harness import ROOT
 
@@ -165,6 +167,57 @@ def test_a_native_jail_that_fails_is_named_and_ours_to_reap(server):
     assert reply.error is None and ours.recv(100) == b"1 0 0\n"
     ours.close()
     assert jail.wait(10) == 0
+
+
+@pytest.mark.skipif(not notify.available(), reason="no seccomp user notification here")
+def test_a_native_jails_listener_comes_with_its_reply(server):
+    """A filter that forbids read and write still notifies: the jail says where its
+    listener will be before loading it, goes on without waiting, and the server
+    copies it once the jail is ready and sends it with the reply."""
+    server, launcher = server
+    ours, jail, reply = spawn(server, launcher, "native-notify")
+    assert reply.error is None and reply.listener is not None and jail is not None
+    listener = Listener(reply.listener)
+    try:
+        call = listener.receive(timeout=10)  # the entry's first forbidden call
+        # (its arguments are evaluated in either order)
+        assert call is not None and call.name in ("geteuid", "getegid"), call
+        assert call.pid == jail.pid
+        kept = {fd: os.readlink(f"/proc/{jail.pid}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{jail.pid}/fd")}
+        assert sorted(kept) == ["0", "2"] and kept["2"] == "anon_inode:seccomp notify", kept
+        jail.kill()  # unanswered: the call never runs, nothing is written to fd 0
+        assert jail.wait(10) == -signal.SIGKILL
+        ours.settimeout(5)
+        assert ours.recv(100) == b""
+    finally:
+        listener.close()
+        ours.close()
+
+
+@pytest.mark.skipif(not notify.available(), reason="no seccomp user notification here")
+def test_a_native_jail_that_exits_at_once_is_not_a_failed_spawn(server):
+    """Its listener may be gone before the server could copy it (the jail's fds close
+    before its exit shows): a ready jail without a listener, not an error."""
+    server, launcher = server
+    for _ in range(20):
+        ours, jail, reply = spawn(server, launcher, "native-notify-exit")
+        ours.close()
+        assert reply.error is None, reply.error
+        assert jail is not None
+        killed = False
+        if reply.listener is not None:
+            listener = Listener(reply.listener)
+            try:
+                with contextlib.suppress(EOFError):  # EOF: the jail is gone
+                    if listener.receive(timeout=5) is not None:
+                        # A call its policy forbids: ASan's runtime on its way out
+                        # (`make test-asan`), waiting on the listener.
+                        jail.kill()
+                        killed = True
+            finally:
+                listener.close()
+        assert jail.wait(10) == (-signal.SIGKILL if killed else 0)
 
 
 def server_fds(server: ForkServer) -> list[str]:

@@ -187,7 +187,8 @@ def render_man(docs: list[OptionDoc], version: str) -> str:
         ".TP",
         "\\fI/dev/kmsg\\fP",
         "Read (where readable) for the kernel's seccomp audit records, to name the system "
-        "call that killed a worker.",
+        "call that killed a worker where the kernel has no seccomp user notification "
+        "(before Linux 5.5); with it, the supervisor gets each forbidden call itself.",
         ".SH EXAMPLES",
         "A titus.conf with one vhost per server name and a catch\\-all:",
         ".PP",

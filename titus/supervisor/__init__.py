@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from sandbox.launcher import Launcher
+from sandbox.notify import notifying
 from sandbox.spec import JailSpec, UidRange
 from titus import logs
 from titus.config.model import Config
@@ -48,10 +49,11 @@ EARLY_EXIT_KEEP = 60.0  # how long the exit of a not-yet-reported worker is reme
 
 
 def raise_fd_limit(max_children: int) -> None:
-    """Room for max-children workers: each holds a control socket here, and one more
-    while its backend connects.  The soft limit goes up to what that needs (never past
-    the hard limit; short of it, out-of-fds is handled as load: pool.out_of_fds)."""
-    want = 2 * max_children + 256
+    """Room for max-children workers: each holds a control socket and its seccomp
+    listener here, and one more while its backend connects.  The soft limit goes up
+    to what that needs (never past the hard limit; short of it, out-of-fds is
+    handled as load: pool.out_of_fds)."""
+    want = 3 * max_children + 256
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= want:
         return
@@ -71,8 +73,11 @@ class Supervisor:
         self.loop = Loop()
         self.launcher = Launcher()
         uid_range = UidRange(config.uid_first, config.uid_count)
-        self.worker_spec: JailSpec = replace(jail_profile("titus-worker").spec,
-                                             name="titus-worker", uid_range=uid_range)
+        worker = jail_profile("titus-worker")
+        spec = replace(worker.spec, name="titus-worker", uid_range=uid_range)
+        # Its filter notifies where the kernel can: a violation is then named with its
+        # arguments, never rate-limited (workercalls.py); else it kills (audit log).
+        self.worker_spec: JailSpec = notifying(spec, worker.policy, entry=True) or spec
         # Sized per generation from its max-children (keyholder.sized_spec).
         self.keyholder_base: JailSpec = replace(jail_profile("titus-keyholder").spec,
                                                 name="titus-keyholder", uid_range=uid_range)

@@ -27,6 +27,7 @@ from titus.supervisor.broker import BackendConnect
 from titus.supervisor.capwatch import CapWatch
 from titus.supervisor.lifecycle import KillReason, Phase, Worker
 from titus.supervisor.metrics import NO_VHOST
+from titus.supervisor.workercalls import WorkerCalls
 from titus.wire import control, proxyproto
 from titus.wire.outcome import ALARMING, Outcome
 
@@ -64,6 +65,7 @@ class Connections:
         self.metrics = sup.metrics
         self.next_conn_id = 1
         self.cap = CapWatch(self)
+        self.calls = WorkerCalls(self.loop)
 
     # -- accept, hand-off, handshake, backend ----------------------------------------
 
@@ -254,6 +256,7 @@ class Connections:
                     worker.finished = msg
         self.loop.forget(worker.ctl.fileno())
         worker.ctl.close()
+        self.calls.forget(worker)
         if worker.timer:
             worker.timer.cancel()
         if worker.broker:

@@ -27,6 +27,7 @@ from titus.supervisor.metrics import MetricsEndpoint
 from titus.supervisor.pool import BACKOFF_MIN, SPAWN_REPLY_TIMEOUT, PendingSpawn
 from titus.supervisor.resolve import resolve_vhosts
 from titus.supervisor.startup import StartupError
+from titus.supervisor.workercalls import close_unused
 from titus.wire.zygote import WORKER, ZygoteSetup
 from titus.worker.remotekey import CertChain, RemoteKeyError, read_chain
 
@@ -122,7 +123,9 @@ class Generations:
         for reply in replies:
             pending = gen.pending.pop(reply.request_id, None)
             if pending is not None:
-                self.sup.pool.spawned(gen, pending, reply.pid, reply.error)
+                self.sup.pool.spawned(gen, pending, reply.pid, reply.error, reply.listener)
+            else:
+                close_unused(reply.listener)
         if not gen.pending and gen is not self.current:
             self.retire()
 

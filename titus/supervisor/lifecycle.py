@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from sandbox.launcher import JailProcess
+from sandbox.listener import Listener
 from titus.supervisor.broker import BackendConnect
 from titus.supervisor.loop import Timer
 from titus.wire import control
@@ -84,6 +85,9 @@ class Worker:
     cut_counts: tuple[int, int] | None = None  # the kernel's counts when the drain cut it
     refused: str | None = None  # why the vhost's client-allow-* refused the client
     notes: list[str] = field(default_factory=list)
+    # Its seccomp listener, watched while it lives (workercalls.py); None where the
+    # kernel cannot notify (the audit log names its violation) or once it is gone.
+    listener: Listener | None = None
 
     def may_enter(self, phase: Phase) -> bool:
         return phase in TRANSITIONS[self.phase]

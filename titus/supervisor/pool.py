@@ -24,6 +24,7 @@ from sandbox.launcher import JailProcess
 from sandbox.uids import UidExhausted, process_uid
 from titus import logs
 from titus.supervisor.lifecycle import KillReason, Worker
+from titus.supervisor.workercalls import close_unused
 from titus.wire.zygote import WORKER
 
 if TYPE_CHECKING:
@@ -131,7 +132,9 @@ class Pool:
         return True
 
     def spawned(self, gen: Generation, pending: PendingSpawn, pid: int | None,
-                error: JailError | None) -> None:
+                error: JailError | None, listener: int | None = None) -> None:
+        """The zygote's answer: the worker `pid` is jailed and waits for a client
+        (`listener`: its seccomp listener, watched before it may get one), or not."""
         sup = self.sup
         uid_range = sup.worker_spec.uid_range
         jail = None if pid is None else self.launcher.adopt(pid, pending.uid, "titus-worker",
@@ -139,6 +142,7 @@ class Pool:
         if jail is None:
             self.launcher.uids(uid_range).release(pending.uid)
         if error is not None or jail is None:
+            close_unused(listener)
             pending.ctl.close()
             self.metrics.spawn_failures.inc()
             if error is None or not self.out_of_fds(error, "spawn failed"):
@@ -151,6 +155,8 @@ class Pool:
             pending.ctl.setblocking(False)
             worker = Worker(jail, pending.ctl, gen)
             self.workers[jail.pid] = worker
+            if listener is not None:
+                sup.connections.calls.watch(worker, listener)
             self.loop.add_reader(pending.ctl.fileno(),
                                  lambda: sup.connections.on_worker_message(worker))
             stale = (KillReason.SHUTDOWN if sup.stopping else KillReason.RELOAD

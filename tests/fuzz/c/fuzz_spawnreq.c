@@ -38,14 +38,21 @@ static void check_reply(const uint8_t *data, size_t size)
     size_t layer_len = size > 1 ? data[1] % (JAIL_REPLY_MAX_LAYER + 8) : 0;
     size_t message_len = size > 2 ? (size_t)data[2] * 19 : 0;
     uint16_t status = size > 3 ? data[3] % 3 : 0;
+    uint32_t flags = size > 4 ? data[4] % 4 : 0;
     const char *text = (const char *)data;
     if (layer_len > size)
         layer_len = size;
     if (message_len > size)
         message_len = size;
-    size_t n = jail_reply_encode(out, cap, status, 7, 42, 2, text, layer_len, text, message_len);
+    size_t n = jail_reply_encode(out, cap, status, 7, 42, 2, text, layer_len, text, message_len,
+                                 flags);
     if (n == 0)
         return;
+    /* Only a ready reply may say a listener comes with it, and no other flag exists. */
+    uint32_t said;
+    memcpy(&said, out + JAIL_REPLY_HEAD - 4, sizeof said);
+    if (said != flags || (flags & ~JAIL_REPLY_LISTENER) || (flags && status != JAIL_REPLY_READY))
+        abort();
     if (n > cap || n != JAIL_REPLY_HEAD + layer_len + message_len || n > JAIL_REPLY_MAX)
         abort();
     if (status > JAIL_REPLY_FAILED || layer_len > JAIL_REPLY_MAX_LAYER)
