@@ -8,8 +8,8 @@ refcount, its request loop) is copied on write: by the server, and into each
 older jail's private memory.  So when every recipe of a fork server is native,
 the server marks that memory MADV_DONTFORK and its clones are born without it:
 
-- pymalloc's arenas, which the server tracks from its first statement
-  (sandbox/_jail/arenas.c; the interpreter's start-up made a few before that);
+- pymalloc's arenas, which the server tracks from before the interpreter's
+  first one (sandbox/_jail/arenas.c, preloaded: forkserver.py `_server_env`);
 - the interpreter's writable data and bss, except the pages the shared libraries
   use too: the C library's variables the executable took over by copy relocation
   (``environ``, ``stdin``, ``stdout``, ``stderr``), and its GOT (a non-PIE

@@ -241,8 +241,9 @@ class ForkServer:
             self.proc = None
 
 
-# The server's first statement tracks pymalloc's arenas (sandbox/_jail/arenas.c), so
-# that nearly all of them can be kept out of native jails (sandbox/dontfork.py).
+# The server tracks pymalloc's arenas (sandbox/_jail/arenas.c) from before the
+# interpreter's first one when the module is preloaded (_server_env), else from its
+# first statement, so that they can be kept out of native jails (sandbox/dontfork.py).
 _SERVER_MAIN = ("from sandbox import _jail; _jail.track_arenas(); "
                 "from sandbox.forkserver import main; main()")
 
