@@ -162,23 +162,41 @@ def _flags(rounds: list[dict[str, Any]], test: str, name: str) -> str:
     if any(max(x.get("proxy_core_others", 0), x.get("load_core_others", 0)) > NOISY
            for x in res):
         out += " ‡"
+    if _stolen(res):
+        out += " §"
     return out
 
 
+def _stolen(res: list[dict[str, Any]]) -> bool:
+    """Whether the hypervisor kept over NOISY of the proxy's or the load's core from this
+    virtual machine (steal time) in one of these results: a disturbed number."""
+    return any(max(x.get("proxy_core_steal", 0), x.get("load_core_steal", 0)) > NOISY
+               for x in res)
+
+
 def noise(key: dict[str, Any]) -> str:
-    vals = {"proxy": [], "load": []}
+    vals: dict[str, list[float]] = {"proxy": [], "load": []}
+    steal: dict[str, list[float]] = {"proxy": [], "load": []}
     for rnd in key.get("rounds", []):
         for per in rnd.values():
             for res in per.values():
                 for role in vals:
                     if f"{role}_core_others" in res:
                         vals[role].append(res[f"{role}_core_others"])
+                    if f"{role}_core_steal" in res:
+                        steal[role].append(res[f"{role}_core_steal"])
     if not vals["proxy"]:
         return ""
-    return ("Other people's processes on the two cores during the tests (task CPU time not "
+    text = ("Other people's processes on the two cores during the tests (task CPU time not "
             "ours, % of the core): proxy core median "
             f"{statistics.median(vals['proxy']):.0%}, max {max(vals['proxy']):.0%}; load core "
             f"median {statistics.median(vals['load']):.0%}, max {max(vals['load']):.0%}.")
+    if steal["proxy"]:
+        text += (" Time the hypervisor kept the cores from this machine (steal): proxy core "
+                 f"median {statistics.median(steal['proxy']):.0%}, max "
+                 f"{max(steal['proxy']):.0%}; load core median "
+                 f"{statistics.median(steal['load']):.0%}, max {max(steal['load']):.0%}.")
+    return text
 
 
 def main_table(key: dict[str, Any], names: list[str]) -> list[str]:
@@ -560,7 +578,9 @@ def render(results: dict[str, Any]) -> str:
         f"† marks a cell where the load tools and nginx used over {LOAD_SATURATED:.0%} of "
         "their core in some round: the client side may have been the limit there, not the "
         f"proxy. ‡ marks a cell where other processes (not ours) used over {NOISY:.0%} of "
-        "the proxy's or the load's core in some round: that number is disturbed.",
+        "the proxy's or the load's core in some round, § one where the hypervisor kept over "
+        f"{NOISY:.0%} of either core from this virtual machine (steal time): that number "
+        "is disturbed.",
         "",
     ]
     for kind, key in results["keys"].items():
@@ -637,8 +657,12 @@ def targets_table(key: dict[str, Any], names: list[str]) -> list[str]:
             continue
         held = ratio >= bound if kind == "min" else ratio <= bound
         sign = "≥" if kind == "min" else "≤"
-        rows.append(f"| {what} | {sign} {bound:.2f}x | {ratio:.2f}x | "
-                    f"{'met' if held else 'missed'} |")
+        cells = [r.get(test, {}).get(n, {}) for r in key.get("rounds", [])
+                 for n in ("titus", peer)]
+        verdict = "met" if held else "missed"
+        if _stolen(cells):
+            verdict += " (disturbed: steal time §)"
+        rows.append(f"| {what} | {sign} {bound:.2f}x | {ratio:.2f}x | {verdict} |")
     pss = key.get("idle_memory", {}).get("titus", {}).get("per_conn_kib")
     if pss is not None:
         rows.append(f"| PSS per idle connection | ≤ {PSS_TARGET_KIB} KiB | {pss:.0f} KiB | "
