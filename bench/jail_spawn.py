@@ -84,10 +84,11 @@ class Busy:
         self.start, self.ours = self._read(), self._ours()
 
     @staticmethod
-    def _read() -> tuple[int, int]:
+    def _read() -> tuple[int, int, int]:
+        """(ticks busy, of them steal: the hypervisor's, ticks in all), all CPUs."""
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         idle = fields[3] + fields[4]
-        return sum(fields) - idle, sum(fields)
+        return sum(fields) - idle, fields[7], sum(fields)
 
     @staticmethod
     def _ours() -> float:
@@ -95,13 +96,16 @@ class Busy:
                                                      resource.getrusage(resource.RUSAGE_CHILDREN)))
 
     def words(self) -> str:
-        busy, total = self._read()
+        busy, steal, total = self._read()
         ticks = os.sysconf("SC_CLK_TCK")
         all_cpu = (busy - self.start[0]) / ticks
-        capacity = (total - self.start[1]) / ticks
-        others = max(0.0, all_cpu - (self._ours() - self.ours))
+        stolen = (steal - self.start[1]) / ticks
+        capacity = (total - self.start[2]) / ticks
+        others = max(0.0, all_cpu - stolen - (self._ours() - self.ours))
         return (f"the machine's CPUs were {100 * all_cpu / capacity:.0f}% busy meanwhile, "
-                f"{100 * others / capacity:.0f}% by other processes")
+                f"{100 * others / capacity:.0f}% by other processes, "
+                f"{100 * stolen / capacity:.0f}% taken by the hypervisor (steal time: "
+                f"over a few percent, every number here is inflated)")
 
 
 def spawn_raw(launcher: Launcher, spec, plan: Plan, how: int, entry: object
