@@ -25,7 +25,7 @@ import ctypes
 import dataclasses
 import os
 
-from sandbox.listener import Call, Listener, Watcher
+from sandbox.listener import Call, Listener, Watcher, may_copy_listeners
 from sandbox.rules import SeccompPolicy
 from sandbox.spec import JailSpec
 
@@ -40,11 +40,12 @@ _libc.syscall.restype = ctypes.c_long
 
 
 def available() -> bool:
-    """Whether this kernel can notify (SECCOMP_RET_USER_NOTIF) and continue a call.
+    """Whether this kernel can notify (SECCOMP_RET_USER_NOTIF) and continue a call,
+    and this process can take a jail's listener.
 
     SANDBOX_SECCOMP_NOTIFY=0 in the environment says no: the audit-log fallback
     of an older kernel, chosen on purpose (and tested so)."""
-    if os.environ.get("SANDBOX_SECCOMP_NOTIFY") == "0":
+    if os.environ.get("SANDBOX_SECCOMP_NOTIFY") == "0" or not may_copy_listeners():
         return False
     nr = _NR_SECCOMP.get(os.uname().machine)
     if nr is None:
@@ -52,9 +53,11 @@ def available() -> bool:
     action = ctypes.c_uint32(_SECCOMP_RET_USER_NOTIF)
     if _libc.syscall(nr, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) != 0:
         return False
-    # FLAG_CONTINUE came with 5.5; there is no probe for it but the version.
+    # FLAG_CONTINUE came with 5.5, pidfd_getfd (how a listener is taken) with 5.6;
+    # there is no probe for them but the version.
     major, minor = (int(x) for x in os.uname().release.split(".")[:2])
-    return (major, minor) >= (5, 5)
+    return (major, minor) >= (5, 6)
+
 
 
 def notifying(spec: JailSpec, policy: SeccompPolicy | None, learning: bool = False,

@@ -24,6 +24,8 @@ import os
 import sys
 from _blake2 import blake2b  # hashlib would load OpenSSL (milliseconds)
 
+from sandbox.listener import may_copy_listeners
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,7 +48,8 @@ def _key(options: Sequence[str]) -> str:
     # Not marshal: its bytes depend on whether a string is interned.
     u = os.uname()
     parts = (str(FORMAT), *options, "\0", os.environ.get("SANDBOX_POLICY_PATH", ""),
-             os.environ.get("SANDBOX_SECCOMP_NOTIFY", ""), str(os.isatty(0)),
+             os.environ.get("SANDBOX_SECCOMP_NOTIFY", ""), str(may_copy_listeners()),
+             str(os.isatty(0)),
              os.getcwd(), u.release, u.machine)
     return blake2b("\0".join(parts).encode(errors="surrogateescape"), digest_size=16).hexdigest()
 

@@ -201,3 +201,22 @@ def test_the_audit_log_fallback_still_names_and_learns(tmp_path: Path) -> None:
     assert "learn: run 1: exit status 0" in out.stderr
     assert "getppid" in tomllib.loads(learned.read_text())["seccomp"]["allow"]
     assert "--rounds 2 or more" not in out.stderr
+
+
+def test_without_cap_sys_ptrace_the_audit_log_names_the_call(tmp_path: Path) -> None:
+    """Root without CAP_SYS_PTRACE (a systemd unit's bounding set, a container's default
+    capabilities) cannot copy a jail's listener (pidfd_getfd: EPERM): run falls back to
+    the audit log instead of failing every spawn, and its cached plan is not reused."""
+    www = tmp_path / "www"
+    www.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SANDBOX_CACHE_DIR": str(tmp_path / "cache")}
+    argv = [sys.executable, "-m", "sandbox", "run", "--profile", "examples/http-static",
+            "--bind-ro", f"{www}:/srv/www", "--", "python3", "-c", "import os; os.getppid()"]
+    for _ in range(2):  # the second run with a plan cached by a run that could notify
+        full = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env,
+                              cwd=REPO)
+        assert full.returncode == 159 and "getppid()" in full.stderr, full.stderr
+        run = subprocess.run(["setpriv", "--bounding-set=-sys_ptrace", *argv],
+                             capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+        assert run.returncode == 159, run.stderr
+        assert "the program called getppid (#" in run.stderr  # by name, from the audit record
