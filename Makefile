@@ -22,8 +22,9 @@ PROMTOOL := build/promtool/usr/bin/promtool
 SYSTEM_PACKAGES := python3-venv gcc python3-dev libssl-dev libcap-dev libseccomp2 openssl curl \
                    iproute2 groff-base nftables testssl.sh sslscan nginx-light clang \
                    libclang-rt-dev redis-server busybox-static
-# bubblewrap: bench/jail_spawn.py measures `sandbox run` side by side with bwrap.
-BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk bubblewrap
+# bubblewrap: bench/jail_spawn.py measures `sandbox run` side by side with bwrap;
+# linux-perf: bench/cpu_profile.py says where titus's CPU goes.
+BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk bubblewrap linux-perf
 # The C extensions' sources: a change rebuilds them in place (setup.py lists the flags).
 C_SOURCES := setup.py $(shell find sandbox titus -name '*.[ch]' 2>/dev/null)
 EXTENSIONS := $(VENV)/.extensions
