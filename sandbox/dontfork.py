@@ -9,7 +9,9 @@ older jail's private memory.  So when every recipe of a fork server is native,
 the server marks that memory MADV_DONTFORK and its clones are born without it:
 
 - pymalloc's arenas, which the server tracks from before the interpreter's
-  first one (sandbox/_jail/arenas.c, preloaded: forkserver.py `_server_env`);
+  first one (sandbox/_jail/arenas.c, preloaded: forkserver.py `_server_env`),
+  and the regions of the raw allocator the preload installs, where Python's
+  blocks over 512 bytes live instead of malloc's heap;
 - the interpreter's writable data and bss, except the pages the shared libraries
   use too: the C library's variables the executable took over by copy relocation
   (``environ``, ``stdin``, ``stdout``, ``stderr``), and its GOT (a non-PIE

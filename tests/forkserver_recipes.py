@@ -54,6 +54,9 @@ def notifying_worker(spec: JailSpec) -> JailSpec:
     return notifying(spec, load_profile("titus-worker").policy, entry=True) or spec
 
 
+_KEPT: list[bytes] = []
+
+
 def native_setup(arg: tuple[JailSpec, str]) -> dict[str, Recipe]:
     """Native jails only (the built-in `hold` entry): the server keeps its Python out of
     them (sandbox/dontfork.py).  Writes, to the file the test names, the arenas and
@@ -67,7 +70,18 @@ def native_setup(arg: tuple[JailSpec, str]) -> dict[str, Recipe]:
 
     # Objects the interpreter's start-up made, before the server's first statement.
     early = [id(sys), id(builtins), id(sys.modules), id(sys.path), id(sys.modules["encodings"])]
+    # Blocks over pymalloc's 512 bytes: from the raw allocator (one of its 1 KiB-128 KiB
+    # slabs, one mapping of its own), not from malloc's heap.
+    _KEPT.extend([bytes(2000), bytes(300_000)])
+    # It reallocates across its sizes and back, keeping the contents.
+    block = bytearray()
+    for i in range(1, 19):
+        block += bytes([i]) * (1 << i)
+    while len(block) > 600:
+        del block[len(block) // 2:]
+    assert block == b"".join(bytes([i]) * (1 << i) for i in range(1, 19))[:len(block)]
     Path(out).write_text(json.dumps({"arenas": _jail.tracked_arenas(),
+                                     "large": [id(b) for b in _KEPT],
                                      "interpreter": dontfork.interpreter_data(),
                                      "early": early,
                                      "env": {k: os.environ.get(k) for k in (

@@ -408,8 +408,9 @@ def mapped(pid: int, address: int) -> bool:
 
 
 def test_native_jails_are_born_without_the_servers_python(tmp_path):
-    """sandbox/dontfork.py: a server whose every jail is native keeps its pymalloc arenas
-    and the interpreter's data out of them; the jail still runs (it needs neither)."""
+    """sandbox/dontfork.py: a server whose every jail is native keeps its pymalloc arenas,
+    the raw allocator's regions and the interpreter's data out of them; the jail still
+    runs (it needs none of them)."""
     import json
 
     out = tmp_path / "where.json"
@@ -428,6 +429,11 @@ def test_native_jails_are_born_without_the_servers_python(tmp_path):
             # Tracked from before the interpreter's first arena (the module preloaded):
             # what its start-up made is left out too.
             for address in where["early"]:
+                assert any(start <= address < start + length
+                           for start, length in where["arenas"]), hex(address)
+                assert mapped(server.pid, address) and not mapped(jail.pid, address)
+            # Python's larger blocks come from the raw allocator's regions, left out too.
+            for address in where["large"]:
                 assert any(start <= address < start + length
                            for start, length in where["arenas"]), hex(address)
                 assert mapped(server.pid, address) and not mapped(jail.pid, address)

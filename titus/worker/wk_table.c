@@ -288,12 +288,13 @@ static PyGetSetDef table_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-/* A table lives in malloc's heap, not in pymalloc's arenas: a fork server keeps those
- * out of its native jails (sandbox/_jail/arenas.c), and the worker reads the table. */
+/* A table lives in malloc's heap, not in Python's memory (pymalloc's arenas, nor the
+ * raw allocator's regions): a fork server keeps that out of its native jails
+ * (sandbox/_jail/arenas.c), and the worker reads the table. */
 static PyObject *table_alloc(PyTypeObject *type, Py_ssize_t nitems)
 {
     (void)nitems;
-    PyObject *obj = PyMem_RawCalloc(1, (size_t)type->tp_basicsize);
+    PyObject *obj = calloc(1, (size_t)type->tp_basicsize);
     if (obj == NULL)
         return PyErr_NoMemory();
     return PyObject_Init(obj, type);
@@ -305,7 +306,7 @@ PyTypeObject wk_TableType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "The worker table: vhosts in order with their contexts and match rules.",
     .tp_alloc = table_alloc,
-    .tp_free = PyMem_RawFree,
+    .tp_free = free,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)table_init,
     .tp_dealloc = (destructor)table_dealloc,
