@@ -1,10 +1,10 @@
 """The key holder's serving loop (inside its jail).
 
 The key holder runs in its own jail (set up by others).  Once serving, this
-loop makes only these syscalls (measured with strace): poll, recvmsg, sendmsg,
-getsockname + getsockopt (checking a received fd), write (the log on fd 2),
-close, and from libcrypto getpid, getrandom and futex.  It creates no socket
-and opens no file.  Everything arriving on a worker
+loop makes only these syscalls (measured with strace): epoll_wait, epoll_ctl,
+recvmsg, sendmsg, getsockname + getsockopt (checking a received fd), write (the
+log on fd 2), close, and from libcrypto getpid, getrandom and futex.  It creates
+no socket and opens no file.  Everything arriving on a worker
 channel is hostile; the worst a worker can get is its channel closed.
 
 Transport: every worker channel is an AF_UNIX SOCK_SEQPACKET socket, one
@@ -25,11 +25,10 @@ from __future__ import annotations
 import array
 import contextlib
 import os
-import selectors
+import select
 import socket
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from titus.keyholder.signer import Budget, Refused, Signer
 from titus.wire.keyproto import (
@@ -47,7 +46,7 @@ from titus.wire.keyproto import (
 
 MAX_KEY_FILE = 1 << 20
 _FD_SIZE = array.array("i").itemsize
-_NONBLOCK = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+_NONBLOCK = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
 
 Log = Callable[[str], None]
 
@@ -58,12 +57,17 @@ def log_stderr(line: str) -> None:
         os.write(2, f"keyholder: {line}\n".encode(errors="replace"))
 
 
-@dataclass
 class _Channel:
-    sock: socket.socket
-    grant: Grant
-    budget: Budget
-    signed: int = 0
+    """One worker's signing channel: its socket, what its grant allows, what it has used."""
+
+    __slots__ = ("budget", "fd", "grant", "signed", "sock")
+
+    def __init__(self, sock: socket.socket, grant: Grant) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.grant = grant
+        self.budget = Budget(grant.budget)
+        self.signed = 0
 
 
 def _is_seqpacket(sock: socket.socket) -> bool:
@@ -73,6 +77,12 @@ def _is_seqpacket(sock: socket.socket) -> bool:
     )
 
 
+# Plain ints: socket's MSG_* are IntFlag members, and a flag test on them costs an enum call.
+_TRUNC, _CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+_GRANT_ANC = socket.CMSG_SPACE(4 * _FD_SIZE)
+
+
 class _Server:
     def __init__(self, control: socket.socket, signer: Signer, log: Log, max_channels: int):
         self.control = control
@@ -80,34 +90,40 @@ class _Server:
         self.log = log
         self.max_channels = max_channels
         self.known_keys = frozenset(signer.keys.ids())
-        # epoll: an event costs the same with 16 channels or max-children of them (poll's
-        # cost grows with every open channel, on each of a connection's three events).
-        self.sel = selectors.EpollSelector()
-        self.channels: dict[int, _Channel] = {}
+        # epoll, used directly: an event costs the same with 16 channels or max-children of
+        # them (poll's cost grows with every open channel, on each of a connection's three
+        # events), and selectors' bookkeeping cost more than the rest of an event.
+        self.epoll = select.epoll()
+        self.channels: dict[int, _Channel] = {}  # by fd: what an epoll event names
 
     def run(self) -> None:
-        self.sel.register(self.control, selectors.EVENT_READ, None)
+        control_fd = self.control.fileno()
+        self.epoll.register(control_fd, select.EPOLLIN)
+        channels = self.channels
+        poll = self.epoll.poll
         try:
             while True:
-                for key, _events in self.sel.select():
-                    if key.data is None:
+                for fd, _events in poll():
+                    if fd == control_fd:
                         if not self._on_control():
                             return
                     else:
-                        self._on_channel(key.data)
+                        # A channel is closed only on its own event, and recvmsg never
+                        # waits: an fd that is not (or no longer) a channel's is skipped.
+                        chan = channels.get(fd)
+                        if chan is not None:
+                            self._on_channel(chan)
         finally:
-            for chan in list(self.channels.values()):
+            for chan in list(channels.values()):
                 self._close(chan)
-            self.sel.close()
+            self.epoll.close()
 
     # --- control socket -----------------------------------------------------------------------
 
     def _on_control(self) -> bool:
         """Take one grant; False on EOF (the supervisor is gone)."""
         try:
-            data, ancdata, flags, _ = self.control.recvmsg(
-                MAX_GRANT + 1, socket.CMSG_SPACE(4 * _FD_SIZE)
-            )
+            data, ancdata, flags, _ = self.control.recvmsg(MAX_GRANT + 1, _GRANT_ANC)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError as e:
@@ -117,13 +133,13 @@ class _Server:
         if not data and not fds:
             return False
         try:
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            if flags & (_TRUNC | _CTRUNC):
                 raise ProtocolError("truncated grant")
             if len(fds) != 1:
                 raise ProtocolError(f"a grant carries exactly one fd, not {len(fds)}")
             grant = decode_grant(data)
-            unknown = set(grant.key_ids) - self.known_keys
-            if unknown:
+            if not self.known_keys.issuperset(grant.key_ids):
+                unknown = set(grant.key_ids) - self.known_keys
                 raise ProtocolError(f"grant names unknown key(s) {sorted(unknown)}")
             if len(self.channels) >= self.max_channels:
                 raise ProtocolError(f"already serving {len(self.channels)} channels")
@@ -140,32 +156,29 @@ class _Server:
             for fd in fds:
                 _close_fd(fd)
             return True
-        chan = _Channel(sock, grant, Budget(grant.budget))
-        self.channels[sock.fileno()] = chan
-        self.sel.register(sock, selectors.EVENT_READ, chan)
+        chan = _Channel(sock, grant)
+        self.channels[chan.fd] = chan
+        self.epoll.register(chan.fd, select.EPOLLIN)
         return True
 
     # --- worker channels ----------------------------------------------------------------------
 
     def _on_channel(self, chan: _Channel) -> None:
-        if self.channels.get(chan.sock.fileno()) is not chan:
-            return  # closed earlier in this round of events
-        cid = chan.grant.channel_id
         try:
-            data, _anc, flags, _ = chan.sock.recvmsg(MAX_REQUEST + 1, 0, socket.MSG_DONTWAIT)
+            data, _anc, flags, _ = chan.sock.recvmsg(MAX_REQUEST + 1, 0, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
-            self.log(f"channel {cid}: receive failed ({e}); closed")
+            self.log(f"channel {chan.grant.channel_id}: receive failed ({e}); closed")
             self._close(chan)
             return
         if not data:
             self._close(chan)  # the worker is done (or dead): nothing to report
             return
-        if flags & socket.MSG_CTRUNC:
+        if flags & _CTRUNC:
             self._refuse(chan, None, f"protocol error: worker passed fds (flags {flags:#x})")
             return
-        if flags & socket.MSG_TRUNC:
+        if flags & _TRUNC:
             self._refuse(chan, None, "protocol error: oversize packet")
             return
         try:
@@ -176,12 +189,11 @@ class _Server:
         self._answer(chan, req)
 
     def _answer(self, chan: _Channel, req: Request) -> None:
-        what = f"{req.op.name} key {req.key_id} request {req.request_id}"
         if req.key_id not in chan.grant.key_ids:
             self._refuse(
                 chan,
                 Response(Status.REFUSED_KEY, req.request_id),
-                f"refused REFUSED_KEY: key not granted ({what})",
+                f"refused REFUSED_KEY: key not granted ({_what(req)})",
             )
             return
         try:
@@ -190,19 +202,19 @@ class _Server:
             self._refuse(
                 chan,
                 Response(r.status, req.request_id),
-                f"refused {r.status.name}: {r.reason} ({what})",
+                f"refused {r.status.name}: {r.reason} ({_what(req)})",
             )
             return
         except Exception as e:  # SigningError, or a bug: never let a worker crash us
             self._refuse(
                 chan,
                 Response(Status.ERROR, req.request_id),
-                f"error: {type(e).__name__}: {e} ({what})",
+                f"error: {type(e).__name__}: {e} ({_what(req)})",
             )
             return
         chan.signed += 1
         if not self._send(chan, Response(Status.OK, req.request_id, sig)):
-            self.log(f"channel {chan.grant.channel_id}: could not answer ({what}); closed")
+            self.log(f"channel {chan.grant.channel_id}: could not answer ({_what(req)}); closed")
             self._close(chan)
 
     def _send(self, chan: _Channel, resp: Response) -> bool:
@@ -219,10 +231,14 @@ class _Server:
         self._close(chan)
 
     def _close(self, chan: _Channel) -> None:
-        fd = chan.sock.fileno()
-        if self.channels.pop(fd, None) is not None:
-            self.sel.unregister(chan.sock)
+        if self.channels.pop(chan.fd, None) is not None:
+            self.epoll.unregister(chan.fd)
         chan.sock.close()
+
+
+def _what(req: Request) -> str:
+    """A request in a log line (built only when there is a line to write)."""
+    return f"{req.op.name} key {req.key_id} request {req.request_id}"
 
 
 def _fds_from(ancdata: Iterable[tuple[int, int, bytes]]) -> list[int]:

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+from _thread import allocate_lock  # threading's Lock, without threading's after-fork hook
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -45,6 +48,7 @@ DIGESTINFO_PREFIXES: dict[str, bytes] = {
     "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
     "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
 }
+# Tried in this order: TLS 1.3's rsa_pss_rsae_sha256 first, as every client offers it first.
 PSS_HASHES: dict[str, int] = {"sha256": 32, "sha384": 48, "sha512": 64}
 
 
@@ -76,8 +80,9 @@ _PROTOTYPES: openssl.Prototypes = {
     "EVP_PKEY_CTX_free": ([_c.c_void_p], None),
     "EVP_PKEY_sign_init": ([_c.c_void_p], _c.c_int),
     "EVP_PKEY_CTX_set_rsa_padding": ([_c.c_void_p, _c.c_int], _c.c_int),
+    # tbs is the request's bytes object itself (libcrypto only reads it): c_char_p, no copy.
     "EVP_PKEY_sign": (
-        [_c.c_void_p, _c.c_void_p, _c.POINTER(_c.c_size_t), _c.c_void_p, _c.c_size_t],
+        [_c.c_void_p, _c.c_void_p, _c.POINTER(_c.c_size_t), _c.c_char_p, _c.c_size_t],
         _c.c_int,
     ),
     "ERR_get_error": ([], _c.c_ulong),
@@ -97,9 +102,18 @@ def _openssl_error(what: str) -> str:
 
 
 class _EvpKey:
-    """An EVP_PKEY in libcrypto, made from PKCS#8 DER; freed with this object."""
+    """An EVP_PKEY in libcrypto, made from PKCS#8 DER; freed with this object.
+
+    Each padding mode keeps one EVP_PKEY_CTX, initialised once and reused for every
+    signature (OpenSSL 3 signs any number of times on an initialised context; making one
+    costs a provider fetch per signature), and the output buffer is made once too.  The key
+    holder is single-threaded; a second thread that finds them in use signs on its own
+    context, so sharing a Signer is still safe.  A failed signature drops the context.
+    """
 
     def __init__(self, der: bytes) -> None:
+        self._lock = allocate_lock()
+        self._ctxs: dict[int | None, int] = {}
         buf = ctypes.create_string_buffer(der, len(der))
         p = ctypes.c_void_p(ctypes.addressof(buf))
         try:
@@ -109,8 +123,11 @@ class _EvpKey:
         if not self.ptr:
             raise KeyStoreError(_openssl_error("libcrypto cannot load the key"))
         self.size = _lib.EVP_PKEY_get_size(self.ptr)
+        self._sig = ctypes.create_string_buffer(self.size)
+        self._siglen = ctypes.c_size_t()
 
-    def sign(self, data: bytes, padding: int | None) -> bytes:
+    def _new_ctx(self, padding: int | None) -> int:
+        """An EVP_PKEY_CTX ready to sign with ``padding``; the caller frees it."""
         ctx = _lib.EVP_PKEY_CTX_new(self.ptr, None)
         if not ctx:
             raise SigningError(_openssl_error("EVP_PKEY_CTX_new"))
@@ -119,23 +136,43 @@ class _EvpKey:
                 raise SigningError(_openssl_error("EVP_PKEY_sign_init"))
             if padding is not None and _lib.EVP_PKEY_CTX_set_rsa_padding(ctx, padding) <= 0:
                 raise SigningError(_openssl_error("EVP_PKEY_CTX_set_rsa_padding"))
-            sig = ctypes.create_string_buffer(self.size)
-            siglen = ctypes.c_size_t(self.size)
-            tbs = ctypes.create_string_buffer(data, len(data))
-            ok = _lib.EVP_PKEY_sign(
-                ctx,
-                ctypes.cast(sig, ctypes.c_void_p),
-                ctypes.byref(siglen),
-                ctypes.cast(tbs, ctypes.c_void_p),
-                len(data),
-            )
-            if ok <= 0:
-                raise SigningError(_openssl_error("EVP_PKEY_sign"))
-            return sig.raw[: siglen.value]
-        finally:
+        except SigningError:
             _lib.EVP_PKEY_CTX_free(ctx)
+            raise
+        return ctx
+
+    def _sign_on(self, ctx: int, data: bytes, sig: ctypes.Array, siglen: ctypes.c_size_t) -> bytes:
+        siglen.value = self.size
+        if _lib.EVP_PKEY_sign(ctx, sig, siglen, data, len(data)) <= 0:
+            raise SigningError(_openssl_error("EVP_PKEY_sign"))
+        return sig.raw[: siglen.value]
+
+    def sign(self, data: bytes, padding: int | None) -> bytes:
+        if not self._lock.acquire(False):  # another thread signs with this key right now
+            ctx = self._new_ctx(padding)
+            try:
+                return self._sign_on(
+                    ctx, data, ctypes.create_string_buffer(self.size), ctypes.c_size_t()
+                )
+            finally:
+                _lib.EVP_PKEY_CTX_free(ctx)
+        try:
+            ctx = self._ctxs.get(padding)
+            if ctx is None:
+                ctx = self._ctxs[padding] = self._new_ctx(padding)
+            try:
+                return self._sign_on(ctx, data, self._sig, self._siglen)
+            except SigningError:
+                # never sign on a context left by a failure: the next request gets a new one
+                del self._ctxs[padding]
+                _lib.EVP_PKEY_CTX_free(ctx)
+                raise
+        finally:
+            self._lock.release()
 
     def __del__(self) -> None:
+        for ctx in getattr(self, "_ctxs", {}).values():
+            _lib.EVP_PKEY_CTX_free(ctx)
         ptr, self.ptr = getattr(self, "ptr", None), None
         if ptr:
             _lib.EVP_PKEY_free(ptr)
@@ -252,14 +289,41 @@ class Budget:
         self.used += 1
 
 
-def mgf1(seed: bytes, length: int, hash_name: str) -> bytes:
-    """MGF1 (RFC 8017 §B.2.1)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < length:
-        out += hashlib.new(hash_name, seed + counter.to_bytes(4, "big")).digest()
-        counter += 1
-    return bytes(out[:length])
+_HASH_NEW: dict[str, Callable[[bytes], Any]] = {
+    "sha256": hashlib.sha256,  # the named constructors: hashlib.new costs a lookup per block
+    "sha384": hashlib.sha384,
+    "sha512": hashlib.sha512,
+}
+_PSS = tuple((name, h_len, _HASH_NEW[name]) for name, h_len in PSS_HASHES.items())
+
+
+def mgf1(seed: bytes, first: int, count: int, new: Callable[[bytes], Any]) -> bytes:
+    """Hash blocks ``first`` .. ``first + count - 1`` of MGF1(seed) (RFC 8017 §B.2.1)."""
+    return b"".join(
+        [new(seed + c.to_bytes(4, "big")).digest() for c in range(first, first + count)]
+    )
+
+
+def _is_pss_db(
+    masked_db: bytes, h: bytes, ps_len: int, zero_bits: int, new: Callable[[bytes], Any]
+) -> bool:
+    """Whether maskedDB xor MGF1(H), its top ``zero_bits`` bits cleared, is PS || 0x01 || salt
+    with PS ``ps_len`` zero bytes: bytes 1..ps_len-1 of maskedDB equal the mask, byte 0
+    (less its cleared bits) too, and byte ps_len is the mask's xor 1.  The first hash block
+    is checked alone: a block of another hash fails there, without the rest."""
+    h_len = len(h)
+    mask = mgf1(h, 0, 1, new)
+    end = min(h_len, ps_len)
+    if masked_db[1:end] != mask[1:end]:
+        return False
+    if ps_len >= h_len:  # the mask must reach byte ps_len
+        mask += mgf1(h, 1, ps_len // h_len, new)
+        if masked_db[h_len:ps_len] != mask[h_len:ps_len]:
+            return False
+    first = (masked_db[0] ^ mask[0]) & (0xFF >> zero_bits)
+    if ps_len == 0:
+        return first == 1
+    return first == 0 and masked_db[ps_len] ^ mask[ps_len] == 1
 
 
 def pss_hash(block: bytes, mod_bits: int) -> str | None:
@@ -282,17 +346,13 @@ def pss_hash(block: bytes, mod_bits: int) -> str | None:
     zero_bits = 8 * em_len - em_bits
     if block[0] & (0xFF << (8 - zero_bits)) & 0xFF:
         return None
-    for name, h_len in PSS_HASHES.items():
+    for name, h_len, new in _PSS:
         s_len = h_len
         if em_len < h_len + s_len + 2:
             continue
         db_len = em_len - h_len - 1
-        masked_db = block[:db_len]
-        h = block[db_len : db_len + h_len]
-        db = int.from_bytes(masked_db, "big") ^ int.from_bytes(mgf1(h, db_len, name), "big")
-        db &= (1 << (8 * db_len - zero_bits)) - 1
-        # DB = PS (zeros) || 0x01 || salt, so as an integer it is 1 << (8 * sLen) + salt.
-        if db >> (8 * s_len) == 1:
+        # DB = PS (zeros) || 0x01 || salt
+        if _is_pss_db(block, block[db_len : db_len + h_len], db_len - s_len - 1, zero_bits, new):
             return name
     return None
 

@@ -209,8 +209,27 @@ def _exactly_one(decoder: _Decoder, packet: bytes) -> object:
     return msgs[0]
 
 
+_OP_BY_VALUE = {int(o): o for o in Op}
+
+
 def decode_request_packet(packet: bytes, max_payload: int = MAX_PAYLOAD) -> Request:
-    """Decode one SOCK_SEQPACKET packet, which must be exactly one request frame."""
+    """Decode one SOCK_SEQPACKET packet, which must be exactly one request frame.
+
+    The key holder decodes one per signature: a packet that RequestDecoder would accept
+    as exactly one frame (known version and op, length within bounds and equal to the
+    rest of the packet) is decoded from its header at once; anything else goes through
+    RequestDecoder itself, so every error is the decoder's.
+    """
+    if len(packet) >= REQUEST_HEADER.size:
+        version, op, key_id, request_id, length = REQUEST_HEADER.unpack_from(packet)
+        known = _OP_BY_VALUE.get(op)
+        if (
+            version == VERSION
+            and known is not None
+            and length <= max_payload
+            and len(packet) == REQUEST_HEADER.size + length
+        ):
+            return Request(known, key_id, request_id, bytes(packet[REQUEST_HEADER.size :]))
     msg = _exactly_one(RequestDecoder(max_payload), packet)
     assert isinstance(msg, Request)
     return msg
@@ -248,7 +267,6 @@ def decode_grant(packet: bytes) -> Grant:
         raise ProtocolError(f"grant names {n_keys} keys")
     if len(packet) != GRANT_HEADER.size + n_keys * _KEY_ID.size:
         raise ProtocolError("grant length does not match its key count")
-    keys = tuple(
-        _KEY_ID.unpack_from(packet, GRANT_HEADER.size + i * _KEY_ID.size)[0] for i in range(n_keys)
-    )
+    # n_keys x key_id u16, in one unpack (struct caches the format)
+    keys = struct.unpack_from(f"!{n_keys}H", packet, GRANT_HEADER.size)
     return Grant(channel_id, budget, keys)

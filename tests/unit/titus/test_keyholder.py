@@ -29,11 +29,13 @@ EC_KEY, RSA_KEY = 1, 2
 
 
 class Holder:
-    def __init__(self, signer: Signer) -> None:
+    def __init__(self, signer: Signer, max_channels: int = 4096) -> None:
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.lines: list[str] = []
         self.thread = threading.Thread(
-            target=keyholder.serve, args=(theirs, signer), kwargs={"log": self.lines.append}
+            target=keyholder.serve,
+            args=(theirs, signer),
+            kwargs={"log": self.lines.append, "max_channels": max_channels},
         )
         self.thread.start()
         self._theirs = theirs
@@ -199,6 +201,42 @@ def test_bad_grants_are_rejected_and_their_fds_closed(holder: Holder, case: str)
     extra_mine.settimeout(5)
     assert mine.recv(10) == b""  # the key holder closed its copy: no one serves this end
     assert extra_mine.recv(10) == b""
+    holder.alive()
+
+
+def test_grants_beyond_max_channels_are_rejected_until_one_closes(signer: Signer) -> None:
+    h = Holder(signer, max_channels=2)
+    try:
+        first, second = h.channel(), h.channel()
+        third = h.channel()
+        assert closed(third)  # rejected: the key holder closed its end
+        h.wait_log("control: rejected grant: already serving 2 channels")
+        assert h.ask(second, Op.SIGN_ECDSA, bytes(32)).status == Status.OK
+        first.close()
+        assert h.ask(second, Op.SIGN_ECDSA, bytes(32), rid=2).status == Status.REFUSED_BUDGET
+        assert closed(second)  # refused: closed too, so both places are free again
+        deadline = time.monotonic() + 5
+        while True:  # the key holder sees the two closes when it gets to them
+            sock = h.channel()
+            sock.send(keyproto.encode_request(Request(Op.SIGN_ECDSA, EC_KEY, 1, bytes(32))))
+            reply = sock.recv(keyproto.MAX_RESPONSE)
+            if reply or time.monotonic() > deadline:
+                break
+        assert keyproto.decode_response_packet(reply).status == Status.OK
+        h.alive()
+    finally:
+        h.stop()
+
+
+def test_an_oversize_grant_is_rejected_as_truncated(holder: Holder) -> None:
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    grant = keyproto.encode_grant(Grant(9, 1, (EC_KEY,))) + bytes(keyproto.MAX_GRANT)
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]).tobytes())]
+    holder.control.sendmsg([grant], anc)
+    theirs.close()
+    holder.wait_log("control: rejected grant: truncated grant")
+    mine.settimeout(5)
+    assert mine.recv(10) == b""
     holder.alive()
 
 

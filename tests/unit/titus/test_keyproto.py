@@ -109,6 +109,40 @@ def test_structured_junk_headers(version, op, key_id, rid, length, tail) -> None
     assert all(m.key_id == key_id and m.request_id == rid for m in msgs)
 
 
+@given(
+    st.integers(0, 3),
+    st.integers(0, 4),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFFFFFF),
+    st.integers(0, MAX_PAYLOAD + 2),
+    st.binary(max_size=MAX_PAYLOAD + 40),
+    st.sampled_from([None, 0, 1, 5, keyproto.REQUEST_HEADER.size]),
+    st.booleans(),
+)
+def test_decode_request_packet_is_the_decoder_s_verdict(
+    version, op, key_id, rid, length, tail, cut, exact
+) -> None:
+    """decode_request_packet's header fast path accepts exactly what RequestDecoder accepts
+    as one frame, with the same result, and leaves every error to it."""
+    if exact:  # the length field names the rest of the packet, as a real request's does
+        length = len(tail)
+    packet = struct.pack("!BBHII", version, op, key_id, rid, length) + tail
+    if cut is not None:
+        packet = packet[:cut]
+    for max_payload in (MAX_PAYLOAD, 64):
+        try:
+            expected: Request | str = keyproto._exactly_one(RequestDecoder(max_payload), packet)
+        except ProtocolError as e:
+            expected = str(e)
+        try:
+            got: Request | str = keyproto.decode_request_packet(packet, max_payload)
+        except ProtocolError as e:
+            got = str(e)
+        assert got == expected
+        if isinstance(got, Request):
+            assert type(got.op) is Op and type(got.payload) is bytes
+
+
 def header(version=keyproto.VERSION, op=1, key_id=0, rid=0, length=0) -> bytes:
     return keyproto.REQUEST_HEADER.pack(version, op, key_id, rid, length)
 

@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from titus.keyholder.signer import (
+    _RSA_NO_PADDING,
     DIGESTINFO_PREFIXES,
     Budget,
     KeyStore,
     KeyStoreError,
     Refused,
     Signer,
+    SigningError,
     pss_hash,
 )
 from titus.wire.keyproto import Op, Status
@@ -435,3 +438,50 @@ def test_zero_budget_signs_nothing_and_negative_is_an_error(keys: Keys) -> None:
     assert refused(keys, P256, Op.SIGN_ECDSA, bytes(32), Budget(0)) == Status.REFUSED_BUDGET
     with pytest.raises(ValueError):
         Budget(-1)
+
+
+# --- libcrypto contexts -----------------------------------------------------------------------
+
+
+def test_a_failed_signature_does_not_poison_the_next(keys: Keys) -> None:
+    """A key signs on one EVP_PKEY_CTX per padding, reused; a libcrypto failure drops it."""
+    key = keys.private[RSA2048]
+    evp = keys.store._get(RSA2048)[1]
+    sig = pss_sig(key, b"m", "sha256")
+    block = openssl_block(key, sig)
+    digestinfo = DIGESTINFO_PREFIXES["sha256"] + hashlib.sha256(b"m").digest()
+    pkcs1 = keys.signer.sign(RSA2048, Op.SIGN_RSA_PKCS1, digestinfo)
+    assert evp.sign(block, _RSA_NO_PADDING) == sig
+    with pytest.raises(SigningError, match="EVP_PKEY_sign"):
+        evp.sign(block[:-1], _RSA_NO_PADDING)  # no padding: the input must be the modulus size
+    for _ in range(2):  # both contexts still sign right, each with its own padding
+        assert keys.signer.sign(RSA2048, Op.SIGN_RSA_RAW, block) == sig
+        assert keys.signer.sign(RSA2048, Op.SIGN_RSA_PKCS1, digestinfo) == pkcs1
+
+
+def test_threads_sharing_a_signer_each_get_their_own_signature(keys: Keys) -> None:
+    """The key holder is single-threaded, but a Signer stays safe to share: a thread that
+    finds a key's context in use signs on a context of its own."""
+    key = keys.private[RSA2048]
+    evp = keys.store._get(RSA2048)[1]
+    blocks = {}
+    for i in range(4):
+        sig = pss_sig(key, bytes([i]), "sha256")
+        blocks[openssl_block(key, sig)] = sig
+    with evp._lock:  # as if another thread were signing with this key right now
+        for block, sig in blocks.items():
+            assert keys.signer.sign(RSA2048, Op.SIGN_RSA_RAW, block) == sig
+    wrong: list[bytes] = []
+
+    def sign_all() -> None:
+        for _ in range(10):
+            for block, sig in blocks.items():
+                if keys.signer.sign(RSA2048, Op.SIGN_RSA_RAW, block) != sig:
+                    wrong.append(block)
+
+    threads = [threading.Thread(target=sign_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
