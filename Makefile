@@ -28,6 +28,7 @@ BENCH_PACKAGES  := stunnel4 hitch nginx-light wrk bubblewrap linux-perf
 # The C extensions' sources: a change rebuilds them in place (setup.py lists the flags).
 C_SOURCES := setup.py $(shell find sandbox titus -name '*.[ch]' 2>/dev/null)
 EXTENSIONS := $(VENV)/.extensions
+LAUNCHER := $(VENV)/bin/sandbox
 
 .PHONY: run test test-asan soak test-container test-systemd lint docs fuzz deps bench clean
 
@@ -72,7 +73,7 @@ TITUS_ASAN_TESTS := tests/integration/test_cworker.py tests/integration/test_rem
               tests/integration/test_titus_proxy_protocol.py tests/unit/titus/test_zygote.py \
               tests/integration/test_uids_host_wide.py
 TITUS_ASAN_SKIP := -k "not curl and not s_client and not no_private_key_bytes"
-test-asan: $(VENV)/.stamp
+test-asan: $(VENV)/.stamp $(LAUNCHER)
 	rm -rf build/asan && mkdir -p build/asan
 	tar -c --exclude=./.venv --exclude=./build --exclude=./.git --exclude='*.so' \
 	    --exclude=__pycache__ . | tar -x -C build/asan
@@ -148,8 +149,24 @@ $(VENV)/.stamp: requirements.lock pyproject.toml
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
 	    --config-settings editable_mode=compat -e .
 	touch $@
+	@$(MAKE) --no-print-directory $(LAUNCHER)
 
-$(EXTENSIONS): $(VENV)/.stamp $(C_SOURCES)
+# The `sandbox` command, started without site (-S): site costs `sandbox run` ~5 ms
+# here (distutils-precedence.pth, Debian's sitecustomize, the os module it imports).
+# pip writes bin/sandbox's `#!python` as the venv's interpreter and drops any flag, so
+# after every `pip install -e` (and when this rule changes) the script is replaced by
+# this launcher.  It appends the tree to sys.path itself, where the editable install's
+# .pth would (PYTHONPATH still comes first), and sandbox/entry.py runs site before the
+# full CLI's imports (pyseccomp is in site-packages) on a cache miss.
+# A non-editable install (pip install ., the Dockerfile) keeps pip's script, with site.
+$(LAUNCHER): $(VENV)/.stamp Makefile
+	printf '%s\n' '#!$(CURDIR)/$(VENV)/bin/python3 -S' \
+	  '"""`sandbox`, written by the Makefile: Python without site (the Makefile says why)."""' \
+	  'import sys' '' 'sys.path.append("$(CURDIR)")  # what site would add: the editable install' \
+	  'from sandbox.entry import main' '' 'sys.exit(main())' > $@.new
+	chmod 755 $@.new && mv $@.new $@
+
+$(EXTENSIONS): $(VENV)/.stamp $(C_SOURCES) | $(LAUNCHER)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 

@@ -72,7 +72,11 @@ class ViolationWatch:
         self._lock = _thread.allocate_lock()
 
     def handle(self, listener: Listener, call: Call) -> None:
-        seen = observe(listener, call)
+        try:
+            seen = observe(listener, call)
+        except BaseException:
+            self._kill()  # the call is never answered: the jail must not wait for it forever
+            raise
         with self._lock:
             self.seen.append(seen)
         self._kill()  # the call stays unanswered: it dies with the jail, never runs

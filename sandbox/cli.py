@@ -237,7 +237,7 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sandbox import runcache
+    from sandbox import runcachewrite
     from sandbox.launcher import Launcher
     from sandbox.notify import notifying
     from sandbox.plan import MODE_EXEC
@@ -255,7 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except JailError:
         plan = None  # run_program reports it
     else:  # the next identical `sandbox run` starts from here (sandbox/runcache.py)
-        runcache.store(args.raw_options, profile, spec, plan, args.profile, args.stop_timeout)
+        runcachewrite.store(args.raw_options, profile, spec, plan, args.profile, args.stop_timeout)
     return run_program(launcher, spec, args.command, args.profile, args.stop_timeout, plan)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 # The C module: `signal` builds its enums with `enum`, which costs milliseconds.
 import _signal as signal
-import os
+import posix  # not os: a cached `sandbox run` does without it (2.5 ms; sandbox/runcache.py)
 import select
 import time
 
@@ -77,7 +77,7 @@ class JailProcess:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            pid, status = posix.waitpid(self.pid, posix.WNOHANG)
             if pid:
                 self.launcher.reaped(pid, status)
         return self.returncode
@@ -87,15 +87,15 @@ class JailProcess:
         if self.returncode is not None:
             return self.returncode
         if timeout is None:
-            _, status = os.waitpid(self.pid, 0)
+            _, status = posix.waitpid(self.pid, 0)
             self.launcher.reaped(self.pid, status)
         else:
-            pidfd = os.pidfd_open(self.pid)
+            pidfd = posix.pidfd_open(self.pid)
             try:
                 if not select.select([pidfd], [], [], timeout)[0]:
                     raise TimeoutError(f"jail {self.name} pid {self.pid} still running")
             finally:
-                os.close(pidfd)
+                posix.close(pidfd)
             self.poll()
         assert self.returncode is not None
         return self.returncode
@@ -103,7 +103,7 @@ class JailProcess:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.returncode is None:
             try:  # noqa: SIM105 - not contextlib: it costs milliseconds at start-up
-                os.kill(self.pid, sig)
+                posix.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
 
@@ -137,7 +137,7 @@ class JailProcess:
             if not select.select([self._result], [], [], left)[0]:
                 raise TimeoutError(f"jail {self.name} pid {self.pid} still running")
             try:
-                chunk = os.read(self._result, CHUNK)  # one record of the SEQPACKET socket
+                chunk = posix.read(self._result, CHUNK)  # one record of the SEQPACKET socket
             except ConnectionResetError:
                 chunk = b""
             if not chunk:
@@ -164,6 +164,6 @@ class JailProcess:
 def _close_quietly(fd: int) -> None:
     """A result never taken: its socket is closed with its JailProcess."""
     try:  # noqa: SIM105 - not contextlib: it costs milliseconds at start-up
-        os.close(fd)
+        posix.close(fd)
     except OSError:
         pass

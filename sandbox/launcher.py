@@ -26,8 +26,9 @@ from __future__ import annotations
 # The C module: `signal` builds its enums with `enum`, which costs milliseconds.
 import _signal as signal
 import errno
-import os
+import posix  # not os: a cached `sandbox run` does without it (2.5 ms; sandbox/runcache.py)
 import sys
+from io import SEEK_END  # io: imported by the interpreter itself
 
 from sandbox import _jail
 from sandbox.errors import JailError
@@ -81,8 +82,9 @@ class Launcher:
         # The kernel log is opened now, at its end (cheaply), and parsed only if
         # a jail is killed: it must not miss the record of that kill.
         try:
-            self._kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            os.lseek(self._kmsg, 0, os.SEEK_END)
+            self._kmsg = posix.open("/dev/kmsg",
+                                    posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
+            posix.lseek(self._kmsg, 0, SEEK_END)
         except OSError:
             self._kmsg = -1
 
@@ -161,9 +163,9 @@ class Launcher:
         if entry is None:
             return None
         jail, allocator = entry
-        jail.returncode = os.waitstatus_to_exitcode(status)
+        jail.returncode = posix.waitstatus_to_exitcode(status)
         if jail.listener is not None:
-            os.close(jail.listener)
+            posix.close(jail.listener)
             jail.listener = None
         if jail.cgroup is not None:
             cgroup, jail.cgroup = jail.cgroup, None
@@ -202,7 +204,7 @@ class Launcher:
             root.close()
         self._roots.clear()
         if self._kmsg >= 0:
-            os.close(self._kmsg)
+            posix.close(self._kmsg)
             self._kmsg = -1
         if self._violations is not None:
             self._violations.close()
@@ -271,8 +273,8 @@ class Launcher:
         if argv is not None:
             env = dict(spec.env)
             exec_args = {
-                "argv": [os.fsencode(a) for a in argv],
-                "envp": [os.fsencode(f"{k}={v}") for k, v in env.items()],
+                "argv": [_fsencode(a) for a in argv],
+                "envp": [_fsencode(f"{k}={v}") for k, v in env.items()],
                 "paths": _candidates(argv[0], env),
             }
         send = None
@@ -297,7 +299,7 @@ class Launcher:
                                  **exec_args)
         except BaseException:  # the parent's: the jailed child never raises out of spawn
             for fd in cgroup_fds:
-                os.close(fd)
+                posix.close(fd)
             if cgroup is not None:
                 cgroup.remove()
             if allocator is not None:
@@ -308,7 +310,7 @@ class Launcher:
             _SYNC_FD[0] = -1 if result is None else result
             _run_target(target, args, send)
         for fd in cgroup_fds:
-            os.close(fd)
+            posix.close(fd)
         pid, error, listener, times, kept = result
         jail = JailProcess(pid, uid, spec.name, self)
         jail.times = times
@@ -322,12 +324,12 @@ class Launcher:
         if error is not None:
             exc: BaseException = plan.error(error)
             if exc.layer == "exec" and argv:
-                exc = JailError("exec", exc.errno, f"{argv[0]}: {os.strerror(exc.errno)}")
+                exc = JailError("exec", exc.errno, f"{argv[0]}: {posix.strerror(exc.errno)}")
             jail.kill()
             if self.for_parent:  # our parent reaps it; it must know the pid
                 exc.pid = pid
                 if jail.listener is not None:
-                    os.close(jail.listener)
+                    posix.close(jail.listener)
             else:
                 jail.wait()
             raise hook_errors[0] if hook_errors else exc
@@ -362,10 +364,18 @@ def _refuse_threads() -> None:
 
 
 def _candidates(program: str, env: dict[str, str]) -> list[bytes]:
-    """Where execvpe would look for `program`, as os.execvpe does (PATH of `env`)."""
+    """Where execvpe would look for `program`, as os.execvpe does (PATH of `env`, else
+    os.defpath; an empty entry is the working directory)."""
     if "/" in program:
-        return [os.fsencode(program)]
-    return [os.fsencode(os.path.join(d, program)) for d in os.get_exec_path(env)]
+        return [_fsencode(program)]
+    dirs = env.get("PATH", "/bin:/usr/bin").split(":")
+    return [_fsencode(f"{d}/{program}" if d and not d.endswith("/") else d + program)
+            for d in dirs]
+
+
+def _fsencode(text: str) -> bytes:
+    """os.fsencode, without os (see the import)."""
+    return text.encode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 
 def _run_target(target: Callable[..., object], args: Sequence[object],
@@ -376,17 +386,17 @@ def _run_target(target: Callable[..., object], args: Sequence[object],
     try:
         if send is not None:
             code = send(_SYNC_FD[0], target, args)
-            os._exit(code)
+            posix._exit(code)
         target(*args)
     except SystemExit as e:
-        os._exit(e.code if isinstance(e.code, int) else 1)
+        posix._exit(e.code if isinstance(e.code, int) else 1)
     except BaseException as e:
         try:
             sys.stderr.flush()
             _print_exception(e)
         finally:
-            os._exit(1)
-    os._exit(0)
+            posix._exit(1)
+    posix._exit(0)
 
 
 def _print_exception(exc: BaseException) -> None:
@@ -400,4 +410,4 @@ def _print_exception(exc: BaseException) -> None:
         lines.append(f'  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}\n')
         tb = tb.tb_next
     lines.append(f"{type(exc).__qualname__}: {exc}\n")
-    os.write(2, "".join(lines).encode(errors="replace"))
+    posix.write(2, "".join(lines).encode(errors="replace"))

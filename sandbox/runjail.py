@@ -22,7 +22,7 @@ from __future__ import annotations
 # The C module: `signal` builds its enums with `enum`, which costs milliseconds.
 import _signal as signal
 import errno
-import os
+import posix  # not os: a cached `sandbox run` does without it (2.5 ms; sandbox/runcache.py)
 import sys
 import time
 
@@ -97,7 +97,7 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
                             *given.items())
     if args.dev or spec.dev:
         changes["dev"] = True
-        changes["dev_tty"] = os.isatty(0)  # the jail's stdin is ours
+        changes["dev_tty"] = posix.isatty(0)  # the jail's stdin is ours
     if args.hostname:
         changes["hostname"] = args.hostname
     if args.env:
@@ -133,7 +133,7 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
 
 
 def check_root() -> None:
-    if os.geteuid() != 0:
+    if posix.geteuid() != 0:
         raise Fail(EXIT_CANNOT_START, "cannot start: jails need root (CAP_SYS_ADMIN, "
                    "CAP_SETUID, CAP_SETGID in the initial namespaces)")
 
@@ -205,7 +205,7 @@ class _Watching:
         from sandbox.listener import Listener, Watcher
 
         assert self._watch is not None
-        self._watcher = Watcher(Listener(os.dup(fd)), self._watch(pid))
+        self._watcher = Watcher(Listener(posix.dup(fd)), self._watch(pid))
 
     def stop(self) -> None:
         """Stop the thread; raise what broke it (a broken watcher must not pass unseen)."""
@@ -292,7 +292,7 @@ def _start_failure(exc: JailError, argv: list[str], spec: JailSpec) -> Fail:
             return Fail(EXIT_NOT_FOUND, f"cannot run {argv[0]!r}: not found inside the jail "
                         f"(PATH={path}; is its directory bound into the jail?)")
         return Fail(EXIT_CANNOT_EXECUTE,
-                    f"cannot run {argv[0]!r}: {os.strerror(exc.errno) if exc.errno else exc}")
+                    f"cannot run {argv[0]!r}: {posix.strerror(exc.errno) if exc.errno else exc}")
     return Fail(EXIT_CANNOT_START, f"cannot start: {exc}")
 
 
@@ -314,7 +314,7 @@ def _kill(pid: int) -> None:
     """SIGKILL a jail's PID 1 (the kernel then kills the rest of its PID namespace);
     it is our unreaped child while one of its processes waits on the listener."""
     try:  # noqa: SIM105 - not contextlib: it costs milliseconds at start-up
-        os.kill(pid, signal.SIGKILL)
+        posix.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
@@ -329,11 +329,16 @@ def run_program(launcher: Launcher, spec: JailSpec, argv: list[str], profile_nam
     watches: list[Any] = []
     watch = None
     if plan is not None and plan.notifies:
-        from sandbox.callwatch import ViolationWatch
 
         def watch(pid: int) -> Handler:
-            watches.append(ViolationWatch(lambda: _kill(pid)))
-            return watches[-1].handle
+            def handle(listener: Listener, call: Call) -> None:
+                if not watches:  # imported by the first forbidden call: most runs make none
+                    from sandbox.callwatch import ViolationWatch
+
+                    watches.append(ViolationWatch(lambda: _kill(pid)))
+                watches[0].handle(listener, call)
+
+            return handle
 
     try:
         outcome = run_once(launcher, spec, argv, stop_timeout, plan=plan, watch=watch)

@@ -17,6 +17,9 @@ _NAMES: dict[str, str | None] = {"c": None, "seccomp": "libseccomp.so.2"}
 
 
 def _import() -> ModuleType:
+    from sandbox.entry import site_packages
+
+    site_packages()  # a cached `sandbox run` started without site: naming a call needs it
     real = ctypes.util.find_library
     ctypes.util.find_library = lambda name: _NAMES[name] if name in _NAMES else real(name)
     try:

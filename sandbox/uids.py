@@ -32,10 +32,11 @@ with the uids lies in wait (the blog's "dynamic UIDs" done right).
 
 from __future__ import annotations
 
+import _struct as struct  # the C module: struct.py only re-exports it (a file fewer to load)
 import errno
 import fcntl
-import os
-import struct  # already imported by sandbox.plan: free at start-up
+import posix  # not os: a cached `sandbox run` does without it (2.5 ms; sandbox/runcache.py)
+from io import SEEK_SET  # io: imported by the interpreter itself
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not at run time: the launcher must not import dataclasses
@@ -71,7 +72,7 @@ class UidAllocator:
         self._next = 0
         self._held: dict[int, int] = {}  # first uid -> how many
         self._owned: set[int] = set()  # every uid of those blocks
-        self._path = f"{os.fspath(lock_dir)}/{LOCK_FILE}"
+        self._path = f"{posix.fspath(lock_dir)}/{LOCK_FILE}"
         self._fd: int | None = None  # LOCK_FILE, opened once: every block is a range of it
 
     def allocate(self, count: int = 1) -> int:
@@ -119,7 +120,7 @@ class UidAllocator:
         for uid in list(self._held):
             self.release(uid)
         if self._fd is not None:
-            os.close(self._fd)
+            posix.close(self._fd)
             self._fd = None
 
     @property
@@ -133,15 +134,20 @@ class UidAllocator:
 
     def _open(self) -> int:
         if self._fd is None:
-            os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
-            self._fd = os.open(self._path,
-                               os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            flags = posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC | posix.O_NOFOLLOW
+            try:
+                self._fd = posix.open(self._path, flags, 0o600)
+            except FileNotFoundError:  # the first jail since boot: no lock directory yet
+                import os
+
+                os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
+                self._fd = posix.open(self._path, flags, 0o600)
         return self._fd
 
 
 def _lock(fd: int, kind: int, start: int, count: int, cmd: int = fcntl.F_OFD_SETLK) -> bytes:
     """fcntl(F_OFD_*) on [start, start+count); the kernel's struct flock back."""
-    raw = _FLOCK.pack(kind, os.SEEK_SET, start, count, 0) + _FLOCK_PAD
+    raw = _FLOCK.pack(kind, SEEK_SET, start, count, 0) + _FLOCK_PAD
     return fcntl.fcntl(fd, cmd, raw)
 
 
@@ -159,7 +165,7 @@ def _take(fd: int, start: int, count: int) -> int:
             return 1
         return max(1, l_start + l_len - start) if l_len else count  # l_len 0: to EOF
     try:
-        marks = os.pread(fd, count, start)
+        marks = posix.pread(fd, count, start)
         if marks.count(0) != len(marks):  # marked, unlocked: its holder died
             stale = {start + i for i, b in enumerate(marks) if b}
             busy = uids_in_use(stale)
@@ -178,7 +184,7 @@ def _mark(fd: int, start: int, count: int, held: bool) -> None:
     fill = b"\1" * min(count, len(_ZEROS)) if held else _ZEROS
     done = 0
     while done < count:
-        n = os.pwrite(fd, fill[:count - done], start + done)
+        n = posix.pwrite(fd, fill[:count - done], start + done)
         if n <= 0:
             raise OSError(errno.EIO, f"writing {LOCK_FILE} at {start + done}")
         done += n
@@ -187,24 +193,24 @@ def _mark(fd: int, start: int, count: int, held: bool) -> None:
 def held_uids(lock_dir: str | PathLike[str] = LOCK_DIR) -> set[int]:
     """Every uid a live holder on the host holds now (diagnostics and tests): the
     marked bytes of the file whose range some process has locked."""
-    path = f"{os.fspath(lock_dir)}/{LOCK_FILE}"
+    path = f"{posix.fspath(lock_dir)}/{LOCK_FILE}"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = posix.open(path, posix.O_RDWR | posix.O_CLOEXEC | posix.O_NOFOLLOW)
     except FileNotFoundError:
         return set()
     out: set[int] = set()
     try:
-        end = os.fstat(fd).st_size
+        end = posix.fstat(fd).st_size
         pos = 0
         while pos < end:
             try:
-                data_at = os.lseek(fd, pos, os.SEEK_DATA)
+                data_at = posix.lseek(fd, pos, posix.SEEK_DATA)
             except OSError as e:
                 if e.errno == errno.ENXIO:
                     break
                 raise
-            hole_at = os.lseek(fd, data_at, os.SEEK_HOLE)
-            chunk = os.pread(fd, hole_at - data_at, data_at)
+            hole_at = posix.lseek(fd, data_at, posix.SEEK_HOLE)
+            chunk = posix.pread(fd, hole_at - data_at, data_at)
             for i, b in enumerate(chunk):
                 if b:
                     uid = data_at + i
@@ -214,7 +220,7 @@ def held_uids(lock_dir: str | PathLike[str] = LOCK_DIR) -> set[int]:
                         out.add(uid)
             pos = hole_at
     finally:
-        os.close(fd)
+        posix.close(fd)
     return out
 
 
@@ -222,7 +228,7 @@ def uids_in_use(uids: set[int]) -> set[int]:
     """Those of `uids` that some process on the host has as its real, effective or
     saved uid."""
     try:
-        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+        pids = [name for name in posix.listdir("/proc") if name.isdigit()]
     except OSError as e:
         raise OSError(e.errno or errno.EIO, f"cannot list /proc: {e.strerror}") from None
     found: set[int] = set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -107,10 +108,16 @@ def test_a_cached_run_keeps_the_parents_side(tmp_path: Path, profile: Path) -> N
         assert out.returncode == 124, messages(out)
         assert "sandbox-" in out.stdout  # in a cgroup of its own
         assert "--timeout 0.5 s passed" in out.stderr
+    names_the_forbidden_call(sandbox, cache, profile)
+
+
+def names_the_forbidden_call(command: Callable[..., subprocess.CompletedProcess], cache: Path,
+                             profile: Path) -> None:
+    """A jail's forbidden call is named with its arguments, compiled and then cached."""
     forbidden = ("run", "--profile", str(profile), "--", "python3", "-c",
                  "import os; os.getppid()")
     for first in (True, False):
-        out = sandbox(cache, *forbidden)
+        out = command(cache, *forbidden)
         assert compiled(out) == first
         assert out.returncode == 159, messages(out)
         assert messages(out)[-1].startswith("sandbox: killed by seccomp: the program called "
@@ -161,3 +168,64 @@ def test_explain_shows_the_plan() -> None:
     layers = [line.split()[1] for line in plan.splitlines()[2:]]
     assert layers[0] == "signals" and layers[-1] == "seccomp"
     assert "clone(CLONE_NEWPID)" in plan and "setresuid(0)" in plan
+
+
+# The `sandbox` command as `make` installs it: a launcher that starts Python without site
+# (the Makefile says why), next to the interpreter running these tests.
+LAUNCHER = Path(sys.executable).parent / "sandbox"
+# What a cached run from the launcher must not load: site and what it imports, os (2.5 ms:
+# the cached path uses posix), and callwatch until the jail makes a forbidden call.
+SITE = {"site", "os", "sitecustomize", "_distutils_hack", "sandbox.callwatch"}
+
+
+def launch(cache: Path, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
+    """The installed launcher, as an operator runs it (no PYTHONPATH: it finds the tree)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(SANDBOX_CACHE_DIR=str(cache), PYTHONPROFILEIMPORTTIME="1", **env_vars)
+    return subprocess.run([str(LAUNCHER), *args], capture_output=True, text=True, timeout=60,
+                          cwd=REPO, env=env, check=False)
+
+
+def test_the_launcher_starts_python_without_site(tmp_path: Path, profile: Path) -> None:
+    first_line = LAUNCHER.read_text().splitlines()[0]
+    assert first_line.startswith("#!") and first_line.split()[1:] == ["-S"], first_line
+    cache = tmp_path / "cache"
+    run = ("run", "--profile", str(profile), "--", "/bin/true")
+    assert launch(cache, *run).returncode == 0
+    cached = launch(cache, *run)
+    assert cached.returncode == 0, messages(cached)
+    assert not (FULL_CLI | HEAVY | SITE) & imported(cached), (
+        (FULL_CLI | HEAVY | SITE) & imported(cached))
+    assert "sandbox.runcache" in imported(cached)
+
+
+def test_a_miss_from_the_launcher_runs_site_and_the_full_cli(tmp_path: Path,
+                                                               profile: Path) -> None:
+    """The full CLI needs site-packages (pyseccomp compiles the filter): entry.py runs
+    site first, and the plan it compiled is cached."""
+    cache = tmp_path / "cache"
+    out = launch(cache, "run", "--profile", str(profile), "--", "/bin/true")
+    assert out.returncode == 0, messages(out)
+    assert {"site", "pyseccomp", "sandbox.cli"} <= imported(out)
+    assert len(list(cache.glob("*.plan"))) == 1
+    assert not compiled(launch(cache, "run", "--profile", str(profile), "--", "/bin/true"))
+    # The other commands are the full CLI too.
+    check = launch(cache, "check", str(profile))
+    assert check.returncode == 0, messages(check)
+
+
+def test_a_cached_run_from_the_launcher_names_a_forbidden_call(tmp_path: Path,
+                                                               profile: Path) -> None:
+    """Naming the call needs pyseccomp's syscall table, from site-packages, which the
+    cached path brings in only then."""
+    names_the_forbidden_call(launch, tmp_path / "cache", profile)
+
+
+def test_pythonpath_comes_before_the_launchers_tree(tmp_path: Path) -> None:
+    """As with site's .pth: `make test-asan` runs the launcher on its ASan-built copy."""
+    fake = tmp_path / "other" / "sandbox"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "entry.py").write_text("def main():\n    print('the other tree')\n    return 3\n")
+    out = launch(tmp_path / "cache", "run", PYTHONPATH=str(fake.parent))
+    assert (out.returncode, out.stdout) == (3, "the other tree\n")

@@ -238,3 +238,16 @@ def test_churn_across_processes_is_exclusive(tmp_path: Path) -> None:
         assert p.returncode == 0 or "UidExhausted" in err, err
         assert "FileExistsError" not in err, err
     assert os.listdir(marks) == []
+
+
+def test_the_lock_directory_is_made_on_first_use(tmp_path: Path) -> None:
+    """After a boot /run/sandbox/uids does not exist yet (the launcher opens the lock file
+    first, without os, and makes the directory only when that fails)."""
+    lock_dir = tmp_path / "run" / "sandbox" / "uids"
+    a = UidAllocator(UidRange(FIRST, 4), lock_dir)
+    try:
+        assert a.allocate() == FIRST
+        assert lock_dir.stat().st_mode & 0o777 == 0o700
+        assert held_uids(lock_dir) == {FIRST}
+    finally:
+        a.close()
