@@ -238,8 +238,8 @@ static void *raw_realloc(void *ctx, void *ptr, size_t n)
     struct raw_header *h = header_of(ptr);
     size_t have;
     if (h == NULL) {
-        /* Made before this allocator: move it here (malloc_usable_size is not ours
-         * to call on it; realloc keeps it where it was). */
+        /* Not made here (none is, when the module is preloaded): it stays with the
+         * allocator that made it, whose realloc knows its size. */
         return raw_default.realloc(raw_default.ctx, ptr, n);
     }
     have = (size_t)h->size - RAW_HEADER;
