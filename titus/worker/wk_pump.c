@@ -64,9 +64,10 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
         int progress;
         do {
             progress = 0;
-            /* client -> c2b */
-            if (client_open && c2b.end < BUF && (c_rd || SSL_has_pending(ssl)) &&
-                !(read_wants_write && !c_wr)) {
+            /* client -> c2b: every record already here, so that the backend gets them in
+             * one send rather than one a record */
+            while (client_open && c2b.end < BUF && (c_rd || SSL_has_pending(ssl)) &&
+                   !(read_wants_write && !c_wr)) {
                 size_t n = 0;
                 ERR_clear_error();
                 if (SSL_read_ex(ssl, c2b.p + c2b.end, BUF - c2b.end, &n)) {
@@ -74,6 +75,7 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
                     *bytes_in += n;
                     read_wants_write = 0;
                     progress = 1;
+                    continue;
                 } else {
                     switch (SSL_get_error(ssl, 0)) {
                     case SSL_ERROR_WANT_READ:
@@ -97,6 +99,7 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
                     default: /* the client's TLS session failed (alert sent or received) */
                         return WK_CLIENT_RESET;
                     }
+                    break; /* out of the while: a read that did not return bytes */
                 }
             }
             /* c2b -> backend */
