@@ -157,10 +157,14 @@ def connect_and_close(client: Client) -> None:
 
 def garbage(client: Client) -> None:
     """Bytes that are not TLS: titus must close.  The first byte is never a handshake
-    record's, and there are at least the 5 bytes of a record header to judge by."""
+    record's, and there are at least the 5 bytes of a record header to judge by.  Nor
+    may they start a record OpenSSL would wait for the rest of: a second byte of 3 is
+    a TLS record's major version (the length that follows, up to 64 KiB, is never
+    sent), a third byte of 1 after 0x80 an SSLv2 ClientHello's."""
     with client.tcp() as sock:
-        data = bytes([client.rng.choice(b"GPX\x00\x80\xff")]) + client.rng.randbytes(
-            client.rng.randrange(8, 600))
+        rng = client.rng
+        data = bytes([rng.choice(b"GPX\x00\x80\xff"), rng.randrange(4, 256),
+                      rng.randrange(2, 256)]) + rng.randbytes(rng.randrange(5, 597))
         with contextlib.suppress(ConnectionError):
             sock.sendall(data)
         wait_closed(sock)
