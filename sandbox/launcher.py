@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from sandbox.cgroups import JailCgroup
-    from sandbox.namespaces import SharedEmptyNetns
+    from sandbox.namespaces import SharedEmptyNamespace
     from sandbox.rootfs import SharedRoot
     from sandbox.spec import JailSpec, UidRange
     from sandbox.uids import UidAllocator
@@ -72,7 +72,7 @@ class Launcher:
         self.for_parent = for_parent
         self.shared = shared
         self.timings = False  # ask the executor for per-step CPU times (bench)
-        self._netns: SharedEmptyNetns | None = None
+        self._shared_ns: dict[str, SharedEmptyNamespace] = {}  # by slot: netns, ipcns
         self._roots: dict[tuple, SharedRoot] = {}
         self._allocators: dict[UidRange, UidAllocator] = {}
         self._live: dict[int, tuple[JailProcess, UidAllocator]] = {}
@@ -198,8 +198,9 @@ class Launcher:
         for jail in self.live:
             jail.kill()
             jail.wait()
-        if self._netns:
-            self._netns.close()
+        for ns in self._shared_ns.values():
+            ns.close()
+        self._shared_ns.clear()
         for root in self._roots.values():
             root.close()
         self._roots.clear()
@@ -229,12 +230,14 @@ class Launcher:
     def _slots(self, spec: JailSpec, plan: Plan) -> list[int]:
         """The fds the plan's steps join, by slot index (-1: not used)."""
         fds = [-1] * len(SLOTS)
-        if "netns" in plan.slots:
-            if self._netns is None:
-                from sandbox.namespaces import SharedEmptyNetns
+        for slot in plan.slots:
+            if slot == "root":
+                continue
+            if slot not in self._shared_ns:
+                from sandbox.namespaces import SHARED_KINDS, SharedEmptyNamespace
 
-                self._netns = SharedEmptyNetns()
-            fds[SLOTS.index("netns")] = self._netns.fd
+                self._shared_ns[slot] = SharedEmptyNamespace(*SHARED_KINDS[slot])
+            fds[SLOTS.index(slot)] = self._shared_ns[slot].fd
         if "root" in plan.slots:
             key = spec.binds
             if key not in self._roots:

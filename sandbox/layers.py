@@ -51,8 +51,10 @@ def compile_plan(spec: JailSpec, mode: int, shared: bool = True) -> Plan:
     `shared`: the launcher keeps a shared empty network namespace and shared
     read-only roots for its jails (a one-jail launcher does not)."""
     join_net, unshare_net, slots = network.steps(spec, shared)
+    join_ipc, ipc_flag, ipc_slots = namespaces.ipc_steps(spec, shared)
+    slots += ipc_slots
     share_root = shared and rootfs.shareable(spec)
-    steps = [*_signal_steps(spec, mode), *join_net]
+    steps = [*_signal_steps(spec, mode), *join_net, *join_ipc]
     ns_flags = unshare_net | (0 if share_root else libc.CLONE_NEWNS)
     if ns_flags:
         names = [n for f, n in ((libc.CLONE_NEWNS, "mount"), (libc.CLONE_NEWNET, "network"))
@@ -65,7 +67,7 @@ def compile_plan(spec: JailSpec, mode: int, shared: bool = True) -> Plan:
         slots += ("root",)
     elif spec.empty_root:
         steps += rootfs.root_steps(spec)
-    steps += namespaces.user_steps(spec)
+    steps += namespaces.user_steps(spec, ipc_flag)
     steps += fds.steps()
     steps += privileges.capability_steps(spec)
     steps += privileges.no_new_privs_steps(spec)

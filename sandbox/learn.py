@@ -30,7 +30,7 @@ from sandbox.runjail import (
     say,
     seccomp_line,
 )
-from sandbox.spec import NOFILE_KEPT, JailSpec
+from sandbox.spec import NOFILE_KEPT, IpcMode, JailSpec
 from sandbox.syscalls import known_syscalls
 from sandbox.wording import size_text
 
@@ -181,6 +181,7 @@ def _jail_toml(spec: JailSpec) -> list[str]:
     lines = [
         "[jail]",
         f"network = {_toml_str(spec.network_label)}",
+        *([f"ipc = {_toml_str(spec.ipc.value)}"] if spec.ipc != IpcMode.NEW else []),
         f"hostname = {_toml_str(spec.hostname)}",
         f"empty_root = {str(spec.empty_root).lower()}",
         f"mount_proc = {str(spec.mount_proc).lower()}",

@@ -29,7 +29,7 @@ OP_NAMES = {getattr(_jail, n): n.removeprefix("OP_").lower().replace("_", "-")
             for n in dir(_jail) if n.startswith("OP_")}
 
 # The fds a launcher supplies per spawn, by index: a step names the index.
-SLOTS = ("netns", "root")
+SLOTS = ("netns", "root", "ipcns")
 
 _HEADER = struct.Struct("=IHHQ")
 _STEP = struct.Struct("=HHIqqqII")

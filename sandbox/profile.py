@@ -21,8 +21,10 @@ from sandbox.policy import parse_policy, policy_search_path
 from sandbox.rules import SeccompPolicy
 from sandbox.seccomp import compile_policy
 from sandbox.spec import (
+    IPC_SYSCALLS,
     RLIMIT_NAMES,
     BindMount,
+    IpcMode,
     JailSpec,
     NetworkMode,
     UidRange,
@@ -35,6 +37,7 @@ _TOP_KEYS = ("profile", "jail", "seccomp")
 _PROFILE_KEYS = ("description",)
 _JAIL_KEYS = (
     "network",
+    "ipc",
     "hostname",
     "empty_root",
     "mount_proc",
@@ -161,6 +164,8 @@ def load_profile(path_or_name: str | Path, **jail_overrides: Any) -> Profile:
     name = path.stem
     spec = _parse_jail(src, name)
     policy = parse_policy(src)
+    if spec.ipc == IpcMode.SHARED_EMPTY:
+        _check_shared_ipc(src, policy)
     if policy is not None:
         try:
             program = compile_policy(policy)
@@ -169,6 +174,22 @@ def load_profile(path_or_name: str | Path, **jail_overrides: Any) -> Profile:
         spec = dataclasses.replace(spec, seccomp_bpf=program)
     spec = _replace_spec(spec, jail_overrides)
     return Profile(name, path.resolve(), description, spec, policy)
+
+
+def _check_shared_ipc(src: SourceFile, policy: SeccompPolicy | None) -> None:
+    """Jails that share an IPC namespace could meet there: only a policy that allows
+    no IPC call may share one."""
+    line = src.best(src.key_line("ipc", src.best(src.table_line("jail"))))
+    if policy is None:
+        raise src.error(line, 'ipc = "shared-empty" without a [seccomp] table: jails that '
+                              "share it could meet there")
+    if policy.default == "allow":
+        raise src.error(line, 'ipc = "shared-empty" needs a [seccomp] policy whose default '
+                              "is not allow (jails that share it could meet there)")
+    reachable = IPC_SYSCALLS & (set(policy.allowed()) | set(policy.conditional()))
+    if reachable:
+        raise src.error(line, f'ipc = "shared-empty" with {", ".join(sorted(reachable))} '
+                              "allowed: jails that share it could meet there")
 
 
 def _replace_spec(spec: JailSpec, changes: dict[str, Any]) -> JailSpec:
@@ -230,6 +251,13 @@ def _parse_jail(src: SourceFile, name: str) -> JailSpec:
             f"unknown network {network_text!r}{hint}; one of {', '.join(modes)}, netns:NAME",
         ) from None
 
+    ipc_text = typed("ipc", str, defaults.ipc.value)
+    try:
+        ipc = IpcMode(ipc_text)
+    except ValueError:
+        raise src.error(line("ipc"), f"unknown ipc {ipc_text!r}; one of "
+                        f"{', '.join(m.value for m in IpcMode)}") from None
+
     tmpfs = typed("writable_tmpfs", str, None)
     if tmpfs is not None and not tmpfs.startswith("/"):
         raise src.error(line("writable_tmpfs"), "writable_tmpfs must be an absolute path")
@@ -270,6 +298,7 @@ def _parse_jail(src: SourceFile, name: str) -> JailSpec:
         name=name,
         network=network,
         netns_path=netns_path,
+        ipc=ipc,
         hostname=typed("hostname", str, defaults.hostname),
         uid_range=uid_range,
         empty_root=typed("empty_root", bool, defaults.empty_root),

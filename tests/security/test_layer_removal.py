@@ -25,7 +25,7 @@ from sandbox.launcher import Launcher
 from sandbox.plan import MODE_CALL
 from sandbox.policy import load_policy
 from sandbox.seccomp import compile_policy
-from sandbox.spec import BindMount, JailSpec
+from sandbox.spec import BindMount, IpcMode, JailSpec
 from tests.jailtools import with_nofile
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="jails need root")
@@ -88,6 +88,13 @@ def parent_pid() -> object:
     return os.getppid()
 
 
+def shm_lookup(key: int) -> object:
+    """The System V shared memory segment `key` as this process's IPC namespace has it."""
+    if _libc.shmget(key, 0, 0) < 0:
+        raise OSError(ctypes.get_errno(), "shmget")
+    return "found"
+
+
 def signal_self() -> object:
     os.kill(os.getpid(), signal.SIGUSR1)
     return "survived"
@@ -103,7 +110,7 @@ class Case:
     bare: object = None  # ... and with `layers` dropped
 
 
-def cases(tmp: Path, port: int) -> list[Case]:
+def cases(tmp: Path, port: int, shm_key: int) -> list[Case]:
     secret = tmp / "secret"
     secret.write_text("x" * 5)
     secret.chmod(0o600)
@@ -120,6 +127,12 @@ def cases(tmp: Path, port: int) -> list[Case]:
         Case(("user-namespace", "id-map", "credentials", "uts"), seen, read_file,
              (str(secret),), {"error": "EACCES"}, 5),
         Case(("pid-namespace",), BASE, own_pid, (), 1, "other"),
+        # The host's segment: out of sight in the jail's own IPC namespace (made with
+        # its user namespace), and in the shared empty one (its own layer).
+        Case(("user-namespace", "id-map", "credentials", "uts"), BASE, shm_lookup, (shm_key,),
+             {"error": "ENOENT"}, "found"),
+        Case(("ipc",), replace(BASE, ipc=IpcMode.SHARED_EMPTY), shm_lookup, (shm_key,),
+             {"error": "ENOENT"}, "found"),
         Case(("capabilities",), BASE, prctl, (PR_CAPBSET_READ, CAP_SYS_ADMIN), 0, 1),
         Case(("no-new-privs",), BASE, prctl, (PR_GET_NO_NEW_PRIVS,), 1, 0),
         Case(("rlimits",), BASE, nofile, (), [16, 16], nofile()),
@@ -156,14 +169,28 @@ def _answer(probe: Any, args: tuple) -> None:
 
 
 @pytest.fixture
+def shm_key():
+    """A System V shared memory segment in the host's IPC namespace, readable by all."""
+    IPC_CREAT, IPC_EXCL, IPC_RMID = 0o1000, 0o2000, 0
+    for key in range(0x7175_0000 + os.getpid() % 4096, 0x7175_0000 + os.getpid() % 4096 + 64):
+        shmid = _libc.shmget(key, 4096, IPC_CREAT | IPC_EXCL | 0o644)
+        if shmid >= 0:
+            break
+    else:
+        raise OSError(ctypes.get_errno(), "shmget")
+    yield key
+    _libc.shmctl(shmid, IPC_RMID, None)
+
+
+@pytest.fixture
 def port():
     srv = socket.create_server(("127.0.0.1", 0))
     yield srv.getsockname()[1]
     srv.close()
 
 
-def test_each_layer_stops_its_attack_and_only_it(launcher, tmp_path, port):
-    for case in cases(tmp_path, port):
+def test_each_layer_stops_its_attack_and_only_it(launcher, tmp_path, port, shm_key):
+    for case in cases(tmp_path, port, shm_key):
         jailed, bare = outcome(launcher, case, ()), outcome(launcher, case, case.layers)
         if case.jailed == "other":
             assert jailed != case.bare, case.layers

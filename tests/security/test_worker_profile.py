@@ -21,6 +21,7 @@ import pytest
 
 from sandbox.launcher import Launcher
 from sandbox.profile import load_profile
+from sandbox.spec import IPC_SYSCALLS, IpcMode
 from tests.jailtools import run_probe
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="jails need root")
@@ -54,6 +55,16 @@ def worker():
     # worker's RLIMIT_AS budget (512M); that limit is not under test here.
     spec = load_profile("titus-worker").spec
     return replace(spec, rlimits=tuple((k, v) for k, v in spec.rlimits if k != "as"))
+
+
+def test_the_shared_ipc_namespace_is_unusable() -> None:
+    """Workers share one empty IPC namespace (ipc = "shared-empty"): that is safe only
+    while no System V IPC or POSIX message queue call is allowed."""
+    profile = load_profile("titus-worker")
+    assert profile.spec.ipc == IpcMode.SHARED_EMPTY
+    assert profile.policy is not None and profile.policy.default == "kill-process"
+    reachable = set(profile.policy.allowed()) | set(profile.policy.conditional())
+    assert not IPC_SYSCALLS & reachable, "an IPC call in a jail that shares IPC"
 
 
 def test_the_allowlist_is_the_c_workers() -> None:

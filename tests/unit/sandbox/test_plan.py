@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import _jail, bpf
+from sandbox import _jail, bpf, libc
 from sandbox.errors import JailError
 from sandbox.layers import compile_plan
 from sandbox.plan import MODE_CALL, MODE_ENTRY, MODE_EXEC, Plan, Step
 from sandbox.profile import load_profile
-from sandbox.spec import BindMount, JailSpec, NetworkMode
+from sandbox.spec import BindMount, IpcMode, JailSpec, NetworkMode
 
 SPEC = JailSpec(seccomp_bpf=None, binds=(BindMount(Path("/usr"), Path("/usr")),),
                 writable_tmpfs=Path("/tmp"), mount_proc=True)
@@ -30,9 +30,10 @@ def test_order_is_the_designs():
     worker = load_profile("titus-worker").spec
     plan = compile_plan(worker, MODE_ENTRY)
     assert layers_in_order(plan) == [
-        "signals", "network", "rootfs", "user-namespace", "id-map", "credentials", "uts",
-        "fds", "capabilities", "no-new-privs", "rlimits", "dumpable", "parent", "seccomp"]
-    assert plan.slots == ("netns", "root") and plan.clone_flags == 0x20000000
+        "signals", "network", "ipc", "rootfs", "user-namespace", "id-map", "credentials",
+        "uts", "fds", "capabilities", "no-new-privs", "rlimits", "dumpable", "parent",
+        "seccomp"]
+    assert plan.slots == ("netns", "ipcns", "root") and plan.clone_flags == 0x20000000
     assert plan.steps[-1].op == _jail.OP_SECCOMP
     # A jail with a root of its own (writable tmpfs, /proc) builds it after unsharing.
     own = compile_plan(SPEC, MODE_EXEC, shared=False)
@@ -43,6 +44,19 @@ def test_order_is_the_designs():
     # A Python child's after-fork duties run inside the jail, before seccomp.
     call = compile_plan(worker, MODE_CALL)
     assert [s.layer for s in call.steps][-2:] == ["python", "seccomp"]
+
+
+def test_ipc_modes():
+    """A shared empty IPC namespace is joined (before the user namespace, with the
+    host's CAP_SYS_ADMIN); otherwise, or for a lone jail, the user step makes one."""
+    def plan(mode: IpcMode, shared: bool = True) -> tuple[list[int], int, tuple[str, ...]]:
+        p = compile_plan(replace(SPEC, ipc=mode), MODE_EXEC, shared)
+        unshare = next(s.args[0] for s in p.steps if s.layer == "user-namespace")
+        return [s.op for s in p.steps if s.layer == "ipc"], unshare & libc.CLONE_NEWIPC, p.slots
+
+    assert plan(IpcMode.SHARED_EMPTY) == ([_jail.OP_SETNS_SLOT], 0, ("netns", "ipcns"))
+    assert plan(IpcMode.SHARED_EMPTY, shared=False) == ([], libc.CLONE_NEWIPC, ())
+    assert plan(IpcMode.NEW) == ([], libc.CLONE_NEWIPC, ("netns",))
 
 
 def test_network_modes():

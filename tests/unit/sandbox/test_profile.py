@@ -21,7 +21,7 @@ from sandbox.explain import explain, summary
 from sandbox.learn import learned_policy_toml
 from sandbox.profile import Profile, find_profile, load_profile, parse_size
 from sandbox.seccomp import compile_policy
-from sandbox.spec import DEFAULT_NOFILE, NOFILE_KEPT, BindMount, NetworkMode
+from sandbox.spec import DEFAULT_NOFILE, NOFILE_KEPT, BindMount, IpcMode, NetworkMode
 from sandbox.syscalls import syscall_number
 from tests.unit.sandbox.test_seccomp import run_filtered, start_filtered, wait_filtered
 
@@ -124,6 +124,7 @@ def test_defaults_and_no_seccomp(tmp_path: Path) -> None:
     prof = load_profile(write(tmp_path, "bare.toml", '[profile]\ndescription = "x"\n'))
     assert prof.policy is None and prof.spec.seccomp_bpf is None
     assert prof.spec.network is NetworkMode.SHARED_EMPTY
+    assert prof.spec.ipc is IpcMode.NEW  # what bwrap and nsjail give each jail
     # An ordinary program needs more than fds 0-2 (ld.so alone opens a few).
     assert dict(prof.spec.rlimits) == {"nofile": DEFAULT_NOFILE, "core": 0}
 
@@ -141,6 +142,12 @@ def test_defaults_and_no_seccomp(tmp_path: Path) -> None:
         ('binds = [{ source = "/usr", writeable = true }]', 2, "did you mean 'writable'?"),
         ("[jail.rlimits]\ncore = 'kept'", 3, "only for nofile"),
         ("[jail.rlimits]\nnfile = 3", 3, "did you mean 'nofile'?"),
+        ('ipc = "shared"', 2, "unknown ipc 'shared'; one of new, shared-empty"),
+        ('ipc = "shared-empty"', 2, "without a [seccomp] table"),
+        ('ipc = "shared-empty"\n[seccomp]\ndefault = "allow"\ndeny = ["ptrace"]', 2,
+         "needs a [seccomp] policy whose default is not allow"),
+        ('ipc = "shared-empty"\n[seccomp]\nallow = ["read", "shmat", "mq_open"]', 2,
+         'ipc = "shared-empty" with mq_open, shmat allowed'),
     ],
 )
 def test_jail_errors(tmp_path: Path, jail: str, line: int, message: str) -> None:
