@@ -1,11 +1,6 @@
 /* The client BIO: the client socket as OpenSSL reads it, with the ClientHello bytes
  * the probe already read (wk_probe.c) served first, and the errno of the last
  * failed recv or send kept for the connection's record.
- *
- * Once the pump starts (wk_client_bio_coalesce), the records one SSL_write makes
- * (up to four of 16 KiB from a 64 KiB read of the backend) are gathered and sent
- * together by wk_client_bio_flush: one send and one segment on the wire where there
- * were four, which costs both ends less per megabyte.
  */
 #include <errno.h>
 #include <openssl/bio.h>
@@ -14,20 +9,12 @@
 
 #include "wk_ssl.h"
 
-/* Four full TLS records (16 KiB of data, at most 256 bytes of header, tag, padding). */
-#define GATHER (4 * (16384 + 256))
-
 struct client_io {
     int fd;
     const unsigned char *prefix;
     size_t len, off;
-    int err;      /* errno of the last failed recv/send */
-    int coalesce; /* writes are gathered in `out` until a flush */
-    size_t out_start, out_end;
+    int err; /* errno of the last failed recv/send */
 };
-
-/* One connection per worker: one gather buffer. */
-static unsigned char out[GATHER];
 
 static BIO_METHOD *client_method;
 
@@ -53,47 +40,12 @@ static int cio_read(BIO *b, char *buf, int len)
     return -1;
 }
 
-/* Send what is gathered: 1 all sent, 0 some left (the socket is full), -1 error. */
-static int send_gathered(struct client_io *io)
-{
-    while (io->out_start < io->out_end) {
-        ssize_t n = send(io->fd, out + io->out_start, io->out_end - io->out_start,
-                         MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n > 0) {
-            io->out_start += (size_t)n;
-        } else if (n < 0 && errno == EINTR) {
-            continue;
-        } else if (n < 0 && errno == EAGAIN) {
-            return 0;
-        } else {
-            io->err = n < 0 ? errno : EPIPE;
-            return -1;
-        }
-    }
-    io->out_start = io->out_end = 0;
-    return 1;
-}
-
 static int cio_write(BIO *b, const char *buf, int len)
 {
     struct client_io *io = BIO_get_data(b);
     BIO_clear_retry_flags(b);
     if (len <= 0)
         return 0;
-    if (io->coalesce) {
-        if ((size_t)len > GATHER - io->out_end) {
-            int r = send_gathered(io);
-            if (r < 0)
-                return -1;
-            if (r == 0 || (size_t)len > GATHER) {
-                BIO_set_retry_write(b); /* OpenSSL keeps the record and tries again */
-                return -1;
-            }
-        }
-        memcpy(out + io->out_end, buf, (size_t)len);
-        io->out_end += (size_t)len;
-        return len;
-    }
     ssize_t n = send(io->fd, buf, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n >= 0)
         return (int)n;
@@ -141,24 +93,6 @@ BIO *wk_client_bio(int fd, const unsigned char *prefix, size_t len)
     BIO_set_data(b, io);
     BIO_set_init(b, 1);
     return b;
-}
-
-void wk_client_bio_coalesce(BIO *b)
-{
-    struct client_io *io = BIO_get_data(b);
-    io->coalesce = 1;
-    io->out_start = io->out_end = 0;
-}
-
-int wk_client_bio_flush(BIO *b)
-{
-    return send_gathered(BIO_get_data(b));
-}
-
-size_t wk_client_bio_unsent(BIO *b)
-{
-    const struct client_io *io = BIO_get_data(b);
-    return io->out_end - io->out_start;
 }
 
 int wk_client_bio_errno(BIO *b)

@@ -9,9 +9,7 @@
  * Backpressure: a side is read only while the other side's buffer has room, so
  * a peer that never reads costs at most one buffer.  A read is written on at
  * once (the other socket is assumed writable until it says otherwise), so a
- * request or an answer costs no extra poll round.  Towards the client the records
- * of one SSL_write are gathered by the client BIO and sent together (wk_bio.c);
- * nothing new is encrypted while some are still unsent.
+ * request or an answer costs no extra poll round.
  */
 #include <errno.h>
 #include <openssl/err.h>
@@ -61,8 +59,6 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
     int backend_shut = 0, notified = 0, client_shut = 0;
     int c_rd = 1, c_wr = 1, b_rd = 1, b_wr = 1; /* assumed ready until told otherwise */
     int read_wants_write = 0, write_wants_read = 0;
-    BIO *wb = SSL_get_wbio(ssl);
-    wk_client_bio_coalesce(wb);
 
     for (;;) {
         int progress;
@@ -101,7 +97,6 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
                         progress = 1;
                         break;
                     default: /* the client's TLS session failed (alert sent or received) */
-                        wk_client_bio_flush(wb); /* the alert, if OpenSSL wrote one */
                         return WK_CLIENT_RESET;
                     }
                     break; /* out of the while: a read that did not return bytes */
@@ -135,26 +130,15 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
                     return WK_BACKEND_RESET;
                 }
             }
-            /* gathered records -> client (a read may have made some too: a KeyUpdate's) */
-            if (c_wr && wk_client_bio_unsent(wb) > 0) {
-                int r = wk_client_bio_flush(wb);
-                if (r < 0)
-                    return WK_CLIENT_RESET;
-                if (r == 0)
-                    c_wr = 0;
-                else
-                    progress = 1;
-            }
             /* b2c -> client */
-            if (pending(&b2c) > 0 && c_wr && wk_client_bio_unsent(wb) == 0 &&
-                !(write_wants_read && !c_rd)) {
+            if (pending(&b2c) > 0 && c_wr && !(write_wants_read && !c_rd)) {
                 size_t n = 0;
                 ERR_clear_error();
                 if (SSL_write_ex(ssl, b2c.p + b2c.start, pending(&b2c), &n)) {
                     consumed(&b2c, n);
                     *bytes_out += n;
                     write_wants_read = 0;
-                    progress = 1; /* the next round sends what it gathered */
+                    progress = 1;
                 } else {
                     int e = SSL_get_error(ssl, 0);
                     if (e == SSL_ERROR_WANT_WRITE) {
@@ -163,7 +147,6 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
                         c_rd = 0;
                         write_wants_read = 1;
                     } else {
-                        wk_client_bio_flush(wb);
                         return WK_CLIENT_RESET;
                     }
                 }
@@ -184,7 +167,7 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
                     c_wr = 0;
                 progress = 1;
             }
-            if (notified && !client_shut && wk_client_bio_unsent(wb) == 0) {
+            if (notified && !client_shut) {
                 if (shutdown(cfd, SHUT_WR) < 0 && errno == ECONNRESET)
                     return WK_CLIENT_RESET;
                 client_shut = 1;
@@ -197,8 +180,7 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
         short cev = 0, bev = 0;
         if ((client_open && c2b.end < BUF && !read_wants_write) || write_wants_read)
             cev |= POLLIN;
-        if (!c_wr && (pending(&b2c) > 0 || read_wants_write || (!backend_open && !notified) ||
-                      wk_client_bio_unsent(wb) > 0))
+        if (!c_wr && (pending(&b2c) > 0 || read_wants_write || (!backend_open && !notified)))
             cev |= POLLOUT;
         if (backend_open && b2c.end < BUF)
             bev |= POLLIN;

@@ -90,10 +90,5 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
 /* the BIO over the client socket, replaying a prefix first (wk_conn.c) */
 BIO *wk_client_bio(int fd, const unsigned char *prefix, size_t len);
 int wk_client_bio_errno(BIO *b);
-/* From the pump on: gather writes until wk_client_bio_flush, which returns 1 when all
- * is sent, 0 when the socket is full (wait for POLLOUT), -1 on an error (errno kept). */
-void wk_client_bio_coalesce(BIO *b);
-int wk_client_bio_flush(BIO *b);
-size_t wk_client_bio_unsent(BIO *b);
 
 #endif
