@@ -52,7 +52,7 @@ from sandbox import _jail, libc  # noqa: E402
 from sandbox.launcher import Launcher  # noqa: E402
 from sandbox.plan import MODE_CALL, MODE_ENTRY, Plan  # noqa: E402
 from sandbox.profile import load_profile  # noqa: E402
-from sandbox.spec import NetworkMode, UidRange  # noqa: E402
+from sandbox.spec import IpcMode, NetworkMode, UidRange  # noqa: E402
 
 TARGET_MS = 0.3
 RUN_TARGET_MS = 20.0
@@ -243,9 +243,9 @@ def measure_jails(n: int) -> list[str]:
 
 def measure_userns_at_clone(n: int) -> list[str]:
     """The same jail minus what a jail born in its own user namespace cannot do (join the
-    host-owned shared netns and root): the user namespace by unshare() after the clone,
-    as the executor does, against CLONE_NEWUSER|NEWIPC|NEWUTS in the clone itself."""
-    spec = replace(timed_worker_spec(), network=NetworkMode.HOST,
+    host-owned shared netns, IPC namespace and root): the user namespace by unshare() after
+    the clone, as the executor does, against CLONE_NEWUSER|NEWIPC|NEWUTS in the clone."""
+    spec = replace(timed_worker_spec(), network=NetworkMode.HOST, ipc=IpcMode.NEW,
                    empty_root=False, uid_range=UidRange(3_950_000 + (os.getpid() % 4096), 1))
     launcher = Launcher()
     entry = _jail.entry("exit")
