@@ -164,8 +164,6 @@ def load_profile(path_or_name: str | Path, **jail_overrides: Any) -> Profile:
     name = path.stem
     spec = _parse_jail(src, name)
     policy = parse_policy(src)
-    if spec.ipc == IpcMode.SHARED_EMPTY:
-        _check_shared_ipc(src, policy)
     if policy is not None:
         try:
             program = compile_policy(policy)
@@ -173,6 +171,8 @@ def load_profile(path_or_name: str | Path, **jail_overrides: Any) -> Profile:
             raise src.error(src.best(src.table_line("seccomp")), str(exc)) from exc
         spec = dataclasses.replace(spec, seccomp_bpf=program)
     spec = _replace_spec(spec, jail_overrides)
+    if spec.ipc == IpcMode.SHARED_EMPTY:  # from the file or an override
+        _check_shared_ipc(src, policy)
     return Profile(name, path.resolve(), description, spec, policy)
 
 
@@ -193,7 +193,8 @@ def _check_shared_ipc(src: SourceFile, policy: SeccompPolicy | None) -> None:
 
 
 def _replace_spec(spec: JailSpec, changes: dict[str, Any]) -> JailSpec:
-    """dataclasses.replace with the conveniences of the file format (str network, str binds)."""
+    """dataclasses.replace with the conveniences of the file format (str network, ipc and
+    binds)."""
     changes = dict(changes)
     if "network" in changes:
         net = changes["network"]
@@ -202,6 +203,8 @@ def _replace_spec(spec: JailSpec, changes: dict[str, Any]) -> JailSpec:
             changes["netns_path"] = Path(changes["netns_path"])
         else:  # "netns:NAME" strings carry their path; other modes have none
             changes["network"], changes["netns_path"] = parse_network(str(net))
+    if "ipc" in changes:
+        changes["ipc"] = IpcMode(changes["ipc"])
     if "binds" in changes:
         changes["binds"] = tuple(
             b if isinstance(b, BindMount) else BindMount(Path(b), Path(b)) for b in changes["binds"]

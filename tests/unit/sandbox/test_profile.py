@@ -182,6 +182,11 @@ def test_overrides(tmp_path: Path) -> None:
     assert again.spec.seccomp_bpf == prof.spec.seccomp_bpf
     with pytest.raises(TypeError, match="no field"):
         prof.with_jail(netwrk="host")
+    # An override is held to what the file would be: no shared IPC without a policy.
+    bare = write(tmp_path, "bare.toml", "[jail]\nhostname = 'x'\n")
+    assert load_profile("titus-worker", ipc="new").spec.ipc is IpcMode.NEW
+    with pytest.raises(PolicyError, match="without a \\[seccomp\\] table"):
+        load_profile(bare, ipc="shared-empty")
 
 
 # ---------------------------------------------------------------------------
