@@ -10,6 +10,7 @@ Backends are threads of this process (tests/titus_harness.py).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -325,6 +326,72 @@ def test_half_close_backend_first(env, version):
     record = record_of(env, client)
     assert record["outcome"] == "ok", record
     assert (record["bytes_in"], record["bytes_out"]) == (SEND, REPLY)
+
+
+# -- 3b. data and close_notify in the same segment as the client's Finished ----------------
+
+
+def test_records_sent_with_the_clients_finished(env):
+    """TLS 1.3 lets a client send its data, and its close_notify too, with its Finished,
+    in one segment.  The worker reads ahead (one recv takes several records), so those
+    records may all sit in OpenSSL's buffer with nothing left in the socket to wake a
+    poll: they must still cross, and the close_notify must still become the backend's
+    EOF (the sink answers only after that EOF)."""
+    before = len(env.sink.results)
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.load_verify_locations(str(env.ca.path))
+    ctx.set_verify(SSL.VERIFY_PEER, lambda *args: args[-1])
+    conn = SSL.Connection(ctx, None)  # memory BIOs: this test decides what goes in a send
+    conn.set_tlsext_host_name(b"sink.test")
+    conn.set_connect_state()
+    data = pattern(3000, seed=9)  # with the rest, well under one segment: one recv takes all
+
+    def pending_output() -> bytes:
+        try:
+            return conn.bio_read(1 << 20)
+        except SSL.WantReadError:
+            return b""
+
+    with socket.create_connection(("127.0.0.1", env.titus.port), timeout=10) as sock:
+        port = sock.getsockname()[1]
+        for _ in range(20):  # two flights each way at most
+            try:
+                conn.do_handshake()
+                break
+            except SSL.WantReadError:
+                sock.sendall(pending_output())
+                chunk = sock.recv(1 << 16)
+                assert chunk, "titus closed during the handshake"
+                conn.bio_write(chunk)
+        else:
+            pytest.fail("no handshake after 20 flights")
+        conn.sendall(data)
+        with contextlib.suppress(SSL.WantReadError):
+            conn.shutdown()  # our close_notify; the peer's has not come
+        last_flight = pending_output()  # Finished, a data record, close_notify
+        assert len(last_flight) > len(data)
+        sock.sendall(last_flight)
+        reply, deadline = bytearray(), time.monotonic() + 10
+        while True:
+            try:
+                reply += conn.recv(1 << 16)
+                continue
+            except SSL.WantReadError:
+                pass
+            except SSL.ZeroReturnError:
+                break
+            assert time.monotonic() < deadline, f"only {len(reply)} bytes of the reply in 10s"
+            chunk = sock.recv(1 << 16)
+            assert chunk, f"TCP EOF without close_notify after {len(reply)} bytes"
+            conn.bio_write(chunk)
+    assert len(reply) == REPLY and sha(bytes(reply)) == sha_of_pattern(REPLY)
+    results = env.sink.wait(before + 1, timeout=10)
+    assert results[before] == {"sha256": sha(data), "bytes": len(data), "error": None}
+    record = env.titus.wait_event(lambda r: r.get("event") == "connection"
+                                  and r.get("client") == f"127.0.0.1:{port}", 10)
+    assert record["outcome"] == "ok", record
+    assert (record["bytes_in"], record["bytes_out"]) == (len(data), REPLY)
 
 
 # -- 4. the backend refuses ---------------------------------------------------------------
