@@ -13,7 +13,8 @@ struct client_io {
     int fd;
     const unsigned char *prefix;
     size_t len, off;
-    int err; /* errno of the last failed recv/send */
+    int err;  /* errno of the last failed recv/send */
+    int more; /* the writer has more to send at once: MSG_MORE */
 };
 
 static BIO_METHOD *client_method;
@@ -46,7 +47,8 @@ static int cio_write(BIO *b, const char *buf, int len)
     BIO_clear_retry_flags(b);
     if (len <= 0)
         return 0;
-    ssize_t n = send(io->fd, buf, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t n = send(io->fd, buf, (size_t)len,
+                     MSG_DONTWAIT | MSG_NOSIGNAL | (io->more ? MSG_MORE : 0));
     if (n >= 0)
         return (int)n;
     if (errno == EAGAIN || errno == EINTR)
@@ -93,6 +95,13 @@ BIO *wk_client_bio(int fd, const unsigned char *prefix, size_t len)
     BIO_set_data(b, io);
     BIO_set_init(b, 1);
     return b;
+}
+
+void wk_client_bio_more(BIO *b, int more)
+{
+    struct client_io *io = BIO_get_data(b);
+    if (io != NULL)
+        io->more = more;
 }
 
 int wk_client_bio_errno(BIO *b)

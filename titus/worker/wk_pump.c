@@ -134,7 +134,12 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
             if (pending(&b2c) > 0 && c_wr && !(write_wants_read && !c_rd)) {
                 size_t n = 0;
                 ERR_clear_error();
-                if (SSL_write_ex(ssl, b2c.p + b2c.start, pending(&b2c), &n)) {
+                /* More than a record's worth: another SSL_write follows at once, and the
+                 * last one (MSG_MORE off) pushes them all out together. */
+                wk_client_bio_more(SSL_get_wbio(ssl), pending(&b2c) > SSL3_RT_MAX_PLAIN_LENGTH);
+                int wrote = SSL_write_ex(ssl, b2c.p + b2c.start, pending(&b2c), &n);
+                wk_client_bio_more(SSL_get_wbio(ssl), 0);
+                if (wrote) {
                     consumed(&b2c, n);
                     *bytes_out += n;
                     write_wants_read = 0;

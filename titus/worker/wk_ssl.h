@@ -90,5 +90,8 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
 /* the BIO over the client socket, replaying a prefix first (wk_conn.c) */
 BIO *wk_client_bio(int fd, const unsigned char *prefix, size_t len);
 int wk_client_bio_errno(BIO *b);
+/* While set, the BIO's sends carry MSG_MORE: the kernel holds a record until the next
+ * send without it, so that records written back to back leave in one segment. */
+void wk_client_bio_more(BIO *b, int more);
 
 #endif
