@@ -14,7 +14,8 @@ struct client_io {
     const unsigned char *prefix;
     size_t len, off;
     int err;  /* errno of the last failed recv/send */
-    int more; /* the writer has more to send at once: MSG_MORE */
+    int more;    /* the writer has more to send at once: MSG_MORE */
+    int drained; /* the last recv came back short: the socket had nothing more */
 };
 
 static BIO_METHOD *client_method;
@@ -25,6 +26,7 @@ static int cio_read(BIO *b, char *buf, int len)
     BIO_clear_retry_flags(b);
     if (len <= 0)
         return 0;
+    io->drained = 0;
     if (io->off < io->len) {
         size_t n = io->len - io->off < (size_t)len ? io->len - io->off : (size_t)len;
         memcpy(buf, io->prefix + io->off, n);
@@ -32,8 +34,10 @@ static int cio_read(BIO *b, char *buf, int len)
         return (int)n;
     }
     ssize_t n = recv(io->fd, buf, (size_t)len, MSG_DONTWAIT);
-    if (n >= 0)
+    if (n >= 0) {
+        io->drained = n > 0 && n < len;
         return (int)n;
+    }
     if (errno == EAGAIN || errno == EINTR)
         BIO_set_retry_read(b);
     else
@@ -102,6 +106,12 @@ void wk_client_bio_more(BIO *b, int more)
     struct client_io *io = BIO_get_data(b);
     if (io != NULL)
         io->more = more;
+}
+
+int wk_client_bio_drained(BIO *b)
+{
+    const struct client_io *io = BIO_get_data(b);
+    return io != NULL && io->drained;
 }
 
 int wk_client_bio_errno(BIO *b)

@@ -75,6 +75,12 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
                     *bytes_in += n;
                     read_wants_write = 0;
                     progress = 1;
+                    /* all read, and the socket was empty at the last recv: another
+                     * read would only say EAGAIN (a request's worth of system calls) */
+                    if (!SSL_has_pending(ssl) && wk_client_bio_drained(SSL_get_rbio(ssl))) {
+                        c_rd = 0;
+                        break;
+                    }
                     continue;
                 } else {
                     switch (SSL_get_error(ssl, 0)) {
@@ -119,6 +125,8 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
             if (backend_open && b2c.end < BUF && b_rd) {
                 ssize_t n = recv(bfd, b2c.p + b2c.end, BUF - b2c.end, MSG_DONTWAIT);
                 if (n > 0) {
+                    if ((size_t)n < BUF - b2c.end)
+                        b_rd = 0; /* short: nothing more there now, poll says when */
                     b2c.end += (size_t)n;
                     progress = 1;
                 } else if (n == 0) {

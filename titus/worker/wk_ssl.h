@@ -93,5 +93,8 @@ int wk_client_bio_errno(BIO *b);
 /* While set, the BIO's sends carry MSG_MORE: the kernel holds a record until the next
  * send without it, so that records written back to back leave in one segment. */
 void wk_client_bio_more(BIO *b, int more);
+/* Whether the BIO's last recv returned less than it asked for: the socket was empty
+ * then, so another recv would only say EAGAIN (poll says when more comes). */
+int wk_client_bio_drained(BIO *b);
 
 #endif
