@@ -1,6 +1,8 @@
 /* The client BIO: the client socket as OpenSSL reads it, with the ClientHello bytes
  * the probe already read (wk_probe.c) served first, and the errno of the last
- * failed recv or send kept for the connection's record.
+ * failed recv or send kept for the connection's record.  For the pump it also
+ * says whether the last recv came back short, and sends with MSG_MORE while told
+ * that another record follows at once.
  */
 #include <errno.h>
 #include <openssl/bio.h>
@@ -13,7 +15,7 @@ struct client_io {
     int fd;
     const unsigned char *prefix;
     size_t len, off;
-    int err;  /* errno of the last failed recv/send */
+    int err;     /* errno of the last failed recv/send */
     int more;    /* the writer has more to send at once: MSG_MORE */
     int drained; /* the last recv came back short: the socket had nothing more */
 };

@@ -9,7 +9,10 @@
  * Backpressure: a side is read only while the other side's buffer has room, so
  * a peer that never reads costs at most one buffer.  A read is written on at
  * once (the other socket is assumed writable until it says otherwise), so a
- * request or an answer costs no extra poll round.
+ * request or an answer costs no extra poll round; a side whose last read came
+ * back short is not read again before poll says it has more (no read that only
+ * says EAGAIN).  Records written back to back go out in one segment (MSG_MORE on
+ * all but the last).
  */
 #include <errno.h>
 #include <openssl/err.h>

@@ -87,7 +87,7 @@ void wk_client_identity(SSL *ssl, struct wk_handshake_msg *m, char *arena, size_
 /* the pump (wk_pump.c): 0 both directions closed cleanly, or the outcome */
 int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out);
 
-/* the BIO over the client socket, replaying a prefix first (wk_conn.c) */
+/* the BIO over the client socket, replaying a prefix first (wk_bio.c) */
 BIO *wk_client_bio(int fd, const unsigned char *prefix, size_t len);
 int wk_client_bio_errno(BIO *b);
 /* While set, the BIO's sends carry MSG_MORE: the kernel holds a record until the next
