@@ -176,15 +176,23 @@ def supervise(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout:
     jail.  Afterwards what is still pending is discarded and the mask restored,
     so a SIGTERM that raced with the jail's exit does not kill us after the fact.
     With `watch` (and a plan whose filter notifies) a thread answers the jail's
-    forbidden calls with `watch(pid)` from the moment the listener exists (the
-    exec itself runs under the filter) until the jail is gone.  Raises JailError.
+    forbidden calls with `watch(pid)`, every call from the moment the listener
+    exists (the exec itself runs under the filter) until the jail is gone: the
+    thread starts once the jail is let go, and a call made before then waits in
+    the kernel for it.  Raises JailError.
     """
     waited = (*FORWARDED, signal.SIGCHLD)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     watching = _Watching(watch)
     try:
         jail = launcher.run(spec, argv, fds=fds, plan=plan,
-                            on_listener=watching.start if watch else None)
+                            on_listener=watching.keep if watch else None)
+        try:
+            watching.start()
+        except BaseException:
+            jail.kill(signal.SIGKILL)  # a jail no one watches must not run on
+            jail.wait()
+            raise
         return _relay(jail, stop_timeout, tick, tick_every, waited, spec.timeout)
     finally:
         watching.stop()
@@ -195,20 +203,40 @@ def supervise(launcher: Launcher, spec: JailSpec, argv: list[str], stop_timeout:
 
 class _Watching:
     """Answers a jail's calls on a thread, on a copy of its listener: the launcher
-    closes its own when it reaps the jail, possibly while the thread still polls."""
+    closes its own when it reaps the jail, possibly while the thread still polls.
+
+    The copy is taken while the jail waits to be let go (`keep`), the thread started
+    once it runs (`start`): starting a thread costs a few hundred microseconds that
+    need not delay the exec, and a call the jail makes before the thread polls waits
+    in the kernel until it is answered."""
 
     def __init__(self, watch: Callable[[int], Handler] | None) -> None:
         self._watch = watch
+        self._kept: tuple[int, int] | None = None  # the jail's pid, our listener copy
         self._watcher: Watcher | None = None
 
-    def start(self, pid: int, fd: int) -> None:
+    def keep(self, pid: int, fd: int) -> None:
+        self._kept = (pid, posix.dup(fd))
+
+    def start(self) -> None:
+        if self._kept is None:
+            return
         from sandbox.listener import Listener, Watcher
 
         assert self._watch is not None
-        self._watcher = Watcher(Listener(posix.dup(fd)), self._watch(pid))
+        (pid, fd), self._kept = self._kept, None
+        listener = Listener(fd)
+        try:
+            self._watcher = Watcher(listener, self._watch(pid))
+        except BaseException:
+            listener.close()
+            raise
 
     def stop(self) -> None:
         """Stop the thread; raise what broke it (a broken watcher must not pass unseen)."""
+        if self._kept is not None:  # the spawn failed after the listener came
+            posix.close(self._kept[1])
+            self._kept = None
         watcher, self._watcher = self._watcher, None
         if watcher is None:
             return

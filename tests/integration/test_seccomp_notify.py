@@ -73,6 +73,31 @@ def test_every_violation_of_a_burst_is_named() -> None:
             "profile examples/shell does not allow")
 
 
+def test_a_jail_that_cannot_be_watched_is_killed_not_left_running() -> None:
+    """The thread that answers a jail's calls starts once the jail runs; if it cannot
+    start, the jail is killed and reaped before the error is raised (a jail whose
+    forbidden calls would wait forever must not outlive the run)."""
+    from sandbox.launcher import Launcher
+    from sandbox.notify import notifying
+    from sandbox.profile import load_profile
+    from sandbox.runjail import supervise
+
+    profile = load_profile("examples/shell")
+    spec = notifying(profile.spec, profile.policy)
+    assert spec is not None
+
+    def no_watcher(pid: int) -> None:
+        raise RuntimeError(f"cannot watch {pid}")
+
+    launcher = Launcher(shared=False)
+    try:
+        with pytest.raises(RuntimeError, match="cannot watch"):
+            supervise(launcher, spec, ["sleep", "60"], 1.0, watch=no_watcher)  # type: ignore[arg-type]
+        assert launcher.live == [], "the jail was left running"
+    finally:
+        launcher.close()
+
+
 # -- learn: one run ---------------------------------------------------------------------------
 
 

@@ -185,7 +185,7 @@ static int handshake(struct conn *c, size_t hello_len)
     SSL_set_read_ahead(c->ssl, 1);
     SSL_set_accept_state(c->ssl);
     for (;;) {
-        ERR_clear_error();
+        wk_err_clear();
         int r = SSL_do_handshake(c->ssl);
         if (r == 1)
             return 0;

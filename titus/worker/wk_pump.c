@@ -15,7 +15,6 @@
  * all but the last).
  */
 #include <errno.h>
-#include <openssl/err.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -72,7 +71,7 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
             while (client_open && c2b.end < BUF && (c_rd || SSL_has_pending(ssl)) &&
                    !(read_wants_write && !c_wr)) {
                 size_t n = 0;
-                ERR_clear_error();
+                wk_err_clear();
                 if (SSL_read_ex(ssl, c2b.p + c2b.end, BUF - c2b.end, &n)) {
                     c2b.end += n;
                     *bytes_in += n;
@@ -144,7 +143,7 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
             /* b2c -> client */
             if (pending(&b2c) > 0 && c_wr && !(write_wants_read && !c_rd)) {
                 size_t n = 0;
-                ERR_clear_error();
+                wk_err_clear();
                 /* More than a record's worth: another SSL_write follows at once, and the
                  * last one (MSG_MORE off) pushes them all out together. */
                 wk_client_bio_more(SSL_get_wbio(ssl), pending(&b2c) > SSL3_RT_MAX_PLAIN_LENGTH);
@@ -176,7 +175,7 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
                 progress = 1;
             }
             if (!backend_open && pending(&b2c) == 0 && !notified && c_wr) {
-                ERR_clear_error();
+                wk_err_clear();
                 if (SSL_shutdown(ssl) >= 0 || SSL_get_error(ssl, -1) != SSL_ERROR_WANT_WRITE)
                     notified = 1; /* sent (or failed: the FIN below still says it) */
                 else
