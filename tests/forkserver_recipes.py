@@ -54,21 +54,22 @@ def notifying_worker(spec: JailSpec) -> JailSpec:
     return notifying(spec, load_profile("titus-worker").policy, entry=True) or spec
 
 
-def signals_setup(arg: tuple[JailSpec, bool]) -> dict[str, Recipe]:
-    """A server with a handler (SIGUSR1) and an ignored signal (SIGUSR2); with
-    `clone3` False it cannot use clone3 (ENOSYS, as a container runtime's seccomp
-    profile answers), so the executor falls back to clone and the parent's list."""
+def signals_setup(arg: tuple[JailSpec, str]) -> dict[str, Recipe]:
+    """A server with a handler (SIGUSR1) and an ignored signal (SIGUSR2).  With
+    `refused` an errno name, clone3 fails with it (a container runtime's seccomp
+    profile answers ENOSYS, an older one EPERM), so the executor falls back to clone
+    and the parent's list."""
     import errno
     import signal
 
-    spec, clone3 = arg
+    spec, refused = arg
     signal.signal(signal.SIGUSR1, lambda *_: None)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    if not clone3:
+    if refused:
         import pyseccomp
 
         refuse = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
-        refuse.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
+        refuse.add_rule(pyseccomp.ERRNO(getattr(errno, refused)), "clone3")
         refuse.load()
     return {"hold": Recipe(spec, _jail.entry("hold"))}
 

@@ -72,8 +72,10 @@ static uint64_t handled_signals(void)
     return mask;
 }
 
-/* 0 once clone3 has said it is not there (an older kernel, a seccomp profile such as a
- * container runtime's that refuses it): then every clone asks for the handlers. */
+/* 0 once clone3 has failed in a way that may mean it is not there: ENOSYS (before 5.3;
+ * a container runtime's seccomp profile), EINVAL (5.3 and 5.4: no CLONE_CLEAR_SIGHAND),
+ * E2BIG, EPERM (an older runtime's profile).  Then every clone is a clone, which fails
+ * the same way if the failure was the clone's own, and asks for the handlers. */
 static int clone3_usable = 1;
 
 /* clone3 with CLONE_CLEAR_SIGHAND (Linux 5.5): the kernel sets every handler back to
@@ -89,7 +91,7 @@ static pid_t clone_clearing_handlers(unsigned long flags)
      * (clone ignored what it was given). */
     args.exit_signal = flags & CLONE_PARENT ? 0 : flags & CSIGNAL;
     pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
-    if (pid < 0 && (errno == ENOSYS || errno == E2BIG))
+    if (pid < 0 && (errno == ENOSYS || errno == EINVAL || errno == E2BIG || errno == EPERM))
         clone3_usable = 0;
     return pid;
 }
