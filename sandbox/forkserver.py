@@ -252,7 +252,10 @@ _SERVER_MAIN = ("from sandbox import _jail; _jail.track_arenas(); "
 # jail's freed chunks then go back to the heap, where malloc_trim can give their pages
 # back (a cached chunk pins its page).  Measured: an idle titus worker's heap 300 -> 216
 # kB private with this alone, 120 with the holes taken and a trim after the handshake.
-_TUNABLES = "glibc.malloc.tcache_count=0"
+# No restartable-sequences area (glibc.pthread.rseq=0): the kernel writes the CPU number
+# into it after every switch, and after each clone that write copied the server's page
+# (a fault per jail, ~9 us here); nothing of the server or its jails uses it.
+_TUNABLES = "glibc.malloc.tcache_count=0:glibc.pthread.rseq=0"
 
 
 def _server_env() -> dict[str, str]:

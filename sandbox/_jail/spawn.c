@@ -170,7 +170,11 @@ pid_t jail_clone(struct jail_spawn *s)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (s->after_fork_parent)
         s->after_fork_parent();
-    errno = err;
+    /* Only a failure's errno matters.  Not rewritten after a clone that worked: errno
+     * lives on a page the clone just shared with the child, and the first write to it
+     * costs a fork server a copy-on-write fault per jail. */
+    if (pid < 0)
+        errno = err;
     return pid;
 }
 
@@ -190,6 +194,25 @@ static void set_failure(struct jail_result *res, uint16_t layer, uint16_t sub, i
     res->error.err = err ? err : EIO;
 }
 
+/* The decimal digits of `pid` (> 0) at the end of out[0..cap), NUL-terminated; returns
+ * where they start, NULL if they do not fit.  Not snprintf: its frame would be the
+ * deepest stack page a fork server touches per jail, a copy-on-write fault each time. */
+static char *pid_digits(pid_t pid, char *out, size_t cap)
+{
+    if (pid <= 0 || cap < 2)
+        return NULL;
+    char *p = out + cap - 1;
+    *p = '\0';
+    unsigned v = (unsigned)pid;
+    do {
+        if (p == out)
+            return NULL;
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return p;
+}
+
 /* setgroups "deny" first: then gid_map may be written, and the jail can never drop
  * a supplementary group to get past a negative group permission. */
 static int write_maps(struct jail_spawn *s, pid_t pid, struct jail_result *res)
@@ -197,8 +220,17 @@ static int write_maps(struct jail_spawn *s, pid_t pid, struct jail_result *res)
     const char *names[3] = {"setgroups", "gid_map", "uid_map"};
     const char *texts[3] = {"deny", s->gid_map, s->uid_map};
     for (uint16_t i = 0; i < 3; i++) {
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, names[i]);
+        char digits[16], path[64];
+        const char *d = pid_digits(pid, digits, sizeof digits);
+        size_t dn = d == NULL ? 0 : strlen(d), nn = strlen(names[i]);
+        if (d == NULL || 6 + dn + 1 + nn + 1 > sizeof path) {
+            set_failure(res, JAIL_LAYER_IDMAP, i, EINVAL);
+            return -1;
+        }
+        memcpy(path, "/proc/", 6);
+        memcpy(path + 6, d, dn);
+        path[6 + dn] = '/';
+        memcpy(path + 7 + dn, names[i], nn + 1);
         if (texts[i] == NULL) {
             set_failure(res, JAIL_LAYER_IDMAP, i, EINVAL);
             return -1;
@@ -220,12 +252,13 @@ static int write_maps(struct jail_spawn *s, pid_t pid, struct jail_result *res)
  * ever run, and every process it forks, is counted there from its first step on. */
 static int attach_cgroups(struct jail_spawn *s, pid_t pid, struct jail_result *res)
 {
-    char text[16];
-    int n = snprintf(text, sizeof text, "%d", (int)pid);
-    if (n <= 0 || n >= (int)sizeof text) {
+    char digits[16];
+    const char *text = pid_digits(pid, digits, sizeof digits);
+    if (text == NULL) {
         set_failure(res, JAIL_LAYER_CGROUP, 0, EINVAL);
         return -1;
     }
+    int n = (int)strlen(text);
     for (int i = 0; i < s->ncgroups; i++) {
         int fd = openat(s->cgroups[i], "cgroup.procs", O_WRONLY | O_CLOEXEC);
         if (fd < 0 || write(fd, text, (size_t)n) != n) {
