@@ -120,6 +120,8 @@ struct jail_error {
 
 enum jail_mode { JAIL_CALL, JAIL_EXEC, JAIL_ENTRY, JAIL_HERE };
 
+struct jail_times;
+
 /* Everything the child reads: prepared by the parent before the clone. */
 struct jail_run {
     const struct jail_plan *plan;
@@ -140,7 +142,11 @@ struct jail_run {
     int keep_sync;   /* JAIL_CALL: send JAIL_REC_READY and keep the sync socket (a result) */
     uint64_t reset;  /* signals OP_SIGNALS set back to SIG_DFL */
     int timings;
-    uint64_t t[JAIL_MAX_STEPS + 1]; /* thread CPU ns: at the start, after each step */
+    /* timings: the record the child fills (thread CPU ns at its start and after each
+     * step) and sends, in the caller's memory (the child writes its copy).  Not on the
+     * stack: every page of a frame is written (stack-clash probes), so 4 kB more of
+     * frame cost a fork server a copy-on-write fault at every jail. */
+    struct jail_times *times;
     struct jail_error error;
 };
 
@@ -178,10 +184,14 @@ struct jail_record {
     int32_t err;
 };
 
-struct jail_times {
+struct jail_times_head {
     char kind;
     uint8_t pad[3];
-    uint32_t count;
+    uint32_t count; /* of ns that follow */
+};
+
+struct jail_times {
+    struct jail_times_head head;
     uint64_t ns[JAIL_MAX_STEPS + 1];
 };
 
@@ -212,7 +222,7 @@ struct jail_result {
     struct jail_error error;
     int listener; /* seccomp notification fd copied from the child, or -1 */
     uint32_t ntimes;
-    uint64_t times[JAIL_MAX_STEPS + 1];
+    struct jail_times *times; /* the caller's, for the child's timings; NULL: none wanted */
 };
 
 /* Clone: returns the pid in the parent, 0 in the child (after jail_child for

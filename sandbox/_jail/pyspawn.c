@@ -148,6 +148,16 @@ PyObject *jail_spawn_py(PyObject *module, PyObject *args, PyObject *kwds)
     s.run.slots = slot_fds;
     s.run.keep = keep_fds;
     char **cargv = NULL, **cenvp = NULL, **cpaths = NULL;
+    /* timings: the child fills its copy and sends it; it is received into ours */
+    struct jail_times *times_in = NULL;
+    if (timings) {
+        times_in = PyMem_Calloc(1, sizeof *times_in);
+        if (times_in == NULL) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        s.run.times = times_in;
+    }
     if (mode == JAIL_EXEC) {
         if (argv == NULL || envp == NULL || paths == NULL) {
             PyErr_SetString(PyExc_ValueError, "exec needs argv, envp and paths");
@@ -196,6 +206,7 @@ PyObject *jail_spawn_py(PyObject *module, PyObject *args, PyObject *kwds)
         PyMem_Free(cargv);
         PyMem_Free(cenvp);
         PyMem_Free(cpaths);
+        PyMem_Free(times_in);
         if (keep_sync)
             return PyLong_FromLong(s.run.sync);
         Py_RETURN_NONE;
@@ -208,6 +219,7 @@ PyObject *jail_spawn_py(PyObject *module, PyObject *args, PyObject *kwds)
     }
     struct jail_result res;
     memset(&res, 0, sizeof res);
+    res.times = times_in;
     Py_BEGIN_ALLOW_THREADS
     jail_handshake(&s, pid, &res);
     Py_END_ALLOW_THREADS
@@ -222,7 +234,7 @@ PyObject *jail_spawn_py(PyObject *module, PyObject *args, PyObject *kwds)
         Py_DECREF(times);
         times = PyTuple_New(res.ntimes);
         for (uint32_t i = 0; times != NULL && i < res.ntimes; i++)
-            PyTuple_SET_ITEM(times, i, PyLong_FromUnsignedLongLong(res.times[i]));
+            PyTuple_SET_ITEM(times, i, PyLong_FromUnsignedLongLong(res.times->ns[i]));
     }
     PyObject *error = res.failed ? error_tuple(&res.error) : (Py_INCREF(Py_None), Py_None);
     if (times != NULL && error != NULL)
@@ -239,5 +251,6 @@ out:
     PyMem_Free(cargv);
     PyMem_Free(cenvp);
     PyMem_Free(cpaths);
+    PyMem_Free(times_in);
     return result;
 }

@@ -158,9 +158,9 @@ static int spawn(const struct jail_server *sv, const struct jail_serve_recipe *r
         close(pair[0]);
         return failed(out, 0, JAIL_LAYER_SPAWN, SUB_CLONE, err);
     }
-    struct jail_result res; /* not cleared: its 4 kB of timings stay untouched */
-    res.failed = 0;
-    res.listener = -1;
+    struct jail_result res;
+    memset(&res, 0, sizeof res);
+    res.listener = -1; /* and no timings: res.times NULL */
     jail_handshake(&s, pid, &res);
     close(pair[0]);
     if (res.failed) {

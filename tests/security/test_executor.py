@@ -16,7 +16,7 @@ import pytest
 from sandbox import _jail, bpf, landlock
 from sandbox.errors import JailError
 from sandbox.launcher import Launcher
-from sandbox.plan import MODE_CALL, Plan
+from sandbox.plan import MODE_CALL, MODE_ENTRY, MODE_EXEC, Plan
 from sandbox.policy import load_policy
 from sandbox.seccomp import compile_policy
 from sandbox.spec import BindMount, JailSpec
@@ -102,6 +102,46 @@ def test_native_entry_runs_in_the_whole_jail(launcher):
     # Its return value is the jail's exit status.
     assert launcher.spawn(BASE, _jail.entry("exit", 7)).wait(10) == 7
     assert not _jail.is_entry(lambda: None) and _jail.is_entry(_jail.entry("hold"))
+
+
+def worker_filter_and_write() -> JailSpec:
+    """titus's worker jail, its filter allowing `write` too (bench/jail_spawn.py's), and
+    under `make test-asan` what ASan's runtime calls (tests/asan_policies.py)."""
+    from sandbox.profile import load_profile
+    from sandbox.rules import Rule
+    from tests.asan_policies import ASAN_SYSCALLS
+
+    worker = load_profile("titus-worker")
+    extra = {"write"} | (set(ASAN_SYSCALLS) if "libasan" in os.environ.get("LD_PRELOAD", "")
+                         else set())
+    rules = [r for r in worker.policy.rules if r.syscall not in extra]
+    policy = replace(worker.policy, rules=(*rules, *(Rule(n, "allow") for n in sorted(extra))))
+    return replace(worker.spec, seccomp_bpf=compile_policy(policy))
+
+
+@pytest.mark.parametrize("kind", ["entry", "entry-under-seccomp", "exec"])
+def test_per_step_timings_come_back_for_every_step(kind):
+    """bench/jail_spawn.py's numbers: with timings asked for, the child's CPU clock at its
+    start and after each step, one a step, never going back; none when not asked for.
+    Under seccomp the record is sent with nothing but `write`."""
+    launcher = Launcher()
+    try:
+        launcher.timings = True
+        if kind == "exec":
+            spec, mode = SYSTEM, MODE_EXEC
+            jail = launcher.run(spec, ["/bin/true"], fds=())
+        else:
+            spec, mode = (BASE if kind == "entry" else worker_filter_and_write()), MODE_ENTRY
+            jail = launcher.spawn(spec, _jail.entry("exit", 0))
+        assert jail.wait(10) == 0
+        steps = len(launcher.plan(spec, mode).steps)
+        assert jail.times is not None and len(jail.times) == steps + 1
+        assert jail.times[0] > 0 and list(jail.times) == sorted(jail.times)
+        launcher.timings = False
+        untimed = launcher.spawn(BASE, _jail.entry("exit", 0))
+        assert untimed.wait(10) == 0 and untimed.times is None
+    finally:
+        launcher.close()
 
 
 def test_exec_failure_names_the_program(launcher):
