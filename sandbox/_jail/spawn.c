@@ -356,7 +356,8 @@ void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res)
             struct jail_record rec;
         } buf;
         /* The child's timings (bench/jail_spawn.py) go straight to the caller's buffer:
-         * no 4 kB of them on this stack (see jail_run.t). */
+         * no 4 kB of them on this stack (see jail_run.times).  The peek is made only when
+         * timings were asked for. */
         void *into = &buf;
         size_t cap = sizeof buf;
         char next;
