@@ -232,4 +232,24 @@ pid_t jail_clone(struct jail_spawn *s);
  * ready (its end of the sync socket closed) or failed. Blocking, no Python. */
 void jail_handshake(struct jail_spawn *s, pid_t pid, struct jail_result *res);
 
+/* The decimal digits of `v` at the end of out[0..cap), NUL-terminated; returns where
+ * they start, NULL if they do not fit.  The one number formatter of the executor, the
+ * fork server and the request decoder: snprintf is not async-signal-safe, and its
+ * frame would be the deepest stack page a fork server touches per jail (a copy-on-write
+ * fault each time). */
+static inline char *jail_decimal(uint32_t v, char *out, size_t cap)
+{
+    if (cap < 2)
+        return NULL;
+    char *p = out + cap - 1;
+    *p = '\0';
+    do {
+        if (p == out)
+            return NULL;
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return p;
+}
+
 #endif

@@ -86,12 +86,9 @@ size_t jail_reply_encode(unsigned char *out, size_t cap, uint16_t status, uint64
 
 int jail_idmap_render(const char *tmpl, size_t len, uint32_t id, char *out, size_t cap)
 {
-    char digits[10];
-    size_t ndigits = 0, used = 0;
-    do {
-        digits[ndigits++] = (char)('0' + id % 10);
-        id /= 10;
-    } while (id != 0);
+    char buf[12];
+    const char *digits = jail_decimal(id, buf, sizeof buf);
+    size_t ndigits = strlen(digits), used = 0;
     if (cap == 0)
         return -1;
     for (size_t i = 0; i < len; i++) {
@@ -105,8 +102,8 @@ int jail_idmap_render(const char *tmpl, size_t len, uint32_t id, char *out, size
         }
         if (cap - used < ndigits + 1)
             return -1;
-        for (size_t d = ndigits; d > 0; d--)
-            out[used++] = digits[d - 1];
+        memcpy(out + used, digits, ndigits);
+        used += ndigits;
     }
     out[used] = 0;
     return (int)used;

@@ -194,25 +194,6 @@ static void set_failure(struct jail_result *res, uint16_t layer, uint16_t sub, i
     res->error.err = err ? err : EIO;
 }
 
-/* The decimal digits of `pid` (> 0) at the end of out[0..cap), NUL-terminated; returns
- * where they start, NULL if they do not fit.  Not snprintf: its frame would be the
- * deepest stack page a fork server touches per jail, a copy-on-write fault each time. */
-static char *pid_digits(pid_t pid, char *out, size_t cap)
-{
-    if (pid <= 0 || cap < 2)
-        return NULL;
-    char *p = out + cap - 1;
-    *p = '\0';
-    unsigned v = (unsigned)pid;
-    do {
-        if (p == out)
-            return NULL;
-        *--p = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    return p;
-}
-
 /* setgroups "deny" first: then gid_map may be written, and the jail can never drop
  * a supplementary group to get past a negative group permission. */
 static int write_maps(struct jail_spawn *s, pid_t pid, struct jail_result *res)
@@ -221,7 +202,7 @@ static int write_maps(struct jail_spawn *s, pid_t pid, struct jail_result *res)
     const char *texts[3] = {"deny", s->gid_map, s->uid_map};
     for (uint16_t i = 0; i < 3; i++) {
         char digits[16], path[64];
-        const char *d = pid_digits(pid, digits, sizeof digits);
+        const char *d = pid > 0 ? jail_decimal((uint32_t)pid, digits, sizeof digits) : NULL;
         size_t dn = d == NULL ? 0 : strlen(d), nn = strlen(names[i]);
         if (d == NULL || 6 + dn + 1 + nn + 1 > sizeof path) {
             set_failure(res, JAIL_LAYER_IDMAP, i, EINVAL);
@@ -253,7 +234,7 @@ static int write_maps(struct jail_spawn *s, pid_t pid, struct jail_result *res)
 static int attach_cgroups(struct jail_spawn *s, pid_t pid, struct jail_result *res)
 {
     char digits[16];
-    const char *text = pid_digits(pid, digits, sizeof digits);
+    const char *text = pid > 0 ? jail_decimal((uint32_t)pid, digits, sizeof digits) : NULL;
     if (text == NULL) {
         set_failure(res, JAIL_LAYER_CGROUP, 0, EINVAL);
         return -1;

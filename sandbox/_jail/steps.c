@@ -51,21 +51,15 @@ static uint64_t thread_cpu_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* "/proc/self/fd/N" without snprintf (not async-signal-safe). */
+/* "/proc/self/fd/N" (jail_decimal: no snprintf in the child). */
 static void fd_path(char out[32], int fd)
 {
     static const char prefix[] = "/proc/self/fd/";
     char digits[12];
-    int n = 0;
-    unsigned v = (unsigned)fd;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v && n < (int)sizeof digits);
+    const char *d = jail_decimal((uint32_t)fd, digits, sizeof digits);
+    size_t n = strlen(d);
     memcpy(out, prefix, sizeof prefix - 1);
-    for (int i = 0; i < n; i++)
-        out[sizeof prefix - 1 + i] = digits[n - 1 - i];
-    out[sizeof prefix - 1 + n] = 0;
+    memcpy(out + sizeof prefix - 1, d, n + 1);
 }
 
 /* mkdir that accepts an existing directory (EEXIST, or EROFS inside a read-only bind). */
