@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import select
 import socket
+import weakref
+from collections.abc import Callable
+
+import pytest
 
 from titus.supervisor.loop import Loop
 
@@ -58,3 +63,40 @@ def test_an_event_of_a_closed_fd_does_not_reach_its_successor() -> None:
         for s in (a, b, peer, *replacement):
             s.close()
         loop.close()
+
+
+class _Holder:
+    """A worker's shape: it holds its deadline, whose callback holds it."""
+
+    timer: object = None
+
+
+def _freed_without_the_cycle_collector(make_cycle: Callable[[Loop], _Holder]) -> bool:
+    loop = Loop()
+    gc.disable()
+    try:
+        ref = weakref.ref(make_cycle(loop))
+        loop.run_once(0)
+        return ref() is None
+    finally:
+        gc.enable()
+        loop.close()
+
+
+@pytest.mark.parametrize("end", ["cancelled", "fired"])
+def test_a_timer_lets_go_of_its_callback_once_cancelled_or_run(end: str) -> None:
+    """Otherwise each connection's worker, held by its handshake deadline's callback,
+    is cyclic garbage: freed only by a full collection, and the supervisor's memory
+    grows in between (+6 MB over the 10,000-connection soak)."""
+    ran: list[bool] = []
+
+    def make_cycle(loop: Loop) -> _Holder:
+        holder = _Holder()
+        holder.timer = loop.call_later(0 if end == "fired" else 60,
+                                       lambda: ran.append(holder is not None))
+        if end == "cancelled":
+            holder.timer.cancel()
+        return holder
+
+    assert _freed_without_the_cycle_collector(make_cycle)
+    assert ran == ([True] if end == "fired" else [])
