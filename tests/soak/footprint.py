@@ -150,6 +150,7 @@ class Footprint:
     zygote_fds: Counter[str]
     rss_kib: int
     pss_kib: int
+    helper_rss_kib: dict[str, int]  # the zygote's and the key holder's, by name
     mounts: set[tuple[str, str, str]]
     run_netns: list[str]
     session_netns: set[str]
@@ -159,14 +160,17 @@ class Footprint:
     temp: dict[str, set[str]]
 
     @classmethod
-    def take(cls, pid: int, zygotes: list[int], uid_first: int, uid_count: int) -> Footprint:
+    def take(cls, pid: int, zygotes: list[int], uid_first: int, uid_count: int,
+             helpers: dict[str, int]) -> Footprint:
         session = set(session_processes(pid))
         all_netns = net_namespaces()
         rss, pss = memory_kib(pid)
         return cls(
             session=session, jail_uid_pids=processes_in_uid_range(uid_first, uid_count),
             supervisor_fds=fd_kinds(pid), zygote_fds=sum(map(fd_kinds, zygotes), Counter()),
-            rss_kib=rss, pss_kib=pss, mounts=mounts(),
+            rss_kib=rss, pss_kib=pss,
+            helper_rss_kib={name: memory_kib(p)[0] for name, p in helpers.items()},
+            mounts=mounts(),
             run_netns=run_netns(),
             session_netns={ns for ns, members in all_netns.items() if members & session},
             all_netns=all_netns, cgroups=cgroup_dirs(),
