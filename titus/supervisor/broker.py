@@ -36,7 +36,9 @@ class BackendConnect:
         self.loop = loop
         self.addresses = list(addresses)
         self.timeout = timeout
-        self.done = done
+        # Let go of once finished or cancelled: the callback holds the worker that holds
+        # this broker, a cycle only the cyclic collector would free (loop.Timer's reason).
+        self.done: Callable[[socket.socket | None, str | None], None] | None = done
         self.header = header
         self.source = source
         self.sock: socket.socket | None = None
@@ -141,14 +143,16 @@ class BackendConnect:
         if self.sock is not None:
             self._drop_current("cancelled")
         self.finished = True
+        self.done = None
 
     def _finish(self, sock: socket.socket | None, reason: str | None) -> None:
-        if self.finished:
+        done, self.done = self.done, None
+        if self.finished or done is None:
             if sock:
                 sock.close()
             return
         self.finished = True
-        self.done(sock, reason)
+        done(sock, reason)
 
 
 def _writable_now(sock: socket.socket) -> bool:

@@ -259,9 +259,8 @@ class Connections:
         self.calls.forget(worker)
         if worker.timer:
             worker.timer.cancel()
-        if worker.broker:  # let go of it too: its callback holds the worker
-            broker, worker.broker = worker.broker, None
-            broker.cancel()
+        if worker.broker:
+            worker.broker.cancel()
         if worker in pool.idle:
             pool.idle.remove(worker)
         if worker.conn is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
+import weakref
 
 import pytest
 
@@ -57,5 +59,42 @@ def test_a_listening_backend_is_handed_over():
         peer.close()
         sock.close()
     finally:
+        loop.close()
+        server.close()
+
+
+class _Worker:
+    """The supervisor's shape: a worker holds its broker, whose callback holds it."""
+
+    broker: BackendConnect | None = None
+
+
+@pytest.mark.parametrize("end", ["cancelled", "finished"])
+def test_a_broker_lets_go_of_its_callback_once_cancelled_or_finished(end: str) -> None:
+    """Otherwise a worker that ended while its backend was being connected (or that
+    keeps its broker) is cyclic garbage, freed only by a full collection."""
+    server = socket.create_server(("127.0.0.1", 0))
+    loop = Loop()
+    result: list = []
+
+    def a_worker() -> weakref.ref[_Worker]:
+        worker = _Worker()
+        worker.broker = BackendConnect(
+            loop, [(socket.AF_INET, server.getsockname())], 2.0,
+            lambda sock, reason: result.append((sock, reason, worker)), start=False)
+        if end == "cancelled":
+            worker.broker.cancel()
+        else:
+            worker.broker.start()
+            run(loop, result)
+            sock, _, _ = result.pop()
+            sock.close()
+        return weakref.ref(worker)
+
+    gc.disable()
+    try:
+        assert a_worker()() is None
+    finally:
+        gc.enable()
         loop.close()
         server.close()
