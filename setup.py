@@ -36,7 +36,7 @@ def hardened_extension(name: str, sources: list[str], **kwargs: object) -> Exten
 
 JAIL_SOURCES = [f"sandbox/_jail/{name}.c"
                 for name in ("plan", "steps", "confine", "spawn", "module", "pyspawn", "entries",
-                             "arenas", "request", "serve", "server")]
+                             "arenas", "hugetext", "request", "serve", "server")]
 WORKER_SOURCES = [f"titus/worker/{name}.c" for name in (
     "_worker", "wk_table", "wk_conn", "wk_probe", "wk_bio", "wk_choose", "wk_identity",
     "wk_pump", "wk_ctx", "wk_remotekey", "wk_keyproto", "wk_control")]

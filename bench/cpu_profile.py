@@ -128,6 +128,10 @@ def place_of(frames: list[tuple[str, str]]) -> str:
     if frames and frames[0][1].startswith("[kernel"):
         return "kernel: other"
     obj = frames[0][1] if frames else "?"
+    if re.fullmatch(r"perf-\d+[.]map", obj):
+        # perf's name for code in anonymous memory: what the zygote moved into 2 MB
+        # pages (sandbox/hugetext.py; titus moves libcrypto's code only).
+        return "user: libcrypto.so.3 (2 MB pages)"
     return f"user: {re.sub(r'[.]cpython-.*', '', obj)}"
 
 

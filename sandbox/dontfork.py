@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import NamedTuple
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 _COPY_RELOC = {62: 5, 183: 1024}  # e_machine -> R_*_COPY: x86_64, aarch64
@@ -69,26 +70,43 @@ def shared_with_libraries(exe: bytes) -> list[tuple[int, int]]:
     return found
 
 
-def mappings() -> list[tuple[int, int, str, int, str]]:
-    """(start, end, perms, file offset, path) of each mapping of this process."""
-    out = []
-    with open("/proc/self/maps") as f:
+class Mapping(NamedTuple):
+    """One mapping of a process, as /proc/PID/smaps gives it."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    path: str
+    anonymous_kb: int  # of its pages, those no longer the file's (copied on write)
+
+
+def mappings(smaps: str = "/proc/self/smaps") -> list[Mapping]:
+    """Each mapping of a process (this one by default), in address order."""
+    out: list[Mapping] = []
+    head: list[str] | None = None
+    with open(smaps) as f:
         for line in f:
-            fields = line.split(maxsplit=5)
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            path = fields[5].strip() if len(fields) > 5 else ""
-            out.append((start, end, fields[1], int(fields[2], 16), path))
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                head = fields
+            elif fields[0] == "Anonymous:" and head is not None:
+                start, end = (int(x, 16) for x in head[0].split("-"))
+                out.append(Mapping(start, end, head[1], int(head[2], 16), " ".join(head[5:]),
+                                   int(fields[1])))
+                head = None
     return out
 
 
-def load_base(image: bytes, maps: list[tuple[int, int, str, int, str]], exe: str) -> int:
+def load_base(image: bytes, maps: list[Mapping], exe: str) -> int:
     """What to add to the executable's link-time addresses (0 unless it is PIE)."""
     phoff, = struct.unpack_from("<Q", image, 32)
     phentsize, phnum = struct.unpack_from("<HH", image, 54)
     loads = [struct.unpack_from("<IIQQQQQQ", image, phoff + i * phentsize)
              for i in range(phnum)]
     first_vaddr = min(p[3] for p in loads if p[0] == 1)  # PT_LOAD
-    return min(m[0] for m in maps if m[4] == exe and m[3] == 0) - (first_vaddr & ~(PAGE - 1))
+    return min(m.start for m in maps if m.path == exe and m.offset == 0) - \
+        (first_vaddr & ~(PAGE - 1))
 
 
 def interpreter_data() -> list[tuple[int, int]]:
@@ -96,7 +114,7 @@ def interpreter_data() -> list[tuple[int, int]]:
     the shared libraries use too."""
     exe = os.path.realpath("/proc/self/exe")
     maps = mappings()
-    if not any(m[4] == exe for m in maps):
+    if not any(m.path == exe for m in maps):
         return []
     with open(exe, "rb") as f:
         image = f.read()
@@ -106,7 +124,7 @@ def interpreter_data() -> list[tuple[int, int]]:
         for page in range((base + addr) & ~(PAGE - 1), base + addr + size, PAGE):
             keep.add(page)
     ranges: list[tuple[int, int]] = []
-    for start, end, perms, _off, path in maps:
+    for start, end, perms, _off, path, _anon in maps:
         data = path == exe and perms.startswith("rw")
         bss = not path and ranges and ranges[-1][1] == start  # past the file's last page
         if data or bss:

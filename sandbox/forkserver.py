@@ -73,12 +73,16 @@ class Recipe:
     ForkServer.update (e.g. new data for the jails cloned from then on).
 
     `target` is a Python function, or a native entry capsule (sandbox/jail_entry.h):
-    then the jail runs its C function and never Python (titus's C worker)."""
+    then the jail runs its C function and never Python (titus's C worker).
+    `huge_text` names the shared libraries (a file name or its start: "libcrypto.so")
+    whose code the jails run most: the server moves it into 2 MB pages
+    (sandbox/hugetext.py), so that a jail faults on none of it."""
 
     spec: JailSpec
     target: Callable[..., object] | object
     args: tuple = ()
     update: Callable[[Any], None] | None = None
+    huge_text: tuple[str, ...] = ()
 
 
 @dataclass
@@ -431,7 +435,7 @@ def _compact() -> None:
 
 
 def main() -> None:
-    from sandbox import dontfork, libc
+    from sandbox import dontfork, hugetext, libc
 
     fd, caller = int(sys.argv[1]), int(sys.argv[2])
     # It dies with its caller; signals meant for the caller's process group are not its.
@@ -452,6 +456,7 @@ def main() -> None:
     sys.stdin.close()
     _compact()
     dontfork.keep_python_out([r.target for r in recipes.values()])
+    hugetext.remap(dict.fromkeys(lib for r in recipes.values() for lib in r.huge_text))
     sock.send(b"R")
     served.serve()
 

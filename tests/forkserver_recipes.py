@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib  # libcrypto, loaded in the server (as in titus's zygote); jails cannot import
 import json
 import os
 from dataclasses import replace
@@ -26,12 +27,19 @@ def _update(data: bytes) -> None:
     _said[0] = data
 
 
+def _digest() -> None:
+    """sha256 of b"titus" on fd 0: libcrypto's code, run from the server's 2 MB pages."""
+    os.write(0, hashlib.sha256(b"titus").hexdigest().encode())
+
+
 def setup(spec: JailSpec) -> dict[str, Recipe]:
-    """Python functions (served by Python) and native entries (served by the C loop)."""
+    """Python functions (served by Python) and native entries (served by the C loop).
+    The server moves libcrypto's code into 2 MB pages (`huge_text`) for all of them."""
     broken = replace(spec, binds=(BindMount(Path("/nonexistent-forkserver-test"), Path("/x")),))
     no_netns = replace(spec, network=NetworkMode.NETNS,
                        netns_path=Path("/nonexistent-forkserver-netns"))
     return {"report": Recipe(with_nofile(spec, 1), _report, (), update=_update),
+            "digest": Recipe(spec, _digest, huge_text=("libcrypto.so",)),
             "broken": Recipe(broken, _report, ()),
             # Native: "pid uid gid" on fd 0, then exit; fd 0 read until EOF; a layer
             # that fails in the child (after the clone); a root that cannot be built.

@@ -199,6 +199,8 @@ PyObject *jail_track_arenas_py(PyObject *module, PyObject *unused);
 PyObject *jail_arenas_dontfork_py(PyObject *module, PyObject *unused);
 PyObject *jail_dontfork_py(PyObject *module, PyObject *args);
 PyObject *jail_tracked_arenas_py(PyObject *module, PyObject *unused);
+/* hugetext.c */
+PyObject *jail_huge_text_py(PyObject *module, PyObject *args);
 /* server.c */
 int jail_server_add(PyObject *m);
 
@@ -219,6 +221,9 @@ static PyMethodDef methods[] = {
      "tracked_arenas() -> [(address, size)] of the arenas track_arenas() remembers"},
     {"dontfork", jail_dontfork_py, METH_VARARGS,
      "dontfork(addr, length): MADV_DONTFORK on that range"},
+    {"huge_text", jail_huge_text_py, METH_VARARGS,
+     "huge_text(start, length): that range of read-only pages moved into 2 MB pages "
+     "(hugetext.c)"},
     {NULL, NULL, 0, NULL},
 };
 

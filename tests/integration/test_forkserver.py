@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import select
 import signal
@@ -20,7 +21,7 @@ import time
 
 import pytest
 
-from sandbox import _jail, clone, notify
+from sandbox import _jail, clone, dontfork, hugetext, notify
 from sandbox.forkserver import ForkServer, ForkServerError, Reply, encode_request
 from sandbox.launcher import Launcher
 from sandbox.listener import Listener
@@ -90,6 +91,30 @@ def test_jails_are_our_children_with_our_uid_in_their_own_pid_namespace(server):
     for sock, j in ((ours, jail), (second_ours, second)):
         sock.close()
         assert j.wait(10) == 0  # reaped by us, through the launcher
+
+
+def test_a_recipes_libraries_run_from_huge_pages_in_its_jails(server):
+    """Recipe.huge_text: the server moved libcrypto's code into 2 MB pages
+    (sandbox/hugetext.py), which its jails inherit and run."""
+    server, launcher = server
+    if not hugetext.thp_allowed():
+        pytest.skip("this host turned transparent huge pages off")
+    maps = dontfork.mappings(f"/proc/{server.pid}/smaps")
+    crypto = min((m for m in maps if "/libcrypto.so" in m.path), key=lambda m: m.offset)
+    # Its first pages are gone from the file's mappings: anonymous, read+execute, huge.
+    assert crypto.offset == 2 * hugetext.HUGE_PAGE, crypto
+    moved = [m for m in maps if m.end == crypto.start]
+    assert moved and moved[0].path == "" and moved[0].perms == "r-xp", moved
+    with open(f"/proc/{server.pid}/smaps") as f:
+        rows = f.read().split("\n")
+    at = next(i for i, row in enumerate(rows) if row.startswith(f"{moved[0].start:x}-"))
+    huge = next(row for row in rows[at:] if row.startswith("AnonHugePages:"))
+    assert int(huge.split()[1]) * 1024 == moved[0].end - moved[0].start == crypto.offset
+    ours, jail, reply = spawn(server, launcher, "digest")
+    assert reply.error is None
+    assert ours.recv(100) == hashlib.sha256(b"titus").hexdigest().encode()
+    ours.close()
+    assert jail.wait(10) == 0
 
 
 def test_updates_reach_the_jails_cloned_after_them(server):

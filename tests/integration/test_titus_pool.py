@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from sandbox import dontfork, hugetext
 from tests.pki import CA
 from tests.titus_harness import (
     EchoBackend,
@@ -93,6 +94,20 @@ def echo(tls: ssl.SSLSocket, data: bytes) -> bytes:
     return got
 
 
+def huge_code_kb(pid: int) -> int:
+    """kB of huge pages in the anonymous read+execute mapping just below libcrypto's
+    first remaining file mapping: its code the zygote moved there (sandbox/hugetext.py)."""
+    with open(f"/proc/{pid}/smaps") as f:
+        rows = f.read().split("\n")
+    maps = dontfork.mappings(f"/proc/{pid}/smaps")
+    crypto = min((m for m in maps if "/libcrypto.so" in m.path), key=lambda m: m.offset)
+    below = [m for m in maps if m.end == crypto.start and m.path == "" and m.perms == "r-xp"]
+    if not below or below[0].start != crypto.start - crypto.offset:
+        return 0
+    at = next(i for i, row in enumerate(rows) if row.startswith(f"{below[0].start:x}-"))
+    return int(next(row for row in rows[at:] if row.startswith("AnonHugePages:")).split()[1])
+
+
 def test_min_spare_children_are_kept(tmp_path, ca):
     with EchoBackend() as backend, Titus(tmp_path, config(ca, backend.port, """
 min-spare-children 3
@@ -107,6 +122,9 @@ max-children 10
             assert echo(tls, b"ping" * 100) == b"ping" * 100
             busy = worker_of(titus, tls)
             assert busy is not None and busy in workers(titus)
+            # It ran libcrypto from the zygote's 2 MB pages (Recipe.huge_text).
+            if hugetext.thp_allowed():
+                assert huge_code_kb(busy) == huge_code_kb(titus.zygote_pids()[0]) >= 2048
             assert settle(lambda: len(idle_workers(titus)), 3) == 3
             assert len(workers(titus)) == 4
             tls.unwrap()
