@@ -401,10 +401,13 @@ def keyholder_pid(titus: Titus) -> int:
     restarted = [r for r in titus.records() if r.get("event") == "keyholder-restarted"]
     if restarted and is_running(restarted[-1]["pid"]):
         return int(restarted[-1]["pid"])
-    children = jailed_children(titus)
-    if not children:
+    # A worker that exits between the listing and its stat reads as start time 0: it
+    # is gone, not the oldest.
+    started = {p: start_time(p) for p in jailed_children(titus)}
+    started = {p: t for p, t in started.items() if t}
+    if not started:
         raise RuntimeError(f"titus has no jailed child: {titus.log_tail()}")
-    return min(children, key=start_time)
+    return min(started, key=lambda p: started[p])
 
 
 def session_processes(sid: int) -> list[int]:
