@@ -79,22 +79,23 @@ class Mapping(NamedTuple):
     offset: int
     path: str
     anonymous_kb: int  # of its pages, those no longer the file's (copied on write)
+    huge_kb: int = 0  # of its anonymous memory, what transparent huge pages back
 
 
 def mappings(smaps: str = "/proc/self/smaps") -> list[Mapping]:
     """Each mapping of a process (this one by default), in address order."""
     out: list[Mapping] = []
-    head: list[str] | None = None
     with open(smaps) as f:
         for line in f:
             fields = line.split()
             if "-" in fields[0] and not fields[0].endswith(":"):
-                head = fields
-            elif fields[0] == "Anonymous:" and head is not None:
-                start, end = (int(x, 16) for x in head[0].split("-"))
-                out.append(Mapping(start, end, head[1], int(head[2], 16), " ".join(head[5:]),
-                                   int(fields[1])))
-                head = None
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                out.append(Mapping(start, end, fields[1], int(fields[2], 16),
+                                   " ".join(fields[5:]), 0))
+            elif fields[0] == "Anonymous:" and out:
+                out[-1] = out[-1]._replace(anonymous_kb=int(fields[1]))
+            elif fields[0] == "AnonHugePages:" and out:
+                out[-1] = out[-1]._replace(huge_kb=int(fields[1]))
     return out
 
 
@@ -124,7 +125,7 @@ def interpreter_data() -> list[tuple[int, int]]:
         for page in range((base + addr) & ~(PAGE - 1), base + addr + size, PAGE):
             keep.add(page)
     ranges: list[tuple[int, int]] = []
-    for start, end, perms, _off, path, _anon in maps:
+    for start, end, perms, _off, path, *_sizes in maps:
         data = path == exe and perms.startswith("rw")
         bss = not path and ranges and ranges[-1][1] == start  # past the file's last page
         if data or bss:

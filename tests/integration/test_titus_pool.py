@@ -97,15 +97,12 @@ def echo(tls: ssl.SSLSocket, data: bytes) -> bytes:
 def huge_code_kb(pid: int) -> int:
     """kB of huge pages in the anonymous read+execute mapping just below libcrypto's
     first remaining file mapping: its code the zygote moved there (sandbox/hugetext.py)."""
-    with open(f"/proc/{pid}/smaps") as f:
-        rows = f.read().split("\n")
     maps = dontfork.mappings(f"/proc/{pid}/smaps")
     crypto = min((m for m in maps if "/libcrypto.so" in m.path), key=lambda m: m.offset)
     below = [m for m in maps if m.end == crypto.start and m.path == "" and m.perms == "r-xp"]
     if not below or below[0].start != crypto.start - crypto.offset:
         return 0
-    at = next(i for i, row in enumerate(rows) if row.startswith(f"{below[0].start:x}-"))
-    return int(next(row for row in rows[at:] if row.startswith("AnonHugePages:")).split()[1])
+    return below[0].huge_kb
 
 
 def test_min_spare_children_are_kept(tmp_path, ca):
