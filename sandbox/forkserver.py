@@ -76,13 +76,18 @@ class Recipe:
     then the jail runs its C function and never Python (titus's C worker).
     `huge_text` names the shared libraries (a file name or its start: "libcrypto.so")
     whose code the jails run most: the server moves it into 2 MB pages
-    (sandbox/hugetext.py), so that a jail faults on none of it."""
+    (sandbox/hugetext.py), so that a jail faults on none of it.
+    `runs` names, the same way, every shared object whose code a native jail runs
+    besides the executor's own, the C library and the entry's own object: when every
+    recipe names them, the server's other shared objects stay out of its jails
+    (sandbox/dontfork.py).  None: the jails inherit every one."""
 
     spec: JailSpec
     target: Callable[..., object] | object
     args: tuple = ()
     update: Callable[[Any], None] | None = None
     huge_text: tuple[str, ...] = ()
+    runs: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -455,7 +460,11 @@ def main() -> None:
         raise SystemExit(1) from None
     sys.stdin.close()
     _compact()
-    dontfork.keep_python_out([r.target for r in recipes.values()])
+    targets = [r.target for r in recipes.values()]
+    dontfork.keep_python_out(targets)
+    if all(r.runs is not None for r in recipes.values()):
+        dontfork.keep_libraries_out(targets, [n for r in recipes.values()
+                                              for n in (*(r.runs or ()), *r.huge_text)])
     hugetext.remap(dict.fromkeys(lib for r in recipes.values() for lib in r.huge_text))
     sock.send(b"R")
     served.serve()

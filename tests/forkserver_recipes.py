@@ -85,14 +85,15 @@ def signals_setup(arg: tuple[JailSpec, str]) -> dict[str, Recipe]:
 _KEPT: list[bytes] = []
 
 
-def native_setup(arg: tuple[JailSpec, str]) -> dict[str, Recipe]:
+def native_setup(arg: tuple[JailSpec, str] | tuple[JailSpec, str, tuple[str, ...]]
+                 ) -> dict[str, Recipe]:
     """Native jails only (the built-in `hold` entry): the server keeps its Python out of
     them (sandbox/dontfork.py).  Writes, to the file the test names, the arenas and
     the interpreter's data the server leaves out, so that the test can look for them
-    in a jail's memory map."""
+    in a jail's memory map.  A third item is the recipe's `runs`."""
     from sandbox import dontfork
 
-    spec, out = arg
+    spec, out, *runs = arg
     import builtins
     import sys
 
@@ -115,4 +116,5 @@ def native_setup(arg: tuple[JailSpec, str]) -> dict[str, Recipe]:
                                      "env": {k: os.environ.get(k) for k in (
                                          "LD_PRELOAD", "SANDBOX_TRACK_ARENAS",
                                          "SANDBOX_LD_PRELOAD_WAS")}}))
-    return {"hold": Recipe(with_nofile(spec, 1), _jail.entry("hold"), ())}
+    return {"hold": Recipe(with_nofile(spec, 1), _jail.entry("hold"), (),
+                           runs=runs[0] if runs else None)}

@@ -71,3 +71,12 @@ PyObject *jail_is_entry_py(PyObject *module, PyObject *obj)
     (void)module;
     return PyBool_FromLong(PyCapsule_IsValid(obj, SANDBOX_JAIL_ENTRY_CAPSULE));
 }
+
+PyObject *jail_entry_code_py(PyObject *module, PyObject *obj)
+{
+    (void)module;
+    struct sandbox_jail_entry *e = PyCapsule_GetPointer(obj, SANDBOX_JAIL_ENTRY_CAPSULE);
+    if (e == NULL)
+        return NULL;
+    return PyLong_FromVoidPtr((void *)(uintptr_t)e->main);
+}

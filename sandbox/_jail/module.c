@@ -213,6 +213,8 @@ static PyMethodDef methods[] = {
      "apply(plan, *, keep, sync, slots) -> (sync, error): apply a plan to this process"},
     {"entry", jail_entry_py, METH_VARARGS, "entry(name[, code]) -> a built-in entry capsule"},
     {"is_entry", jail_is_entry_py, METH_O, "is_entry(obj) -> whether obj is an entry capsule"},
+    {"entry_code", jail_entry_code_py, METH_O,
+     "entry_code(capsule) -> the address of the entry's main function"},
     {"track_arenas", jail_track_arenas_py, METH_NOARGS,
      "track_arenas(): pymalloc's arenas from here on are remembered (arenas.c)"},
     {"arenas_dontfork", jail_arenas_dontfork_py, METH_NOARGS,

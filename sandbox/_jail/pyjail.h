@@ -26,5 +26,6 @@ PyObject *error_tuple(const struct jail_error *e);
 PyObject *jail_spawn_py(PyObject *module, PyObject *args, PyObject *kwds); /* pyspawn.c */
 PyObject *jail_entry_py(PyObject *module, PyObject *args);                 /* entries.c */
 PyObject *jail_is_entry_py(PyObject *module, PyObject *obj);
+PyObject *jail_entry_code_py(PyObject *module, PyObject *obj);
 
 #endif

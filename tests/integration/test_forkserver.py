@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 
@@ -451,39 +452,18 @@ def mapped(pid: int, address: int) -> bool:
     return False
 
 
-def test_native_jails_are_born_without_the_servers_python(tmp_path):
-    """sandbox/dontfork.py: a server whose every jail is native keeps its pymalloc arenas,
-    the raw allocator's regions and the interpreter's data out of them; the jail still
-    runs (it needs none of them)."""
-    import json
-
-    out = tmp_path / "where.json"
-    server = ForkServer("tests.forkserver_recipes:native_setup", (SPEC, str(out)))
+@contextlib.contextmanager
+def holding_jail(arg: tuple):
+    """A server of native_setup(arg) (tests/forkserver_recipes.py) and one of its `hold`
+    jails, alive (holding fd 0) while the test looks at both; then it exits cleanly."""
+    server = ForkServer("tests.forkserver_recipes:native_setup", arg)
     server.start()
     launcher = Launcher()
     try:
-        where = json.loads(out.read_text())
         ours, jail, reply = spawn(server, launcher, "hold")
         assert reply.error is None and jail is not None
         try:
-            assert where["arenas"], "the server tracked no arena"
-            assert where["interpreter"], "no interpreter data found to leave out"
-            for start, _length in where["arenas"] + where["interpreter"]:
-                assert mapped(server.pid, start) and not mapped(jail.pid, start)
-            # Tracked from before the interpreter's first arena (the module preloaded):
-            # what its start-up made is left out too.
-            for address in where["early"]:
-                assert any(start <= address < start + length
-                           for start, length in where["arenas"]), hex(address)
-                assert mapped(server.pid, address) and not mapped(jail.pid, address)
-            # Python's larger blocks come from the raw allocator's regions, left out too.
-            for address in where["large"]:
-                assert any(start <= address < start + length
-                           for start, length in where["arenas"]), hex(address)
-                assert mapped(server.pid, address) and not mapped(jail.pid, address)
-            # ... and nothing the server starts inherits the preload.
-            assert where["env"] == {"LD_PRELOAD": os.environ.get("LD_PRELOAD"),
-                                    "SANDBOX_TRACK_ARENAS": None, "SANDBOX_LD_PRELOAD_WAS": None}
+            yield server, jail
             assert jail.poll() is None  # alive: holding fd 0 until we close it
         finally:
             ours.close()
@@ -491,6 +471,60 @@ def test_native_jails_are_born_without_the_servers_python(tmp_path):
     finally:
         server.close()
         launcher.close()
+
+
+def test_native_jails_are_born_without_the_servers_python(tmp_path):
+    """sandbox/dontfork.py: a server whose every jail is native keeps its pymalloc arenas,
+    the raw allocator's regions and the interpreter's data out of them; the jail still
+    runs (it needs none of them)."""
+    import json
+
+    out = tmp_path / "where.json"
+    with holding_jail((SPEC, str(out))) as (server, jail):
+        where = json.loads(out.read_text())
+        assert where["arenas"], "the server tracked no arena"
+        assert where["interpreter"], "no interpreter data found to leave out"
+        for start, _length in where["arenas"] + where["interpreter"]:
+            assert mapped(server.pid, start) and not mapped(jail.pid, start)
+        # Tracked from before the interpreter's first arena (the module preloaded):
+        # what its start-up made is left out too.
+        for address in where["early"]:
+            assert any(start <= address < start + length
+                       for start, length in where["arenas"]), hex(address)
+            assert mapped(server.pid, address) and not mapped(jail.pid, address)
+        # Python's larger blocks come from the raw allocator's regions, left out too.
+        for address in where["large"]:
+            assert any(start <= address < start + length
+                       for start, length in where["arenas"]), hex(address)
+            assert mapped(server.pid, address) and not mapped(jail.pid, address)
+        # ... and nothing the server starts inherits the preload.
+        assert where["env"] == {"LD_PRELOAD": os.environ.get("LD_PRELOAD"),
+                                "SANDBOX_TRACK_ARENAS": None, "SANDBOX_LD_PRELOAD_WAS": None}
+
+
+def objects(pid: int) -> set[str]:
+    """The file names of the shared objects mapped in a process."""
+    return {m.path.rsplit("/", 1)[-1] for m in dontfork.mappings(f"/proc/{pid}/smaps")
+            if ".so" in m.path}
+
+
+@pytest.mark.parametrize("runs", [None, ()])
+def test_native_jails_are_born_without_the_libraries_no_recipe_runs(tmp_path, runs):
+    """Recipe.runs: with every recipe naming the objects its jails run (here: none
+    beyond the executor's), the server's other shared objects (ctypes, libffi, which
+    its Python loaded) stay out of its jails, which still run; unnamed (None), a jail
+    inherits them all."""
+    with holding_jail((SPEC, str(tmp_path / "where.json"), runs)) as (server, jail):
+        theirs, its = objects(server.pid), objects(jail.pid)
+        lib = "_jail" + sysconfig.get_config_var("EXT_SUFFIX")
+        assert {lib, "libc.so.6", "ld-linux-x86-64.so.2"} <= its, its
+        ctypes_objects = {o for o in theirs if o.startswith(("_ctypes.", "libffi.so"))}
+        assert len(ctypes_objects) == 2, theirs  # the server loaded them
+        if runs is None:
+            assert ctypes_objects <= its
+        else:
+            assert not ctypes_objects & its, its
+            assert its <= {lib, "libc.so.6", "ld-linux-x86-64.so.2"}, its
 
 
 def test_python_jails_keep_the_servers_python(server, tmp_path):

@@ -105,6 +105,12 @@ def huge_code_kb(pid: int) -> int:
     return below[0].huge_kb
 
 
+def shared_objects(pid: int) -> set[str]:
+    """The shared objects mapped in a process, by name ("libc", "_ssl")."""
+    return {m.path.rsplit("/", 1)[-1].split(".")[0]
+            for m in dontfork.mappings(f"/proc/{pid}/smaps") if ".so" in m.path}
+
+
 def test_min_spare_children_are_kept(tmp_path, ca):
     with EchoBackend() as backend, Titus(tmp_path, config(ca, backend.port, """
 min-spare-children 3
@@ -122,6 +128,11 @@ max-children 10
             # It ran libcrypto from the zygote's 2 MB pages (Recipe.huge_text).
             if hugetext.thp_allowed():
                 assert huge_code_kb(busy) == huge_code_kb(titus.zygote_pids()[0]) >= 2048
+            # It served with none of what only the zygote's Python loaded (Recipe.runs).
+            zygote_objects = shared_objects(titus.zygote_pids()[0])
+            assert {"_ssl", "_ctypes", "libffi"} <= zygote_objects, zygote_objects
+            assert shared_objects(busy) == {"_worker", "libssl", "libcrypto", "_jail", "libc",
+                                            "ld-linux-x86-64"}, shared_objects(busy)
             assert settle(lambda: len(idle_workers(titus)), 3) == 3
             assert len(workers(titus)) == 4
             tls.unwrap()

@@ -31,8 +31,10 @@ def setup(arg: ZygoteSetup) -> dict[str, Recipe]:
     warm_up(contexts, table)
     # The jail's last layer, then C only: sandbox's executor calls the table's entry point.
     # Most of a worker's code is libcrypto's: in 2 MB pages, a worker faults on none of it.
+    # A worker runs _worker's code and OpenSSL's, nothing else the zygote loaded.
     return {WORKER: Recipe(arg.worker_spec, table.jail_entry, update=table.update_staples,
-                           huge_text=("libcrypto.so",))}
+                           huge_text=("libcrypto.so",),
+                           runs=("_worker.", "libssl.so", "libcrypto.so"))}
 
 
 def warm_up(contexts: list[ssl.SSLContext], table: _worker.Table | None = None) -> None:

@@ -48,3 +48,24 @@ def test_the_executables_got_stays() -> None:
 def test_not_an_elf_file_is_refused() -> None:
     with pytest.raises(ValueError, match="ELF64"):
         dontfork.shared_with_libraries(b"#!/bin/sh\n")
+
+
+def test_unused_objects_are_the_shared_objects_nobody_named() -> None:
+    """By this interpreter's own map: libc named (by the start of its file name), ctypes'
+    module kept by path, the executable never; libffi is left."""
+    import _ctypes
+
+    maps = dontfork.mappings()
+    exe = os.path.realpath("/proc/self/exe")
+    ctypes_path = os.path.realpath(_ctypes.__file__)
+    paths = {m.path for m in dontfork.unused_objects(maps, ("libc.so",), [ctypes_path], exe)}
+    names = {p.rsplit("/", 1)[-1].split(".")[0] for p in paths}
+    assert "libffi" in names, names
+    assert not names & {"libc", "_ctypes", exe.rsplit("/", 1)[-1].split(".")[0]}, names
+    # A mapped file that is not an ELF object (a locale archive, a cache) stays.
+    data = dontfork.Mapping(0x1000, 0x2000, "r--p", 0, os.path.realpath(__file__), 0)
+    assert dontfork.unused_objects([data], (), [], exe) == []
+    # Every mapping of an object left out goes, not only its code.
+    ffi = [m for m in maps if "/libffi.so" in m.path]
+    assert len([m for m in dontfork.unused_objects(maps, (), [], exe)
+                if "/libffi.so" in m.path]) == len(ffi) >= 4
