@@ -10,9 +10,9 @@ the supervisor pays once per connection.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
+import math
 import sys
 import time
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 logger = logging.getLogger("titus")
+_encode = json.JSONEncoder(default=str).encode  # json.dumps(default=str), made once
 
 
 class _TextFormatter(logging.Formatter):
@@ -39,10 +40,18 @@ def endpoint(addr: tuple[Any, ...] | list[Any]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+_second: list[Any] = [None, ""]  # the last second written, and its text
+
+
 def rfc3339(created: float) -> str:
-    """A record's time: RFC 3339 in UTC with milliseconds, `2026-12-02T17:10:39.896Z`."""
-    when = datetime.datetime.fromtimestamp(created, datetime.UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """A record's time: RFC 3339 in UTC with milliseconds, `2026-12-02T17:10:39.896Z`.
+    The text up to the second is made once per second (a record per connection: the
+    datetime round trip was a fifth of writing one)."""
+    fraction, whole = math.modf(created)  # rounded as datetime.fromtimestamp rounds
+    second, micros = divmod(round(fraction * 1e6) + int(whole) * 1_000_000, 1_000_000)
+    if second != _second[0]:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 class _Json(JsonFormatter):
@@ -112,7 +121,7 @@ def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
         return
     record = {"time": rfc3339(time.time()), "level": _LEVELS[level], "event": name, **fields}
     try:
-        stream.write(json.dumps(record, default=str) + "\n")
+        stream.write(_encode(record) + "\n")
         stream.flush()
     except (OSError, ValueError):
         pass  # as logging's handleError: a log that cannot be written never stops titus

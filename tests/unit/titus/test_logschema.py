@@ -99,3 +99,20 @@ def test_docs_list_every_event() -> None:
     markdown = (Path(ROOT) / "docs" / "logging.md").read_text()
     for name in EVENTS:
         assert f"### {name}\n" in markdown
+
+
+@pytest.mark.parametrize("created", [
+    1733463346.9609995,  # half a microsecond: datetime rounds it to even
+    1609659685.4119995, 2167923688.9349995, 1764870000.0, 1764870000.9995, 1764870000.999999,
+    1764870059.9999996,  # rounds up into the next second, and the next minute
+    1764870060.0004])
+def test_record_times_are_datetimes_rfc3339(created: float) -> None:
+    """rfc3339 keeps the text up to the second between records: each time still reads as
+    datetime writes it, whichever second came before."""
+    import datetime
+
+    expected = datetime.datetime.fromtimestamp(created, datetime.UTC).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+    assert logs.rfc3339(created) == expected
+    assert logs.rfc3339(created - 1) != expected  # another second in between
+    assert logs.rfc3339(created) == expected
