@@ -27,8 +27,10 @@ Each is five mappings, two of them written by the loader (relocations), that a
 clone copies and an exit tears down for nothing: measured on titus's worker,
 ~0.03-0.05 ms of the clone and the exit per jail.  The executor's own object, the
 C library and the dynamic loader are always kept, and so is the object that holds
-each entry's main function; code an entry reaches by a pointer (a wrapper that
-calls another module's entry, a callback some library installed) must be named.
+each entry's main function, with every object these and the named ones need
+(DT_NEEDED: a sanitizer build's runtime too); code an entry reaches only by a
+pointer (a wrapper that calls another module's entry, a callback some library
+installed) must be named.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def keep_python_out(targets: list[object]) -> bool:
     return True
 
 
-EXECUTOR_RUNS = ("libc.so", "ld-linux")  # what sandbox/_jail's code needs besides itself
+_SHT_DYNAMIC, _DT_NEEDED = 6, 1
 
 
 def _is_elf(path: str) -> bool:
@@ -177,6 +179,48 @@ def _is_elf(path: str) -> bool:
             return f.read(4) == b"\x7fELF"
     except OSError:
         return False
+
+
+def needed(image: bytes) -> list[str]:
+    """The sonames an ELF64 object names DT_NEEDED (the libraries the loader mapped for
+    it: the C library, and in a sanitizer build libasan, which its code calls)."""
+    if image[:4] != b"\x7fELF" or image[4] != 2 or image[5] != 1:
+        raise ValueError("not a little-endian ELF64 file")
+    shoff, = struct.unpack_from("<Q", image, 40)
+    shentsize, shnum = struct.unpack_from("<HH", image, 58)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", image, shoff + i * shentsize)
+                for i in range(shnum)]
+    out = []
+    for _name, kind, _flags, _addr, offset, size, link, *_rest in sections:
+        if kind != _SHT_DYNAMIC or link >= shnum:
+            continue
+        strings = sections[link][4]
+        for at in range(offset, offset + size, 16):
+            tag, value = struct.unpack_from("<qQ", image, at)
+            if tag == 0:
+                break
+            if tag == _DT_NEEDED:
+                start = strings + value
+                out.append(image[start:image.index(b"\0", start)].decode())
+    return out
+
+
+def with_needed(maps: list[Mapping], paths: set[str]) -> set[str]:
+    """`paths` and every mapped object they need, and those need, by soname."""
+    by_name = {m.path.rsplit("/", 1)[-1]: m.path for m in maps if m.path.startswith("/")}
+    todo, seen = list(paths), set(paths)
+    while todo:
+        try:
+            with open(todo.pop(), "rb") as f:
+                sonames = needed(f.read())
+        except (OSError, ValueError, struct.error, IndexError):
+            continue
+        for soname in sonames:
+            for name, path in by_name.items():
+                if (name == soname or name.startswith(soname + ".")) and path not in seen:
+                    seen.add(path)
+                    todo.append(path)
+    return seen
 
 
 def unused_objects(maps: list[Mapping], runs: Iterable[str], kept: Iterable[str], exe: str
@@ -202,9 +246,11 @@ def keep_libraries_out(targets: list[object], runs: Iterable[str]) -> list[str]:
         return []
     maps = mappings()
     code = [_jail.entry_code(t) for t in targets]
+    names = tuple(runs)
     kept = {os.path.realpath(_jail.__file__)}
-    kept.update(m.path for m in maps if any(m.start <= a < m.end for a in code))
-    out = unused_objects(maps, (*runs, *EXECUTOR_RUNS), kept,
+    kept.update(m.path for m in maps if any(m.start <= a < m.end for a in code) or
+                (m.path.rsplit("/", 1)[-1].startswith(names) and m.path.startswith("/")))
+    out = unused_objects(maps, names, with_needed(maps, kept),
                          os.path.realpath("/proc/self/exe"))
     for m in out:
         _jail.dontfork(m.start, m.end - m.start)

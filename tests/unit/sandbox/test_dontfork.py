@@ -69,3 +69,20 @@ def test_unused_objects_are_the_shared_objects_nobody_named() -> None:
     ffi = [m for m in maps if "/libffi.so" in m.path]
     assert len([m for m in dontfork.unused_objects(maps, (), [], exe)
                 if "/libffi.so" in m.path]) == len(ffi) >= 4
+
+
+def test_what_an_object_needs_is_kept_with_it() -> None:
+    """DT_NEEDED, read from the file: _ssl needs libssl, which needs libcrypto and libc,
+    which needs the loader; all of them come with _ssl, and nothing it does not need."""
+    import _ssl
+
+    maps = dontfork.mappings()
+    ssl_module = os.path.realpath(_ssl.__file__)
+    with open(ssl_module, "rb") as f:
+        assert any(name.startswith("libssl.so") for name in dontfork.needed(f.read()))
+    names = {p.rsplit("/", 1)[-1].split(".")[0]
+             for p in dontfork.with_needed(maps, {ssl_module})}
+    assert {"_ssl", "libssl", "libcrypto", "libc", "ld-linux-x86-64"} <= names, names
+    assert "libffi" not in names
+    with pytest.raises(ValueError):
+        dontfork.needed(b"not an ELF file")
