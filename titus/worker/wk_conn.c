@@ -24,7 +24,6 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
-#include <malloc.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -300,11 +299,10 @@ static void serve(struct conn *c, int ctl)
     if (choose_vhost(c, &hello_len) < 0 || handshake(c, hello_len) < 0)
         return;
     report_handshake(c, ctl);
-    /* The handshake's memory is freed now: give its pages back (brk, madvise), so that
-     * a connection that stays open holds only what it still uses.  Pages of the heap
-     * are the worker's own: the zygote keeps its free chunks and runs malloc without
-     * a thread cache (sandbox/forkserver.py), so nothing freed here pins a page. */
-    malloc_trim(0);
+    /* The handshake's memory is freed now; the pump gives its pages back once the
+     * connection goes quiet (wk_pump.c).  Pages of the heap are the worker's own: the
+     * zygote keeps its free chunks and runs malloc without a thread cache
+     * (sandbox/forkserver.py), so nothing freed here pins a page. */
 
     uint8_t buf[WK_CTL_MAX];
     struct wk_sup_msg msg;
