@@ -116,8 +116,8 @@ class Connections:
             client.close()
         worker.enter(Phase.HANDSHAKE)
         worker.conn = conn
-        worker.timer = self.loop.call_later(worker.gen.config.max_handshake_time,
-                                            lambda: self.handshake_timeout(worker))
+        worker.timer = self.loop.call_later_in_order(worker.gen.config.max_handshake_time,
+                                                     lambda: self.handshake_timeout(worker))
         pool.schedule_refill(0)
 
     def handshake_timeout(self, worker: Worker) -> None:

@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,7 @@ class Loop:
         self._epoll = select.epoll()
         self._regs: dict[int, _Registration] = {}
         self._timers: list[tuple[float, int, Timer]] = []
+        self._in_order: dict[float, deque[Timer]] = {}  # call_later_in_order, by delay
         self._seq = itertools.count()
         self._soon: list[Callback] = []
         self._signal_handlers: dict[int, Callback] = {}
@@ -113,6 +115,18 @@ class Loop:
         heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
         return timer
 
+    def call_later_in_order(self, delay: float, callback: Callback) -> Timer:
+        """call_later for the many timers of one fixed delay (a deadline per connection):
+        they fall due in the order they were made, so a queue per delay holds them, each
+        added and taken in O(1), where the heap of thousands (cancelled ones wait there
+        until due) cost a dozen cold comparisons a push and twice that a pop."""
+        timer = Timer(time.monotonic() + delay, callback)
+        queue = self._in_order.get(delay)
+        if queue is None:
+            queue = self._in_order[delay] = deque()
+        queue.append(timer)
+        return timer
+
     def call_soon(self, callback: Callback) -> None:
         self._soon.append(callback)
 
@@ -147,8 +161,11 @@ class Loop:
         timeout = max_wait
         if self._soon:
             timeout = 0
-        elif self._timers:
-            timeout = min(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
+        elif self._timers or self._in_order:
+            heads = [queue[0].when for queue in self._in_order.values()]
+            if self._timers:
+                heads.append(self._timers[0][0])
+            timeout = min(timeout, max(0.0, min(heads) - time.monotonic()))
         try:
             ready = self._epoll.poll(timeout)
         except InterruptedError:
@@ -166,13 +183,21 @@ class Loop:
                 reg.writer()  # unless the reader changed or dropped the registration
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
-            _, _, timer = heapq.heappop(self._timers)
-            callback = timer.callback
-            if not timer.cancelled and callback is not None:
-                timer.cancel()  # run once: nothing keeps what the callback holds
-                callback()
+            self._run(heapq.heappop(self._timers)[2])
+        for delay, queue in list(self._in_order.items()):
+            while queue and queue[0].when <= now:
+                self._run(queue.popleft())
+            if not queue:
+                del self._in_order[delay]  # a delay a reload left behind goes with it
         soon, self._soon = self._soon, []
         for callback in soon:
+            callback()
+
+    @staticmethod
+    def _run(timer: Timer) -> None:
+        callback = timer.callback
+        if not timer.cancelled and callback is not None:
+            timer.cancel()  # run once: nothing keeps what the callback holds
             callback()
 
     def close(self) -> None:

@@ -127,8 +127,8 @@ class Pool:
             theirs.close()
             channel.close()
         gen.pending[request] = PendingSpawn(ours, uid, self.epoch, time.monotonic())
-        self.loop.call_later(SPAWN_REPLY_TIMEOUT,
-                             lambda: sup.generations.check_reply(gen, request))
+        self.loop.call_later_in_order(SPAWN_REPLY_TIMEOUT,
+                                      lambda: sup.generations.check_reply(gen, request))
         return True
 
     def spawned(self, gen: Generation, pending: PendingSpawn, pid: int | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import select
 import socket
+import time
 import weakref
 from collections.abc import Callable
 
@@ -83,8 +84,9 @@ def _freed_without_the_cycle_collector(make_cycle: Callable[[Loop], _Holder]) ->
         loop.close()
 
 
+@pytest.mark.parametrize("how", ["call_later", "call_later_in_order"])
 @pytest.mark.parametrize("end", ["cancelled", "fired"])
-def test_a_timer_lets_go_of_its_callback_once_cancelled_or_run(end: str) -> None:
+def test_a_timer_lets_go_of_its_callback_once_cancelled_or_run(end: str, how: str) -> None:
     """Otherwise each connection's worker, held by its handshake deadline's callback,
     is cyclic garbage: freed only by a full collection, and the supervisor's memory
     grows in between (+6 MB over the 10,000-connection soak)."""
@@ -92,11 +94,36 @@ def test_a_timer_lets_go_of_its_callback_once_cancelled_or_run(end: str) -> None
 
     def make_cycle(loop: Loop) -> _Holder:
         holder = _Holder()
-        holder.timer = loop.call_later(0 if end == "fired" else 60,
-                                       lambda: ran.append(holder is not None))
+        holder.timer = getattr(loop, how)(0 if end == "fired" else 60,
+                                          lambda: ran.append(holder is not None))
         if end == "cancelled":
             holder.timer.cancel()
         return holder
 
     assert _freed_without_the_cycle_collector(make_cycle)
     assert ran == ([True] if end == "fired" else [])
+
+
+def test_timers_in_order_fall_due_with_the_heaps() -> None:
+    """call_later_in_order's queues (one per delay) and the heap fire in time order;
+    the loop sleeps no longer than the first of either; a cancelled timer never fires;
+    a queue left empty goes."""
+    loop = Loop()
+    fired: list[str] = []
+    try:
+        loop.call_later(0.10, lambda: fired.append("heap 0.10"))
+        loop.call_later_in_order(0.05, lambda: fired.append("queue 0.05 a"))
+        cancelled = loop.call_later_in_order(0.05, lambda: fired.append("cancelled"))
+        loop.call_later_in_order(0.05, lambda: fired.append("queue 0.05 b"))
+        loop.call_later_in_order(0.15, lambda: fired.append("queue 0.15"))
+        cancelled.cancel()
+        start = time.monotonic()
+        loop.run_once(5)  # wakes for the queue's first, not after 5 s
+        assert 0.04 < time.monotonic() - start < 1
+        assert fired == ["queue 0.05 a", "queue 0.05 b"]
+        while len(fired) < 4 and time.monotonic() - start < 5:
+            loop.run_once(5)
+        assert fired == ["queue 0.05 a", "queue 0.05 b", "heap 0.10", "queue 0.15"]
+        assert loop._in_order == {}
+    finally:
+        loop.close()
