@@ -189,13 +189,16 @@ def expected(script: list[bytes], vhosts_reachable: set[int]) -> Expected:
     state, finished = "handshake", None
     for index, packet in enumerate(script):
         if not packet:
-            # Read as EOF: the supervisor stops listening, and only the Finished messages
-            # still queued when the worker dies count; in the handshake its timer ends it.
-            for rest in script[index + 1 :]:
+            # Read as EOF: the supervisor stops listening; once the worker dies, the first
+            # Finished still queued counts, unless one came already; in the handshake
+            # its timer ends it.
+            for rest in script[index + 1 :] if finished is None else []:
+                queued = None
                 with contextlib.suppress(control.ControlError):
-                    msg = control.decode_from_worker(rest[: control.MAX_PACKET + 1])
-                    if isinstance(msg, control.Finished):
-                        finished = msg
+                    queued = control.decode_from_worker(rest[: control.MAX_PACKET + 1])
+                if isinstance(queued, control.Finished):
+                    finished = queued
+                    break
             if state == "handshake":
                 return Expected("timeout", None)
             break
@@ -248,6 +251,9 @@ def scripts(count: int, seed: int) -> list[list[bytes]]:
         [b"\x82" + b" " * 6000],
         [b""],  # an empty packet reads as EOF: only the handshake timer ends this worker
         [VALID[0]],  # honest so far, then silent: dies without a word
+        # EOF, then two Finished queued behind it: the first is the one that counts.
+        [VALID[0], b"", control.encode(control.Finished(control.WORKER_OUTCOMES[1], 1, 2)),
+         VALID[1]],
     ]
     rng = random.Random(seed)
     out = fixed[:count]

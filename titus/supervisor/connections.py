@@ -241,9 +241,10 @@ class Connections:
 
     def worker_ended(self, worker: Worker) -> None:
         sup, pool = self.sup, self.sup.pool
-        # Read what the worker said before it died (its last message may be
-        # queued behind the exit).
-        while worker.ctl.fileno() >= 0:
+        # Read what the worker said before it died (its last message may be queued
+        # behind the exit), until its Finished: nothing after that counts (and a worker
+        # that reported already costs no read here).
+        while worker.finished is None and worker.ctl.fileno() >= 0:
             try:
                 packet = worker.ctl.recv(control.MAX_PACKET + 1, socket.MSG_DONTWAIT)
             except OSError:
