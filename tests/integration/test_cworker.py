@@ -179,6 +179,11 @@ def test_the_table_chooses_as_the_configuration_model_does(pki) -> None:
             expect = next((i for i, v in enumerate(vhosts)
                            if v.matches_local(host, 443) and v.matches_sni(sni)), -1)
             assert t.choose((addr.version, addr.packed, 443), sni) == expect, (host, sni)
+        # Without a probe only where no name can change the choice: the first vhost for
+        # the address takes every name.
+        first = next((i for i, v in enumerate(vhosts) if v.matches_local(host, 443)), -1)
+        direct = first if first >= 0 and not vhosts[first].sni_names else -1
+        assert t.choose_by_address((addr.version, addr.packed, 443)) == direct, host
 
 
 # --- the callbacks the contexts carry, in C -----------------------------------------------------
@@ -389,6 +394,38 @@ def raw_client(port: int, send: bytes, close: bool = True, wait: float = 5) -> b
 def finished(served: Served) -> tuple[str, str | None]:
     served.join()
     return served.finished.outcome, served.finished.detail
+
+
+# SSLv2's ClientHello format (version 3.3): 7 cipher specs, no session id, a challenge.
+SSL2_HELLO = (b"\x80\x2e\x01\x03\x03\x00\x15\x00\x00\x00\x10" +
+              bytes.fromhex("00002f 000035 00000a 00c030 00c02f 00009c 0000ff") + bytes(range(16)))
+
+
+@pytest.mark.parametrize("probed", [False, True])
+def test_a_hello_is_read_alike_with_or_without_the_probe(worker, holder, pki,
+                                                         probed: bool) -> None:
+    """One vhost for every name: the vhost's own ClientHello callback reads the hello
+    (no probe SSL); a vhost chosen by name: the probe does.  Either refuses SSLv2's
+    format and a server name that is no host name the same way, and reports the name.
+    (The probe once took an SSLv2 hello for a name no vhost serves: "no-vhost".)"""
+    t = (table(pki, vhost(pki, "p256", "ab.titus.test", "ab\x01d.titus.test"))
+         if probed else table(pki, vhost(pki, "p256")))
+    local = (4, bytes([127, 0, 0, 1]), 443)
+    assert (t.choose_by_address(local) < 0) == probed
+    served = worker.serve_one(t, holder.channel("p256"))
+    assert raw_client(worker.port, SSL2_HELLO)[:1] in (b"", b"\x15")  # nothing, or an alert
+    assert finished(served) == ("handshake-failed", "an SSLv2 ClientHello")
+    served = worker.serve_one(t, holder.channel("p256"))
+    hello = _client_hello("abcd.titus.test").replace(b"abcd.titus.test", b"ab\x01d.titus.test")
+    answer = raw_client(worker.port, hello)
+    assert finished(served) == ("handshake-failed", "the server name is not a host name")
+    assert answer[:1] == b"\x15" and answer[-1:] == b"\x70"  # unrecognized_name
+    served = worker.serve_one(t, holder.channel("p256"))
+    ctx = client_ctx(pki)
+    ctx.check_hostname = False
+    connect(worker.port, ctx, "AB.titus.test.")
+    served.join()
+    assert served.ok and served.handshake.sni == "ab.titus.test", served.finished
 
 
 def test_before_tls(worker, holder, pki) -> None:

@@ -40,16 +40,31 @@ static void unmap(const struct wk_addr *in, struct wk_addr *out)
     }
 }
 
+static int serves_address(const struct wk_vhost *v, const struct wk_addr *a, uint16_t port)
+{
+    if (v->has_addr && (v->addr.family != a->family ||
+                        memcmp(v->addr.ip, a->ip, a->family == 4 ? 4 : 16) != 0))
+        return 0;
+    return !v->has_port || v->port == port;
+}
+
+int wk_choose_by_address(const struct wk_table *t, const struct wk_addr *local)
+{
+    struct wk_addr a;
+    unmap(local, &a);
+    for (int i = 0; i < t->n; i++)
+        if (serves_address(&t->v[i], &a, local->port))
+            return t->v[i].n_sni == 0 ? i : -1;
+    return -1;
+}
+
 int wk_choose(const struct wk_table *t, const struct wk_addr *local, const char *sni)
 {
     struct wk_addr a;
     unmap(local, &a);
     for (int i = 0; i < t->n; i++) {
         const struct wk_vhost *v = &t->v[i];
-        if (v->has_addr && (v->addr.family != a.family ||
-                            memcmp(v->addr.ip, a.ip, a.family == 4 ? 4 : 16) != 0))
-            continue;
-        if (v->has_port && v->port != local->port)
+        if (!serves_address(v, &a, local->port))
             continue;
         if (v->n_sni == 0)
             return i;

@@ -2,7 +2,12 @@
  *
  *  1. the Connection message from the supervisor brings the client socket and
  *     the connection's local address;
- *  2. the vhost is chosen by local address, then SNI, first match wins (wk_probe.c).  A probe
+ *  2. the vhost is chosen by local address, then SNI, first match wins (wk_probe.c).
+ *     Where the address alone decides (its first vhost takes every server name, as
+ *     with one vhost), the real SSL is made on that vhost at once and its context's
+ *     ClientHello callback reads the hello as the probe would (SSLv2's format and a
+ *     server name that is no host name refused, the name kept for the reports).
+ *     Otherwise a probe
  *     SSL on a parse-only context reads the ClientHello up to OpenSSL's ClientHello
  *     callback, which chooses and stops it; the real SSL is then created on the
  *     chosen vhost's SSL_CTX and fed the same bytes, so every setting of that vhost
@@ -12,7 +17,9 @@
  *     hand would be one more place to know every setting, and to miss one.)  The
  *     probe costs ~16 us of CPU a connection (measured: SSL_new on the probe context,
  *     a 517-byte ClientHello parsed up to the callback, SSL_free), ~2% of a worker's
- *     budget.  No vhost: an unrecognized_name alert from the probe;
+ *     budget; 0.02-0.05 ms in a forked child, cold (bench/FLOOR.md), which is why the
+ *     address alone decides where it can.  No vhost: an unrecognized_name alert from
+ *     the probe;
  *  3. the handshake, signatures by the key holder (wk_remotekey.c);
  *  4. HandshakeDone to the supervisor, which answers with the backend socket;
  *  5. the pump (wk_pump.c), then Finished, then _exit.
@@ -109,10 +116,26 @@ static void no_vhost_detail(struct conn *c)
 }
 
 /* Read the ClientHello into `hello` and choose the vhost; 0 or -1 (outcome set). */
+/* A ClientHello a callback refused (wk_probe.c's read_hello), whichever read it. */
+static int hello_refused(struct conn *c)
+{
+    if (c->probe.sni_state == -2)
+        return fail(c, WK_HANDSHAKE_FAILED, "the server name is not a host name");
+    if (c->probe.sni_state == -1)
+        return fail(c, WK_HANDSHAKE_FAILED, "a malformed server_name extension");
+    return fail(c, WK_HANDSHAKE_FAILED, "an SSLv2 ClientHello");
+}
+
 static int choose_vhost(struct conn *c, size_t *hello_len)
 {
     BIO *in, *out;
     c->probe = (struct wk_probe){.t = c->t, .local = &c->local, .vhost = -1};
+    int by_address = wk_choose_by_address(c->t, &c->local);
+    if (by_address >= 0) { /* no server name can change it: no probe */
+        c->probe.vhost = by_address;
+        *hello_len = 0;
+        return 0;
+    }
     SSL *probe = wk_new_probe(c->t, &c->probe, &in, &out);
     size_t len = 0;
     int r = 0;
@@ -142,11 +165,11 @@ static int choose_vhost(struct conn *c, size_t *hello_len)
         len += (size_t)n;
         r = wk_probe_step(probe, &c->probe);
         if (r < 0) {
-            if (c->probe.ran && c->probe.sni_state >= 0 && c->probe.vhost < 0) {
+            if (c->probe.refused) {
+                hello_refused(c);
+            } else if (c->probe.ran && c->probe.vhost < 0) {
                 c->outcome = WK_NO_VHOST;
                 no_vhost_detail(c);
-            } else if (c->probe.sni_state == -2) {
-                fail(c, WK_HANDSHAKE_FAILED, "the server name is not a host name");
             } else {
                 ssl_fail(c, WK_HANDSHAKE_FAILED, "not a TLS ClientHello");
             }
@@ -168,7 +191,7 @@ static int handshake(struct conn *c, size_t hello_len)
     const struct wk_vhost *v = &c->t->v[c->probe.vhost];
     c->ssl = SSL_new(v->ctx);
     c->bio = wk_client_bio(c->cfd, hello, hello_len);
-    if (c->ssl == NULL || c->bio == NULL) {
+    if (c->ssl == NULL || c->bio == NULL || wk_vhost_hello_attach(c->ssl, &c->probe) < 0) {
         BIO_free(c->bio);
         c->bio = NULL;
         return fail(c, WK_ERROR, "out of memory");
@@ -189,19 +212,31 @@ static int handshake(struct conn *c, size_t hello_len)
         if (r == 1)
             return 0;
         int e = SSL_get_error(c->ssl, r);
+        /* Before its ClientHello was read (no probe ran: the address chose the vhost),
+         * a connection ends as the probe would have ended it. */
+        int before_hello = !c->probe.ran;
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
             if (wait_client(c, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT) < 0)
-                return fail(c, WK_TIMEOUT, "handshake timed out");
+                return fail(c, WK_TIMEOUT,
+                            before_hello ? "no ClientHello in time" : "handshake timed out");
             continue;
         }
         if (e == SSL_ERROR_SYSCALL) {
             int err = wk_client_bio_errno(c->bio);
+            if (before_hello && err == ECONNRESET)
+                return fail(c, WK_CLIENT_RESET, NULL);
             if (err == ECONNRESET || err == EPIPE)
                 return fail(c, WK_HANDSHAKE_FAILED, "the client reset the connection");
             if (err == 0)
-                return fail(c, WK_HANDSHAKE_FAILED, "client closed during the handshake");
+                return fail(c, WK_HANDSHAKE_FAILED,
+                            before_hello ? "client closed before its ClientHello"
+                                         : "client closed during the handshake");
             return fail(c, WK_HANDSHAKE_FAILED, strerror(err));
         }
+        if (c->probe.refused)
+            return hello_refused(c);
+        if (before_hello)
+            return ssl_fail(c, WK_HANDSHAKE_FAILED, "not a TLS ClientHello");
         /* The alert OpenSSL queued went out through the BIO already (or could not). */
         if (wk_kh.failed > 0)
             return fail(c, WK_HANDSHAKE_FAILED,

@@ -49,23 +49,31 @@ int wk_set_alpn(SSL_CTX *ctx, const unsigned char *wire, size_t len);
 int wk_enable_stapling(SSL_CTX *ctx, struct wk_staple *staple);
 SSL_CTX *wk_new_probe_ctx(void);
 void wk_probe_install(SSL_CTX *probe); /* its ClientHello callback (wk_probe.c) */
+/* A vhost context's ClientHello callback (wk_probe.c): where no probe ran, it reads the
+ * hello as the probe would; -1 if OpenSSL had no ex_data index for it. */
+int wk_vhost_hello_install(SSL_CTX *ctx);
 
 /* One probe: what its ClientHello callback found (wk_probe.c). */
 struct wk_probe {
     const struct wk_table *t;
     const struct wk_addr *local;
-    int ran;       /* the callback ran */
+    int ran;       /* a ClientHello callback read the hello (the probe's, or the vhost's) */
+    int refused;   /* ... and refused it (SSLv2's format, or the server name) */
     int vhost;     /* chosen, or -1 */
     int sni_state; /* 0 none, 1 present, -1 malformed, -2 unusable */
     char sni[WK_MAX_SNI + 1]; /* normalized */
 };
 SSL *wk_new_probe(const struct wk_table *t, struct wk_probe *p, BIO **in, BIO **out);
+int wk_vhost_hello_attach(SSL *ssl, struct wk_probe *p); /* 0, or -1 out of memory */
 /* 1: chosen; 0: needs more bytes; -1: failed (the probe's alert is in its wbio). */
 int wk_probe_step(SSL *ssl, struct wk_probe *p);
 
 /* vhost choice (wk_conn.c) */
 void wk_normalize_sni(const char *in, size_t len, char *out /* >= len + 1 */);
 int wk_choose(const struct wk_table *t, const struct wk_addr *local, const char *sni);
+/* The vhost when the local address alone decides it (its first vhost takes every
+ * server name), else -1: the choice needs the ClientHello (or no vhost serves it). */
+int wk_choose_by_address(const struct wk_table *t, const struct wk_addr *local);
 /* The SNI extension as OpenSSL collected it -> the name (NUL-terminated, raw), or
  * -1 malformed (decode_error), -2 unusable name (unrecognized_name). */
 int wk_parse_sni_ext(const unsigned char *ext, size_t len, char *out, size_t cap);

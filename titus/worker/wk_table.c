@@ -142,6 +142,10 @@ static int table_init(Table *self, PyObject *args, PyObject *kw)
             return -1;
         SSL_CTX_up_ref(ctx);
         v->ctx = ctx;
+        if (wk_vhost_hello_install(ctx) < 0) {
+            PyErr_SetString(PyExc_RuntimeError, "libssl gave no ex_data index");
+            return -1;
+        }
         self->t.n = (int)i + 1;
         if (fam != Py_None) {
             PyObject *zero = PyLong_FromLong(0);
@@ -259,6 +263,18 @@ static PyObject *table_choose(Table *self, PyObject *args)
     return PyLong_FromLong(r);
 }
 
+static PyObject *table_choose_by_address(Table *self, PyObject *args)
+{
+    /* choose_by_address((family, packed ip, port)) -> index, or -1: needs the name */
+    PyObject *fam, *ip, *port;
+    struct wk_addr local;
+    if (!PyArg_ParseTuple(args, "(OOO)", &fam, &ip, &port))
+        return NULL;
+    if (parse_addr(fam, ip, port, &local) < 0)
+        return NULL;
+    return PyLong_FromLong(wk_choose_by_address(&self->t, &local));
+}
+
 static PyObject *table_entry(Table *self, void *closure)
 {
     (void)closure;
@@ -271,6 +287,8 @@ static PyMethodDef table_methods[] = {
     {"probe", (PyCFunction)table_probe, METH_VARARGS,
      "Run the vhost choice on ClientHello bytes in memory (warm-up, tests)."},
     {"choose", (PyCFunction)table_choose, METH_VARARGS, "The vhost chooser alone (tests)."},
+    {"choose_by_address", (PyCFunction)table_choose_by_address, METH_VARARGS,
+     "The vhost if the local address alone decides it, else -1 (tests)."},
     {NULL, NULL, 0, NULL},
 };
 
