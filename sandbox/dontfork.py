@@ -45,22 +45,29 @@ _COPY_RELOC = {62: 5, 183: 1024}  # e_machine -> R_*_COPY: x86_64, aarch64
 _SHT_RELA, _SHT_DYNSYM = 4, 11
 
 
+def _sections(image: bytes) -> list[tuple[int, ...]]:
+    """An ELF64 file's section headers: (name, type, flags, addr, offset, size, link,
+    info, align, entsize) each."""
+    if image[:4] != b"\x7fELF" or image[4] != 2 or image[5] != 1:
+        raise ValueError("not a little-endian ELF64 file")
+    shoff, = struct.unpack_from("<Q", image, 40)
+    shentsize, shnum = struct.unpack_from("<HH", image, 58)
+    return [struct.unpack_from("<IIQQQQIIQQ", image, shoff + i * shentsize)
+            for i in range(shnum)]
+
+
 def shared_with_libraries(exe: bytes) -> list[tuple[int, int]]:
     """(address, size), at link-time addresses, of what in an ELF64 executable's
     writable data the shared libraries use too: the variables it took over by copy
     relocation (the C library reads `environ` there), and its GOT (a function whose
     address the executable takes, `free` say, is called through the executable's
     PLT by every library)."""
-    if exe[:4] != b"\x7fELF" or exe[4] != 2 or exe[5] != 1:
-        raise ValueError("not a little-endian ELF64 file")
+    sections = _sections(exe)
     machine = struct.unpack_from("<H", exe, 18)[0]
     copy = _COPY_RELOC.get(machine)
     if copy is None:
         raise ValueError(f"unsupported ELF machine {machine}")
-    shoff, = struct.unpack_from("<Q", exe, 40)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", exe, 58)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", exe, shoff + i * shentsize)
-                for i in range(shnum)]
+    shnum, shstrndx = len(sections), struct.unpack_from("<H", exe, 62)[0]
     names = sections[shstrndx][4]
     found = []
     for name_at, _kind, _flags, addr, _offset, size, *_rest in sections:
@@ -184,15 +191,10 @@ def _is_elf(path: str) -> bool:
 def needed(image: bytes) -> list[str]:
     """The sonames an ELF64 object names DT_NEEDED (the libraries the loader mapped for
     it: the C library, and in a sanitizer build libasan, which its code calls)."""
-    if image[:4] != b"\x7fELF" or image[4] != 2 or image[5] != 1:
-        raise ValueError("not a little-endian ELF64 file")
-    shoff, = struct.unpack_from("<Q", image, 40)
-    shentsize, shnum = struct.unpack_from("<HH", image, 58)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", image, shoff + i * shentsize)
-                for i in range(shnum)]
+    sections = _sections(image)
     out = []
     for _name, kind, _flags, _addr, offset, size, link, *_rest in sections:
-        if kind != _SHT_DYNAMIC or link >= shnum:
+        if kind != _SHT_DYNAMIC or link >= len(sections):
             continue
         strings = sections[link][4]
         for at in range(offset, offset + size, 16):
