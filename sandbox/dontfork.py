@@ -225,18 +225,12 @@ def with_needed(maps: list[Mapping], paths: set[str]) -> set[str]:
     return seen
 
 
-def unused_objects(maps: list[Mapping], runs: Iterable[str], kept: Iterable[str], exe: str
-                   ) -> list[Mapping]:
-    """The mappings of each shared object that is neither named in `runs` (a file name
-    or its start, as "libssl.so") nor one of the `kept` paths; never the executable."""
-    names, paths = tuple(runs), set(kept) | {exe}
-    out = []
-    for m in maps:
-        base = m.path.rsplit("/", 1)[-1]
-        if m.path.startswith("/") and m.path not in paths and \
-                not any(base.startswith(n) for n in names) and _is_elf(m.path):
-            out.append(m)
-    return out
+def unused_objects(maps: list[Mapping], kept: Iterable[str], exe: str) -> list[Mapping]:
+    """The mappings of each shared object that is not one of the `kept` paths; never
+    the executable's, nor a mapped file that is no ELF object (a locale)."""
+    paths = set(kept) | {exe}
+    return [m for m in maps if m.path.startswith("/") and m.path not in paths and
+            _is_elf(m.path)]
 
 
 def keep_libraries_out(targets: list[object], runs: Iterable[str]) -> list[str]:
@@ -252,8 +246,7 @@ def keep_libraries_out(targets: list[object], runs: Iterable[str]) -> list[str]:
     kept = {os.path.realpath(_jail.__file__)}
     kept.update(m.path for m in maps if any(m.start <= a < m.end for a in code) or
                 (m.path.rsplit("/", 1)[-1].startswith(names) and m.path.startswith("/")))
-    out = unused_objects(maps, names, with_needed(maps, kept),
-                         os.path.realpath("/proc/self/exe"))
+    out = unused_objects(maps, with_needed(maps, kept), os.path.realpath("/proc/self/exe"))
     for m in out:
         _jail.dontfork(m.start, m.end - m.start)
     return sorted({m.path for m in out})

@@ -41,7 +41,7 @@
 
 #define CTL_FD 0
 #define KEYHOLDER_FD 1
-#define MAX_HELLO 65536 /* a ClientHello larger than this is refused */
+#define MAX_HELLO 65536 /* a probe refuses a larger ClientHello (without one: OpenSSL's limit) */
 
 /* ------------------------------------------------------------------ the connection */
 
@@ -115,7 +115,6 @@ static void no_vhost_detail(struct conn *c)
              (unsigned)c->local.port, c->probe.sni_state == 1 ? c->probe.sni : "None");
 }
 
-/* Read the ClientHello into `hello` and choose the vhost; 0 or -1 (outcome set). */
 /* A ClientHello a callback refused (wk_probe.c's read_hello), whichever read it. */
 static int hello_refused(struct conn *c)
 {
@@ -126,6 +125,8 @@ static int hello_refused(struct conn *c)
     return fail(c, WK_HANDSHAKE_FAILED, "an SSLv2 ClientHello");
 }
 
+/* Choose the vhost, reading the ClientHello into `hello` if a probe must; 0 or -1
+ * (outcome set). */
 static int choose_vhost(struct conn *c, size_t *hello_len)
 {
     BIO *in, *out;
