@@ -19,6 +19,8 @@ import fcntl
 import posix  # not os: a cached `sandbox run` does without it (2.5 ms; sandbox/runcache.py)
 import select
 
+from sandbox import capabilities
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,22 +35,12 @@ _RESP = struct.Struct("=Qqi I")  # id, val, error, flags
 _AUDIT_ARCHES = {0xC000003E: "x86_64", 0xC00000B7: "aarch64"}  # AUDIT_ARCH_*
 
 
-_CAP_SYS_PTRACE = 19
-
-
-def may_copy_listeners(status: str = "/proc/self/status") -> bool:
+def may_copy_listeners() -> bool:
     """Whether this process holds CAP_SYS_PTRACE: a listener is copied out of its jail
     with pidfd_getfd, a ptrace-mode access to a process of another uid that is not
     dumpable.  Root without it (a systemd unit's CapabilityBoundingSet, a container's
     default capabilities) gets EPERM on every spawn, so it must use the audit log."""
-    try:
-        with open(status) as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> _CAP_SYS_PTRACE & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
+    return capabilities.held(capabilities.CAP_SYS_PTRACE)
 
 
 class Call:

@@ -30,7 +30,7 @@ from sandbox.notify import notifying
 from sandbox.spec import JailSpec, UidRange
 from titus import logs
 from titus.config.model import Config
-from titus.supervisor import cutcounts, ocsp, sdnotify
+from titus.supervisor import cutcounts, ocsp, priority, sdnotify
 from titus.supervisor.connections import Connections, sockaddr_pair
 from titus.supervisor.dnsrefresh import BackendRefresh
 from titus.supervisor.generation import Generation, Generations
@@ -158,6 +158,7 @@ class Supervisor:
         return [sockaddr_pair(s.getsockname()) for s in self.listeners.sockets]
 
     def serve_forever(self) -> None:
+        priority.lower_supervisor()
         while not (self.stopping and self.drained):
             self.loop.run_once()
         self.close()

@@ -19,7 +19,7 @@ from sandbox.forkserver import ForkServer, ForkServerError
 from titus import logs
 from titus.config.model import Config, Listener
 from titus.keyholder.main import key_slots
-from titus.supervisor import ocsp
+from titus.supervisor import ocsp, priority
 from titus.supervisor.keyholder import KeyHolder, KeyHolderError, sized_spec
 from titus.supervisor.lifecycle import KillReason
 from titus.supervisor.listeners import open_listener
@@ -108,7 +108,8 @@ class Generations:
             config.max_handshake_time, config.keyholder_timeout, gen.staple_values),
             stderr=sup.stderr_fd)
         try:
-            zygote.start()
+            with priority.children_at_base():
+                zygote.start()
         except ForkServerError as e:
             raise StartupError(str(e)) from None
         gen.zygote = zygote

@@ -18,6 +18,7 @@ from sandbox.errors import JailError
 from sandbox.launcher import JailProcess, Launcher
 from sandbox.spec import JailSpec
 from titus.keyholder.main import KeySlot, keyholder_main
+from titus.supervisor import priority
 from titus.wire.keyproto import MAX_GRANT_KEYS, Grant, encode_grant
 
 STARTUP_TIMEOUT = 10.0
@@ -61,9 +62,10 @@ class KeyHolder:
                     key_fds.append(os.open(slot.key_path, os.O_RDONLY | os.O_CLOEXEC))
                 except OSError as e:
                     raise KeyHolderError(f"{slot.key_path}: {e.strerror}") from None
-            self.jail = self.launcher.spawn(self.spec, keyholder_main, (self.slots,),
-                                            fds=[theirs.fileno(), self.stderr_fd, self.stderr_fd,
-                                                  *key_fds])
+            with priority.children_at_base():
+                self.jail = self.launcher.spawn(
+                    self.spec, keyholder_main, (self.slots,),
+                    fds=[theirs.fileno(), self.stderr_fd, self.stderr_fd, *key_fds])
         except (OSError, JailError) as e:
             ours.close()
             raise KeyHolderError(f"key holder: {e}") from None
