@@ -176,6 +176,18 @@ def reload() -> None:
           "--check); titus keeps serving the old one")
 
 
+def priority() -> None:
+    main = int(show("titus.service")["MainPID"])
+    with open(f"/proc/{main}/task/{main}/children") as f:
+        children = [int(p) for p in f.read().split()]
+    ours = os.getpriority(os.PRIO_PROCESS, main)
+    nice = {pid: os.getpriority(os.PRIO_PROCESS, pid) for pid in children}
+    if ours != 10 or set(nice.values()) != {0}:
+        raise Failed(f"the supervisor's nice value {ours}, its children's {nice}")
+    print(f"priority: the supervisor at nice 10 (CAP_SYS_NICE in the unit), its "
+          f"{len(children)} children (zygote, key holder, workers) at the unit's 0")
+
+
 def stop_drains() -> None:
     since = cursor()
     held = connect()
@@ -244,7 +256,7 @@ def socket_activation() -> None:
 def main() -> int:
     Echo().start()
     run("systemctl", "is-system-running", "--wait", timeout=120, check=False)
-    checks = [start, reload, stop_drains, crash_restarts, socket_activation]
+    checks = [start, reload, priority, stop_drains, crash_restarts, socket_activation]
     try:
         for check in checks:
             check()
