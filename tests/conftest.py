@@ -9,6 +9,7 @@ which also turns randomness back on; `make fuzz` runs the coverage-guided harnes
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -45,3 +46,13 @@ def _titus_records_match_the_log_schema(request: pytest.FixtureRequest) -> Itera
         return
     for titus in started:
         titus.assert_records_valid()
+
+
+# No titus may outlive the session (a test that started one twice, say, and stopped only
+# the second): each left is killed, and the session fails.
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    harness = sys.modules.get("tests.titus_harness")
+    left = harness.still_running() if harness is not None else []
+    if left:
+        print(f"\ntitus processes left running by the tests (killed): {left}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -28,6 +28,7 @@ from sandbox.uids import process_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTED: list[Titus] = []  # every titus started, for the log-schema check (conftest.py)
+EVERY: list[Titus] = []  # every titus of the session: none may outlive it (conftest.py)
 
 
 class Titus:
@@ -46,7 +47,12 @@ class Titus:
         self.addresses: list[tuple[str, int]] = []
 
     def start(self, timeout: float = 20) -> Titus:
+        # A second start would orphan the first titus (`with Titus(...).start() as t`
+        # starts twice: __enter__ starts too), and nothing would stop it.
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"titus {self.proc.pid} is already running")
         STARTED.append(self)
+        EVERY.append(self)
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "titus.cli", "--config", str(self.config_path),
@@ -687,3 +693,15 @@ class ForkedTitus(Titus):
         os.waitpid(self.pid, 0)
         self.pid = 0
         return None
+
+
+def still_running() -> list[int]:
+    """Stop every titus the session started that is still running; their pids."""
+    left = []
+    for t in EVERY:
+        if t.proc is not None and t.proc.poll() is None:
+            left.append(t.proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(t.proc.pid, signal.SIGKILL)
+            t.proc.wait()
+    return left
