@@ -7,12 +7,14 @@ client that never reads, with the worker's RSS measured (test_titus_data.py),
 and the supervisor killed (test_titus_faults.py).
 
 Here: the key holder killed in the middle of a hundred concurrent handshakes,
-and a backend that goes down (refusing, then back up; or black-holed, so only
-the connect timeout ends the wait).
+a backend that goes down (refusing, then back up; or black-holed, so only
+the connect timeout ends the wait), and the zygote killed, or stopped so that
+it never answers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -244,3 +246,54 @@ backend-connect-timeout 1
         print(f"\nblack-holed backend: clients closed after "
               f"{', '.join(f'{took:.2f}s' for _, took, _ in results)}")
         assert titus.proc is not None and titus.proc.poll() is None
+
+
+# -- 3. the zygote dies, or stops answering ---------------------------------------------
+
+ZYGOTE_SPARES = 2
+
+
+def _served_after_zygote_replaced(titus: Titus, certs: PKI, victim: int, reason: str,
+                                  timeout: float) -> None:
+    """titus logs the zygote's failure, starts another, refills its pool from it and
+    serves; the old zygote is gone and nothing else is left over."""
+    failed = titus.wait_event(lambda r: r.get("event") == "zygote-failed", timeout=timeout)
+    assert reason in failed["reason"], failed
+    wait_until(lambda: titus.zygote_pids() and victim not in titus.zygote_pids(), 10,
+               "a new zygote")
+    assert not is_running(victim)
+    ctx, addr = client_context(certs), ("127.0.0.1", titus.port)
+    assert _handshake(ctx, addr).ok
+    wait_until(lambda: len(jailed_children(titus)) == 1 + ZYGOTE_SPARES, 10, "the pool refilled")
+    assert titus.proc is not None
+    assert set(session_processes(titus.proc.pid)) == {
+        titus.proc.pid, *titus.zygote_pids(), *jailed_children(titus)}
+
+
+def test_zygote_killed_is_replaced(tmp_path, pki):  # noqa: F811
+    with http_backend() as backend, Titus(tmp_path, conf(pki, backend.port, f"""
+min-spare-children {ZYGOTE_SPARES}
+""")) as titus:
+        titus.wait_idle_workers()
+        [victim] = titus.zygote_pids()
+        os.kill(victim, signal.SIGKILL)
+        _served_after_zygote_replaced(titus, pki, victim, "exited", timeout=10)
+
+
+def test_zygote_that_stops_answering_is_replaced(tmp_path, pki):  # noqa: F811
+    """A spawn request unanswered for SPAWN_REPLY_TIMEOUT (15 s) replaces the zygote:
+    the deadline each request sets must still fire while the answered ones' are
+    cancelled (so that they never wake the supervisor)."""
+    with http_backend() as backend, Titus(tmp_path, conf(pki, backend.port, f"""
+min-spare-children {ZYGOTE_SPARES}
+""")) as titus:
+        titus.wait_idle_workers()
+        [victim] = titus.zygote_pids()
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            ctx, addr = client_context(pki), ("127.0.0.1", titus.port)
+            assert _handshake(ctx, addr).ok  # a spare serves it; its refill goes unanswered
+            _served_after_zygote_replaced(titus, pki, victim, "did not answer", timeout=25)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)

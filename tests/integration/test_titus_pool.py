@@ -26,6 +26,7 @@ from tests.titus_harness import (
     open_fds,
     worker_of,
 )
+from titus.supervisor.pool import SPAWN_REPLY_TIMEOUT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="titus needs root")
 
@@ -217,3 +218,40 @@ max-handshake-time 10
                 tls.close()
         records = titus.wait_connections(n + 1)
         assert [r["outcome"] for r in records] == ["ok"] * (n + 1), records
+
+
+BURST = 40
+HANDSHAKE_DEADLINE = 3
+
+
+def wakeups(pid: int) -> int:
+    """Times the process has been scheduled out (it went to sleep, or was preempted)."""
+    with open(f"/proc/{pid}/status") as f:
+        return sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+
+
+def test_an_idle_titus_sleeps_through_the_deadlines_it_no_longer_needs(tmp_path, ca):
+    """Each connection sets a handshake deadline, each spawn a deadline for the zygote's
+    answer; both are cancelled long before they fall due.  A cancelled timer must not
+    wake the supervisor: after a burst, that was one wake-up per connection, each
+    running Python on the core the workers need, max-handshake-time and 15 s later."""
+    with EchoBackend() as backend, Titus(tmp_path, config(ca, backend.port, f"""
+min-spare-children 2
+max-handshake-time {HANDSHAKE_DEADLINE}
+""")) as titus:
+        assert titus.proc is not None
+        titus.wait_idle_workers()
+        start = time.monotonic()
+        for _ in range(BURST):
+            with connect(ca, titus.port) as tls:
+                assert echo(tls, b"x") == b"x"
+            time.sleep(0.02)  # the deadlines spread out: one wake-up each, if they woke it
+        burst = time.monotonic() - start
+        assert settle(lambda: len(idle_workers(titus)), 2) == 2
+        for due in (HANDSHAKE_DEADLINE, SPAWN_REPLY_TIMEOUT):
+            time.sleep(max(0.0, start + due - time.monotonic()))
+            before = wakeups(titus.proc.pid)
+            time.sleep(burst + 0.5)
+            woke = wakeups(titus.proc.pid) - before
+            # its own once-a-second wake-up, and a spare's late log line at most
+            assert woke <= 4, f"{woke} wake-ups when the deadlines of {BURST} connections fell due"

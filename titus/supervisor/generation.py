@@ -124,6 +124,8 @@ class Generations:
         for reply in replies:
             pending = gen.pending.pop(reply.request_id, None)
             if pending is not None:
+                if pending.timer is not None:
+                    pending.timer.cancel()  # or it wakes the loop 15 s later for nothing
                 self.sup.pool.spawned(gen, pending, reply.pid, reply.error, reply.listener)
             else:
                 close_unused(reply.listener)
@@ -163,6 +165,8 @@ class Generations:
         if gen.pending:
             for pending in gen.pending.values():
                 pending.ctl.close()
+                if pending.timer is not None:
+                    pending.timer.cancel()
             uids = {p.uid for p in gen.pending.values()}
             gen.pending.clear()
             orphans = self.sup.pool.adopt_orphans()

@@ -161,11 +161,10 @@ class Loop:
         timeout = max_wait
         if self._soon:
             timeout = 0
-        elif self._timers or self._in_order:
-            heads = [queue[0].when for queue in self._in_order.values()]
-            if self._timers:
-                heads.append(self._timers[0][0])
-            timeout = min(timeout, max(0.0, min(heads) - time.monotonic()))
+        else:
+            head = self._next_live_timer()
+            if head is not None:
+                timeout = min(timeout, max(0.0, head - time.monotonic()))
         try:
             ready = self._epoll.poll(timeout)
         except InterruptedError:
@@ -192,6 +191,27 @@ class Loop:
         soon, self._soon = self._soon, []
         for callback in soon:
             callback()
+
+    def _next_live_timer(self) -> float | None:
+        """When the first timer still wanted falls due.  The cancelled ones ahead of it
+        are dropped here, so that they never wake the loop: after a burst, each
+        connection's handshake deadline and spawn timeout (cancelled long before) would
+        otherwise wake it once each, 10 to 15 s later, hundreds of times a second, on
+        the core the workers need (measured: 534 empty wake-ups in 1.5 s)."""
+        heads = []
+        for delay, queue in list(self._in_order.items()):
+            while queue and queue[0].cancelled:
+                queue.popleft()
+            if queue:
+                heads.append(queue[0].when)
+            else:
+                del self._in_order[delay]  # a delay a reload left behind goes with it
+        timers = self._timers
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        if timers:
+            heads.append(timers[0][0])
+        return min(heads) if heads else None
 
     @staticmethod
     def _run(timer: Timer) -> None:

@@ -30,6 +30,7 @@ from titus.wire.zygote import WORKER
 if TYPE_CHECKING:
     from titus.supervisor import Supervisor
     from titus.supervisor.generation import Generation
+    from titus.supervisor.loop import Timer
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
 FAILURES_BEFORE_BACKOFF = 3
@@ -46,6 +47,7 @@ class PendingSpawn:
     uid: int
     epoch: int  # Pool.epoch when asked
     asked: float
+    timer: Timer | None = None  # the zygote's deadline to answer; cancelled by the answer
 
 
 def _children() -> list[int]:
@@ -126,9 +128,10 @@ class Pool:
         finally:
             theirs.close()
             channel.close()
-        gen.pending[request] = PendingSpawn(ours, uid, self.epoch, time.monotonic())
-        self.loop.call_later_in_order(SPAWN_REPLY_TIMEOUT,
-                                      lambda: sup.generations.check_reply(gen, request))
+        gen.pending[request] = PendingSpawn(
+            ours, uid, self.epoch, time.monotonic(),
+            self.loop.call_later_in_order(SPAWN_REPLY_TIMEOUT,
+                                          lambda: sup.generations.check_reply(gen, request)))
         return True
 
     def spawned(self, gen: Generation, pending: PendingSpawn, pid: int | None,

@@ -127,3 +127,42 @@ def test_timers_in_order_fall_due_with_the_heaps() -> None:
         assert loop._in_order == {}
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("how", ["call_later", "call_later_in_order"])
+def test_cancelled_timers_do_not_wake_the_loop(how: str) -> None:
+    """After a burst, every connection's handshake deadline and spawn timeout has been
+    cancelled but would still fall due 10-15 s later: the loop must sleep through them
+    to the first live timer, not wake once for each on the workers' core."""
+    loop = Loop()
+    wakes = 0
+    fired: list[str] = []
+
+    class Counting:
+        """The loop's epoll, counting the times the loop goes to sleep in it."""
+
+        def __init__(self, real: select.epoll) -> None:
+            self.real = real
+
+        def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+            nonlocal wakes
+            wakes += 1
+            return self.real.poll(timeout)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
+
+    loop._epoll = Counting(loop._epoll)  # type: ignore[assignment]
+    try:
+        add = getattr(loop, how)
+        stale = [add(0.01 + i * 0.002, lambda: fired.append("cancelled")) for i in range(20)]
+        for timer in stale:
+            timer.cancel()
+        add(0.1, lambda: fired.append("live"))
+        start = time.monotonic()
+        while not fired and time.monotonic() - start < 5:
+            loop.run_once(5)
+        assert fired == ["live"]
+        assert wakes == 1, f"{wakes} sleeps for one live timer behind 20 cancelled ones"
+    finally:
+        loop.close()
