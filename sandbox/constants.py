@@ -42,6 +42,9 @@ CONSTANTS: dict[str, int] = {
     "SOCK_SEQPACKET": 5,
     "SOCK_NONBLOCK": 0o4000,
     "SOCK_CLOEXEC": 0o2000000,
+    # socket options (asm-generic values, shared by both arches)
+    "SOL_SOCKET": 1,
+    "SO_RCVLOWAT": 18,
     # send/recv flags
     "MSG_PEEK": 0x2,
     "MSG_DONTWAIT": 0x40,

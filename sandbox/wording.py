@@ -33,6 +33,8 @@ ARG_NAMES: dict[str, tuple[str, ...]] = {
     "recvfrom": ("fd", "buf", "len", "flags", "src_addr", "addrlen"),
     "sendmsg": ("fd", "msg", "flags"),
     "recvmsg": ("fd", "msg", "flags"),
+    "setsockopt": ("fd", "level", "optname", "optval", "optlen"),
+    "getsockopt": ("fd", "level", "optname", "optval", "optlen"),
 }
 
 _NETWORK_WORDS = {

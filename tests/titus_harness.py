@@ -288,13 +288,17 @@ class SinkBackend(TCPBackend):
     """Per connection: read to EOF (sha256 + count), then send `reply_bytes` and close.
 
     With `reply_first` it sends its reply before reading, then reads to EOF:
-    the backend-closes-first direction of a half-close.
+    the backend-closes-first direction of a half-close.  With `read_after` it
+    waits that long before its first read, so that what the client sends piles up
+    in front of the proxy.
     """
 
-    def __init__(self, reply_bytes: int = 0, reply_first: bool = False) -> None:
+    def __init__(self, reply_bytes: int = 0, reply_first: bool = False,
+                 read_after: float = 0.0) -> None:
         super().__init__()
         self.reply_bytes = reply_bytes
         self.reply_first = reply_first
+        self.read_after = read_after
         self.results: list[dict[str, Any]] = []
         self.done = threading.Condition()
 
@@ -304,6 +308,7 @@ class SinkBackend(TCPBackend):
             if self.reply_first:
                 conn.sendall(pattern(self.reply_bytes))
                 conn.shutdown(socket.SHUT_WR)
+            time.sleep(self.read_after)
             while data := conn.recv(1 << 20):
                 digest.update(data)
                 count += len(data)
@@ -427,7 +432,7 @@ def session_processes(sid: int) -> list[int]:
     return out
 
 
-def _tcp_inodes(local: tuple[str, int], remote: tuple[str, int]) -> list[str]:
+def tcp_inodes(local: tuple[str, int], remote: tuple[str, int]) -> list[str]:
     def hexaddr(addr: tuple[str, int]) -> str:
         packed = socket.inet_aton(addr[0])
         return f"{int.from_bytes(packed, 'little'):08X}:{addr[1]:04X}"
@@ -450,7 +455,7 @@ def worker_of(titus: Titus, client: socket.socket) -> int | None:
     over, so the only process holding titus's end of the TCP connection is the
     worker: find the socket's inode in /proc/net/tcp, then the child holding it.
     """
-    inodes = {f"socket:[{i}]" for i in _tcp_inodes(client.getpeername()[:2],
+    inodes = {f"socket:[{i}]" for i in tcp_inodes(client.getpeername()[:2],
                                                   client.getsockname()[:2])}
     for pid in jailed_children(titus):
         if inodes & set(open_fds(pid).values()):

@@ -11,6 +11,7 @@ Backends are threads of this process (tests/titus_harness.py).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import hashlib
 import os
@@ -31,8 +32,10 @@ from tests.titus_harness import (
     Titus,
     is_running,
     keyholder_pid,
+    open_fds,
     pattern,
     pattern_stream,
+    tcp_inodes,
     worker_of,
 )
 
@@ -50,7 +53,9 @@ CLIENT_SEED, BULK_SEED = 11, 23
 VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 LINGER_RESET = (1).to_bytes(4, sys.byteorder) + (0).to_bytes(4, sys.byteorder)
 RESET_OUTCOMES = {"client-reset", "backend-reset", "error", "timeout", "worker-died"}
-NAMES = ("bulk.test", "sink.test", "first.test", "refused.test", "flood.test", "reset.test")
+NAMES = ("bulk.test", "sink.test", "first.test", "refused.test", "flood.test", "reset.test",
+         "late.test")
+LATE_READ = 0.5  # the late backend's pause before its first read
 
 
 @functools.lru_cache
@@ -74,6 +79,7 @@ class Env:
     first: SinkBackend
     flood: StreamBackend
     resetting: StreamBackend
+    late: SinkBackend
     refused_port: int
 
 
@@ -88,9 +94,10 @@ def env(tmp_path_factory):
     refused_port = refused.getsockname()[1]
     with StreamBackend(BULK, seed=BULK_SEED) as bulk, SinkBackend(REPLY) as sink, \
             SinkBackend(REPLY, reply_first=True) as first, StreamBackend(FLOOD) as flood, \
-            StreamBackend(FLOOD, reset_after=RESET_AFTER) as resetting:
+            StreamBackend(FLOOD, reset_after=RESET_AFTER) as resetting, \
+            SinkBackend(read_after=LATE_READ) as late:
         ports = dict(zip(NAMES, (bulk.port, sink.port, first.port, refused_port, flood.port,
-                                 resetting.port), strict=True))
+                                 resetting.port, late.port), strict=True))
         vhosts = "".join(f"""
 vhost
 	sni-name {name}
@@ -107,7 +114,7 @@ max-handshake-time 5
 backend-connect-timeout 3
 {vhosts}"""
         with Titus(tmp, config) as titus:
-            yield Env(titus, ca, bulk, sink, first, flood, resetting, refused_port)
+            yield Env(titus, ca, bulk, sink, first, flood, resetting, late, refused_port)
     refused.close()
 
 
@@ -273,6 +280,75 @@ def test_100mb_each_way(env, version):
           f"{elapsed_recv:.2f}s): {2 * BULK / MB / elapsed:.0f} MB/s total, "
           f"{BULK / MB / elapsed:.0f} MB/s each way")
     assert elapsed < 45
+
+
+# -- 1b. a streaming client is read in batches ----------------------------------------------
+
+SO_RCVLOWAT_BULK = 256 * 1024  # titus/worker/wk_pump.c: BULK_LOWAT
+PILE = 8 * MB
+
+
+def held_socket(pid: int, inode: str) -> socket.socket:
+    """A copy of the socket `pid` holds (pidfd_getfd: root may, even of a non-dumpable
+    jailed process), to read its options from outside."""
+    fd = next(int(n) for n, target in open_fds(pid).items() if target == f"socket:[{inode}]")
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        copy = libc.syscall(438, pidfd, fd, 0)  # pidfd_getfd, the same number on every arch
+        if copy < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd")
+    finally:
+        os.close(pidfd)
+    return socket.socket(fileno=copy)
+
+
+def test_a_streaming_client_is_read_in_batches(env):
+    """While the client sends faster than the worker wakes, the worker asks the kernel
+    (SO_RCVLOWAT) to wake it for 256 KiB at a time, not for every record: each wake-up
+    across cores costs the sender's core an IPI.  The backend here reads late, so the
+    client's bytes pile up in front of the worker and its rounds are big.  Once the
+    stream stops the mark goes back to 1, every byte arrives, and the connection ends
+    as usual."""
+    client = Client(env, "late.test")
+    before = len(env.late.results)
+    worker = worker_of(env.titus, client.sock)
+    assert worker is not None
+    [inode] = tcp_inodes(client.sock.getpeername(), client.sock.getsockname())
+    errors: list[BaseException] = []
+
+    def sender() -> None:
+        try:
+            client.send_all(pattern(PILE), timeout=20)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    with held_socket(worker, inode) as held:
+        def lowat() -> int:
+            return held.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+
+        assert lowat() == 1
+        thread = threading.Thread(target=sender, daemon=True)
+        thread.start()
+        seen, deadline = set(), time.monotonic() + 20
+        while thread.is_alive() and time.monotonic() < deadline:
+            seen.add(lowat())
+            time.sleep(0.0002)
+        thread.join(1)
+        assert not thread.is_alive() and not errors, errors
+        assert SO_RCVLOWAT_BULK in seen, f"low-water marks seen while streaming: {seen}"
+        settled = time.monotonic() + 5
+        while lowat() != 1 and time.monotonic() < settled:
+            time.sleep(0.01)
+        assert lowat() == 1, "still batching after the stream stopped"
+    client.send_all(b"tail")
+    client.close_notify()
+    assert client.read_to_close_notify(0) == b""
+    [result] = env.late.wait(before + 1)[before:]
+    assert result["error"] is None and result["bytes"] == PILE + 4
+    assert result["sha256"] == sha(pattern(PILE) + b"tail")
+    assert record_of(env, client)["outcome"] == "ok"
+    client.close()
 
 
 # -- 2. half-close, client first ----------------------------------------------------------

@@ -243,6 +243,15 @@ static void sendto_held_socket(char *args)
     put(line);
 }
 
+static void set_socket_option(char *args)
+{
+    long level = tok_int(&args), option = tok_int(&args);
+    int value = 1 << 20;
+    if (syscall(SYS_setsockopt, cfd, level, option, &value, sizeof value) < 0)
+        return report_error(errno);
+    report_str("option set");
+}
+
 static void unix_connect(char *args)
 {
     unsigned char name[108];
@@ -548,6 +557,7 @@ static const struct {
     {"read_file", read_file}, {"list_processes", list_processes}, {"tcp_connect", tcp_connect},
     {"udp_send", udp_send}, {"make_socketpair", make_socketpair},
     {"connect_held_socket", connect_held_socket}, {"sendto_held_socket", sendto_held_socket},
+    {"set_socket_option", set_socket_option},
     {"unix_connect", unix_connect}, {"send_signal", send_signal},
     {"ptrace_attach", ptrace_attach}, {"read_memory", read_memory}, {"forks", forks},
     {"clone3", clone3}, {"execute", execute},

@@ -373,6 +373,10 @@ KILLS = [
     ("socketpair", "make_socketpair", [], "socketpair"),
     ("connect-held-socket-to-backend", "connect_held_socket", ["127.0.0.1", "<backend port>"],
      "connect"),
+    # setsockopt is there for the receive low-water mark only (SOL_SOCKET 1, SO_RCVLOWAT 18)
+    ("socket-option-rcvbuf", "set_socket_option", [1, 8], "setsockopt"),  # SO_RCVBUF
+    ("socket-option-bpf-filter", "set_socket_option", [1, 26], "setsockopt"),  # SO_ATTACH_FILTER
+    ("socket-option-tcp", "set_socket_option", [6, 18], "setsockopt"),  # TCP_USER_TIMEOUT
     ("kill-supervisor", "send_signal", ["<supervisor>", 9], "kill"),
     ("kill-keyholder", "send_signal", ["<keyholder>", 9], "kill"),
     ("kill-sibling", "send_signal", ["<sibling>", 9], "kill"),

@@ -39,7 +39,10 @@ C_WORKER_SYSCALLS = {
     "brk", "munmap", "mremap", "madvise",  # malloc (@memory)
     "exit", "exit_group",        # @process-exit
 }
-C_WORKER_CONDITIONAL = {"mmap", "mprotect"}  # never PROT_EXEC (@memory)
+C_WORKER_CONDITIONAL = {
+    "mmap", "mprotect",          # never PROT_EXEC (@memory)
+    "setsockopt",                # SO_RCVLOWAT only: a streaming client read in batches
+}
 
 
 @pytest.fixture(scope="module")

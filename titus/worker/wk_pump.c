@@ -14,6 +14,15 @@
  * says EAGAIN).  Records written back to back go out in one segment (MSG_MORE on
  * all but the last).
  *
+ * A client that streams faster than the worker needs to relay it (a bulk upload) is
+ * read in batches: once one round has taken BULK_ROUND bytes from it, poll waits
+ * for BULK_LOWAT bytes (SO_RCVLOWAT) or BULK_WAIT_MS, whichever comes first, and a
+ * round that takes less ends the batching.  Otherwise every record the client sends
+ * finds the worker asleep and wakes it, and each wake-up of a process on another
+ * core costs the sender's core an inter-processor interrupt (~10 us of the waker's
+ * time in this kind of VM: bench/FLOOR.md).  Nothing waits longer than BULK_WAIT_MS
+ * for it, and a connection that never sends that much in a round never batches.
+ *
  * The handshake's memory is free by the time the pump starts.  A connection that
  * goes quiet for TRIM_IDLE_MS gives those pages back, once (malloc_trim: brk,
  * madvise), so that an idle one holds only what it uses; one that ends before
@@ -29,6 +38,9 @@
 
 #define BUF (64 * 1024)
 #define TRIM_IDLE_MS 200
+#define BULK_ROUND BUF            /* a round that filled the buffer: the client streams */
+#define BULK_LOWAT (256 * 1024)   /* then wake for this much ... */
+#define BULK_WAIT_MS 1            /* ... or after this long */
 
 struct dir {
     unsigned char *p;
@@ -60,6 +72,14 @@ static int reset_or_eof(SSL *ssl)
     return err == 0 ? 0 : -1;
 }
 
+/* Returns the low-water mark now in force: unchanged if the kernel refused it. */
+static int set_lowat(int fd, int current, int wanted)
+{
+    if (wanted == current || setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &wanted, sizeof wanted) < 0)
+        return current;
+    return wanted;
+}
+
 int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
 {
     static unsigned char c2b_buf[BUF], b2c_buf[BUF];
@@ -69,9 +89,12 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
     int c_rd = 1, c_wr = 1, b_rd = 1, b_wr = 1; /* assumed ready until told otherwise */
     int read_wants_write = 0, write_wants_read = 0;
     int trimmed = 0;
+    int lowat = 1; /* the client socket's SO_RCVLOWAT */
 
     for (;;) {
         int progress;
+        int read_client = 0;    /* this round tried the client */
+        size_t round_in = 0;    /* and took this much from it */
         do {
             progress = 0;
             /* client -> c2b: every record already here, so that the backend gets them in
@@ -79,9 +102,11 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
             while (client_open && c2b.end < BUF && (c_rd || SSL_has_pending(ssl)) &&
                    !(read_wants_write && !c_wr)) {
                 size_t n = 0;
+                read_client = 1;
                 wk_err_clear();
                 if (SSL_read_ex(ssl, c2b.p + c2b.end, BUF - c2b.end, &n)) {
                     c2b.end += n;
+                    round_in += n;
                     *bytes_in += n;
                     read_wants_write = 0;
                     progress = 1;
@@ -213,11 +238,18 @@ int wk_pump(SSL *ssl, int cfd, int bfd, uint64_t *bytes_in, uint64_t *bytes_out)
                               {.fd = bev ? bfd : -1, .events = bev}};
         if (cev == 0 && bev == 0)
             return WK_ERROR; /* nothing can move any more: never spin */
-        int ready = poll(p, 2, trimmed ? -1 : TRIM_IDLE_MS);
+        if (read_client)
+            lowat = set_lowat(cfd, lowat, round_in >= BULK_ROUND ? BULK_LOWAT : 1);
+        int batching = lowat > 1 && (cev & POLLIN);
+        int ready = poll(p, 2, batching ? BULK_WAIT_MS : trimmed ? -1 : TRIM_IDLE_MS);
         if (ready < 0) {
             if (errno == EINTR)
                 continue;
             return WK_ERROR;
+        }
+        if (ready == 0 && batching) {
+            c_rd = 1; /* what came short of the mark: read it now */
+            continue;
         }
         if (ready == 0) {
             malloc_trim(0);

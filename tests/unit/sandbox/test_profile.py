@@ -37,7 +37,7 @@ WORKER_ALLOWED = {
     "recvfrom", "recvmsg", "sendto", "poll", "ppoll", "shutdown", "close", "getrandom",
     "getpid", "clock_gettime", "brk", "munmap", "mremap", "madvise", "exit", "exit_group",
 }  # fmt: skip
-WORKER_CONDITIONAL = {"mmap", "mprotect"}
+WORKER_CONDITIONAL = {"mmap", "mprotect", "setsockopt"}
 NEVER_IN_A_WORKER = {
     "socket", "connect", "bind", "open", "openat", "openat2", "fork", "vfork", "clone",
     "clone3", "execve", "execveat", "ptrace", "kill", "tkill", "tgkill", "unshare", "setns",
@@ -255,6 +255,10 @@ def test_worker_allowlist_is_exactly_the_measured_one(worker: Profile) -> None:
     for name in ("mmap", "mprotect"):
         ((cond,),) = [r.args for r in p.rules_for(name)]
         assert (cond.arg, cond.op, cond.mask, cond.value) == (2, "masked-eq", 4, 0)
+    # setsockopt: the receive low-water mark (SOL_SOCKET, SO_RCVLOWAT) and nothing else.
+    ((level, option),) = [r.args for r in p.rules_for("setsockopt")]
+    assert (level.arg, level.op, level.value) == (1, "==", 1)
+    assert (option.arg, option.op, option.value) == (2, "==", 18)
 
 
 def test_worker_jail(worker: Profile) -> None:
