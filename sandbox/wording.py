@@ -34,7 +34,6 @@ ARG_NAMES: dict[str, tuple[str, ...]] = {
     "sendmsg": ("fd", "msg", "flags"),
     "recvmsg": ("fd", "msg", "flags"),
     "setsockopt": ("fd", "level", "optname", "optval", "optlen"),
-    "getsockopt": ("fd", "level", "optname", "optval", "optlen"),
 }
 
 _NETWORK_WORDS = {

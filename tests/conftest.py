@@ -52,7 +52,7 @@ def _titus_records_match_the_log_schema(request: pytest.FixtureRequest) -> Itera
 # the second): each left is killed, and the session fails.
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     harness = sys.modules.get("tests.titus_harness")
-    left = harness.still_running() if harness is not None else []
+    left = harness.kill_leftovers() if harness is not None else []
     if left:
         print(f"\ntitus processes left running by the tests (killed): {left}", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

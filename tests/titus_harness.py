@@ -456,7 +456,7 @@ def worker_of(titus: Titus, client: socket.socket) -> int | None:
     worker: find the socket's inode in /proc/net/tcp, then the child holding it.
     """
     inodes = {f"socket:[{i}]" for i in tcp_inodes(client.getpeername()[:2],
-                                                  client.getsockname()[:2])}
+                                                 client.getsockname()[:2])}
     for pid in jailed_children(titus):
         if inodes & set(open_fds(pid).values()):
             return pid
@@ -700,8 +700,8 @@ class ForkedTitus(Titus):
         return None
 
 
-def still_running() -> list[int]:
-    """Stop every titus the session started that is still running; their pids."""
+def kill_leftovers() -> list[int]:
+    """Kill every titus the session started that is still running; their pids."""
     left = []
     for t in EVERY:
         if t.proc is not None and t.proc.poll() is None:
