@@ -119,6 +119,9 @@ CONSTANTS: dict[str, int] = {
     "PR_SET_NAME": 15,
     "PR_GET_NAME": 16,
     "PR_CAPBSET_READ": 23,
+    # file types of mknod's mode (mkfifo)
+    "S_IFMT": 0o170000,
+    "S_IFIFO": 0o010000,
     # cp's reflink attempt, _IOW(0x94, 9, int) on both arches
     "FICLONE": 0x40049409,
 }
