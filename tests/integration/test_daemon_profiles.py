@@ -338,6 +338,22 @@ def test_shell_profile_runs_everyday_tools(tmp_path: Path) -> None:
     assert out.stdout == TOOLS_EXPECTED
 
 
+def test_shell_profile_with_proc_lists_only_its_own_processes() -> None:
+    """ps, pgrep and free with --proc: the jail's own PID namespace, nothing of the
+    host's (prctl PR_CAPBSET_READ, get_mempolicy; set_mempolicy and pgrep's
+    epoll_create refused with an errno, not a kill)."""
+    script = ("sleep 5 & ps -e -o pid=,comm=; pgrep -x sleep; kill $!; "
+              "wait $! || echo \"sleep ended by $?\"; free -m | head -n 1 | tr -s ' '")
+    out = subprocess.run(
+        ["sandbox", "run", "--profile", "examples/shell", "--proc", "--", "sh", "-c", script],
+        capture_output=True, text=True, timeout=60, env=env(), cwd=REPO, check=False)
+    assert out.returncode == 0, out.stderr
+    pids = [line.split() for line in out.stdout.splitlines()[:3]]
+    assert pids == [["1", "sh"], ["2", "sleep"], ["3", "ps"]]
+    assert out.stdout.splitlines()[3:] == [
+        "2", "sleep ended by 143", " total used free shared buff/cache available"]
+
+
 def test_shell_profile_makes_no_device_nodes() -> None:
     """mknod is allowed for named pipes only: a device node is the kernel's to refuse
     too, but the policy refuses it first (exit 159, the call named)."""
