@@ -166,9 +166,12 @@ def test_nginx_serves_static_files(netns: str, site: Path) -> None:
 # -- redis ------------------------------------------------------------------------------------
 
 
-def test_redis_bgsave_into_a_writable_bind(netns: str, tmp_path: Path) -> None:
-    """BGSAVE forks a child that writes, fsyncs and renames the snapshot in /data; a
-    second redis started on the same directory loads it."""
+REDIS_CLI = ["redis-cli", "-p", "6379"]
+
+
+def redis_argv(netns: str, tmp_path: Path) -> tuple[list[str], Path]:
+    """`sandbox run` of redis-server in the redis profile, its /data a fresh directory
+    owned by the profile's uid; (argv, that directory)."""
     server = require("redis-server", "redis-server")
     require("redis-tools", "redis-cli")
     uid = load_profile("examples/redis").spec.uid_range.first
@@ -178,7 +181,15 @@ def test_redis_bgsave_into_a_writable_bind(netns: str, tmp_path: Path) -> None:
     argv = ["sandbox", "run", "--profile", "examples/redis", "--net", f"netns:{netns}",
             "--bind-rw", f"{data}:/data", "--",
             server, "--bind", "127.0.0.1", "--port", "6379", "--dir", "/data", "--logfile", ""]
-    cli = ["redis-cli", "-p", "6379"]
+    return argv, data
+
+
+def test_redis_bgsave_into_a_writable_bind(netns: str, tmp_path: Path) -> None:
+    """BGSAVE forks a child that writes, fsyncs and renames the snapshot in /data; a
+    second redis started on the same directory loads it."""
+    argv, data = redis_argv(netns, tmp_path)
+    uid = load_profile("examples/redis").spec.uid_range.first
+    cli = REDIS_CLI
     daemon = start(argv)
     try:
         assert until(netns, [*cli, "ping"], daemon) == "PONG\n"
@@ -209,6 +220,33 @@ def test_redis_bgsave_into_a_writable_bind(netns: str, tmp_path: Path) -> None:
     finally:
         status, err = stop(again)  # SIGTERM: redis shuts down (and saves) cleanly
     assert status == 0, err
+
+
+def test_redis_answers_the_admin_commands(netns: str, tmp_path: Path) -> None:
+    """INFO (uname, getrusage), CLIENT LIST (getsockname) and an append-only file
+    rewritten in the background: each killed redis before its call was allowed."""
+    argv, data = redis_argv(netns, tmp_path)
+    daemon = start(argv)
+    try:
+        assert until(netns, [*REDIS_CLI, "ping"], daemon) == "PONG\n"
+        info = in_netns(netns, *REDIS_CLI, "info").stdout
+        assert "os:Linux" in info and "used_cpu_sys:" in info
+        clients = in_netns(netns, *REDIS_CLI, "client", "list").stdout
+        assert "laddr=127.0.0.1:6379" in clients
+        assert in_netns(netns, *REDIS_CLI, "set", "k", "v").stdout == "OK\n"
+        assert in_netns(netns, *REDIS_CLI, "config", "set", "appendonly", "yes").stdout == "OK\n"
+        deadline = time.monotonic() + WAIT
+        while "aof_rewrite_in_progress:0" not in (
+                info := in_netns(netns, *REDIS_CLI, "info", "persistence").stdout) or \
+                "aof_last_bgrewrite_status:ok" not in info:
+            assert time.monotonic() < deadline, info
+            time.sleep(0.05)
+        assert in_netns(netns, *REDIS_CLI, "ping").stdout == "PONG\n"
+    finally:
+        status, err = stop(daemon)
+    assert status == 0, err
+    assert "Background AOF rewrite finished successfully" in err
+    assert (data / "appendonlydir").is_dir()
 
 
 # -- shell scripts ----------------------------------------------------------------------------
