@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from sandbox import ttyguard
 from sandbox.profile import Profile
 from sandbox.rules import Rule, SeccompPolicy, action_label
 from sandbox.seccomp import compile_policy, instruction_count
@@ -305,6 +306,9 @@ def _others(view: _View, spec: JailSpec) -> list[str]:
             f"It cannot signal, trace or read the memory of other processes: "
             f"{_not_allowed(forbidden)}{dump}."
         )
+    if view.policy is not None and ttyguard.needed(view.policy):
+        out.append("It cannot push input into a terminal: ioctl TIOCSTI and TIOCLINUX fail "
+                   "with EPERM whatever the rules say.")
     allowed_ns, cond_ns, forbidden_ns = view.split(
         ["unshare", "setns", "mount", "umount2", "pivot_root", "chroot"]
     )

@@ -14,6 +14,7 @@ import functools
 import os
 import struct
 
+from sandbox import ttyguard
 from sandbox.bpf import _BPF_MAXINSNS, _SOCK_FILTER_SIZE, prepare_bpf
 from sandbox.rules import DENY, ArgCond, SeccompPolicy, deny_action, parse_action
 from sandbox.seccomplib import pyseccomp
@@ -114,6 +115,10 @@ def compile_policy(
         raise OSError(
             errno.EINVAL, f"libseccomp exported a malformed program ({len(program)} bytes)"
         )
+    if ttyguard.needed(policy):
+        ioctl = syscall_number("ioctl", arch_name)
+        if ioctl is not None:
+            program = ttyguard.program(token, ioctl) + program
     if len(program) // _SOCK_FILTER_SIZE > _BPF_MAXINSNS:
         raise OSError(errno.E2BIG, f"the BPF program has over {_BPF_MAXINSNS} instructions")
     if not policy.action_cache:

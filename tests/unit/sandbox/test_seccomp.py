@@ -391,3 +391,50 @@ args = [{ arg = 2, op = "masked-eq", mask = "PROT_EXEC", value = 0 }]
 def test_action_cache_must_be_a_bool(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r":\d+: action_cache must be true or false"):
         policy(tmp_path, "", BASE + 'action_cache = "no"\n')
+
+
+# -- the terminal guard (sandbox/ttyguard.py) ---------------------------------------------
+
+_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+TIOCSTI, TIOCLINUX, TCGETS = 0x5412, 0x541C, 0x5401
+
+
+def _ioctl_errno(request: int) -> Callable[[], int]:
+    """ioctl(/dev/null, request) in the child: its errno, 0 if it worked (it never does:
+    /dev/null is no terminal, so a request the filter lets through says ENOTTY)."""
+    def probe() -> int:
+        fd = os.open("/dev/null", os.O_RDONLY)
+        ctypes.set_errno(0)
+        byte = ctypes.c_char(b"x")
+        return 0 if _libc.ioctl(fd, request, ctypes.byref(byte)) == 0 else ctypes.get_errno()
+    return probe
+
+
+IOCTL_BASE = BASE.replace('"getpid"]', '"getpid", "openat"]')
+IOCTL_ALLOWED = IOCTL_BASE.replace('"openat"]', '"openat", "ioctl"]')
+IOCTL_NOT_TCGETS = IOCTL_BASE + """
+[[seccomp.rules]]
+syscall = "ioctl"
+args = [{ arg = 1, op = "!=", value = "TCGETS" }]
+"""
+
+
+@pytest.mark.parametrize("text", [IOCTL_ALLOWED, IOCTL_NOT_TCGETS],
+                         ids=["unconditional", "not-equal"])
+def test_no_policy_lets_ioctl_push_input_into_a_terminal(tmp_path: Path, text: str) -> None:
+    """Unconditional: libseccomp could not refuse one request under it; not-equal: the
+    kernel reads the request's low 32 bits, a 64-bit comparison lets a high bit by."""
+    prog = compile_policy(policy(tmp_path, base=text))
+    assert run_filtered(prog, _ioctl_errno(TIOCSTI)) == ("exit", errno.EPERM)
+    assert run_filtered(prog, _ioctl_errno(TIOCSTI | 1 << 32)) == ("exit", errno.EPERM)
+    assert run_filtered(prog, _ioctl_errno(TIOCLINUX)) == ("exit", errno.EPERM)
+    assert run_filtered(prog, _ioctl_errno(TIOCLINUX | 1 << 40)) == ("exit", errno.EPERM)
+    assert run_filtered(prog, _ioctl_errno(TIOCSTI + 1)) == ("exit", errno.ENOTTY)  # the rest
+
+
+def test_a_policy_that_kills_every_ioctl_keeps_its_kill(tmp_path: Path) -> None:
+    """No guard where none is needed: the kill names the call, an errno would hide it."""
+    prog = compile_policy(policy(tmp_path, base=IOCTL_BASE))
+    assert run_filtered(prog, _ioctl_errno(TIOCSTI)) == KILLED
+    guarded = compile_policy(policy(tmp_path, base=IOCTL_ALLOWED))
+    assert instruction_count(guarded) - instruction_count(prog) >= 8
