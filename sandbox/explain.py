@@ -400,7 +400,9 @@ def explain(profile: Profile) -> str:
     if policy is None:
         paras.append(
             "It has NO seccomp filter: every system call is allowed; only the namespaces, "
-            f"mounts and limits confine it. {_filesystem(spec).capitalize()}. "
+            "mounts and limits confine it, and nothing keeps it from pushing input into "
+            "the terminal it runs on (ioctl TIOCSTI). "
+            f"{_filesystem(spec).capitalize()}. "
             f"Its network is {network_text(spec)}."
         )
         return "\n\n".join(paras) + "\n"

@@ -488,6 +488,8 @@ args = [{ arg = 2, op = "masked-eq", mask = "O_ACCMODE", value = 0 }]
     assert "cannot create sockets" in text
     bare = explain(load_profile(write(tmp_path, "bare.toml", "[jail]\nhostname = 'x'\n")))
     assert "NO seccomp filter" in bare
+    assert "pushing input into the terminal it runs on (ioctl TIOCSTI)" in bare
+    assert "It cannot push input into a terminal" in text  # the guard, with a filter
 
 
 def test_summary_counts_per_arch(worker: Profile) -> None:
