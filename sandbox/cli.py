@@ -20,6 +20,7 @@ from typing import Any
 from sandbox.errors import JailError, PolicyError
 from sandbox.learn import cmd_learn
 from sandbox.limits import parse_id, parse_limit, parse_rlimit, parse_tmpfs
+from sandbox.rules import SeccompPolicy
 from sandbox.runjail import (
     EXIT_CANNOT_EXECUTE,
     EXIT_CANNOT_START,
@@ -236,6 +237,16 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
 # Commands
 
 
+def _refuses_exec(policy: SeccompPolicy | None) -> bool:
+    """Whether the profile's filter stops execve whatever its arguments.  The exec runs
+    under the filter before anything answers the jail's calls: `run` would wait for
+    an answer until the spawn timed out, so it says so at once instead."""
+    if policy is None or policy.is_allowed("execve") is not False:
+        return False
+    rules = policy.rules_for("execve")
+    return (policy.effective_action(rules[0]) if rules else policy.default) != "log"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sandbox import runcachewrite
     from sandbox.launcher import Launcher
@@ -245,6 +256,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.command:
         raise Fail(EXIT_USAGE, "run needs a command: sandbox run --profile P -- CMD ARGS")
     profile = profile_from_args(args)
+    if _refuses_exec(profile.policy):
+        raise Fail(EXIT_CANNOT_START, f"profile {args.profile} does not allow execve, which "
+                   "`sandbox run` starts the program with: add it to the profile's allow list")
     check_root()
     # Forbidden calls reach us with their arguments where the kernel can notify;
     # elsewhere the audit log names them (sandbox/notify.py).

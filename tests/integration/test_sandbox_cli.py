@@ -301,6 +301,26 @@ def test_forbidden_syscall_is_named(tmp_path: Path) -> None:
     )
 
 
+def test_a_profile_without_execve_is_refused_at_once(tmp_path: Path) -> None:
+    """The exec runs under the filter before the watcher answers anything: refused, it
+    waited for an answer until the spawn timed out (10 s, then 'did not report in
+    time').  Now `run` says what is missing before it starts a jail."""
+    profile = tmp_path / "no-exec.toml"
+    profile.write_text(textwrap.dedent("""
+        [jail]
+        binds = ["/usr", "/lib", "/lib64"]
+        [seccomp]
+        default = "kill-process"
+        groups = ["@basic-io", "@memory", "@process-exit"]
+    """))
+    start = time.monotonic()
+    out = sandbox("run", "--profile", str(profile), "--", PYTHON, "-c", "pass")
+    assert out.returncode == 125
+    assert time.monotonic() - start < 5
+    assert out.stderr == (f"sandbox: profile {profile} does not allow execve, which `sandbox "
+                          "run` starts the program with: add it to the profile's allow list\n")
+
+
 def test_command_not_found_and_not_executable(www: Path) -> None:
     missing = sandbox("run", *example(www), "--", "no-such-program")
     assert missing.returncode == 127
