@@ -115,7 +115,7 @@ def compile_policy(
         raise OSError(
             errno.EINVAL, f"libseccomp exported a malformed program ({len(program)} bytes)"
         )
-    if ttyguard.needed(policy):
+    if ttyguard.needed(policy):  # no jail pushes input into a terminal, whatever the rules
         ioctl = syscall_number("ioctl", arch_name)
         if ioctl is not None:
             program = ttyguard.program(token, ioctl) + program

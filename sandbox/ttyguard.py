@@ -28,7 +28,6 @@ from sandbox.rules import SeccompPolicy
 
 TIOCSTI = 0x5412  # the same on x86_64 and aarch64 (asm-generic)
 TIOCLINUX = 0x541C
-REFUSED = {"TIOCSTI": TIOCSTI, "TIOCLINUX": TIOCLINUX}
 
 _LD_W_ABS, _JEQ_K, _RET_K = 0x20, 0x15, 0x06
 _RET_ERRNO = 0x00050000
