@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from sandbox import ttyguard
 from sandbox.profile import Profile
 from sandbox.rules import Rule, SeccompPolicy, action_label
-from sandbox.seccomp import compile_policy, instruction_count
+from sandbox.seccomp import RESUME, compile_policy, instruction_count
 from sandbox.spec import JailSpec
 from sandbox.syscalls import ARCHES, native_arch, syscall_number
 from sandbox.wording import (
@@ -362,6 +362,8 @@ def _can(view: _View, policy: SeccompPolicy) -> str:
     text = f"What it can do, in full ({native_arch()}): {listing(plain)}"
     if cond:
         text += f"; and {'; '.join(cond)}"
+    if policy.default != "allow" and not policy.rules_for(RESUME):
+        text += f"; and {RESUME}, as every filter, to resume a sleep that a stop interrupted"
     return text + "."
 
 

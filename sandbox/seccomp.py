@@ -65,6 +65,13 @@ def _arg(cond: ArgCond) -> pyseccomp.Arg:
 _NO_ACTION_CACHE = struct.pack("=HBBI", 0x20, 0, 0, 8)
 
 
+# Allowed in every filter unless the policy names it: the kernel resumes a sleep with a
+# timeout (poll, nanosleep, a futex wait) that a stop interrupted (SIGSTOP and SIGCONT,
+# ^Z and fg, a cgroup freeze and thaw) through restart_syscall, which only continues the
+# call the filter already let through.  Refused, a stop and continue killed the jail.
+RESUME = "restart_syscall"
+
+
 @functools.lru_cache(maxsize=64)
 def compile_policy(
     policy: SeccompPolicy, arch: str | None = None, default_override: str | None = None
@@ -86,6 +93,8 @@ def compile_policy(
     if token != native:
         flt.add_arch(token)
         flt.remove_arch(native)
+    if policy.default != "allow" and not policy.rules_for(RESUME):
+        flt.add_rule(pyseccomp.ALLOW, RESUME)
     for rule in policy.rules:
         action = deny_action(default) if rule.action == DENY else rule.action
         if action == default:

@@ -44,6 +44,7 @@ from tests.titus_harness import (
     is_running,
     jailed_children,
     keyholder_pid,
+    proc_stat,
     session_processes,
     worker_of,
 )
@@ -297,3 +298,42 @@ min-spare-children {ZYGOTE_SPARES}
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGCONT)
+
+
+# -- 4. a worker stopped and continued ---------------------------------------------------
+
+
+def _stop_and_continue(pid: int) -> None:
+    """SIGSTOP, then SIGCONT once the process is stopped: as a debugger, a job-control
+    stop or a cgroup freeze does.  A sleep with a timeout it was in (poll) resumes
+    through restart_syscall."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: (proc_stat(pid) or ["?"])[0] == "T", 5, "the worker stopped")
+    os.kill(pid, signal.SIGCONT)
+
+
+def test_a_worker_stopped_and_continued_serves_on(tmp_path, pki):  # noqa: F811
+    """Stopped while it waits for the ClientHello, and again while it waits for the
+    request, the worker carries on: before restart_syscall was allowed in every
+    filter, the resumed poll killed it (SIGSYS) and the client saw a reset."""
+    with http_backend() as backend, Titus(tmp_path, conf(pki, backend.port)) as titus:
+        ctx, addr = client_context(pki), ("127.0.0.1", titus.port)
+        raw = socket.create_connection(addr, timeout=5)
+        wait_until(lambda: worker_of(titus, raw) is not None, 5, "its worker")
+        worker = worker_of(titus, raw)
+        assert worker is not None
+        time.sleep(0.1)  # in poll, with the handshake's deadline as its timeout
+        _stop_and_continue(worker)
+        time.sleep(0.1)
+        assert is_running(worker)
+        with raw, ctx.wrap_socket(raw, server_hostname=SNI) as tls:
+            time.sleep(0.1)  # in the pump's poll, its idle timeout running
+            _stop_and_continue(worker)
+            time.sleep(0.1)
+            assert is_running(worker)
+            tls.sendall(REQUEST)
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+        assert data.endswith(b"backend A path /down\n"), data[-80:]
+        assert [r for r in titus.records() if r.get("violation")] == []

@@ -392,6 +392,54 @@ def test_shell_profile_with_proc_lists_only_its_own_processes() -> None:
         "2", "sleep ended by 143", " total used free shared buff/cache available"]
 
 
+def test_a_stopped_and_continued_jail_carries_on() -> None:
+    """^Z and fg, a debugger's stop, a cgroup freeze: the sleep resumes through
+    restart_syscall, which no profile names (every filter allows it)."""
+    proc = subprocess.Popen(
+        ["sandbox", "run", "--profile", "examples/shell", "--", "sh", "-c",
+         "sleep 1.5; echo slept"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO)
+    try:
+        deadline = time.monotonic() + WAIT
+        while (sleeper := _descendant(proc.pid, "sleep")) is None:
+            assert time.monotonic() < deadline, "no sleep in the jail"
+            time.sleep(0.02)
+        time.sleep(0.2)  # in clock_nanosleep
+        os.kill(sleeper, signal.SIGSTOP)
+        time.sleep(0.2)
+        os.kill(sleeper, signal.SIGCONT)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out == "slept\n"
+
+
+def _descendant(pid: int, comm: str) -> int | None:
+    """A process named `comm` below `pid` (its jail's processes are its descendants)."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+        names[int(entry)] = name
+    for candidate, name in names.items():
+        p = candidate
+        while name == comm and p in parents and p != pid:
+            p = parents[p]
+        if name == comm and p == pid:
+            return candidate
+    return None
+
+
 def test_shell_profile_makes_no_device_nodes() -> None:
     """mknod is allowed for named pipes only: a device node is the kernel's to refuse
     too, but the policy refuses it first (exit 159, the call named)."""

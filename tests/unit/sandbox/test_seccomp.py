@@ -438,3 +438,26 @@ def test_a_policy_that_kills_every_ioctl_keeps_its_kill(tmp_path: Path) -> None:
     assert run_filtered(prog, _ioctl_errno(TIOCSTI)) == KILLED
     guarded = compile_policy(policy(tmp_path, base=IOCTL_ALLOWED))
     assert instruction_count(guarded) - instruction_count(prog) >= 8
+
+
+# -- restart_syscall, in every filter -----------------------------------------------------
+
+SYS_RESTART_SYSCALL = 219  # x86_64
+
+
+def _restart_syscall_errno() -> int:
+    """restart_syscall with nothing to resume: the kernel says EINTR."""
+    ctypes.set_errno(0)
+    _libc.syscall(SYS_RESTART_SYSCALL)
+    return ctypes.get_errno()
+
+
+@pytest.mark.skipif(not NATIVE_IS_X86_64, reason="raw syscall number is x86_64's")
+def test_every_filter_lets_a_stopped_sleep_resume(tmp_path: Path) -> None:
+    """restart_syscall only continues a call the filter let through; refused, a stop and
+    continue (^Z and fg, a cgroup freeze) of a jail sleeping with a timeout killed it.
+    A policy that names it keeps its own word."""
+    assert run_filtered(compile_policy(policy(tmp_path)), _restart_syscall_errno) == (
+        "exit", errno.EINTR)
+    denied = compile_policy(policy(tmp_path, 'deny = ["restart_syscall"]\n'))
+    assert run_filtered(denied, _restart_syscall_errno) == KILLED
