@@ -419,23 +419,19 @@ def test_a_stopped_and_continued_jail_carries_on() -> None:
 
 def _descendant(pid: int, comm: str) -> int | None:
     """A process named `comm` below `pid` (its jail's processes are its descendants)."""
-    parents: dict[int, int] = {}
-    names: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    parents, names = {}, {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
+            continue  # gone meanwhile
+        names[int(entry)] = stat[stat.index("(") + 1:stat.rindex(")")]
         parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
-        names[int(entry)] = name
-    for candidate, name in names.items():
-        p = candidate
-        while name == comm and p in parents and p != pid:
-            p = parents[p]
-        if name == comm and p == pid:
+    for candidate in (p for p, name in names.items() if name == comm):
+        up = candidate
+        while up in parents and up != pid:
+            up = parents[up]
+        if up == pid:
             return candidate
     return None
 
