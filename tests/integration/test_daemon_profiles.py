@@ -380,6 +380,7 @@ def test_shell_profile_with_proc_lists_only_its_own_processes() -> None:
     """ps, pgrep and free with --proc: the jail's own PID namespace, nothing of the
     host's (prctl PR_CAPBSET_READ, get_mempolicy; set_mempolicy and pgrep's
     epoll_create refused with an errno, not a kill)."""
+    require("procps", "ps")  # not Essential in Debian: a minimal install lacks it
     script = ("sleep 5 & ps -e -o pid=,comm=; pgrep -x sleep; kill $!; "
               "wait $! || echo \"sleep ended by $?\"; free -m | head -n 1 | tr -s ' '")
     out = subprocess.run(

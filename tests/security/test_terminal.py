@@ -4,7 +4,8 @@
 terminal. TIOCSTI on it would queue a command for the caller's shell to run once the
 jail exits (bubblewrap's CVE-2017-5226).  The profile here is the worst a user can
 write, ioctl allowed outright, and the jail still cannot; without the guard it can
-(checked by hand: "pushed" three times, the shell then runs what was pushed).
+(checked: both TIOCSTI lines say "pushed" and the bytes wait in the terminal's input;
+TIOCLINUX then says ENOTTY, a pty being no virtual console).
 """
 
 from __future__ import annotations
